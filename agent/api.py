@@ -1,0 +1,130 @@
+"""The local gRPC inference API: Predict, ModelInfo and standard gRPC health checking."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from agent.errors import InputError
+from agent.model import LoadedModel
+from agent.telemetry import InferenceStats
+from protocol.errors import ProtocolError
+from protocol.grpc_gen import inference_pb2, inference_pb2_grpc
+from protocol.tensors import TensorSpec, array_from_bytes
+
+__all__ = ["SERVICE_NAME", "InferenceApi", "InferenceService", "tensor_to_proto"]
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = "edgefleet.inference.v1.Inference"
+
+
+def tensor_to_proto(array: np.ndarray) -> inference_pb2.Tensor:
+    arr = np.ascontiguousarray(array)
+    return inference_pb2.Tensor(
+        dtype=arr.dtype.name, shape=list(arr.shape), data=arr.astype(arr.dtype.newbyteorder("<")).tobytes()
+    )
+
+
+def _info(spec: TensorSpec) -> inference_pb2.TensorInfo:
+    return inference_pb2.TensorInfo(name=spec.name, dtype=spec.dtype, shape=[-1 if d is None else d for d in spec.shape])
+
+
+class InferenceService(inference_pb2_grpc.InferenceServicer):
+    def __init__(self, current: Callable[[], LoadedModel | None], stats: InferenceStats, device_class: str) -> None:
+        self._current = current
+        self._stats = stats
+        self._device_class = device_class
+
+    def Predict(self, request: inference_pb2.PredictRequest, context: grpc.ServicerContext) -> inference_pb2.PredictResponse:
+        model = self._current()
+        if model is None:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "no model is active on this device yet")
+        try:
+            inputs = {
+                name: array_from_bytes(t.data, t.dtype, list(t.shape)) for name, t in request.inputs.items()
+            }
+            started = time.perf_counter()
+            outputs = model.predict(inputs, list(request.output_names) or None)
+            latency_ms = (time.perf_counter() - started) * 1000
+        except (ProtocolError, InputError) as exc:
+            self._stats.record_error()
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, exc.reason)
+        except Exception as exc:  # a runtime failure on valid input: report it, keep serving
+            self._stats.record_error()
+            log.exception("inference failed on bundle %s", model.digest[:12])
+            context.abort(grpc.StatusCode.INTERNAL, f"inference failed: {exc}")
+        self._stats.record(latency_ms)
+        return inference_pb2.PredictResponse(
+            outputs={name: tensor_to_proto(value) for name, value in outputs.items()},
+            request_id=request.request_id,
+            model_name=model.manifest.name,
+            model_version=model.manifest.version,
+            bundle_digest=model.digest,
+            latency_ms=latency_ms,
+        )
+
+    def ModelInfo(self, request: inference_pb2.ModelInfoRequest, context: grpc.ServicerContext) -> inference_pb2.ModelInfoResponse:
+        model = self._current()
+        if model is None:
+            return inference_pb2.ModelInfoResponse(loaded=False, device_class=self._device_class)
+        return inference_pb2.ModelInfoResponse(
+            loaded=True,
+            model_name=model.manifest.name,
+            model_version=model.manifest.version,
+            bundle_digest=model.digest,
+            device_class=self._device_class,
+            runtime=model.runtime.key,
+            inputs=[_info(s) for s in model.inputs],
+            outputs=[_info(s) for s in model.outputs],
+            activated_at=model.activated_at.isoformat(),
+        )
+
+
+class InferenceApi:
+    """The gRPC server on a Unix socket (and optionally loopback TCP)."""
+
+    def __init__(
+        self,
+        service: InferenceService,
+        *,
+        socket_path: Path,
+        tcp_port: int | None,
+        max_message_bytes: int,
+        workers: int,
+    ) -> None:
+        options = [
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+        ]
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="api"), options=options)
+        inference_pb2_grpc.add_InferenceServicer_to_server(service, self.server)
+        self.health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        socket_path.parent.mkdir(parents=True, exist_ok=True)
+        socket_path.unlink(missing_ok=True)  # a stale socket from a killed run
+        self.socket_path = socket_path
+        self.server.add_insecure_port(f"unix://{socket_path}")
+        self.tcp_port = None if tcp_port is None else self.server.add_insecure_port(f"127.0.0.1:{tcp_port}")
+        self.set_serving(False)
+
+    def set_serving(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", SERVICE_NAME):
+            self.health.set(name, status)
+
+    def start(self) -> None:
+        self.server.start()
+        log.info("local API on unix://%s%s", self.socket_path, f" and 127.0.0.1:{self.tcp_port}" if self.tcp_port else "")
+
+    def stop(self, grace_s: float = 2.0) -> None:
+        self.health.enter_graceful_shutdown()
+        self.server.stop(grace_s).wait(grace_s + 1)
+        self.socket_path.unlink(missing_ok=True)

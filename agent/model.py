@@ -1,0 +1,106 @@
+"""A bundle loaded on a runtime: input checking, inference and the activation self-test."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from agent.errors import ActivationError, InputError
+from agent.runtimes import RUNTIMES, Runtime
+from protocol.bundle import Manifest
+from protocol.errors import ProtocolError
+from protocol.messages import BundleRef
+from protocol.tensors import TensorSpec, check_against_spec
+
+__all__ = ["LoadedModel", "load_model"]
+
+# Which registered backend serves which manifest runtime; the agent issue adds fallback chains.
+_BACKEND_FOR = {"onnxruntime": "onnxruntime-cpu"}
+
+
+@dataclass
+class LoadedModel:
+    digest: str
+    manifest: Manifest
+    runtime: Runtime
+    activated_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    @property
+    def ref(self) -> BundleRef:
+        return BundleRef(digest=self.digest, name=self.manifest.name, version=self.manifest.version)
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        return self.manifest.inputs
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        return self.manifest.outputs
+
+    def predict(
+        self, inputs: dict[str, np.ndarray], output_names: list[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Check names, dtypes and shapes against the manifest, then run; raise InputError on misfit."""
+        expected = {spec.name: spec for spec in self.manifest.inputs}
+        missing = sorted(set(expected) - set(inputs))
+        unknown = sorted(set(inputs) - set(expected))
+        if missing or unknown:
+            raise InputError(
+                f"inputs must be exactly {sorted(expected)}; missing {missing}, unknown {unknown}"
+            )
+        for name, array in inputs.items():
+            try:
+                check_against_spec(array, expected[name])
+            except ProtocolError as exc:
+                raise InputError(exc.reason) from None
+        all_outputs = [spec.name for spec in self.manifest.outputs]
+        names = list(output_names) if output_names else all_outputs
+        unknown_out = sorted(set(names) - set(all_outputs))
+        if unknown_out:
+            raise InputError(f"unknown outputs {unknown_out}; the model has {all_outputs}")
+        return self.runtime.run(inputs, names)
+
+    def self_test(self) -> None:
+        """Warm up, then run the manifest's test vectors; raise ActivationError on any mismatch."""
+        for i, vector in enumerate(self.manifest.test_vectors):
+            feeds = {name: tensor.to_array() for name, tensor in vector.inputs.items()}
+            try:
+                got = self.predict(feeds, list(vector.outputs))
+            except InputError as exc:
+                raise ActivationError(f"test vector {i}: {exc.reason}") from None
+            for name, tensor in vector.outputs.items():
+                want = tensor.to_array()
+                if got[name].shape != want.shape or not np.allclose(
+                    got[name], want, rtol=self.manifest.rtol, atol=self.manifest.atol
+                ):
+                    err = (
+                        float(np.max(np.abs(got[name].astype(np.float64) - want)))
+                        if got[name].shape == want.shape
+                        else None
+                    )
+                    raise ActivationError(
+                        f"test vector {i}, output {name!r}: result differs from the manifest "
+                        f"(max abs error {err}, rtol {self.manifest.rtol}, atol {self.manifest.atol})"
+                    )
+
+
+def load_model(digest: str, manifest: Manifest, model_path: Path) -> LoadedModel:
+    """Load on the backend the manifest asks for, check the I/O signature, run the self-test."""
+    backend = _BACKEND_FOR.get(manifest.runtime)
+    if backend is None or backend not in RUNTIMES:
+        raise ActivationError(f"runtime {manifest.runtime!r} is not available on this agent")
+    try:
+        runtime = RUNTIMES[backend](model_path)
+    except Exception as exc:  # a runtime's own load errors have no common base class
+        raise ActivationError(f"{backend} could not load the model: {exc}") from exc
+    if [s.name for s in runtime.inputs] != [s.name for s in manifest.inputs]:
+        raise ActivationError(
+            f"model inputs {[s.name for s in runtime.inputs]} differ from the manifest's "
+            f"{[s.name for s in manifest.inputs]}"
+        )
+    model = LoadedModel(digest=digest, manifest=manifest, runtime=runtime)
+    model.self_test()
+    return model

@@ -1,0 +1,138 @@
+"""The agent's MQTT link: availability with a last will, subscriptions, and typed publishing.
+
+Incoming payloads are parsed here; anything invalid is logged with its reason, counted, and
+dropped. Handlers run on paho's network thread and must not block.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from agent.config import BrokerConfig
+from protocol.errors import ProtocolError
+from protocol.messages import Availability, ChunkHeader, Command, DesiredState, Message, decode_chunk, parse
+from protocol.topics import RETAINED, Channel, device_subscriptions, parse_topic, topic
+
+__all__ = ["AgentLink", "Handlers"]
+
+log = logging.getLogger(__name__)
+
+
+class Handlers:
+    """What the agent does with each valid inbound message."""
+
+    def __init__(
+        self,
+        on_desired: Callable[[DesiredState], None],
+        on_chunk: Callable[[ChunkHeader, bytes], None],
+        on_command: Callable[[Command], None],
+        on_connected: Callable[[], None],
+    ) -> None:
+        self.on_desired = on_desired
+        self.on_chunk = on_chunk
+        self.on_command = on_command
+        self.on_connected = on_connected
+
+
+class AgentLink:
+    def __init__(self, device_id: str, broker: BrokerConfig, handlers: Handlers) -> None:
+        self.device_id = device_id
+        self.broker = broker
+        self.handlers = handlers
+        self.rejected = 0
+        self.connected = threading.Event()
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"edgefleet-agent-{device_id}",
+            clean_session=False,  # the broker keeps our subscriptions and QoS 1 messages while we are away
+            protocol=mqtt.MQTTv311,
+        )
+        if broker.username:
+            self.client.username_pw_set(broker.username, broker.resolved_password())
+        if broker.tls:
+            self.client.tls_set(ca_certs=str(broker.ca_file) if broker.ca_file else None, cert_reqs=ssl.CERT_REQUIRED)
+        self.client.will_set(
+            topic(device_id, Channel.AVAILABILITY),
+            Availability(device_id=device_id, state="offline").to_bytes(),
+            qos=1,
+            retain=True,
+        )
+        self.client.reconnect_delay_set(min_delay=1, max_delay=30)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_message = self._on_message
+
+    def start(self) -> None:
+        """Connect in the background; paho keeps reconnecting while the broker is away."""
+        self.client.connect_async(self.broker.host, self.broker.port, keepalive=self.broker.keepalive_s)
+        self.client.loop_start()
+
+    def stop(self) -> None:
+        if self.connected.is_set():
+            info = self.publish(Channel.AVAILABILITY, Availability(device_id=self.device_id, state="stopped"))
+            if info is not None:
+                try:
+                    info.wait_for_publish(timeout=2.0)
+                except RuntimeError as exc:
+                    log.warning("could not publish 'stopped' availability: %s", exc)
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def publish(self, channel: Channel, message: Message, *, qos: int = 1) -> mqtt.MQTTMessageInfo | None:
+        """Publish if connected; return None (and publish nothing) while offline."""
+        if not self.connected.is_set():
+            return None
+        info = self.client.publish(
+            topic(self.device_id, channel), message.to_bytes(), qos=qos, retain=channel in RETAINED
+        )
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            log.warning("publish on %s failed: %s", channel.value, mqtt.error_string(info.rc))
+            return None
+        return info
+
+    # -- paho callbacks (network thread) -------------------------------------------------
+    def _on_connect(self, client: mqtt.Client, _ud: Any, _flags: Any, reason: Any, _props: Any) -> None:
+        if reason.is_failure:
+            log.error("broker %s refused the connection: %s", self.broker.url, reason)
+            return
+        log.info("connected to %s as %s", self.broker.url, self.device_id)
+        self.connected.set()
+        client.subscribe([(t, 1) for t in device_subscriptions(self.device_id)])
+        self.publish(Channel.AVAILABILITY, Availability(device_id=self.device_id, state="online"))
+        self.handlers.on_connected()
+
+    def _on_disconnect(self, _c: mqtt.Client, _ud: Any, _flags: Any, reason: Any, _props: Any) -> None:
+        self.connected.clear()
+        log.warning("disconnected from broker (%s); reconnecting in the background", reason)
+
+    def _on_message(self, _c: mqtt.Client, _ud: Any, msg: mqtt.MQTTMessage) -> None:
+        try:
+            dest = parse_topic(msg.topic)
+            if dest.device_id != self.device_id:
+                raise ProtocolError(f"message for device {dest.device_id!r}", topic=msg.topic)
+            if dest.channel is Channel.DESIRED:
+                if not msg.payload:  # a cleared retained message
+                    return
+                desired = parse(DesiredState, msg.payload, topic=msg.topic)
+                if desired.device_id != self.device_id:
+                    raise ProtocolError(f"desired state names device {desired.device_id!r}", topic=msg.topic)
+                self.handlers.on_desired(desired)
+            elif dest.channel is Channel.CHUNKS:
+                self.handlers.on_chunk(*decode_chunk(msg.payload, topic=msg.topic))
+            elif dest.channel is Channel.COMMANDS:
+                self.handlers.on_command(parse(Command, msg.payload, topic=msg.topic))
+            else:
+                raise ProtocolError(f"unexpected channel {dest.channel.value}", topic=msg.topic)
+        except ProtocolError as exc:
+            self.rejected += 1
+            log.warning("rejected message on %s: %s", msg.topic, exc.reason)
+        except Exception:  # a handler bug must not kill paho's network thread
+            self.rejected += 1
+            log.exception("handler failed for message on %s", msg.topic)

@@ -1,0 +1,1 @@
+"""From a trained model to signed bundles per device class: export, (later) quantize, bundle, sign."""

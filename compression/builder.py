@@ -1,0 +1,102 @@
+"""Build a signed bundle from an ONNX model: describe its I/O, compute test vectors, sign, pack.
+
+Needs only ONNX Runtime, so bundles can be built on any machine with the core install.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from protocol.bundle import FileEntry, Manifest, TestVector, pack_bundle, sha256_file, sign_manifest
+from protocol.tensors import TensorData, TensorSpec, onnx_type_to_dtype
+
+__all__ = ["build_bundle", "describe_onnx", "sample_inputs"]
+
+log = logging.getLogger(__name__)
+
+
+def describe_onnx(session: ort.InferenceSession) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    def spec(arg: ort.NodeArg) -> TensorSpec:
+        shape = [d if isinstance(d, int) and d >= 0 else None for d in (arg.shape or [])]
+        return TensorSpec(name=arg.name, dtype=onnx_type_to_dtype(arg.type), shape=shape)
+
+    return [spec(a) for a in session.get_inputs()], [spec(a) for a in session.get_outputs()]
+
+
+def sample_inputs(specs: list[TensorSpec], rng: np.random.Generator, batch: int = 2) -> dict[str, np.ndarray]:
+    """Random inputs that fit the specs; dynamic dimensions take ``batch``."""
+    feeds = {}
+    for spec in specs:
+        shape = [batch if d is None else d for d in spec.shape]
+        dtype = np.dtype(spec.dtype)
+        if dtype.kind == "f":
+            feeds[spec.name] = rng.standard_normal(shape).astype(dtype)
+        elif dtype.kind == "b":
+            feeds[spec.name] = rng.integers(0, 2, shape).astype(bool)
+        else:
+            feeds[spec.name] = rng.integers(0, 10, shape).astype(dtype)
+    return feeds
+
+
+def build_bundle(
+    model_path: Path,
+    out: Path,
+    *,
+    name: str,
+    version: str,
+    device_class: str,
+    private_key: Ed25519PrivateKey,
+    test_inputs: list[dict[str, np.ndarray]] | None = None,
+    parent: str | None = None,
+    metadata: dict[str, str] | None = None,
+    rtol: float = 1e-4,
+    atol: float = 1e-5,
+    seed: int = 0,
+) -> tuple[Path, str]:
+    """Write a signed bundle archive to ``out``; return (path, bundle digest).
+
+    Test vectors are ``test_inputs`` (or two random batches) with the outputs ONNX Runtime gives now.
+    """
+    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    inputs, outputs = describe_onnx(session)
+    rng = np.random.default_rng(seed)
+    feeds_list = test_inputs if test_inputs is not None else [sample_inputs(inputs, rng) for _ in range(2)]
+    vectors = []
+    for feeds in feeds_list:
+        results = session.run([o.name for o in outputs], feeds)
+        vectors.append(
+            TestVector(
+                inputs={k: TensorData.from_array(v) for k, v in feeds.items()},
+                outputs={o.name: TensorData.from_array(np.asarray(r)) for o, r in zip(outputs, results, strict=True)},
+            )
+        )
+    model_name = "model.onnx"
+    manifest = Manifest(
+        name=name,
+        version=version,
+        device_class=device_class,
+        runtime="onnxruntime",
+        model_file=model_name,
+        inputs=inputs,
+        outputs=outputs,
+        files=[FileEntry(name=model_name, sha256=sha256_file(model_path), size=model_path.stat().st_size)],
+        test_vectors=vectors,
+        rtol=rtol,
+        atol=atol,
+        parent=parent,
+        metadata=metadata or {},
+    )
+    signed = sign_manifest(manifest, private_key)
+    with tempfile.TemporaryDirectory() as tmp:
+        staged = Path(tmp) / model_name
+        shutil.copyfile(model_path, staged)
+        pack_bundle(signed, {model_name: staged}, out)
+    log.info("built bundle %s %s for %s: %s", name, version, device_class, signed.digest[:12])
+    return out, signed.digest

@@ -1,0 +1,112 @@
+"""`edgefleet bundle ...` and `edgefleet keys ...`: build, verify and inspect signed bundles."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import typer
+
+from edgefleet.exit_codes import ExitCode
+from edgefleet.output import FormatOption, fail, print_data
+from protocol.bundle import extract_bundle, verify_files, verify_manifest
+from protocol.errors import BundleError, SignatureError
+from protocol.signing import generate_keypair, key_id, load_private_key, load_public_key, load_trusted_keys
+
+bundle_app = typer.Typer(help="Build, verify and inspect signed model bundles.", no_args_is_help=True)
+keys_app = typer.Typer(help="Signing keys for bundles.", no_args_is_help=True)
+
+
+@keys_app.command("generate")
+def keys_generate(
+    out: Path = typer.Option(Path("keys"), "--out", help="Folder for signing.key and signing.pub."),
+    force: bool = typer.Option(False, "--force", help="Overwrite existing keys."),
+    fmt=FormatOption,
+) -> None:
+    """Generate an ed25519 key pair: signing.key (private, mode 0600) and signing.pub.
+
+    Example: edgefleet keys generate --out ./keys
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    private_path, public_path = out / "signing.key", out / "signing.pub"
+    if private_path.exists() and not force:
+        fail(f"{private_path} exists; pass --force to replace it", ExitCode.USAGE)
+    private_pem, public_pem = generate_keypair()
+    fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(private_pem)
+    public_path.write_bytes(public_pem)
+    kid = key_id(load_public_key(public_pem))
+    print_data({"private_key": str(private_path), "public_key": str(public_path), "key_id": kid}, fmt)
+
+
+@bundle_app.command("create")
+def bundle_create(
+    model: Path = typer.Argument(..., exists=True, dir_okay=False, help="The ONNX model."),
+    name: str = typer.Option(..., help="Model name, e.g. digits."),
+    version: str = typer.Option(..., help="Model version, e.g. 1.0.0."),
+    device_class: str = typer.Option(..., "--device-class", help="Device class the bundle is for."),
+    key: Path = typer.Option(..., "--key", exists=True, help="Private signing key (PEM)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Bundle archive to write."),
+    parent: str | None = typer.Option(None, help="Digest of the bundle this one derives from."),
+    fmt=FormatOption,
+) -> None:
+    """Describe an ONNX model, compute test vectors with ONNX Runtime, sign and pack it.
+
+    Example: edgefleet bundle create model.onnx --name digits --version 1.0.0 --device-class rpi4 --key keys/signing.key -o digits.bundle
+    """
+    from compression.builder import build_bundle
+
+    try:
+        private_key = load_private_key(key)
+        path, digest = build_bundle(
+            model, out, name=name, version=version, device_class=device_class, private_key=private_key, parent=parent
+        )
+    except (BundleError, ValueError) as exc:
+        fail(str(exc), ExitCode.BUNDLE_INVALID)
+    print_data({"bundle": str(path), "digest": digest, "name": name, "version": version}, fmt)
+
+
+@bundle_app.command("verify")
+def bundle_verify(
+    bundle: Path = typer.Argument(..., exists=True, dir_okay=False, help="Bundle archive."),
+    trusted: list[Path] = typer.Option(..., "--trusted-key", help="Trusted public key (PEM); repeatable."),
+    fmt=FormatOption,
+) -> None:
+    """Check layout, signature and every file hash; exit 4 with the reason when any fails.
+
+    Example: edgefleet bundle verify digits.bundle --trusted-key keys/signing.pub
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            signed = extract_bundle(bundle, Path(tmp))
+            manifest = verify_manifest(signed, load_trusted_keys(trusted))
+            verify_files(manifest, lambda name, _sha: Path(tmp) / name)
+        except (BundleError, SignatureError) as exc:
+            fail(f"{bundle}: {exc.reason}", ExitCode.BUNDLE_INVALID)
+    print_data({"bundle": str(bundle), "valid": True, "digest": signed.digest, "key_id": signed.key_id}, fmt)
+
+
+@bundle_app.command("inspect")
+def bundle_inspect(
+    bundle: Path = typer.Argument(..., exists=True, dir_okay=False, help="Bundle archive."),
+    fmt=FormatOption,
+) -> None:
+    """Print a bundle's manifest without verifying it.
+
+    Example: edgefleet bundle inspect digits.bundle --format json
+    """
+    from protocol.bundle import Manifest
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            signed = extract_bundle(bundle, Path(tmp))
+            manifest = Manifest.model_validate_json(signed.manifest)
+        except (BundleError, ValueError) as exc:
+            fail(f"{bundle}: {exc}", ExitCode.BUNDLE_INVALID)
+    data = manifest.model_dump(mode="json", exclude={"test_vectors"})
+    data["digest"] = signed.digest
+    data["key_id"] = signed.key_id
+    data["test_vectors"] = len(manifest.test_vectors)
+    print_data(data, fmt)

@@ -1,0 +1,114 @@
+"""The coordinator's REST API (FastAPI): bundles, devices, deployments, telemetry, metrics."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import Depends, FastAPI, HTTPException, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ConfigDict, Field
+
+from coordinator.errors import Conflict, CoordinatorError, NotFound, Rejected
+from coordinator.service import Coordinator
+
+__all__ = ["create_app"]
+
+MAX_UPLOAD_BYTES = 512 * 1024 * 1024
+
+
+class DesiredRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    bundle_digest: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class DeploymentRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    bundle_digest: str = Field(pattern=r"^[0-9a-f]{64}$")
+    device_ids: list[str] | None = Field(default=None, description="Omit to target every device of the bundle's class.")
+
+
+_STATUS = {NotFound: 404, Rejected: 422, Conflict: 409}
+
+
+def create_app(coordinator: Coordinator, *, token: str | None) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        coordinator.start()
+        try:
+            yield
+        finally:
+            coordinator.stop()
+
+    app = FastAPI(title="edgefleet coordinator", version="0.1.0", lifespan=lifespan)
+
+    def authorize(request: Request) -> None:
+        if token is None:
+            return
+        given = request.headers.get("authorization", "")
+        if not secrets.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            raise HTTPException(status_code=401, detail="missing or wrong bearer token")
+
+    @app.exception_handler(CoordinatorError)
+    async def _domain_error(_request: Request, exc: CoordinatorError) -> JSONResponse:
+        return JSONResponse(status_code=_STATUS.get(type(exc), 400), content={"detail": exc.reason})
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, Any]:
+        return {"ok": True, "broker_connected": coordinator.link.connected.is_set()}
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    api = Depends(authorize)
+
+    @app.post("/api/v1/bundles", status_code=201, dependencies=[api])
+    async def upload_bundle(request: Request) -> dict[str, Any]:
+        """Upload a signed bundle archive as the raw request body."""
+        body = bytearray()
+        async for part in request.stream():
+            body += part
+            if len(body) > MAX_UPLOAD_BYTES:
+                raise Rejected(f"upload exceeds {MAX_UPLOAD_BYTES} bytes")
+        digest, manifest = coordinator.registry.add_upload(bytes(body))
+        return {"digest": digest, "name": manifest.name, "version": manifest.version, "device_class": manifest.device_class}
+
+    @app.get("/api/v1/bundles", dependencies=[api])
+    def list_bundles() -> list[dict[str, Any]]:
+        return [{k: v for k, v in b.items() if k != "manifest"} for b in coordinator.db.bundles()]
+
+    @app.get("/api/v1/bundles/{digest}", dependencies=[api])
+    def get_bundle(digest: str) -> dict[str, Any]:
+        bundle = coordinator.db.bundle(digest)
+        if bundle is None:
+            raise NotFound(f"no bundle {digest}")
+        return bundle
+
+    @app.get("/api/v1/devices", dependencies=[api])
+    def list_devices() -> list[dict[str, Any]]:
+        return coordinator.db.devices()
+
+    @app.get("/api/v1/devices/{device_id}", dependencies=[api])
+    def get_device(device_id: str) -> dict[str, Any]:
+        device = coordinator.db.device(device_id)
+        if device is None:
+            raise NotFound(f"no device {device_id!r}")
+        return device
+
+    @app.put("/api/v1/devices/{device_id}/desired", dependencies=[api])
+    def set_desired(device_id: str, body: DesiredRequest) -> dict[str, Any]:
+        return coordinator.deploy(body.bundle_digest, [device_id])[0]
+
+    @app.post("/api/v1/deployments", dependencies=[api])
+    def deploy(body: DeploymentRequest) -> list[dict[str, Any]]:
+        return coordinator.deploy(body.bundle_digest, body.device_ids)
+
+    @app.get("/api/v1/devices/{device_id}/telemetry", dependencies=[api])
+    def telemetry(device_id: str, limit: int = 100) -> list[dict[str, Any]]:
+        return coordinator.db.telemetry(device_id, limit=min(limit, 1000))
+
+    return app

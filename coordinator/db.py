@@ -1,0 +1,178 @@
+"""The coordinator's SQLite store (sqlite-utils): bundles, devices, desired state and telemetry.
+
+One connection guarded by a lock: FastAPI's worker threads and the MQTT thread share it.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from protocol.messages import Availability, ReportedState, Telemetry
+
+__all__ = ["FleetDB"]
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+class FleetDB:
+    def __init__(self, path: Path | str) -> None:
+        conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self.db = sqlite_utils.Database(conn)
+        if str(path) != ":memory:":
+            self.db.enable_wal()
+        self._lock = threading.RLock()
+        self._create()
+
+    def _create(self) -> None:
+        with self.locked() as db:
+            db["bundles"].create(
+                {
+                    "digest": str,
+                    "name": str,
+                    "version": str,
+                    "device_class": str,
+                    "runtime": str,
+                    "key_id": str,
+                    "size": int,
+                    "created_at": str,
+                    "uploaded_at": str,
+                    "parent": str,
+                    "manifest": str,
+                },
+                pk="digest",
+                if_not_exists=True,
+            )
+            db["devices"].create(
+                {
+                    "device_id": str,
+                    "device_class": str,
+                    "availability": str,
+                    "last_seen": str,
+                    "status": str,
+                    "active_digest": str,
+                    "active_version": str,
+                    "runtime": str,
+                    "last_error": str,
+                    "reported": str,
+                },
+                pk="device_id",
+                if_not_exists=True,
+            )
+            db["desired"].create(
+                {"device_id": str, "revision": int, "bundle_digest": str, "updated_at": str},
+                pk="device_id",
+                if_not_exists=True,
+            )
+            db["telemetry"].create(
+                {
+                    "message_id": str,
+                    "device_id": str,
+                    "received_at": str,
+                    "sent_at": str,
+                    "window_s": float,
+                    "bundle_digest": str,
+                    "inference_count": int,
+                    "error_count": int,
+                    "latency_ms_mean": float,
+                    "latency_ms_p50": float,
+                    "latency_ms_p95": float,
+                    "cpu_percent": float,
+                    "rss_bytes": int,
+                },
+                pk="message_id",
+                if_not_exists=True,
+            )
+            db["telemetry"].create_index(["device_id", "received_at"], if_not_exists=True)
+
+    @contextmanager
+    def locked(self) -> Iterator[sqlite_utils.Database]:
+        with self._lock:
+            yield self.db
+
+    # -- bundles -------------------------------------------------------------------------
+    def add_bundle(self, row: dict[str, Any]) -> None:
+        with self.locked() as db:
+            db["bundles"].upsert(row | {"uploaded_at": _now()}, pk="digest")
+
+    def bundle(self, digest: str) -> dict[str, Any] | None:
+        with self.locked() as db:
+            rows = list(db["bundles"].rows_where("digest = ?", [digest]))
+        return rows[0] if rows else None
+
+    def bundles(self) -> list[dict[str, Any]]:
+        with self.locked() as db:
+            return list(db["bundles"].rows_where(order_by="uploaded_at desc"))
+
+    # -- devices -------------------------------------------------------------------------
+    def record_reported(self, state: ReportedState) -> None:
+        row = {
+            "device_id": state.device_id,
+            "device_class": state.device_class,
+            "last_seen": _now(),
+            "status": state.status,
+            "active_digest": state.active.digest if state.active else None,
+            "active_version": state.active.version if state.active else None,
+            "runtime": state.runtime,
+            "last_error": state.last_error.reason if state.last_error else None,
+            "reported": state.model_dump_json(),
+        }
+        with self.locked() as db:
+            db["devices"].upsert(row, pk="device_id")
+
+    def record_availability(self, message: Availability) -> None:
+        with self.locked() as db:
+            db["devices"].upsert(
+                {"device_id": message.device_id, "availability": message.state, "last_seen": _now()}, pk="device_id"
+            )
+
+    def devices(self, device_class: str | None = None) -> list[dict[str, Any]]:
+        with self.locked() as db:
+            where, args = ("device_class = ?", [device_class]) if device_class else (None, [])
+            rows = list(db["devices"].rows_where(where, args, order_by="device_id"))
+            desired = {r["device_id"]: r for r in db["desired"].rows}
+        for row in rows:
+            row["reported"] = json.loads(row["reported"]) if row.get("reported") else None
+            row["desired"] = desired.get(row["device_id"])
+        return rows
+
+    def device(self, device_id: str) -> dict[str, Any] | None:
+        return next((d for d in self.devices() if d["device_id"] == device_id), None)
+
+    # -- desired state -------------------------------------------------------------------
+    def set_desired(self, device_id: str, bundle_digest: str | None) -> int:
+        """Store the new desired bundle; return its revision (strictly increasing per device)."""
+        with self.locked() as db:
+            rows = list(db["desired"].rows_where("device_id = ?", [device_id]))
+            revision = (rows[0]["revision"] + 1) if rows else 1
+            db["desired"].upsert(
+                {"device_id": device_id, "revision": revision, "bundle_digest": bundle_digest, "updated_at": _now()},
+                pk="device_id",
+            )
+        return revision
+
+    # -- telemetry -----------------------------------------------------------------------
+    def add_telemetry(self, message: Telemetry) -> bool:
+        """Insert once per message id; return False for a duplicate delivery."""
+        row = message.model_dump(mode="json", exclude={"schema_version"})
+        row["received_at"] = _now()
+        with self.locked() as db:
+            db["telemetry"].insert(row, pk="message_id", ignore=True)
+            inserted = db.execute("select changes()").fetchone()[0]
+        return bool(inserted)
+
+    def telemetry(self, device_id: str, limit: int = 100) -> list[dict[str, Any]]:
+        with self.locked() as db:
+            return list(
+                db["telemetry"].rows_where("device_id = ?", [device_id], order_by="received_at desc", limit=limit)
+            )

@@ -1,0 +1,146 @@
+"""The coordinator's MQTT link: publishes desired state, serves chunks, ingests what devices send."""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from prometheus_client import Counter
+
+from agent.config import BrokerConfig
+from coordinator.db import FleetDB
+from coordinator.errors import NotFound
+from coordinator.registry import Registry
+from protocol.errors import ProtocolError
+from protocol.messages import (
+    Availability,
+    ChunkHeader,
+    ChunkRequest,
+    CommandResult,
+    DesiredState,
+    ReportedState,
+    Telemetry,
+    encode_chunk,
+    parse,
+)
+from protocol.topics import Channel, coordinator_subscriptions, parse_topic, topic
+
+__all__ = ["CoordinatorLink"]
+
+log = logging.getLogger(__name__)
+
+REJECTED = Counter("edgefleet_coordinator_rejected_messages", "Invalid messages dropped", ["channel"])
+CHUNKS = Counter("edgefleet_coordinator_chunks_served", "Chunks sent to devices", ["kind"])
+
+
+class CoordinatorLink:
+    def __init__(self, broker: BrokerConfig, db: FleetDB, registry: Registry, *, client_id: str) -> None:
+        self.broker = broker
+        self.db = db
+        self.registry = registry
+        self.connected = threading.Event()
+        self.rejected = 0
+        self.on_connected: Callable[[], None] = lambda: None
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True, protocol=mqtt.MQTTv311
+        )
+        if broker.username:
+            self.client.username_pw_set(broker.username, broker.resolved_password())
+        if broker.tls:
+            self.client.tls_set(ca_certs=str(broker.ca_file) if broker.ca_file else None, cert_reqs=ssl.CERT_REQUIRED)
+        # Chunks are answered on the network thread; allow a burst of them in flight.
+        self.client.max_inflight_messages_set(64)
+        self.client.reconnect_delay_set(min_delay=1, max_delay=30)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_message = self._on_message
+
+    def start(self) -> None:
+        self.client.connect_async(self.broker.host, self.broker.port, keepalive=self.broker.keepalive_s)
+        self.client.loop_start()
+
+    def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def publish_desired(self, desired: DesiredState) -> None:
+        """Retained QoS 1: a device that is offline now converges when it next connects."""
+        info = self.client.publish(topic(desired.device_id, Channel.DESIRED), desired.to_bytes(), qos=1, retain=True)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            # paho queues QoS 1 messages while disconnected; other codes mean it did not take it.
+            log.warning("desired state for %s not queued: %s", desired.device_id, mqtt.error_string(info.rc))
+
+    # -- paho callbacks (network thread) -------------------------------------------------
+    def _on_connect(self, client: mqtt.Client, _ud: Any, _flags: Any, reason: Any, _props: Any) -> None:
+        if reason.is_failure:
+            log.error("broker %s refused the coordinator: %s", self.broker.url, reason)
+            return
+        client.subscribe([(t, 1) for t in coordinator_subscriptions()])
+        self.connected.set()
+        log.info("coordinator connected to %s", self.broker.url)
+        self.on_connected()
+
+    def _on_disconnect(self, _c: mqtt.Client, _ud: Any, _flags: Any, reason: Any, _props: Any) -> None:
+        self.connected.clear()
+        log.warning("coordinator disconnected from broker (%s); reconnecting", reason)
+
+    def _on_message(self, _c: mqtt.Client, _ud: Any, msg: mqtt.MQTTMessage) -> None:
+        channel = "unknown"
+        try:
+            dest = parse_topic(msg.topic)
+            channel = dest.channel.value
+            if not msg.payload:  # a cleared retained message
+                return
+            if dest.channel is Channel.CHUNK_REQUESTS:
+                self._serve_chunk(_own(parse(ChunkRequest, msg.payload, topic=msg.topic), dest.device_id))
+            elif dest.channel is Channel.REPORTED:
+                self.db.record_reported(_own(parse(ReportedState, msg.payload, topic=msg.topic), dest.device_id))
+            elif dest.channel is Channel.AVAILABILITY:
+                self.db.record_availability(_own(parse(Availability, msg.payload, topic=msg.topic), dest.device_id))
+            elif dest.channel is Channel.TELEMETRY:
+                self.db.add_telemetry(_own(parse(Telemetry, msg.payload, topic=msg.topic), dest.device_id))
+            elif dest.channel is Channel.COMMAND_RESULTS:
+                result = _own(parse(CommandResult, msg.payload, topic=msg.topic), dest.device_id)
+                log.info("command %s on %s: ok=%s %s", result.command_id, result.device_id, result.ok, result.detail)
+            else:
+                raise ProtocolError(f"coordinator does not consume {dest.channel.value}", topic=msg.topic)
+        except ProtocolError as exc:
+            self.rejected += 1
+            REJECTED.labels(channel).inc()
+            log.warning("rejected message on %s: %s", msg.topic, exc.reason)
+        except Exception:  # never let one bad message stop the network thread
+            self.rejected += 1
+            REJECTED.labels(channel).inc()
+            log.exception("failed to handle message on %s", msg.topic)
+
+    def _serve_chunk(self, request: ChunkRequest) -> None:
+        header = ChunkHeader(
+            request_id=request.message_id, kind=request.kind, digest=request.digest, offset=request.offset, total_size=0
+        )
+        try:
+            size, data = self.registry.read_range(request.kind, request.digest, request.offset, request.length)
+            header.total_size = size
+        except NotFound as exc:
+            header.error = exc.reason
+            data = b""
+        self.client.publish(topic(request.device_id, Channel.CHUNKS), encode_chunk(header, data), qos=1)
+        CHUNKS.labels(request.kind).inc()
+
+
+class _FromDevice(Protocol):
+    device_id: str
+
+
+D = TypeVar("D", bound=_FromDevice)
+
+
+def _own(message: D, device_id: str) -> D:
+    """A device may speak only for itself: the payload's device id must match its topic."""
+    if message.device_id != device_id:
+        raise ProtocolError(f"payload names device {message.device_id!r} on the topic of {device_id!r}")
+    return message

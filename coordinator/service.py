@@ -1,0 +1,78 @@
+"""The coordinator's core: registry, fleet store and MQTT link, and the operations on them."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from coordinator.config import CoordinatorConfig
+from coordinator.db import FleetDB
+from coordinator.errors import Conflict, NotFound
+from coordinator.link import CoordinatorLink
+from coordinator.registry import Registry
+from protocol.messages import BundleRef, DesiredState
+from protocol.signing import load_trusted_keys
+
+__all__ = ["Coordinator"]
+
+log = logging.getLogger(__name__)
+
+
+class Coordinator:
+    def __init__(self, config: CoordinatorConfig) -> None:
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        self.config = config
+        self.db = FleetDB(config.data_dir / "fleet.db")
+        self.registry = Registry(config.data_dir, self.db, load_trusted_keys(config.trusted_keys))
+        self.link = CoordinatorLink(config.broker, self.db, self.registry, client_id=config.client_id)
+        self.link.on_connected = self.republish_desired
+
+    def start(self) -> None:
+        self.link.start()
+
+    def stop(self) -> None:
+        self.link.stop()
+
+    def republish_desired(self) -> None:
+        """After (re)connecting, publish every desired state again, in case the broker lost retained ones."""
+        with self.db.locked() as db:
+            rows = list(db["desired"].rows)
+        for row in rows:
+            self.link.publish_desired(self._desired_message(row["device_id"], row["revision"], row["bundle_digest"]))
+
+    def _desired_message(self, device_id: str, revision: int, digest: str | None) -> DesiredState:
+        ref = None
+        if digest is not None:
+            bundle = self.db.bundle(digest)
+            if bundle is None:
+                raise NotFound(f"no bundle {digest}")
+            ref = BundleRef(digest=digest, name=bundle["name"], version=bundle["version"])
+        return DesiredState(device_id=device_id, revision=revision, bundle=ref)
+
+    def deploy(self, digest: str, device_ids: list[str] | None = None) -> list[dict[str, Any]]:
+        """Make ``digest`` the desired bundle of the named devices, or of every device of its class."""
+        bundle = self.db.bundle(digest)
+        if bundle is None:
+            raise NotFound(f"no bundle {digest}")
+        if device_ids is None:
+            targets = [d["device_id"] for d in self.db.devices(device_class=bundle["device_class"])]
+            if not targets:
+                raise Conflict(f"no known device of class {bundle['device_class']!r}")
+        else:
+            targets = []
+            for device_id in device_ids:
+                device = self.db.device(device_id)
+                if device is None:
+                    raise NotFound(f"no device {device_id!r}")
+                if device.get("device_class") and device["device_class"] != bundle["device_class"]:
+                    raise Conflict(
+                        f"device {device_id!r} is {device['device_class']!r}; bundle is for {bundle['device_class']!r}"
+                    )
+                targets.append(device_id)
+        results = []
+        for device_id in targets:
+            revision = self.db.set_desired(device_id, digest)
+            self.link.publish_desired(self._desired_message(device_id, revision, digest))
+            results.append({"device_id": device_id, "revision": revision, "bundle_digest": digest})
+        log.info("deployed %s %s to %d device(s)", bundle["name"], bundle["version"], len(results))
+        return results

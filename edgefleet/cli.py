@@ -1,0 +1,39 @@
+"""The `edgefleet` command: sub-commands grouped by area."""
+
+from __future__ import annotations
+
+import typer
+
+from agent.cli import app as agent_app
+from compression.cli import bundle_app, keys_app
+from coordinator.cli import app as coordinator_app
+from edgefleet.exit_codes import HELP
+
+app = typer.Typer(
+    help="edgefleet: signed models on fleets of edge devices.\n\nExit codes: "
+    + "; ".join(f"{int(code)} {text}" for code, text in HELP.items()),
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(agent_app, name="agent")
+app.add_typer(coordinator_app, name="coordinator")
+app.add_typer(bundle_app, name="bundle")
+app.add_typer(keys_app, name="keys")
+
+
+@app.command()
+def demo(
+    agents: int = typer.Option(3, min=1, max=10, help="Number of agent processes."),
+    keep: bool = typer.Option(False, help="Keep the demo's working folder."),
+) -> None:
+    """Run the whole system on this machine: broker, coordinator, agents, a real model rolled out.
+
+    Example: edgefleet demo
+    """
+    from edgefleet.demo import run_demo
+
+    raise typer.Exit(run_demo(agents=agents, keep=keep))
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,269 @@
+"""The bundle format: a signed manifest plus content-addressed files, and its tar archive.
+
+A bundle's identity (its *digest*) is the sha256 of the exact manifest bytes that were signed.
+The archive holds ``manifest.json`` (a ``SignedManifest``) and ``files/<name>`` for each file.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import posixpath
+import tarfile
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from protocol.errors import BundleError, UnsafeArchive
+from protocol.signing import TrustedKeys, key_id, sign_bytes, verify_bytes
+from protocol.tensors import TensorData, TensorSpec
+
+__all__ = [
+    "MANIFEST_NAME",
+    "MAX_BUNDLE_BYTES",
+    "MAX_MANIFEST_BYTES",
+    "FileEntry",
+    "Manifest",
+    "SignedManifest",
+    "TestVector",
+    "extract_bundle",
+    "pack_bundle",
+    "sha256_file",
+    "sign_manifest",
+    "verify_files",
+    "verify_manifest",
+]
+
+MANIFEST_NAME = "manifest.json"
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+MAX_BUNDLE_BYTES = 2 * 1024 * 1024 * 1024
+MAX_FILES = 64
+SHA256 = r"^[0-9a-f]{64}$"
+
+
+class FileEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, max_length=200, description="Relative POSIX path inside the bundle.")
+    sha256: str = Field(pattern=SHA256)
+    size: int = Field(ge=0, le=MAX_BUNDLE_BYTES)
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, name: str) -> str:
+        return safe_member_name(name)
+
+
+class TestVector(BaseModel):
+    """Inputs and the outputs the bundle's builder computed for them."""
+
+    __test__ = False  # not a pytest class
+    model_config = ConfigDict(extra="forbid")
+
+    inputs: dict[str, TensorData]
+    outputs: dict[str, TensorData]
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: Literal[1] = 1
+    name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    version: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+    device_class: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    runtime: Literal["onnxruntime", "litert", "tensorrt"] = "onnxruntime"
+    model_file: str = Field(description="Name of the entry in `files` that the runtime loads.")
+    inputs: list[TensorSpec] = Field(min_length=1)
+    outputs: list[TensorSpec] = Field(min_length=1)
+    files: list[FileEntry] = Field(min_length=1, max_length=MAX_FILES)
+    test_vectors: list[TestVector] = Field(default_factory=list, max_length=32)
+    rtol: float = Field(default=1e-4, ge=0)
+    atol: float = Field(default=1e-5, ge=0)
+    created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    parent: str | None = Field(default=None, pattern=SHA256, description="Digest of the bundle this derives from.")
+    metadata: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Manifest:
+        names = [f.name for f in self.files]
+        if len(set(names)) != len(names):
+            raise ValueError("duplicate file names in manifest")
+        if self.model_file not in names:
+            raise ValueError(f"model_file {self.model_file!r} is not among the files")
+        for which, specs in (("input", self.inputs), ("output", self.outputs)):
+            if len({s.name for s in specs}) != len(specs):
+                raise ValueError(f"duplicate {which} names")
+        input_names = {s.name for s in self.inputs}
+        output_names = {s.name for s in self.outputs}
+        for i, vector in enumerate(self.test_vectors):
+            if set(vector.inputs) != input_names or not set(vector.outputs) <= output_names:
+                raise ValueError(f"test vector {i} does not name the model's inputs and outputs")
+        return self
+
+    def file(self, name: str) -> FileEntry:
+        return next(f for f in self.files if f.name == name)
+
+    def canonical_bytes(self) -> bytes:
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":")).encode()
+
+
+class SignedManifest(BaseModel):
+    """The manifest's exact bytes (as text), with who signed them and the ed25519 signature."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    manifest: str = Field(max_length=MAX_MANIFEST_BYTES)
+    key_id: str = Field(pattern=r"^[0-9a-f]{16}$")
+    signature: str = Field(description="base64 of the ed25519 signature over `manifest` (UTF-8).")
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(self.manifest.encode()).hexdigest()
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json().encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> SignedManifest:
+        if len(data) > MAX_MANIFEST_BYTES + 1024:
+            raise BundleError(f"signed manifest of {len(data)} bytes exceeds {MAX_MANIFEST_BYTES}")
+        try:
+            return cls.model_validate_json(data)
+        except ValidationError as exc:
+            raise BundleError(f"malformed signed manifest: {_first_error(exc)}") from None
+
+
+def sign_manifest(manifest: Manifest, private_key: Ed25519PrivateKey) -> SignedManifest:
+    text = manifest.canonical_bytes()
+    return SignedManifest(
+        manifest=text.decode(),
+        key_id=key_id(private_key.public_key()),
+        signature=base64.b64encode(sign_bytes(private_key, text)).decode("ascii"),
+    )
+
+
+def verify_manifest(signed: SignedManifest, trusted: TrustedKeys) -> Manifest:
+    """Check the signature against the trusted keys, then parse the manifest it covers."""
+    try:
+        signature = base64.b64decode(signed.signature, validate=True)
+    except ValueError:
+        raise BundleError("signature is not valid base64") from None
+    verify_bytes(trusted, signed.key_id, signature, signed.manifest.encode())
+    try:
+        return Manifest.model_validate_json(signed.manifest)
+    except ValidationError as exc:
+        raise BundleError(f"signed manifest is invalid: {_first_error(exc)}") from None
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_files(manifest: Manifest, locate: Callable[[str, str], Path]) -> None:
+    """Check every file's size and sha256; ``locate(name, sha256)`` says where the file lies."""
+    for entry in manifest.files:
+        path = locate(entry.name, entry.sha256)
+        if not path.is_file():
+            raise BundleError(f"file {entry.name!r} is missing")
+        size = path.stat().st_size
+        if size != entry.size:
+            raise BundleError(f"file {entry.name!r}: {size} bytes, manifest says {entry.size}")
+        actual = sha256_file(path)
+        if actual != entry.sha256:
+            raise BundleError(
+                f"file {entry.name!r}: sha256 {actual[:12]}..., manifest says {entry.sha256[:12]}... (tampered)"
+            )
+
+
+def safe_member_name(name: str) -> str:
+    """Reject absolute paths, ``..``, backslashes and empty parts; return the normalised name."""
+    if not name or name.startswith("/") or "\\" in name or "\x00" in name:
+        raise UnsafeArchive(f"unsafe path {name!r}")
+    norm = posixpath.normpath(name)
+    if norm != name or norm.startswith("../") or norm == ".." or norm == ".":
+        raise UnsafeArchive(f"unsafe path {name!r}")
+    return norm
+
+
+def pack_bundle(signed: SignedManifest, files: dict[str, Path], out: Path) -> Path:
+    """Write the archive: the signed manifest and each named file, in manifest order."""
+    manifest = Manifest.model_validate_json(signed.manifest)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
+        _add_bytes(tar, MANIFEST_NAME, signed.to_bytes())
+        for entry in manifest.files:
+            info = tar.gettarinfo(str(files[entry.name]), arcname=f"files/{entry.name}")
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            info.mtime = 0
+            with open(files[entry.name], "rb") as fh:
+                tar.addfile(info, fh)
+    tmp.replace(out)
+    return out
+
+
+def extract_bundle(archive: Path, dest: Path, *, max_bytes: int = MAX_BUNDLE_BYTES) -> SignedManifest:
+    """Extract safely into ``dest`` (regular files only, no escapes, bounded sizes).
+
+    Returns the signed manifest; the caller verifies it and the files.
+    """
+    dest.mkdir(parents=True, exist_ok=True)
+    total = 0
+    signed: SignedManifest | None = None
+    try:
+        tar = tarfile.open(archive, "r:*")
+    except (tarfile.TarError, OSError) as exc:
+        raise UnsafeArchive(f"{archive}: not a readable bundle archive ({exc})") from None
+    with tar:
+        for count, member in enumerate(tar, start=1):
+            if count > MAX_FILES + 1:
+                raise UnsafeArchive(f"archive holds more than {MAX_FILES + 1} members")
+            name = safe_member_name(member.name)
+            if not member.isfile():
+                raise UnsafeArchive(f"member {name!r} is not a regular file (links and devices are refused)")
+            total += member.size
+            if total > max_bytes:
+                raise UnsafeArchive(f"archive content exceeds {max_bytes} bytes")
+            fh = tar.extractfile(member)
+            assert fh is not None  # regular file
+            if name == MANIFEST_NAME:
+                signed = SignedManifest.from_bytes(fh.read(MAX_MANIFEST_BYTES + 1025))
+                continue
+            if not name.startswith("files/"):
+                raise UnsafeArchive(f"unexpected member {name!r}")
+            target = dest / name[len("files/") :]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with open(target, "xb") as out:
+                remaining = member.size
+                while remaining > 0:
+                    block = fh.read(min(remaining, 1 << 20))
+                    if not block:
+                        raise UnsafeArchive(f"member {name!r} is truncated")
+                    out.write(block)
+                    remaining -= len(block)
+    if signed is None:
+        raise UnsafeArchive(f"{archive}: no {MANIFEST_NAME}")
+    return signed
+
+
+def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err.get("loc", ())) or "(root)"
+    return f"{loc}: {err.get('msg')}"

@@ -1,0 +1,208 @@
+"""Every MQTT payload as a versioned pydantic model, with size limits and strict parsing."""
+
+from __future__ import annotations
+
+import json
+import struct
+import uuid
+from datetime import UTC, datetime
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from protocol.errors import InvalidMessage
+
+__all__ = [
+    "MAX_CHUNK_BYTES",
+    "MAX_CONTROL_BYTES",
+    "Availability",
+    "BundleRef",
+    "ChunkHeader",
+    "ChunkRequest",
+    "Command",
+    "CommandResult",
+    "DesiredState",
+    "ErrorInfo",
+    "Message",
+    "ReportedState",
+    "Telemetry",
+    "decode_chunk",
+    "encode_chunk",
+    "parse",
+]
+
+SCHEMA_VERSION = 1
+MAX_CONTROL_BYTES = 64 * 1024  # any JSON message
+MAX_CHUNK_BYTES = 256 * 1024  # data in one chunk; well under Mosquitto's 2 MB and AWS IoT's 128 KB at default 64 KiB
+SHA256 = r"^[0-9a-f]{64}$"
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class Message(BaseModel):
+    """Common envelope: schema version, a unique id (for de-duplication) and the sending time."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    message_id: str = Field(default_factory=_new_id, pattern=r"^[0-9a-f]{32}$")
+    sent_at: datetime = Field(default_factory=_now)
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json().encode()
+
+
+class BundleRef(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    digest: str = Field(pattern=SHA256, description="sha256 of the bundle's signed manifest bytes.")
+    name: str = Field(max_length=128)
+    version: str = Field(max_length=64)
+
+
+class ErrorInfo(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(max_length=2000)
+    bundle_digest: str | None = None
+    at: datetime = Field(default_factory=_now)
+
+
+class DesiredState(Message):
+    """What the coordinator wants a device to run. Retained; ``revision`` only grows."""
+
+    device_id: str
+    revision: int = Field(ge=0)
+    bundle: BundleRef | None = None
+
+
+class ReportedState(Message):
+    """What the device runs and how it got there. Retained."""
+
+    device_id: str
+    device_class: str
+    agent_version: str
+    status: Literal["starting", "idle", "downloading", "activating", "ready", "error"]
+    active: BundleRef | None = None
+    previous: BundleRef | None = None
+    desired_revision: int | None = None
+    runtime: str | None = None
+    last_error: ErrorInfo | None = None
+    rejected_messages: int = 0
+    started_at: datetime
+
+
+class Availability(Message):
+    """``online`` on connect, ``offline`` as the last will, ``stopped`` on a clean shutdown. Retained."""
+
+    device_id: str
+    state: Literal["online", "offline", "stopped"]
+
+
+class Telemetry(Message):
+    """Inference counters over one reporting window."""
+
+    device_id: str
+    window_s: float = Field(ge=0)
+    bundle_digest: str | None = None
+    inference_count: int = Field(ge=0)
+    error_count: int = Field(ge=0)
+    latency_ms_mean: float | None = None
+    latency_ms_p50: float | None = None
+    latency_ms_p95: float | None = None
+    cpu_percent: float | None = None
+    rss_bytes: int | None = None
+
+
+class Command(Message):
+    device_id: str
+    name: Literal["ping", "report_state"]
+    args: dict[str, Any] = Field(default_factory=dict)
+
+
+class CommandResult(Message):
+    device_id: str
+    command_id: str
+    ok: bool
+    detail: str = Field(default="", max_length=4000)
+
+
+class ChunkRequest(Message):
+    """Ask for ``length`` bytes at ``offset`` of a signed manifest (by bundle digest) or a file (by sha256)."""
+
+    device_id: str
+    kind: Literal["manifest", "file"]
+    digest: str = Field(pattern=SHA256)
+    offset: int = Field(ge=0)
+    length: int = Field(gt=0, le=MAX_CHUNK_BYTES)
+
+
+class ChunkHeader(BaseModel):
+    """Header of a binary chunk message; the data follows it. ``error`` set means no data."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    request_id: str = Field(pattern=r"^[0-9a-f]{32}$")
+    kind: Literal["manifest", "file"]
+    digest: str = Field(pattern=SHA256)
+    offset: int = Field(ge=0)
+    total_size: int = Field(ge=0)
+    error: str | None = Field(default=None, max_length=2000)
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse(model: type[M], payload: bytes, *, topic: str | None = None, max_bytes: int = MAX_CONTROL_BYTES) -> M:
+    """Validate a JSON payload into ``model``, raising InvalidMessage with the first reason."""
+    if len(payload) > max_bytes:
+        raise InvalidMessage(f"{model.__name__}: payload of {len(payload)} bytes exceeds {max_bytes}", topic=topic)
+    try:
+        raw = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidMessage(f"{model.__name__}: not JSON ({exc})", topic=topic) from None
+    if isinstance(raw, dict) and raw.get("schema_version") not in (None, SCHEMA_VERSION):
+        raise InvalidMessage(
+            f"{model.__name__}: unsupported schema_version {raw.get('schema_version')!r} "
+            f"(this side speaks {SCHEMA_VERSION})",
+            topic=topic,
+        )
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err.get("loc", ())) or "(root)"
+        raise InvalidMessage(f"{model.__name__}: {loc}: {err.get('msg')}", topic=topic) from None
+
+
+_LEN = struct.Struct(">I")
+
+
+def encode_chunk(header: ChunkHeader, data: bytes) -> bytes:
+    """Binary framing: 4-byte big-endian header length, header JSON, raw data."""
+    if len(data) > MAX_CHUNK_BYTES:
+        raise ValueError(f"chunk of {len(data)} bytes exceeds {MAX_CHUNK_BYTES}")
+    head = header.model_dump_json().encode()
+    return _LEN.pack(len(head)) + head + data
+
+
+def decode_chunk(payload: bytes, *, topic: str | None = None) -> tuple[ChunkHeader, bytes]:
+    if len(payload) < _LEN.size:
+        raise InvalidMessage("chunk: shorter than its length prefix", topic=topic)
+    (head_len,) = _LEN.unpack_from(payload)
+    if head_len > 4096 or _LEN.size + head_len > len(payload):
+        raise InvalidMessage(f"chunk: bad header length {head_len}", topic=topic)
+    header = parse(ChunkHeader, payload[_LEN.size : _LEN.size + head_len], topic=topic, max_bytes=4096)
+    data = payload[_LEN.size + head_len :]
+    if len(data) > MAX_CHUNK_BYTES:
+        raise InvalidMessage(f"chunk: {len(data)} bytes of data exceed {MAX_CHUNK_BYTES}", topic=topic)
+    if header.error is not None and data:
+        raise InvalidMessage("chunk: carries both an error and data", topic=topic)
+    return header, data

@@ -1,0 +1,134 @@
+"""Tensor descriptions and an exact, portable encoding of tensor values (dtype + shape + raw bytes)."""
+
+from __future__ import annotations
+
+import base64
+from typing import Annotated
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from protocol.errors import ProtocolError
+
+__all__ = [
+    "DTYPES",
+    "TensorData",
+    "TensorSpec",
+    "array_from_bytes",
+    "check_against_spec",
+    "onnx_type_to_dtype",
+]
+
+# numpy dtype names that the wire contract accepts; all little-endian.
+DTYPES = (
+    "float16",
+    "float32",
+    "float64",
+    "int8",
+    "int16",
+    "int32",
+    "int64",
+    "uint8",
+    "uint16",
+    "uint32",
+    "uint64",
+    "bool",
+)
+
+_ONNX_TYPES = {
+    "tensor(float16)": "float16",
+    "tensor(float)": "float32",
+    "tensor(double)": "float64",
+    "tensor(int8)": "int8",
+    "tensor(int16)": "int16",
+    "tensor(int32)": "int32",
+    "tensor(int64)": "int64",
+    "tensor(uint8)": "uint8",
+    "tensor(uint16)": "uint16",
+    "tensor(uint32)": "uint32",
+    "tensor(uint64)": "uint64",
+    "tensor(bool)": "bool",
+}
+
+Dim = Annotated[int, Field(ge=0)] | None
+
+
+def onnx_type_to_dtype(onnx_type: str) -> str:
+    """Map ONNX Runtime's ``tensor(float)`` style names to numpy dtype names."""
+    try:
+        return _ONNX_TYPES[onnx_type]
+    except KeyError:
+        raise ProtocolError(f"unsupported tensor type {onnx_type}") from None
+
+
+class TensorSpec(BaseModel):
+    """Name, dtype and shape of a model input or output; ``None`` marks a dynamic dimension."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, max_length=256)
+    dtype: str = Field(pattern="^(" + "|".join(DTYPES) + ")$")
+    shape: list[Dim] = Field(max_length=16)
+
+
+class TensorData(BaseModel):
+    """A tensor value: dtype, shape and base64 of its little-endian C-order bytes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dtype: str = Field(pattern="^(" + "|".join(DTYPES) + ")$")
+    shape: list[Annotated[int, Field(ge=0)]] = Field(max_length=16)
+    data: str
+
+    @classmethod
+    def from_array(cls, array: np.ndarray) -> TensorData:
+        arr = np.ascontiguousarray(array)
+        dtype = arr.dtype.newbyteorder("<")
+        return cls(
+            dtype=arr.dtype.name,
+            shape=list(arr.shape),
+            data=base64.b64encode(arr.astype(dtype, copy=False).tobytes()).decode("ascii"),
+        )
+
+    def to_array(self) -> np.ndarray:
+        try:
+            raw = base64.b64decode(self.data, validate=True)
+        except ValueError as exc:
+            raise ProtocolError(f"tensor data is not valid base64: {exc}") from None
+        return array_from_bytes(raw, self.dtype, self.shape)
+
+
+def array_from_bytes(raw: bytes, dtype: str, shape: list[int]) -> np.ndarray:
+    """Rebuild an array, raising ProtocolError when the byte count does not match dtype and shape."""
+    if dtype not in DTYPES:
+        raise ProtocolError(f"unsupported dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
+    np_dtype = np.dtype(dtype).newbyteorder("<")
+    if any(d < 0 for d in shape):
+        raise ProtocolError(f"negative dimension in shape {shape}")
+    expected = int(np.prod(shape, dtype=np.int64)) * np_dtype.itemsize
+    if len(raw) != expected:
+        raise ProtocolError(
+            f"tensor of dtype {dtype} and shape {shape} needs {expected} bytes, got {len(raw)}"
+        )
+    return np.frombuffer(raw, dtype=np_dtype).reshape(shape).astype(np.dtype(dtype), copy=False)
+
+
+def check_against_spec(array: np.ndarray, spec: TensorSpec) -> None:
+    """Raise ProtocolError with a precise reason when ``array`` does not fit ``spec``."""
+    if array.dtype.name != spec.dtype:
+        raise ProtocolError(f"input {spec.name!r}: dtype {array.dtype.name}, model expects {spec.dtype}")
+    if array.ndim != len(spec.shape):
+        raise ProtocolError(
+            f"input {spec.name!r}: rank {array.ndim} (shape {list(array.shape)}), "
+            f"model expects rank {len(spec.shape)} (shape {_fmt(spec.shape)})"
+        )
+    for axis, (got, want) in enumerate(zip(array.shape, spec.shape, strict=True)):
+        if want is not None and got != want:
+            raise ProtocolError(
+                f"input {spec.name!r}: dimension {axis} is {got}, model expects {want} "
+                f"(shape {_fmt(spec.shape)})"
+            )
+
+
+def _fmt(shape: list[int | None]) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
