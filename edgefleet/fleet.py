@@ -129,8 +129,9 @@ class LocalFleet:
 
     def start_agent(self, device_id: str) -> AgentProcess:
         agent = self.agents[device_id]
-        agent.proc = self._spawn(["agent", "run", "--config", str(agent.config)], f"{device_id}.log")
         socket = agent.data_dir / "agent.sock"
+        socket.unlink(missing_ok=True)  # left by a killed run; the new process binds it when it serves
+        agent.proc = self._spawn(["agent", "run", "--config", str(agent.config)], f"{device_id}.log")
         wait_until(lambda: socket.exists() or agent.proc.poll() is not None, timeout=30, what=f"{device_id} API")  # type: ignore[union-attr]
         if agent.proc.poll() is not None:
             raise RuntimeError(f"agent {device_id} exited with {agent.proc.returncode}; see {self.workdir / (device_id + '.log')}")

@@ -1,0 +1,96 @@
+"""Fixtures on real parts: a Mosquitto per test on a free port, real keys, real trained models."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgefleet.broker import LocalBroker
+from edgefleet.fleet import LocalFleet
+from protocol.signing import generate_keypair, load_private_key
+
+
+@dataclass
+class Keys:
+    private: Path
+    public: Path
+
+    def private_key(self):  # type: ignore[no-untyped-def]
+        return load_private_key(self.private)
+
+
+def _make_keys(folder: Path) -> Keys:
+    folder.mkdir(parents=True, exist_ok=True)
+    private_pem, public_pem = generate_keypair()
+    (folder / "signing.key").write_bytes(private_pem)
+    (folder / "signing.pub").write_bytes(public_pem)
+    return Keys(folder / "signing.key", folder / "signing.pub")
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> Keys:
+    return _make_keys(tmp_path / "keys")
+
+
+@pytest.fixture
+def other_keys(tmp_path: Path) -> Keys:
+    return _make_keys(tmp_path / "other-keys")
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[LocalBroker]:
+    """A real Mosquitto on a free loopback port with its own config; stopped after the test."""
+    if shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists():
+        pytest.fail("mosquitto is not installed: apt-get install mosquitto (.ci/run does this)")
+    broker = LocalBroker(tmp_path / "broker", prefer="mosquitto").start()
+    yield broker
+    broker.stop()
+
+
+@dataclass
+class DigitsModels:
+    """Two real versions of a digits classifier as ONNX files, and held-out data."""
+
+    v1: Path
+    v2: Path
+    x_test: np.ndarray
+    y_test: np.ndarray
+
+
+@pytest.fixture(scope="session")
+def digits(tmp_path_factory: pytest.TempPathFactory) -> DigitsModels:
+    from compression.digits import load_digits_data, train_digits_mlp
+    from compression.export import export_onnx
+
+    folder = tmp_path_factory.mktemp("digits")
+    data = load_digits_data()
+    paths = []
+    for version, (hidden, seed) in enumerate(((32, 0), (48, 1)), start=1):
+        model, _ = train_digits_mlp(data, hidden=hidden, epochs=10, seed=seed)
+        import torch
+
+        paths.append(
+            export_onnx(model, torch.from_numpy(data.x_test[:1]), folder / f"v{version}.onnx", input_name="pixels", output_name="logits")
+        )
+    return DigitsModels(paths[0], paths[1], data.x_test, data.y_test)
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, mosquitto: LocalBroker, keys: Keys) -> Iterator[LocalFleet]:
+    workdir = tmp_path / "fleet"
+    workdir.mkdir()
+    fleet = LocalFleet(workdir, mosquitto.url, [keys.public])
+    yield fleet
+    fleet.stop()
+
+
+def build(model: Path, out: Path, keys: Keys, *, version: str, device_class: str = "x86-gateway", **kw):  # type: ignore[no-untyped-def]
+    """Build and sign a bundle; return (path, digest)."""
+    from compression.builder import build_bundle
+
+    return build_bundle(model, out, name="digits", version=version, device_class=device_class, private_key=keys.private_key(), **kw)
