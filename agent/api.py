@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from concurrent import futures
 from pathlib import Path
+from typing import NoReturn
 
 import grpc
 import numpy as np
@@ -34,7 +35,14 @@ def tensor_to_proto(array: np.ndarray) -> inference_pb2.Tensor:
 
 
 def _info(spec: TensorSpec) -> inference_pb2.TensorInfo:
-    return inference_pb2.TensorInfo(name=spec.name, dtype=spec.dtype, shape=[-1 if d is None else d for d in spec.shape])
+    return inference_pb2.TensorInfo(
+        name=spec.name, dtype=spec.dtype, shape=[-1 if d is None else d for d in spec.shape]
+    )
+
+
+def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
+    context.abort(code, message)
+    raise AssertionError("grpc abort returned")  # abort raises; this tells the type checker
 
 
 class InferenceService(inference_pb2_grpc.InferenceServicer):
@@ -43,24 +51,24 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
         self._stats = stats
         self._device_class = device_class
 
-    def Predict(self, request: inference_pb2.PredictRequest, context: grpc.ServicerContext) -> inference_pb2.PredictResponse:
+    def Predict(
+        self, request: inference_pb2.PredictRequest, context: grpc.ServicerContext
+    ) -> inference_pb2.PredictResponse:
         model = self._current()
         if model is None:
-            context.abort(grpc.StatusCode.UNAVAILABLE, "no model is active on this device yet")
+            _abort(context, grpc.StatusCode.UNAVAILABLE, "no model is active on this device yet")
         try:
-            inputs = {
-                name: array_from_bytes(t.data, t.dtype, list(t.shape)) for name, t in request.inputs.items()
-            }
+            inputs = {name: array_from_bytes(t.data, t.dtype, list(t.shape)) for name, t in request.inputs.items()}
             started = time.perf_counter()
             outputs = model.predict(inputs, list(request.output_names) or None)
             latency_ms = (time.perf_counter() - started) * 1000
         except (ProtocolError, InputError) as exc:
             self._stats.record_error()
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, exc.reason)
+            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, exc.reason)
         except Exception as exc:  # a runtime failure on valid input: report it, keep serving
             self._stats.record_error()
             log.exception("inference failed on bundle %s", model.digest[:12])
-            context.abort(grpc.StatusCode.INTERNAL, f"inference failed: {exc}")
+            _abort(context, grpc.StatusCode.INTERNAL, f"inference failed: {exc}")
         self._stats.record(latency_ms)
         return inference_pb2.PredictResponse(
             outputs={name: tensor_to_proto(value) for name, value in outputs.items()},
@@ -71,7 +79,9 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
             latency_ms=latency_ms,
         )
 
-    def ModelInfo(self, request: inference_pb2.ModelInfoRequest, context: grpc.ServicerContext) -> inference_pb2.ModelInfoResponse:
+    def ModelInfo(
+        self, request: inference_pb2.ModelInfoRequest, context: grpc.ServicerContext
+    ) -> inference_pb2.ModelInfoResponse:
         model = self._current()
         if model is None:
             return inference_pb2.ModelInfoResponse(loaded=False, device_class=self._device_class)
@@ -104,7 +114,9 @@ class InferenceApi:
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
         ]
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="api"), options=options)
+        self.server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="api"), options=options
+        )
         inference_pb2_grpc.add_InferenceServicer_to_server(service, self.server)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -122,7 +134,11 @@ class InferenceApi:
 
     def start(self) -> None:
         self.server.start()
-        log.info("local API on unix://%s%s", self.socket_path, f" and 127.0.0.1:{self.tcp_port}" if self.tcp_port else "")
+        log.info(
+            "local API on unix://%s%s",
+            self.socket_path,
+            f" and 127.0.0.1:{self.tcp_port}" if self.tcp_port else "",
+        )
 
     def stop(self, grace_s: float = 2.0) -> None:
         self.health.enter_graceful_shutdown()

@@ -12,7 +12,7 @@ import typer
 from agent.config import load_config
 from agent.errors import ConfigError
 from edgefleet.exit_codes import ExitCode
-from edgefleet.output import FormatOption, configure_logging, fail, print_data
+from edgefleet.output import Format, FormatOption, configure_logging, fail, print_data
 from protocol.errors import ProtocolError
 
 app = typer.Typer(help="The daemon on each edge device.", no_args_is_help=True)
@@ -64,7 +64,7 @@ def validate_config(path: Path = typer.Argument(..., help="Agent config file (TO
 @app.command()
 def status(
     target: str = typer.Option(..., "--target", help="unix:///path/agent.sock or 127.0.0.1:PORT"),
-    fmt=FormatOption,
+    fmt: Format = FormatOption,
 ) -> None:
     """Show the model a running agent serves (its local ModelInfo).
 

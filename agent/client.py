@@ -16,9 +16,7 @@ __all__ = ["InferenceClient", "Prediction"]
 
 class Prediction:
     def __init__(self, response: inference_pb2.PredictResponse) -> None:
-        self.outputs = {
-            name: array_from_bytes(t.data, t.dtype, list(t.shape)) for name, t in response.outputs.items()
-        }
+        self.outputs = {name: array_from_bytes(t.data, t.dtype, list(t.shape)) for name, t in response.outputs.items()}
         self.model_name = response.model_name
         self.model_version = response.model_version
         self.bundle_digest = response.bundle_digest

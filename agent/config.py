@@ -128,7 +128,10 @@ def _resolve_paths(config: AgentConfig, base: Path) -> AgentConfig:
         return None if p is None else (p if p.is_absolute() else base / p)
 
     broker = config.broker.model_copy(
-        update={"password_file": absolute(config.broker.password_file), "ca_file": absolute(config.broker.ca_file)}
+        update={
+            "password_file": absolute(config.broker.password_file),
+            "ca_file": absolute(config.broker.ca_file),
+        }
     )
     api = config.api.model_copy(update={"socket": absolute(config.api.socket)})
     return config.model_copy(

@@ -51,7 +51,7 @@ class Agent:
         self.last_error: ErrorInfo | None = None
         self.desired_revision: int | None = None
         self._desired: queue.Queue[DesiredState] = queue.Queue()
-        self._failed: tuple[str, int] | None = None  # (digest, revision) refused for good
+        self._refused: tuple[str, int] | None = None  # (digest, revision) refused for good
         self._stop = threading.Event()
         self._state_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
@@ -160,31 +160,29 @@ class Agent:
     # -- reconciliation ------------------------------------------------------------------
     def _reconcile_loop(self) -> None:
         latest: DesiredState | None = None
+        retry = False  # the last attempt failed for a reason worth retrying (network, coordinator)
         while not self._stop.is_set():
             try:
-                latest = self._desired.get(timeout=0.5)
+                latest = self._desired.get(timeout=self.config.fetch.retry_backoff_s if retry else 0.5)
             except queue.Empty:
-                if latest is None or self.status != "error" or self._failed is not None:
+                if not retry or latest is None:
                     continue
-                # A transient failure: try again after the backoff.
-                if self._stop.wait(self.config.fetch.retry_backoff_s):
-                    return
             while not self._desired.empty():  # only the newest desired state matters
                 latest = self._desired.get_nowait()
             if latest.revision < (self.desired_revision or 0):
                 log.info("ignoring desired revision %s older than %s", latest.revision, self.desired_revision)
                 continue
             self.desired_revision = latest.revision
-            self._converge(latest)
+            retry = not self._converge(latest)
 
-    def _converge(self, desired: DesiredState) -> None:
+    def _converge(self, desired: DesiredState) -> bool:
+        """Move towards ``desired``; return False only when trying again later may succeed."""
         target = desired.bundle
         if target is None or (self.model is not None and self.model.digest == target.digest):
-            self._failed = None
             self._set_status("ready" if self.model else "idle")
-            return
-        if self._failed == (target.digest, desired.revision):
-            return
+            return True
+        if self._refused == (target.digest, desired.revision):
+            return True  # already refused for a reason that retrying cannot change
         try:
             self._set_status("downloading")
             manifest_digest, manifest = self._download(target)
@@ -193,17 +191,17 @@ class Agent:
         except FetchError as exc:
             log.warning("download of %s paused: %s", target.digest[:12], exc.reason)
             self._set_status("error", ErrorInfo(reason=f"download: {exc.reason}", bundle_digest=target.digest))
-            return
+            return False
         except (BundleError, ActivationError) as exc:
-            reason = exc.reason
-            log.error("refused bundle %s (%s %s): %s", target.digest[:12], target.name, target.version, reason)
-            self._failed = (target.digest, desired.revision)
+            log.error("refused bundle %s (%s %s): %s", target.digest[:12], target.name, target.version, exc.reason)
+            self._refused = (target.digest, desired.revision)
             self._set_status(
-                "error" if self.model is None else "ready",
-                ErrorInfo(reason=f"refused: {reason}", bundle_digest=target.digest),
+                "ready" if self.model else "error",
+                ErrorInfo(reason=f"refused: {exc.reason}", bundle_digest=target.digest),
             )
-            return
+            return True
         self._activate(model)
+        return True
 
     def _download(self, target: BundleRef) -> tuple[str, Manifest]:
         """Fetch (or find) the signed manifest, verify it, then fetch and verify every file."""
@@ -240,7 +238,6 @@ class Agent:
         with self._state_lock:
             self.store.set_slots(Slots(active=model.digest, previous=slots.active))
             self.model = model
-            self._failed = None
         self.api.set_serving(True)
         log.info("activated %s %s (%s)", model.manifest.name, model.manifest.version, model.digest[:12])
         self._set_status("ready")
@@ -274,4 +271,3 @@ def _ref(signed: SignedManifest) -> BundleRef | None:
     except ValueError:
         return None
     return BundleRef(digest=signed.digest, name=manifest.name, version=manifest.version)
-

@@ -40,17 +40,13 @@ class LoadedModel:
     def outputs(self) -> list[TensorSpec]:
         return self.manifest.outputs
 
-    def predict(
-        self, inputs: dict[str, np.ndarray], output_names: list[str] | None = None
-    ) -> dict[str, np.ndarray]:
+    def predict(self, inputs: dict[str, np.ndarray], output_names: list[str] | None = None) -> dict[str, np.ndarray]:
         """Check names, dtypes and shapes against the manifest, then run; raise InputError on misfit."""
         expected = {spec.name: spec for spec in self.manifest.inputs}
         missing = sorted(set(expected) - set(inputs))
         unknown = sorted(set(inputs) - set(expected))
         if missing or unknown:
-            raise InputError(
-                f"inputs must be exactly {sorted(expected)}; missing {missing}, unknown {unknown}"
-            )
+            raise InputError(f"inputs must be exactly {sorted(expected)}; missing {missing}, unknown {unknown}")
         for name, array in inputs.items():
             try:
                 check_against_spec(array, expected[name])

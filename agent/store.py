@@ -117,4 +117,3 @@ class ModelStore:
 
     def model_path(self, manifest: Manifest) -> Path:
         return self.blob_path(manifest.file(manifest.model_file).sha256)
-

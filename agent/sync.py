@@ -7,15 +7,14 @@ dropped. Handlers run on paho's network thread and must not block.
 from __future__ import annotations
 
 import logging
-import ssl
 import threading
 from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.config import BrokerConfig
+from agent.mqtt_client import make_client
 from protocol.errors import ProtocolError
 from protocol.messages import Availability, ChunkHeader, Command, DesiredState, Message, decode_chunk, parse
 from protocol.topics import RETAINED, Channel, device_subscriptions, parse_topic, topic
@@ -48,23 +47,14 @@ class AgentLink:
         self.handlers = handlers
         self.rejected = 0
         self.connected = threading.Event()
-        self.client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=f"edgefleet-agent-{device_id}",
-            clean_session=False,  # the broker keeps our subscriptions and QoS 1 messages while we are away
-            protocol=mqtt.MQTTv311,
-        )
-        if broker.username:
-            self.client.username_pw_set(broker.username, broker.resolved_password())
-        if broker.tls:
-            self.client.tls_set(ca_certs=str(broker.ca_file) if broker.ca_file else None, cert_reqs=ssl.CERT_REQUIRED)
+        # A persistent session: the broker keeps our subscriptions and QoS 1 messages while we are away.
+        self.client = make_client(broker, f"edgefleet-agent-{device_id}", clean_session=False)
         self.client.will_set(
             topic(device_id, Channel.AVAILABILITY),
             Availability(device_id=device_id, state="offline").to_bytes(),
             qos=1,
             retain=True,
         )
-        self.client.reconnect_delay_set(min_delay=1, max_delay=30)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message

@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 
 from edgefleet.exit_codes import ExitCode
-from edgefleet.output import FormatOption, fail, print_data
+from edgefleet.output import Format, FormatOption, fail, print_data
 from protocol.bundle import extract_bundle, verify_files, verify_manifest
 from protocol.errors import BundleError, SignatureError
 from protocol.signing import generate_keypair, key_id, load_private_key, load_public_key, load_trusted_keys
@@ -22,7 +22,7 @@ keys_app = typer.Typer(help="Signing keys for bundles.", no_args_is_help=True)
 def keys_generate(
     out: Path = typer.Option(Path("keys"), "--out", help="Folder for signing.key and signing.pub."),
     force: bool = typer.Option(False, "--force", help="Overwrite existing keys."),
-    fmt=FormatOption,
+    fmt: Format = FormatOption,
 ) -> None:
     """Generate an ed25519 key pair: signing.key (private, mode 0600) and signing.pub.
 
@@ -50,18 +50,25 @@ def bundle_create(
     key: Path = typer.Option(..., "--key", exists=True, help="Private signing key (PEM)."),
     out: Path = typer.Option(..., "--out", "-o", help="Bundle archive to write."),
     parent: str | None = typer.Option(None, help="Digest of the bundle this one derives from."),
-    fmt=FormatOption,
+    fmt: Format = FormatOption,
 ) -> None:
     """Describe an ONNX model, compute test vectors with ONNX Runtime, sign and pack it.
 
-    Example: edgefleet bundle create model.onnx --name digits --version 1.0.0 --device-class rpi4 --key keys/signing.key -o digits.bundle
+    Example: edgefleet bundle create model.onnx --name digits --version 1.0.0 --device-class rpi4
+    --key keys/signing.key -o digits.bundle
     """
     from compression.builder import build_bundle
 
     try:
         private_key = load_private_key(key)
         path, digest = build_bundle(
-            model, out, name=name, version=version, device_class=device_class, private_key=private_key, parent=parent
+            model,
+            out,
+            name=name,
+            version=version,
+            device_class=device_class,
+            private_key=private_key,
+            parent=parent,
         )
     except (BundleError, ValueError) as exc:
         fail(str(exc), ExitCode.BUNDLE_INVALID)
@@ -72,7 +79,7 @@ def bundle_create(
 def bundle_verify(
     bundle: Path = typer.Argument(..., exists=True, dir_okay=False, help="Bundle archive."),
     trusted: list[Path] = typer.Option(..., "--trusted-key", help="Trusted public key (PEM); repeatable."),
-    fmt=FormatOption,
+    fmt: Format = FormatOption,
 ) -> None:
     """Check layout, signature and every file hash; exit 4 with the reason when any fails.
 
@@ -91,7 +98,7 @@ def bundle_verify(
 @bundle_app.command("inspect")
 def bundle_inspect(
     bundle: Path = typer.Argument(..., exists=True, dir_okay=False, help="Bundle archive."),
-    fmt=FormatOption,
+    fmt: Format = FormatOption,
 ) -> None:
     """Print a bundle's manifest without verifying it.
 

@@ -75,7 +75,12 @@ def create_app(coordinator: Coordinator, *, token: str | None) -> FastAPI:
             if len(body) > MAX_UPLOAD_BYTES:
                 raise Rejected(f"upload exceeds {MAX_UPLOAD_BYTES} bytes")
         digest, manifest = coordinator.registry.add_upload(bytes(body))
-        return {"digest": digest, "name": manifest.name, "version": manifest.version, "device_class": manifest.device_class}
+        return {
+            "digest": digest,
+            "name": manifest.name,
+            "version": manifest.version,
+            "device_class": manifest.device_class,
+        }
 
     @app.get("/api/v1/bundles", dependencies=[api])
     def list_bundles() -> list[dict[str, Any]]:

@@ -8,7 +8,7 @@ from typing import Any
 import typer
 
 from edgefleet.exit_codes import ExitCode
-from edgefleet.output import FormatOption, configure_logging, fail, print_data
+from edgefleet.output import Format, FormatOption, configure_logging, fail, print_data
 
 app = typer.Typer(help="The fleet's control plane.", no_args_is_help=True)
 
@@ -57,27 +57,35 @@ def _call(method: str, url: str, token: str | None, path: str, **kwargs: Any) ->
 
 
 @app.command()
-def devices(url: str = UrlOption, token: str | None = TokenOption, fmt=FormatOption) -> None:
+def devices(url: str = UrlOption, token: str | None = TokenOption, fmt: Format = FormatOption) -> None:
     """List devices with their availability and reported state.
 
     Example: edgefleet coordinator devices --format json
     """
     rows = _call("GET", url, token, "/api/v1/devices")
     print_data(
-        rows if fmt == "json" else [{k: v for k, v in r.items() if k not in ("reported", "desired")} for r in rows],
+        rows
+        if fmt == Format.json
+        else [{k: v for k, v in r.items() if k not in ("reported", "desired")} for r in rows],
         fmt,
-        columns=None if fmt == "json" else ["device_id", "device_class", "availability", "status", "active_version", "last_error"],
+        columns=None
+        if fmt == Format.json
+        else ["device_id", "device_class", "availability", "status", "active_version", "last_error"],
     )
 
 
 @app.command()
-def bundles(url: str = UrlOption, token: str | None = TokenOption, fmt=FormatOption) -> None:
+def bundles(url: str = UrlOption, token: str | None = TokenOption, fmt: Format = FormatOption) -> None:
     """List registered bundles.
 
     Example: edgefleet coordinator bundles
     """
     rows = _call("GET", url, token, "/api/v1/bundles")
-    print_data(rows, fmt, columns=None if fmt == "json" else ["digest", "name", "version", "device_class", "size"])
+    print_data(
+        rows,
+        fmt,
+        columns=None if fmt == Format.json else ["digest", "name", "version", "device_class", "size"],
+    )
 
 
 @app.command()
@@ -85,7 +93,7 @@ def upload(
     bundle: Path = typer.Argument(..., exists=True, dir_okay=False, help="Signed bundle archive."),
     url: str = UrlOption,
     token: str | None = TokenOption,
-    fmt=FormatOption,
+    fmt: Format = FormatOption,
 ) -> None:
     """Upload a signed bundle to the registry (verified there).
 
@@ -100,7 +108,7 @@ def deploy(
     device: list[str] = typer.Option(None, "--device", help="Device id; repeatable. Default: all of the class."),
     url: str = UrlOption,
     token: str | None = TokenOption,
-    fmt=FormatOption,
+    fmt: Format = FormatOption,
 ) -> None:
     """Make a bundle the desired one for some devices, or every device of its class.
 

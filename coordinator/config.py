@@ -59,7 +59,9 @@ def load_config(path: Path) -> CoordinatorConfig:
         update={
             "data_dir": absolute(config.data_dir) or config.data_dir,
             "trusted_keys": [absolute(p) or p for p in config.trusted_keys],
-            "api": config.api.model_copy(update={"token_file": absolute(config.api.token_file) or config.api.token_file}),
+            "api": config.api.model_copy(
+                update={"token_file": absolute(config.api.token_file) or config.api.token_file}
+            ),
             "broker": config.broker.model_copy(
                 update={"password_file": absolute(config.broker.password_file) or config.broker.password_file}
             ),

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import sqlite_utils
+from sqlite_utils.db import Table
 
 from protocol.messages import Availability, ReportedState, Telemetry
 
@@ -36,7 +37,7 @@ class FleetDB:
 
     def _create(self) -> None:
         with self.locked() as db:
-            db["bundles"].create(
+            Table(db, "bundles").create(
                 {
                     "digest": str,
                     "name": str,
@@ -53,7 +54,7 @@ class FleetDB:
                 pk="digest",
                 if_not_exists=True,
             )
-            db["devices"].create(
+            Table(db, "devices").create(
                 {
                     "device_id": str,
                     "device_class": str,
@@ -69,12 +70,12 @@ class FleetDB:
                 pk="device_id",
                 if_not_exists=True,
             )
-            db["desired"].create(
+            Table(db, "desired").create(
                 {"device_id": str, "revision": int, "bundle_digest": str, "updated_at": str},
                 pk="device_id",
                 if_not_exists=True,
             )
-            db["telemetry"].create(
+            Table(db, "telemetry").create(
                 {
                     "message_id": str,
                     "device_id": str,
@@ -93,7 +94,7 @@ class FleetDB:
                 pk="message_id",
                 if_not_exists=True,
             )
-            db["telemetry"].create_index(["device_id", "received_at"], if_not_exists=True)
+            Table(db, "telemetry").create_index(["device_id", "received_at"], if_not_exists=True)
 
     @contextmanager
     def locked(self) -> Iterator[sqlite_utils.Database]:
@@ -103,16 +104,16 @@ class FleetDB:
     # -- bundles -------------------------------------------------------------------------
     def add_bundle(self, row: dict[str, Any]) -> None:
         with self.locked() as db:
-            db["bundles"].upsert(row | {"uploaded_at": _now()}, pk="digest")
+            Table(db, "bundles").upsert(row | {"uploaded_at": _now()}, pk="digest")
 
     def bundle(self, digest: str) -> dict[str, Any] | None:
         with self.locked() as db:
-            rows = list(db["bundles"].rows_where("digest = ?", [digest]))
+            rows = list(Table(db, "bundles").rows_where("digest = ?", [digest]))
         return rows[0] if rows else None
 
     def bundles(self) -> list[dict[str, Any]]:
         with self.locked() as db:
-            return list(db["bundles"].rows_where(order_by="uploaded_at desc"))
+            return list(Table(db, "bundles").rows_where(order_by="uploaded_at desc"))
 
     # -- devices -------------------------------------------------------------------------
     def record_reported(self, state: ReportedState) -> None:
@@ -128,19 +129,20 @@ class FleetDB:
             "reported": state.model_dump_json(),
         }
         with self.locked() as db:
-            db["devices"].upsert(row, pk="device_id")
+            Table(db, "devices").upsert(row, pk="device_id")
 
     def record_availability(self, message: Availability) -> None:
         with self.locked() as db:
-            db["devices"].upsert(
-                {"device_id": message.device_id, "availability": message.state, "last_seen": _now()}, pk="device_id"
+            Table(db, "devices").upsert(
+                {"device_id": message.device_id, "availability": message.state, "last_seen": _now()},
+                pk="device_id",
             )
 
     def devices(self, device_class: str | None = None) -> list[dict[str, Any]]:
         with self.locked() as db:
             where, args = ("device_class = ?", [device_class]) if device_class else (None, [])
-            rows = list(db["devices"].rows_where(where, args, order_by="device_id"))
-            desired = {r["device_id"]: r for r in db["desired"].rows}
+            rows = list(Table(db, "devices").rows_where(where, args, order_by="device_id"))
+            desired = {r["device_id"]: r for r in Table(db, "desired").rows}
         for row in rows:
             row["reported"] = json.loads(row["reported"]) if row.get("reported") else None
             row["desired"] = desired.get(row["device_id"])
@@ -153,10 +155,15 @@ class FleetDB:
     def set_desired(self, device_id: str, bundle_digest: str | None) -> int:
         """Store the new desired bundle; return its revision (strictly increasing per device)."""
         with self.locked() as db:
-            rows = list(db["desired"].rows_where("device_id = ?", [device_id]))
+            rows = list(Table(db, "desired").rows_where("device_id = ?", [device_id]))
             revision = (rows[0]["revision"] + 1) if rows else 1
-            db["desired"].upsert(
-                {"device_id": device_id, "revision": revision, "bundle_digest": bundle_digest, "updated_at": _now()},
+            Table(db, "desired").upsert(
+                {
+                    "device_id": device_id,
+                    "revision": revision,
+                    "bundle_digest": bundle_digest,
+                    "updated_at": _now(),
+                },
                 pk="device_id",
             )
         return revision
@@ -167,12 +174,14 @@ class FleetDB:
         row = message.model_dump(mode="json", exclude={"schema_version"})
         row["received_at"] = _now()
         with self.locked() as db:
-            db["telemetry"].insert(row, pk="message_id", ignore=True)
+            Table(db, "telemetry").insert(row, pk="message_id", ignore=True)
             inserted = db.execute("select changes()").fetchone()[0]
         return bool(inserted)
 
     def telemetry(self, device_id: str, limit: int = 100) -> list[dict[str, Any]]:
         with self.locked() as db:
             return list(
-                db["telemetry"].rows_where("device_id = ?", [device_id], order_by="received_at desc", limit=limit)
+                Table(db, "telemetry").rows_where(
+                    "device_id = ?", [device_id], order_by="received_at desc", limit=limit
+                )
             )

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import logging
-import ssl
 import threading
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 from prometheus_client import Counter
 
 from agent.config import BrokerConfig
+from agent.mqtt_client import make_client
 from coordinator.db import FleetDB
 from coordinator.errors import NotFound
 from coordinator.registry import Registry
@@ -46,16 +45,9 @@ class CoordinatorLink:
         self.connected = threading.Event()
         self.rejected = 0
         self.on_connected: Callable[[], None] = lambda: None
-        self.client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True, protocol=mqtt.MQTTv311
-        )
-        if broker.username:
-            self.client.username_pw_set(broker.username, broker.resolved_password())
-        if broker.tls:
-            self.client.tls_set(ca_certs=str(broker.ca_file) if broker.ca_file else None, cert_reqs=ssl.CERT_REQUIRED)
+        self.client = make_client(broker, client_id, clean_session=True)
         # Chunks are answered on the network thread; allow a burst of them in flight.
         self.client.max_inflight_messages_set(64)
-        self.client.reconnect_delay_set(min_delay=1, max_delay=30)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
@@ -106,7 +98,13 @@ class CoordinatorLink:
                 self.db.add_telemetry(_own(parse(Telemetry, msg.payload, topic=msg.topic), dest.device_id))
             elif dest.channel is Channel.COMMAND_RESULTS:
                 result = _own(parse(CommandResult, msg.payload, topic=msg.topic), dest.device_id)
-                log.info("command %s on %s: ok=%s %s", result.command_id, result.device_id, result.ok, result.detail)
+                log.info(
+                    "command %s on %s: ok=%s %s",
+                    result.command_id,
+                    result.device_id,
+                    result.ok,
+                    result.detail,
+                )
             else:
                 raise ProtocolError(f"coordinator does not consume {dest.channel.value}", topic=msg.topic)
         except ProtocolError as exc:
@@ -120,7 +118,11 @@ class CoordinatorLink:
 
     def _serve_chunk(self, request: ChunkRequest) -> None:
         header = ChunkHeader(
-            request_id=request.message_id, kind=request.kind, digest=request.digest, offset=request.offset, total_size=0
+            request_id=request.message_id,
+            kind=request.kind,
+            digest=request.digest,
+            offset=request.offset,
+            total_size=0,
         )
         try:
             size, data = self.registry.read_range(request.kind, request.digest, request.offset, request.length)

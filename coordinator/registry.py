@@ -57,7 +57,13 @@ class Registry:
                 "manifest": signed.manifest,
             }
         )
-        log.info("registered bundle %s %s for %s (%s)", manifest.name, manifest.version, manifest.device_class, signed.digest[:12])
+        log.info(
+            "registered bundle %s %s for %s (%s)",
+            manifest.name,
+            manifest.version,
+            manifest.device_class,
+            signed.digest[:12],
+        )
         return signed.digest, manifest
 
     def add_upload(self, data: bytes) -> tuple[str, Manifest]:
@@ -85,5 +91,3 @@ class Registry:
             size = os.fstat(fh.fileno()).st_size
             fh.seek(min(offset, size))
             return size, fh.read(length)
-
-

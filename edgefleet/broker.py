@@ -41,7 +41,9 @@ class LocalBroker:
         self.workdir = workdir
         self.port = free_port()
         self.extra_config = extra_config
-        mosquitto = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+        mosquitto = shutil.which("mosquitto") or (
+            "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
+        )
         if prefer == "mosquitto" and mosquitto is None:
             raise RuntimeError("mosquitto is not installed (apt-get install mosquitto)")
         self.kind = "mosquitto" if mosquitto and prefer != "amqtt" else "amqtt"
@@ -57,7 +59,13 @@ class LocalBroker:
         log = open(self.workdir / f"{self.kind}.log", "ab")  # noqa: SIM115 - the child process owns it
         if self.kind == "mosquitto":
             conf = self.workdir / "mosquitto.conf"
-            lines = [f"listener {self.port} 127.0.0.1", "persistence false", "log_dest stderr", "log_type error"]
+            lines = [
+                f"listener {self.port} 127.0.0.1",
+                "persistence false",
+                "set_tcp_nodelay true",
+                "log_dest stderr",
+                "log_type error",
+            ]
             if "password_file" not in self.extra_config:
                 lines.append("allow_anonymous true")
             conf.write_text("\n".join(lines) + "\n" + self.extra_config + "\n")

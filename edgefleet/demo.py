@@ -14,7 +14,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 from rich.console import Console
 from rich.table import Table
 
@@ -34,6 +33,8 @@ def _step(started: float, text: str) -> None:
 
 
 def run_demo(agents: int = 3, keep: bool = False) -> int:
+    import torch
+
     from compression.builder import build_bundle
     from compression.digits import load_digits_data, train_digits_mlp
     from compression.export import export_onnx
@@ -55,7 +56,13 @@ def run_demo(agents: int = 3, keep: bool = False) -> int:
 
         data = load_digits_data()
         model, accuracy = train_digits_mlp(data)
-        onnx_path = export_onnx(model, torch_sample(data.x_test[:1]), workdir / "digits.onnx", input_name="pixels", output_name="logits")
+        onnx_path = export_onnx(
+            model,
+            torch.from_numpy(data.x_test[:1]),
+            workdir / "digits.onnx",
+            input_name="pixels",
+            output_name="logits",
+        )
         bundle, digest = build_bundle(
             onnx_path,
             workdir / "digits-1.0.0.bundle",
@@ -65,7 +72,10 @@ def run_demo(agents: int = 3, keep: bool = False) -> int:
             private_key=load_private_key(keys / "signing.key"),
             test_inputs=[{"pixels": data.x_test[:8]}],
         )
-        _step(started, f"trained MLP on digits (held-out accuracy {accuracy:.3f}), exported ONNX, signed bundle {digest[:12]}")
+        _step(
+            started,
+            f"trained MLP on digits (held-out accuracy {accuracy:.3f}), exported ONNX, signed bundle {digest[:12]}",
+        )
 
         fleet = LocalFleet(workdir, broker.url, [keys / "signing.pub"])
         url = fleet.start_coordinator()
@@ -75,7 +85,9 @@ def run_demo(agents: int = 3, keep: bool = False) -> int:
             fleet.add_agent(device_id, DEVICE_CLASS)
             fleet.start_agent(device_id)
         wait_until(
-            lambda: len(fleet.get("/api/v1/devices")) >= agents, timeout=30, what="agents to report to the coordinator"  # type: ignore[union-attr]
+            lambda: len(fleet.get("/api/v1/devices")) >= agents,
+            timeout=30,
+            what="agents to report to the coordinator",
         )
         _step(started, f"{agents} agents running, each with its own data dir and local gRPC socket")
 
@@ -117,9 +129,3 @@ def run_demo(agents: int = 3, keep: bool = False) -> int:
         else:
             shutil.rmtree(workdir, ignore_errors=True)
         console.print(f"[dim]{time.monotonic() - started:5.1f}s[/dim] done")
-
-
-def torch_sample(rows: np.ndarray):  # type: ignore[no-untyped-def]
-    import torch
-
-    return torch.from_numpy(rows)

@@ -72,7 +72,14 @@ class AgentProcess:
 
 
 class LocalFleet:
-    def __init__(self, workdir: Path, broker_url: str, trusted_keys: list[Path], *, token: str = "demo-token-0123456789") -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        broker_url: str,
+        trusted_keys: list[Path],
+        *,
+        token: str = "demo-token-0123456789",
+    ) -> None:
         self.workdir = workdir
         self.broker_url = broker_url
         self.trusted_keys = trusted_keys
@@ -87,7 +94,11 @@ class LocalFleet:
         log = open(self.workdir / log_name, "ab")  # noqa: SIM115 - handed to the child
         env = os.environ | {"PYTHONUNBUFFERED": "1"}
         proc = subprocess.Popen(
-            [sys.executable, "-m", "edgefleet", *args], stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            [sys.executable, "-m", "edgefleet", *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
         )
         log.close()
         return proc
@@ -134,7 +145,9 @@ class LocalFleet:
         agent.proc = self._spawn(["agent", "run", "--config", str(agent.config)], f"{device_id}.log")
         wait_until(lambda: socket.exists() or agent.proc.poll() is not None, timeout=30, what=f"{device_id} API")  # type: ignore[union-attr]
         if agent.proc.poll() is not None:
-            raise RuntimeError(f"agent {device_id} exited with {agent.proc.returncode}; see {self.workdir / (device_id + '.log')}")
+            raise RuntimeError(
+                f"agent {device_id} exited with {agent.proc.returncode}; see {self.workdir / (device_id + '.log')}"
+            )
         return agent
 
     def stop_agent(self, device_id: str, sig: int = signal.SIGTERM) -> int | None:

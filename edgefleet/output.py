@@ -28,7 +28,7 @@ FormatOption = typer.Option(Format.table, "--format", help="Output as a table or
 
 
 def print_data(rows: list[dict[str, Any]] | dict[str, Any], fmt: Format, *, columns: list[str] | None = None) -> None:
-    if fmt is Format.json:
+    if fmt == Format.json:
         typer.echo(json.dumps(rows, indent=2, default=str))
         return
     items = rows if isinstance(rows, list) else [rows]

@@ -222,7 +222,7 @@ def extract_bundle(archive: Path, dest: Path, *, max_bytes: int = MAX_BUNDLE_BYT
     total = 0
     signed: SignedManifest | None = None
     try:
-        tar = tarfile.open(archive, "r:*")
+        tar = tarfile.open(archive, "r:*")  # noqa: SIM115 - opening errors need their own message
     except (tarfile.TarError, OSError) as exc:
         raise UnsafeArchive(f"{archive}: not a readable bundle archive ({exc})") from None
     with tar:

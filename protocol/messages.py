@@ -31,7 +31,7 @@ __all__ = [
     "parse",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Literal[1] = 1
 MAX_CONTROL_BYTES = 64 * 1024  # any JSON message
 MAX_CHUNK_BYTES = 256 * 1024  # data in one chunk; well under Mosquitto's 2 MB and AWS IoT's 128 KB at default 64 KiB
 SHA256 = r"^[0-9a-f]{64}$"
@@ -160,7 +160,9 @@ class ChunkHeader(BaseModel):
 M = TypeVar("M", bound=BaseModel)
 
 
-def parse(model: type[M], payload: bytes, *, topic: str | None = None, max_bytes: int = MAX_CONTROL_BYTES) -> M:
+def parse(
+    model: type[M], payload: bytes | bytearray, *, topic: str | None = None, max_bytes: int = MAX_CONTROL_BYTES
+) -> M:
     """Validate a JSON payload into ``model``, raising InvalidMessage with the first reason."""
     if len(payload) > max_bytes:
         raise InvalidMessage(f"{model.__name__}: payload of {len(payload)} bytes exceeds {max_bytes}", topic=topic)
@@ -193,14 +195,14 @@ def encode_chunk(header: ChunkHeader, data: bytes) -> bytes:
     return _LEN.pack(len(head)) + head + data
 
 
-def decode_chunk(payload: bytes, *, topic: str | None = None) -> tuple[ChunkHeader, bytes]:
+def decode_chunk(payload: bytes | bytearray, *, topic: str | None = None) -> tuple[ChunkHeader, bytes]:
     if len(payload) < _LEN.size:
         raise InvalidMessage("chunk: shorter than its length prefix", topic=topic)
     (head_len,) = _LEN.unpack_from(payload)
     if head_len > 4096 or _LEN.size + head_len > len(payload):
         raise InvalidMessage(f"chunk: bad header length {head_len}", topic=topic)
     header = parse(ChunkHeader, payload[_LEN.size : _LEN.size + head_len], topic=topic, max_bytes=4096)
-    data = payload[_LEN.size + head_len :]
+    data = bytes(payload[_LEN.size + head_len :])
     if len(data) > MAX_CHUNK_BYTES:
         raise InvalidMessage(f"chunk: {len(data)} bytes of data exceed {MAX_CHUNK_BYTES}", topic=topic)
     if header.error is not None and data:

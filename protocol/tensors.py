@@ -107,9 +107,7 @@ def array_from_bytes(raw: bytes, dtype: str, shape: list[int]) -> np.ndarray:
         raise ProtocolError(f"negative dimension in shape {shape}")
     expected = int(np.prod(shape, dtype=np.int64)) * np_dtype.itemsize
     if len(raw) != expected:
-        raise ProtocolError(
-            f"tensor of dtype {dtype} and shape {shape} needs {expected} bytes, got {len(raw)}"
-        )
+        raise ProtocolError(f"tensor of dtype {dtype} and shape {shape} needs {expected} bytes, got {len(raw)}")
     return np.frombuffer(raw, dtype=np_dtype).reshape(shape).astype(np.dtype(dtype), copy=False)
 
 
@@ -125,8 +123,7 @@ def check_against_spec(array: np.ndarray, spec: TensorSpec) -> None:
     for axis, (got, want) in enumerate(zip(array.shape, spec.shape, strict=True)):
         if want is not None and got != want:
             raise ProtocolError(
-                f"input {spec.name!r}: dimension {axis} is {got}, model expects {want} "
-                f"(shape {_fmt(spec.shape)})"
+                f"input {spec.name!r}: dimension {axis} is {got}, model expects {want} (shape {_fmt(spec.shape)})"
             )
 
 

@@ -44,7 +44,13 @@ class Channel(StrEnum):
 # Which side publishes each channel, and whether the broker keeps the last message.
 RETAINED = frozenset({Channel.DESIRED, Channel.REPORTED, Channel.AVAILABILITY})
 FROM_DEVICE = frozenset(
-    {Channel.REPORTED, Channel.AVAILABILITY, Channel.TELEMETRY, Channel.COMMAND_RESULTS, Channel.CHUNK_REQUESTS}
+    {
+        Channel.REPORTED,
+        Channel.AVAILABILITY,
+        Channel.TELEMETRY,
+        Channel.COMMAND_RESULTS,
+        Channel.CHUNK_REQUESTS,
+    }
 )
 TO_DEVICE = frozenset({Channel.DESIRED, Channel.COMMANDS, Channel.CHUNKS})
 

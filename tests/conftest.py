@@ -75,7 +75,13 @@ def digits(tmp_path_factory: pytest.TempPathFactory) -> DigitsModels:
         import torch
 
         paths.append(
-            export_onnx(model, torch.from_numpy(data.x_test[:1]), folder / f"v{version}.onnx", input_name="pixels", output_name="logits")
+            export_onnx(
+                model,
+                torch.from_numpy(data.x_test[:1]),
+                folder / f"v{version}.onnx",
+                input_name="pixels",
+                output_name="logits",
+            )
         )
     return DigitsModels(paths[0], paths[1], data.x_test, data.y_test)
 
@@ -93,4 +99,12 @@ def build(model: Path, out: Path, keys: Keys, *, version: str, device_class: str
     """Build and sign a bundle; return (path, digest)."""
     from compression.builder import build_bundle
 
-    return build_bundle(model, out, name="digits", version=version, device_class=device_class, private_key=keys.private_key(), **kw)
+    return build_bundle(
+        model,
+        out,
+        name="digits",
+        version=version,
+        device_class=device_class,
+        private_key=keys.private_key(),
+        **kw,
+    )

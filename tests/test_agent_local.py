@@ -110,7 +110,9 @@ def test_multi_input_model_with_int64_runs_and_checks_inputs(tmp_path: Path, key
         model.predict({"a": a, "b": b}, ["nope"])
 
 
-def test_activation_fails_when_outputs_differ_from_the_test_vectors(tmp_path: Path, keys: Keys, digits: DigitsModels) -> None:
+def test_activation_fails_when_outputs_differ_from_the_test_vectors(
+    tmp_path: Path, keys: Keys, digits: DigitsModels
+) -> None:
     archive, digest = build(digits.v1, tmp_path / "b.bundle", keys, version="1")
     signed = extract_bundle(archive, tmp_path / "x")
     manifest = Manifest.model_validate_json(signed.manifest)
@@ -153,7 +155,11 @@ def test_api_answers_unavailable_then_serves_the_model(api, digits: DigitsModels
         result = client.predict({"pixels": digits.x_test})
         direct = ort.InferenceSession(str(digits.v1)).run(["logits"], {"pixels": digits.x_test})[0]
         np.testing.assert_array_equal(result.outputs["logits"], direct)
-        assert (result.model_name, result.model_version, result.bundle_digest) == ("digits", "1", model.digest)
+        assert (result.model_name, result.model_version, result.bundle_digest) == (
+            "digits",
+            "1",
+            model.digest,
+        )
         info_ = client.model_info()
         assert info_.loaded and info_.runtime == "onnxruntime-cpu"
         assert [(i.name, list(i.shape)) for i in info_.inputs] == [("pixels", [-1, 64])]
@@ -195,7 +201,9 @@ def test_api_refuses_bytes_that_do_not_match_dtype_and_shape(api) -> None:  # ty
         stub.Predict(bad)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "needs 256 bytes, got 10" in info.value.details()
-    weird = inference_pb2.PredictRequest(inputs={"pixels": inference_pb2.Tensor(dtype="complex64", shape=[1], data=b"")})
+    weird = inference_pb2.PredictRequest(
+        inputs={"pixels": inference_pb2.Tensor(dtype="complex64", shape=[1], data=b"")}
+    )
     with pytest.raises(grpc.RpcError) as info:
         stub.Predict(weird)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from protocol.bundle import MANIFEST_NAME, Manifest, SignedManifest, extract_bundle, verify_files, verify_manifest
+from protocol.bundle import (
+    MANIFEST_NAME,
+    Manifest,
+    SignedManifest,
+    extract_bundle,
+    verify_files,
+    verify_manifest,
+)
 from protocol.errors import BundleError, SignatureError, UnsafeArchive
 from protocol.signing import load_trusted_keys
 from tests.conftest import DigitsModels, Keys, build
@@ -32,7 +39,9 @@ def test_a_built_bundle_verifies_and_describes_the_model(tmp_path: Path, bundle:
     assert [(s.name, s.dtype, s.shape) for s in manifest.inputs] == [("pixels", "float32", [None, 64])]
     assert [(s.name, s.shape) for s in manifest.outputs] == [("logits", [None, 10])]
     assert manifest.test_vectors, "test vectors are computed at build time"
-    assert SignedManifest.model_validate_json(extract_bundle(bundle[0], tmp_path / "again").to_bytes()).digest == bundle[1]
+    assert (
+        SignedManifest.model_validate_json(extract_bundle(bundle[0], tmp_path / "again").to_bytes()).digest == bundle[1]
+    )
 
 
 def test_one_flipped_byte_in_the_model_is_detected(tmp_path: Path, bundle: tuple[Path, str], keys: Keys) -> None:

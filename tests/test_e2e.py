@@ -95,7 +95,12 @@ def test_tampered_file_and_foreign_signature_are_refused_and_the_old_model_keeps
     data[len(data) // 2] ^= 0xFF
     blob.write_bytes(bytes(data))
     fleet.deploy(d2)
-    error = wait_until(lambda: (_reported(fleet, "gw-1").get("last_error") or {}).get("bundle_digest") == d2 and _reported(fleet, "gw-1"), what="refusal")
+    error = wait_until(
+        lambda: (
+            (_reported(fleet, "gw-1").get("last_error") or {}).get("bundle_digest") == d2 and _reported(fleet, "gw-1")
+        ),
+        what="refusal",
+    )
     assert "tampered" in error["last_error"]["reason"]
     assert error["active"]["digest"] == d1 and error["status"] == "ready"
 
@@ -103,7 +108,12 @@ def test_tampered_file_and_foreign_signature_are_refused_and_the_old_model_keeps
     v3, d3 = build(digits.v2, tmp_path / "v3.bundle", other_keys, version="3.0.0")
     fleet.upload(v3)
     fleet.deploy(d3)
-    error = wait_until(lambda: (_reported(fleet, "gw-1").get("last_error") or {}).get("bundle_digest") == d3 and _reported(fleet, "gw-1"), what="refusal")
+    error = wait_until(
+        lambda: (
+            (_reported(fleet, "gw-1").get("last_error") or {}).get("bundle_digest") == d3 and _reported(fleet, "gw-1")
+        ),
+        what="refusal",
+    )
     assert "not trusted" in error["last_error"]["reason"]
     assert error["active"]["digest"] == d1
 
@@ -173,6 +183,8 @@ def test_restart_with_the_broker_down_still_serves_the_active_model(
     # When the broker returns, the new agent process connects and reports the same model.
     mosquitto.start()
     state = wait_until(
-        lambda: (s := _reported(fleet, "gw-1"))["started_at"] != first_start and s, timeout=40, what="reconnect"
+        lambda: (s := _reported(fleet, "gw-1"))["started_at"] != first_start and s,
+        timeout=40,
+        what="reconnect",
     )
     assert state["active"]["digest"] == d1 and state["status"] == "ready"

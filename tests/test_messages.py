@@ -32,8 +32,16 @@ def test_desired_state_round_trips() -> None:
         (b"[]", "DesiredState"),
         (json.dumps({"device_id": "a", "revision": -1}).encode(), "revision"),
         (json.dumps({"device_id": "a", "revision": 1, "surprise": 1}).encode(), "surprise"),
-        (json.dumps({"schema_version": 9, "device_id": "a", "revision": 1}).encode(), "unsupported schema_version 9"),
-        (json.dumps({"device_id": "a", "revision": 1, "bundle": {"digest": "zz", "name": "m", "version": "1"}}).encode(), "digest"),
+        (
+            json.dumps({"schema_version": 9, "device_id": "a", "revision": 1}).encode(),
+            "unsupported schema_version 9",
+        ),
+        (
+            json.dumps(
+                {"device_id": "a", "revision": 1, "bundle": {"digest": "zz", "name": "m", "version": "1"}}
+            ).encode(),
+            "digest",
+        ),
     ],
 )
 def test_invalid_payloads_are_rejected_with_a_reason(payload: bytes, reason: str) -> None:

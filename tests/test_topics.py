@@ -28,7 +28,12 @@ def test_device_ids_that_would_break_the_topic_tree_are_refused(device_id: str) 
 
 @pytest.mark.parametrize(
     "name",
-    ["other/v1/devices/a/desired", f"{PREFIX}/devices/a/nope", f"{PREFIX}/devices/a", f"{PREFIX}/devices/+/desired"],
+    [
+        "other/v1/devices/a/desired",
+        f"{PREFIX}/devices/a/nope",
+        f"{PREFIX}/devices/a",
+        f"{PREFIX}/devices/+/desired",
+    ],
 )
 def test_foreign_topics_are_refused_with_a_reason(name: str) -> None:
     with pytest.raises(InvalidMessage):

@@ -1,0 +1,68 @@
+"""The `edgefleet` command as a user runs it: keys, bundles, config validation, exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from edgefleet.cli import app
+from edgefleet.exit_codes import ExitCode
+from tests.conftest import DigitsModels
+
+runner = CliRunner()
+
+
+def _ok(*args: str) -> dict:
+    result = runner.invoke(app, [*args, "--format", "json"])
+    assert result.exit_code == 0, result.output
+    return dict(json.loads(result.output))
+
+
+def test_keys_bundle_create_verify_inspect(tmp_path: Path, digits: DigitsModels) -> None:
+    keys = _ok("keys", "generate", "--out", str(tmp_path / "keys"))
+    assert (tmp_path / "keys" / "signing.key").stat().st_mode & 0o777 == 0o600
+    created = _ok(
+        "bundle", "create", str(digits.v1), "--name", "digits", "--version", "1.0.0",
+        "--device-class", "rpi4", "--key", keys["private_key"], "--out", str(tmp_path / "d.bundle"),
+    )  # fmt: skip
+    verified = _ok("bundle", "verify", created["bundle"], "--trusted-key", keys["public_key"])
+    assert verified["digest"] == created["digest"] and verified["key_id"] == keys["key_id"]
+    inspected = _ok("bundle", "inspect", created["bundle"])
+    assert inspected["device_class"] == "rpi4" and inspected["inputs"][0]["name"] == "pixels"
+
+    again = runner.invoke(app, ["keys", "generate", "--out", str(tmp_path / "keys")])
+    assert again.exit_code == ExitCode.USAGE and "--force" in again.output
+
+
+def test_verify_exits_4_with_the_reason_for_an_untrusted_bundle(tmp_path: Path, digits: DigitsModels) -> None:
+    signer = _ok("keys", "generate", "--out", str(tmp_path / "a"))
+    stranger = _ok("keys", "generate", "--out", str(tmp_path / "b"))
+    created = _ok(
+        "bundle", "create", str(digits.v1), "--name", "d", "--version", "1", "--device-class", "x",
+        "--key", signer["private_key"], "--out", str(tmp_path / "d.bundle"),
+    )  # fmt: skip
+    result = runner.invoke(app, ["bundle", "verify", created["bundle"], "--trusted-key", stranger["public_key"]])
+    assert result.exit_code == ExitCode.BUNDLE_INVALID
+    assert "not trusted" in result.output
+
+
+def test_validate_config_prints_each_problem_and_exits_3(tmp_path: Path) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text('device_id = "pi-1"\ndata_dir = "d"\ntrusted_keys = []\nfrobnicate = 1\n')
+    result = runner.invoke(app, ["agent", "validate-config", str(path)])
+    assert result.exit_code == ExitCode.CONFIG_INVALID
+    assert "device_class: Field required" in result.output
+    assert "trusted_keys" in result.output and "frobnicate" in result.output
+    path.write_text('device_id = "pi-1"\ndevice_class = "x"\ndata_dir = "d"\ntrusted_keys = ["k.pub"]\n')
+    assert runner.invoke(app, ["agent", "validate-config", str(path)]).exit_code == 0
+
+
+def test_the_console_script_runs_as_a_module() -> None:
+    result = subprocess.run([sys.executable, "-m", "edgefleet", "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0
+    for group in ("agent", "coordinator", "bundle", "keys", "demo"):
+        assert group in result.stdout

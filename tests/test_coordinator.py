@@ -1,0 +1,144 @@
+"""The coordinator in-process (FastAPI TestClient) against a real Mosquitto and SQLite file."""
+
+from __future__ import annotations
+
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import paho.mqtt.publish as publish
+import paho.mqtt.subscribe as subscribe
+import pytest
+from fastapi.testclient import TestClient
+
+from agent.config import BrokerConfig
+from coordinator.api import create_app
+from coordinator.config import CoordinatorConfig
+from coordinator.db import FleetDB
+from coordinator.service import Coordinator
+from edgefleet.broker import LocalBroker
+from edgefleet.fleet import wait_until
+from protocol.messages import DesiredState, ReportedState, Telemetry, parse
+from protocol.topics import Channel, topic
+from tests.conftest import DigitsModels, Keys, build
+
+TOKEN = "test-token-0123456789abcdef"
+
+
+@pytest.fixture
+def client(tmp_path: Path, mosquitto: LocalBroker, keys: Keys) -> Iterator[tuple[TestClient, Coordinator]]:
+    config = CoordinatorConfig(
+        data_dir=tmp_path / "coord", trusted_keys=[keys.public], broker=BrokerConfig(url=mosquitto.url)
+    )
+    coordinator = Coordinator(config)
+    with TestClient(create_app(coordinator, token=TOKEN), headers={"Authorization": f"Bearer {TOKEN}"}) as http:
+        wait_until(coordinator.link.connected.is_set, timeout=10, what="coordinator connected")
+        yield http, coordinator
+
+
+def _report(broker: LocalBroker, device_id: str, device_class: str = "x86-gateway") -> None:
+    state = ReportedState(
+        device_id=device_id,
+        device_class=device_class,
+        agent_version="t",
+        status="idle",
+        started_at="2026-01-01T00:00:00Z",
+    )
+    publish.single(
+        topic(device_id, Channel.REPORTED),
+        state.to_bytes(),
+        qos=1,
+        retain=True,
+        hostname="127.0.0.1",
+        port=broker.port,
+    )
+
+
+def test_api_requires_the_token(client) -> None:  # type: ignore[no-untyped-def]
+    http, _ = client
+    assert http.get("/api/v1/devices", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert http.get("/api/v1/devices", headers={"Authorization": ""}).status_code == 401
+    assert http.get("/api/v1/devices").status_code == 200
+    assert http.get("/healthz", headers={"Authorization": ""}).json()["broker_connected"] is True
+
+
+def test_upload_refuses_tampered_and_untrusted_bundles(
+    client, tmp_path: Path, keys: Keys, other_keys: Keys, digits: DigitsModels
+) -> None:  # type: ignore[no-untyped-def]
+    http, _ = client
+    good, _ = build(digits.v1, tmp_path / "good.bundle", keys, version="1")
+    with tarfile.open(good) as tar:
+        model = tar.getmember("files/model.onnx")
+    data = bytearray(good.read_bytes())
+    data[model.offset_data + model.size // 2] ^= 0x01
+    response = http.post("/api/v1/bundles", content=bytes(data))
+    assert response.status_code == 422 and "tampered" in response.json()["detail"]
+
+    foreign, _ = build(digits.v1, tmp_path / "foreign.bundle", other_keys, version="1")
+    response = http.post("/api/v1/bundles", content=foreign.read_bytes())
+    assert response.status_code == 422 and "not trusted" in response.json()["detail"]
+
+    response = http.post("/api/v1/bundles", content=b"garbage")
+    assert response.status_code == 422 and "not a readable bundle" in response.json()["detail"]
+    assert http.get("/api/v1/bundles").json() == []
+
+
+def test_deploy_publishes_retained_desired_state_with_growing_revisions(
+    client,
+    tmp_path: Path,
+    mosquitto: LocalBroker,
+    keys: Keys,
+    digits: DigitsModels,  # type: ignore[no-untyped-def]
+) -> None:
+    http, _ = client
+    bundle, digest = build(digits.v1, tmp_path / "b.bundle", keys, version="1")
+    assert http.post("/api/v1/bundles", content=bundle.read_bytes()).json()["digest"] == digest
+    _report(mosquitto, "pi-1")
+    _report(mosquitto, "jetson-1", device_class="jetson-orin")
+    wait_until(lambda: len(http.get("/api/v1/devices").json()) == 2, what="devices ingested")
+
+    # Only devices of the bundle's class are targeted by a fleet-wide deployment.
+    assert [r["device_id"] for r in http.post("/api/v1/deployments", json={"bundle_digest": digest}).json()] == ["pi-1"]
+    second = http.put("/api/v1/devices/pi-1/desired", json={"bundle_digest": digest}).json()
+    assert second["revision"] == 2
+
+    def retained_desired() -> DesiredState | None:
+        # A new subscriber gets the retained message at once, flagged as retained.
+        message = subscribe.simple(topic("pi-1", Channel.DESIRED), hostname="127.0.0.1", port=mosquitto.port)
+        desired = parse(DesiredState, message.payload)
+        return desired if message.retain and desired.revision == 2 else None
+
+    desired = wait_until(retained_desired, timeout=10, what="retained desired state revision 2")
+    assert desired.bundle is not None and desired.bundle.digest == digest
+
+    response = http.put("/api/v1/devices/jetson-1/desired", json={"bundle_digest": digest})
+    assert response.status_code == 409 and "jetson-orin" in response.json()["detail"]
+    assert http.put("/api/v1/devices/nobody/desired", json={"bundle_digest": digest}).status_code == 404
+    assert http.post("/api/v1/deployments", json={"bundle_digest": "0" * 64}).status_code == 404
+    assert http.post("/api/v1/deployments", json={"bundle_digest": "xyz"}).status_code == 422
+
+
+def test_telemetry_is_deduplicated_by_message_id(tmp_path: Path) -> None:
+    db = FleetDB(tmp_path / "fleet.db")
+    message = Telemetry(device_id="pi-1", window_s=1.0, inference_count=3, error_count=0)
+    assert db.add_telemetry(message) is True
+    assert db.add_telemetry(message) is False
+    assert len(db.telemetry("pi-1")) == 1
+
+
+def test_invalid_device_messages_are_counted_and_dropped(client, mosquitto: LocalBroker) -> None:  # type: ignore[no-untyped-def]
+    http, coordinator = client
+    host, port = "127.0.0.1", mosquitto.port
+    publish.single(topic("pi-1", Channel.REPORTED), b"{not json", qos=1, hostname=host, port=port)
+    spoof = ReportedState(
+        device_id="pi-2",
+        device_class="x",
+        agent_version="t",
+        status="idle",
+        started_at="2026-01-01T00:00:00Z",
+    )
+    publish.single(topic("pi-1", Channel.REPORTED), spoof.to_bytes(), qos=1, hostname=host, port=port)
+    publish.single(topic("pi-1", Channel.CHUNK_REQUESTS), b'{"kind": "file"}', qos=1, hostname=host, port=port)
+    wait_until(lambda: coordinator.link.rejected >= 3, timeout=10, what="rejections")
+    assert http.get("/api/v1/devices").json() == [], "a device cannot speak for another"
+    assert "edgefleet_coordinator_rejected_messages_total" in http.get("/metrics").text
