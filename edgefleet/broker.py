@@ -38,6 +38,8 @@ class LocalBroker:
     """
 
     def __init__(self, workdir: Path, *, prefer: str = "auto", extra_config: str = "") -> None:
+        if prefer not in ("auto", "mosquitto", "amqtt"):
+            raise ValueError(f"unknown broker {prefer!r}: use auto, mosquitto or amqtt")
         self.workdir = workdir
         self.port = free_port()
         self.extra_config = extra_config

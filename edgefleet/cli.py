@@ -25,6 +25,7 @@ app.add_typer(keys_app, name="keys")
 def demo(
     agents: int = typer.Option(3, min=1, max=10, help="Number of agent processes."),
     keep: bool = typer.Option(False, help="Keep the demo's working folder."),
+    broker: str = typer.Option("auto", help="auto (Mosquitto if installed, else amqtt), mosquitto or amqtt."),
 ) -> None:
     """Run the whole system on this machine: broker, coordinator, agents, a real model rolled out.
 
@@ -32,7 +33,7 @@ def demo(
     """
     from edgefleet.demo import run_demo
 
-    raise typer.Exit(run_demo(agents=agents, keep=keep))
+    raise typer.Exit(run_demo(agents=agents, keep=keep, broker=broker))
 
 
 def main() -> None:

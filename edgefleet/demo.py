@@ -14,6 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import grpc
+import httpx
 from rich.console import Console
 from rich.table import Table
 
@@ -32,7 +34,7 @@ def _step(started: float, text: str) -> None:
     console.print(f"[dim]{time.monotonic() - started:5.1f}s[/dim] {text}")
 
 
-def run_demo(agents: int = 3, keep: bool = False) -> int:
+def run_demo(agents: int = 3, keep: bool = False, broker: str = "auto") -> int:
     import torch
 
     from compression.builder import build_bundle
@@ -41,11 +43,12 @@ def run_demo(agents: int = 3, keep: bool = False) -> int:
 
     started = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="edgefleet-demo-"))
-    broker = LocalBroker(workdir / "broker")
+    local_broker = LocalBroker(workdir / "broker", prefer=broker)
     fleet: LocalFleet | None = None
+    failed = False
     try:
-        broker.start()
-        _step(started, f"broker: {broker.kind} on {broker.url}")
+        local_broker.start()
+        _step(started, f"broker: {local_broker.kind} on {local_broker.url}")
 
         keys = workdir / "keys"
         keys.mkdir()
@@ -77,7 +80,7 @@ def run_demo(agents: int = 3, keep: bool = False) -> int:
             f"trained MLP on digits (held-out accuracy {accuracy:.3f}), exported ONNX, signed bundle {digest[:12]}",
         )
 
-        fleet = LocalFleet(workdir, broker.url, [keys / "signing.pub"])
+        fleet = LocalFleet(workdir, local_broker.url, [keys / "signing.pub"])
         url = fleet.start_coordinator()
         _step(started, f"coordinator: REST API on {url}")
         device_ids = [f"gateway-{i + 1:02d}" for i in range(agents)]
@@ -120,12 +123,16 @@ def run_demo(agents: int = 3, keep: bool = False) -> int:
         console.print(table)
         _step(started, "shutting down")
         return 0
+    except (RuntimeError, TimeoutError, OSError, httpx.HTTPError, grpc.RpcError) as exc:
+        failed = True
+        console.print(f"[red]demo failed:[/red] {exc}")
+        return 1
     finally:
         if fleet is not None:
             fleet.stop()
-        broker.stop()
-        if keep:
-            console.print(f"working folder kept: {workdir}")
+        local_broker.stop()
+        if keep or failed:
+            console.print(f"working folder kept (logs of every process): {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
         console.print(f"[dim]{time.monotonic() - started:5.1f}s[/dim] done")

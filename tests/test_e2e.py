@@ -188,3 +188,13 @@ def test_restart_with_the_broker_down_still_serves_the_active_model(
         what="reconnect",
     )
     assert state["active"]["digest"] == d1 and state["status"] == "ready"
+
+
+def test_availability_is_online_then_stopped_or_offline_by_last_will(fleet: LocalFleet) -> None:
+    _start(fleet, "gw-1", "gw-2")
+    for device_id in ("gw-1", "gw-2"):
+        wait_until(lambda d=device_id: fleet.device(d)["availability"] == "online", what=f"{device_id} online")  # type: ignore[index]
+    fleet.stop_agent("gw-1", signal.SIGTERM)
+    fleet.stop_agent("gw-2", signal.SIGKILL)
+    wait_until(lambda: fleet.device("gw-1")["availability"] == "stopped", what="clean stop")  # type: ignore[index]
+    wait_until(lambda: fleet.device("gw-2")["availability"] == "offline", what="last will")  # type: ignore[index]

@@ -1,0 +1,38 @@
+"""`edgefleet demo` as a user on a fresh machine runs it: with the pure-Python broker."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def test_demo_rolls_out_to_every_agent_within_a_minute_and_leaves_no_process() -> None:
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "edgefleet", "demo", "--agents", "2", "--broker", "amqtt"],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert time.monotonic() - started < 60
+    assert "broker: amqtt" in result.stdout
+    rows = [line for line in result.stdout.splitlines() if "gateway-0" in line]
+    assert len(rows) == 2
+    for row in rows:
+        cells = [c.strip() for c in row.split("│") if c.strip()]
+        assert cells[1:3] == ["digits", "1.0.0"]
+        assert float(cells[3]) > 0.9, "a real model, really served"
+    leftovers = [
+        p.info["cmdline"]
+        for p in psutil.process_iter(["cmdline"])
+        if any("edgefleet-demo-" in part for part in (p.info["cmdline"] or []))
+    ]
+    assert leftovers == []
