@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
 from agent.errors import ActivationError, InputError
-from agent.runtimes import RUNTIMES, Runtime
+from agent.runtimes import Runtime, RuntimeOptions, open_runtime
 from protocol.bundle import Manifest
 from protocol.errors import ProtocolError
 from protocol.messages import BundleRef
@@ -17,8 +17,7 @@ from protocol.tensors import TensorSpec, check_against_spec
 
 __all__ = ["LoadedModel", "load_model"]
 
-# Which registered backend serves which manifest runtime; the agent issue adds fallback chains.
-_BACKEND_FOR = {"onnxruntime": "onnxruntime-cpu"}
+DEFAULT_CHAIN = ["onnxruntime-cpu"]
 
 
 @dataclass
@@ -26,6 +25,7 @@ class LoadedModel:
     digest: str
     manifest: Manifest
     runtime: Runtime
+    skipped_runtimes: list[str] = field(default_factory=list)
     activated_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     @property
@@ -83,20 +83,29 @@ class LoadedModel:
                     )
 
 
-def load_model(digest: str, manifest: Manifest, model_path: Path) -> LoadedModel:
-    """Load on the backend the manifest asks for, check the I/O signature, run the self-test."""
-    backend = _BACKEND_FOR.get(manifest.runtime)
-    if backend is None or backend not in RUNTIMES:
-        raise ActivationError(f"runtime {manifest.runtime!r} is not available on this agent")
+def load_model(
+    digest: str,
+    manifest: Manifest,
+    model_path: Path,
+    *,
+    chain: list[str] | None = None,
+    options: RuntimeOptions | None = None,
+) -> LoadedModel:
+    """Load on the first runtime of ``chain`` that can, check the I/O signature, run the self-test."""
+    opts = replace(
+        options or RuntimeOptions(),
+        precision=manifest.precision,
+        model_digest=manifest.file(manifest.model_file).sha256,
+    )
     try:
-        runtime = RUNTIMES[backend](model_path)
-    except Exception as exc:  # a runtime's own load errors have no common base class
-        raise ActivationError(f"{backend} could not load the model: {exc}") from exc
+        runtime, skipped = open_runtime(chain or DEFAULT_CHAIN, manifest.model_format, model_path, opts)
+    except RuntimeError as exc:
+        raise ActivationError(str(exc)) from None
     if [s.name for s in runtime.inputs] != [s.name for s in manifest.inputs]:
         raise ActivationError(
             f"model inputs {[s.name for s in runtime.inputs]} differ from the manifest's "
             f"{[s.name for s in manifest.inputs]}"
         )
-    model = LoadedModel(digest=digest, manifest=manifest, runtime=runtime)
+    model = LoadedModel(digest=digest, manifest=manifest, runtime=runtime, skipped_runtimes=skipped)
     model.self_test()
     return model

@@ -82,7 +82,7 @@ def build_bundle(
         name=name,
         version=version,
         device_class=device_class,
-        runtime="onnxruntime",
+        model_format="onnx",
         model_file=model_name,
         inputs=inputs,
         outputs=outputs,

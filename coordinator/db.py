@@ -43,7 +43,7 @@ class FleetDB:
                     "name": str,
                     "version": str,
                     "device_class": str,
-                    "runtime": str,
+                    "model_format": str,
                     "key_id": str,
                     "size": int,
                     "created_at": str,

@@ -49,7 +49,7 @@ class Registry:
                 "name": manifest.name,
                 "version": manifest.version,
                 "device_class": manifest.device_class,
-                "runtime": manifest.runtime,
+                "model_format": manifest.model_format,
                 "key_id": signed.key_id,
                 "size": sum(f.size for f in manifest.files),
                 "created_at": manifest.created_at.isoformat(),

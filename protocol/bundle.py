@@ -77,7 +77,10 @@ class Manifest(BaseModel):
     name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     version: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
     device_class: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    runtime: Literal["onnxruntime", "litert", "tensorrt"] = "onnxruntime"
+    model_format: Literal["onnx", "tflite"] = Field(default="onnx", description="Format of `model_file`.")
+    precision: Literal["fp32", "fp16", "int8"] = Field(
+        default="fp32", description="Precision the model was prepared for; engine builders (TensorRT) honour it."
+    )
     model_file: str = Field(description="Name of the entry in `files` that the runtime loads.")
     inputs: list[TensorSpec] = Field(min_length=1)
     outputs: list[TensorSpec] = Field(min_length=1)

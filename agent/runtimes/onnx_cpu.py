@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import onnxruntime as ort
 
-from agent.runtimes.base import Runtime, register_runtime
+from agent.runtimes.base import Runtime, RuntimeOptions, register_runtime
 from protocol.tensors import TensorSpec, onnx_type_to_dtype
 
-__all__ = ["OnnxCpuRuntime"]
+__all__ = ["OnnxCpuRuntime", "OnnxRuntimeBase"]
 
 
 def _spec(arg: ort.NodeArg) -> TensorSpec:
@@ -18,17 +19,22 @@ def _spec(arg: ort.NodeArg) -> TensorSpec:
     return TensorSpec(name=arg.name, dtype=onnx_type_to_dtype(arg.type), shape=shape)
 
 
-@register_runtime("onnxruntime-cpu")
-class OnnxCpuRuntime(Runtime):
-    providers = ("CPUExecutionProvider",)
+class OnnxRuntimeBase(Runtime):
+    """Shared by the ONNX Runtime backends; subclasses choose execution providers."""
 
-    def __init__(self, model_path: Path, *, intra_op_threads: int = 0) -> None:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = intra_op_threads
-        options.log_severity_level = 3
-        self.session = ort.InferenceSession(str(model_path), options, providers=list(self.providers))
+    provider: ClassVar[str] = "CPUExecutionProvider"
+
+    def __init__(self, model_path: Path, options: RuntimeOptions) -> None:
+        session_options = ort.SessionOptions()
+        session_options.intra_op_num_threads = options.intra_op_threads
+        session_options.inter_op_num_threads = options.inter_op_threads
+        session_options.log_severity_level = 3
+        self.session = ort.InferenceSession(str(model_path), session_options, providers=self.providers(options))
         self._inputs = [_spec(a) for a in self.session.get_inputs()]
         self._outputs = [_spec(a) for a in self.session.get_outputs()]
+
+    def providers(self, options: RuntimeOptions) -> list[str | tuple[str, dict[str, str]]]:
+        return [self.provider]
 
     @property
     def inputs(self) -> list[TensorSpec]:
@@ -41,3 +47,8 @@ class OnnxCpuRuntime(Runtime):
     def run(self, feeds: dict[str, np.ndarray], output_names: list[str]) -> dict[str, np.ndarray]:
         results = self.session.run(output_names, feeds)
         return {name: np.asarray(value) for name, value in zip(output_names, results, strict=True)}
+
+
+@register_runtime("onnxruntime-cpu", formats=frozenset({"onnx"}))
+class OnnxCpuRuntime(OnnxRuntimeBase):
+    provider = "CPUExecutionProvider"
