@@ -10,9 +10,11 @@ import grpc
 import typer
 
 from agent.config import load_config
+from agent.device_class import detect_device_class, load_device_class, probe_hardware
 from agent.errors import ConfigError
 from edgefleet.exit_codes import ExitCode
 from edgefleet.output import Format, FormatOption, configure_logging, fail, print_data
+from firmware_configs import CONFIG_DIR
 from protocol.errors import ProtocolError
 
 app = typer.Typer(help="The daemon on each edge device.", no_args_is_help=True)
@@ -33,6 +35,8 @@ def run(config: Path = typer.Option(..., "--config", "-c", help="Agent config fi
     configure_logging(cfg.log_level)
     try:
         agent = Agent(cfg)
+    except ConfigError as exc:
+        fail(str(exc), ExitCode.CONFIG_INVALID)
     except (OSError, ProtocolError) as exc:
         fail(f"cannot start: {exc}", ExitCode.CONFIG_INVALID)
 
@@ -53,12 +57,26 @@ def validate_config(path: Path = typer.Argument(..., help="Agent config file (TO
     Example: edgefleet agent validate-config agent.toml
     """
     try:
-        load_config(path)
+        config = load_config(path)
+        device_class = load_device_class(config.device_class, config.device_class_dir or CONFIG_DIR)
     except ConfigError as exc:
         for problem in exc.problems:
             typer.echo(f"{exc.path}: {problem}", err=True)
         raise typer.Exit(int(ExitCode.CONFIG_INVALID)) from None
-    typer.echo(f"{path}: ok")
+    typer.echo(f"{path}: ok (device class {device_class.name}: {device_class.description})")
+
+
+@app.command("detect-class")
+def detect_class(fmt: Format = FormatOption) -> None:
+    """Detect this device's class from its device tree, Tegra release and architecture.
+
+    Example: edgefleet agent detect-class --format json
+    """
+    probe = probe_hardware()
+    name = detect_device_class(probe)
+    print_data(probe.model_dump() | {"device_class": name}, fmt)
+    if name is None:
+        raise typer.Exit(int(ExitCode.NOT_FOUND))
 
 
 @app.command()

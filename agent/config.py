@@ -78,13 +78,20 @@ class FetchConfig(_Strict):
 
 class AgentConfig(_Strict):
     device_id: str = Field(title="Device id", description="Unique id; one MQTT topic level.")
-    device_class: str = Field(description="Hardware class; bundles for other classes are refused.")
+    device_class: str = Field(
+        description="Hardware class (a file in firmware_configs/); bundles for other classes are refused."
+    )
+    device_class_dir: Path | None = Field(
+        default=None, description="Folder of device-class files, instead of the shipped firmware_configs/."
+    )
     data_dir: Path = Field(description="Where bundles, state and the API socket live.")
     trusted_keys: list[Path] = Field(min_length=1, description="PEM ed25519 public keys that may sign bundles.")
     broker: BrokerConfig = Field(default_factory=BrokerConfig)
     api: ApiConfig = Field(default_factory=ApiConfig)
     fetch: FetchConfig = Field(default_factory=FetchConfig)
-    telemetry_interval_s: float = Field(default=30.0, gt=0, description="Seconds between telemetry messages.")
+    telemetry_interval_s: float | None = Field(
+        default=None, gt=0, description="Seconds between telemetry messages; default from the device class."
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("device_id")
@@ -137,6 +144,7 @@ def _resolve_paths(config: AgentConfig, base: Path) -> AgentConfig:
     return config.model_copy(
         update={
             "data_dir": absolute(config.data_dir),
+            "device_class_dir": absolute(config.device_class_dir),
             "trusted_keys": [absolute(p) for p in config.trusted_keys],
             "broker": broker,
             "api": api,

@@ -14,9 +14,11 @@ from datetime import UTC, datetime
 from agent import __version__
 from agent.api import InferenceApi, InferenceService
 from agent.config import AgentConfig
+from agent.device_class import load_device_class
 from agent.errors import ActivationError, FetchError
 from agent.fetcher import ChunkFetcher
 from agent.model import LoadedModel, load_model
+from agent.runtimes import RuntimeOptions
 from agent.store import ModelStore, Slots
 from agent.sync import AgentLink, Handlers
 from agent.telemetry import InferenceStats
@@ -42,6 +44,17 @@ log = logging.getLogger(__name__)
 class Agent:
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
+        self.device_class = (
+            load_device_class(config.device_class, config.device_class_dir)
+            if config.device_class_dir
+            else load_device_class(config.device_class)
+        )
+        self.runtime_options = RuntimeOptions(
+            intra_op_threads=self.device_class.runtime.intra_op_threads,
+            inter_op_threads=self.device_class.runtime.inter_op_threads,
+            cache_dir=config.data_dir / "cache",
+        )
+        self.telemetry_interval_s = config.telemetry_interval_s or self.device_class.telemetry.interval_s
         self.trusted = load_trusted_keys(config.trusted_keys)
         self.store = ModelStore(config.data_dir / "store")
         self.stats = InferenceStats()
@@ -112,7 +125,7 @@ class Agent:
                 continue
             try:
                 manifest = self.store.verified_bundle(digest, self.trusted)
-                self.model = load_model(digest, manifest, self.store.model_path(manifest))
+                self.model = self._load(digest, manifest)
             except (BundleError, ActivationError) as exc:
                 log.error("stored bundle %s cannot be served: %s", digest[:12], exc.reason)
                 self.last_error = ErrorInfo(reason=f"stored bundle unusable: {exc.reason}", bundle_digest=digest)
@@ -124,6 +137,15 @@ class Agent:
             self.status = "ready"
             return
         self.status = "idle"
+
+    def _load(self, digest: str, manifest: Manifest) -> LoadedModel:
+        return load_model(
+            digest,
+            manifest,
+            self.store.model_path(manifest),
+            chain=self.device_class.runtime.chain,
+            options=self.runtime_options,
+        )
 
     # -- state ---------------------------------------------------------------------------
     def reported_state(self) -> ReportedState:
@@ -141,6 +163,7 @@ class Agent:
             previous=previous,
             desired_revision=self.desired_revision,
             runtime=model.runtime.key if model else None,
+            runtime_skipped=model.skipped_runtimes if model else [],
             last_error=self.last_error,
             rejected_messages=self.link.rejected,
             started_at=self.started_at,
@@ -187,7 +210,7 @@ class Agent:
             self._set_status("downloading")
             manifest_digest, manifest = self._download(target)
             self._set_status("activating")
-            model = load_model(manifest_digest, manifest, self.store.model_path(manifest))
+            model = self._load(manifest_digest, manifest)
         except FetchError as exc:
             log.warning("download of %s paused: %s", target.digest[:12], exc.reason)
             self._set_status("error", ErrorInfo(reason=f"download: {exc.reason}", bundle_digest=target.digest))
@@ -258,9 +281,13 @@ class Agent:
         )
 
     def _telemetry_loop(self) -> None:
-        while not self._stop.wait(self.config.telemetry_interval_s):
+        while not self._stop.wait(self.telemetry_interval_s):
             model = self.model
-            telemetry = self.stats.take(self.config.device_id, model.digest if model else None)
+            telemetry = (
+                self.stats.take(self.config.device_id, model.digest, model.runtime.key, model.skipped_runtimes)
+                if model
+                else self.stats.take(self.config.device_id, None)
+            )
             if self.link.publish(Channel.TELEMETRY, telemetry) is None:
                 log.debug("offline: telemetry window dropped (the durable outbox comes with the agent issue)")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import threading
 import time
 
@@ -10,7 +11,19 @@ import psutil
 
 from protocol.messages import Telemetry
 
-__all__ = ["InferenceStats"]
+__all__ = ["InferenceStats", "soc_temperature_c"]
+
+
+def soc_temperature_c(pattern: str = "/sys/class/thermal/thermal_zone*/temp") -> float | None:
+    """The hottest thermal zone in degrees Celsius, or None where the kernel exposes none."""
+    readings = []
+    for path in glob.glob(pattern):
+        try:
+            with open(path) as fh:
+                readings.append(int(fh.read().strip()) / 1000.0)
+        except (OSError, ValueError):
+            continue
+    return max(readings) if readings else None
 
 
 class InferenceStats:
@@ -41,7 +54,9 @@ class InferenceStats:
             self._errors += 1
             self.total_errors += 1
 
-    def take(self, device_id: str, bundle_digest: str | None) -> Telemetry:
+    def take(
+        self, device_id: str, bundle_digest: str | None, runtime: str | None = None, skipped: list[str] | None = None
+    ) -> Telemetry:
         """Close the current window and describe it."""
         now = time.monotonic()
         with self._lock:
@@ -52,6 +67,8 @@ class InferenceStats:
             device_id=device_id,
             window_s=round(now - start, 3),
             bundle_digest=bundle_digest,
+            runtime=runtime,
+            runtime_skipped=skipped or [],
             inference_count=count,
             error_count=errors,
             latency_ms_mean=None if lat is None else float(lat.mean()),
@@ -59,4 +76,5 @@ class InferenceStats:
             latency_ms_p95=None if lat is None else float(np.percentile(lat, 95)),
             cpu_percent=self._process.cpu_percent(None),
             rss_bytes=self._process.memory_info().rss,
+            soc_temp_c=soc_temperature_c(),
         )

@@ -93,6 +93,7 @@ class ReportedState(Message):
     previous: BundleRef | None = None
     desired_revision: int | None = None
     runtime: str | None = None
+    runtime_skipped: list[str] = Field(default_factory=list, description="Why each earlier runtime was passed over.")
     last_error: ErrorInfo | None = None
     rejected_messages: int = 0
     started_at: datetime
@@ -111,6 +112,8 @@ class Telemetry(Message):
     device_id: str
     window_s: float = Field(ge=0)
     bundle_digest: str | None = None
+    runtime: str | None = None
+    runtime_skipped: list[str] = Field(default_factory=list)
     inference_count: int = Field(ge=0)
     error_count: int = Field(ge=0)
     latency_ms_mean: float | None = None
@@ -118,6 +121,7 @@ class Telemetry(Message):
     latency_ms_p95: float | None = None
     cpu_percent: float | None = None
     rss_bytes: int | None = None
+    soc_temp_c: float | None = None
 
 
 class Command(Message):

@@ -57,8 +57,12 @@ def test_validate_config_prints_each_problem_and_exits_3(tmp_path: Path) -> None
     assert result.exit_code == ExitCode.CONFIG_INVALID
     assert "device_class: Field required" in result.output
     assert "trusted_keys" in result.output and "frobnicate" in result.output
-    path.write_text('device_id = "pi-1"\ndevice_class = "x"\ndata_dir = "d"\ntrusted_keys = ["k.pub"]\n')
-    assert runner.invoke(app, ["agent", "validate-config", str(path)]).exit_code == 0
+    path.write_text('device_id = "pi-1"\ndevice_class = "rpi9"\ndata_dir = "d"\ntrusted_keys = ["k.pub"]\n')
+    result = runner.invoke(app, ["agent", "validate-config", str(path)])
+    assert result.exit_code == ExitCode.CONFIG_INVALID and "unknown device class 'rpi9'" in result.output
+    path.write_text('device_id = "pi-1"\ndevice_class = "rpi4"\ndata_dir = "d"\ntrusted_keys = ["k.pub"]\n')
+    result = runner.invoke(app, ["agent", "validate-config", str(path)])
+    assert result.exit_code == 0 and "device class rpi4" in result.output
 
 
 def test_the_console_script_runs_as_a_module() -> None:
