@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 from pathlib import Path
 from types import FrameType
@@ -43,8 +44,15 @@ def run(config: Path = typer.Option(..., "--config", "-c", help="Agent config fi
     def on_signal(_signum: int, _frame: FrameType | None) -> None:
         agent.request_stop()
 
+    def on_hangup(_signum: int, _frame: FrameType | None) -> None:
+        try:
+            agent.reload(load_config(config))
+        except ConfigError as exc:
+            logging.getLogger("agent").error("config reload refused, keeping the running config: %s", exc)
+
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, on_hangup)
     agent.start()
     agent.wait()
     agent.stop()

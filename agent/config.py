@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from agent.errors import ConfigError
 from protocol.topics import validate_device_id
 
-__all__ = ["AgentConfig", "ApiConfig", "BrokerConfig", "FetchConfig", "load_config"]
+__all__ = ["AgentConfig", "ApiConfig", "BrokerConfig", "FeedbackConfig", "FetchConfig", "StoreConfig", "load_config"]
 
 
 class _Strict(BaseModel):
@@ -76,6 +76,21 @@ class FetchConfig(_Strict):
     retry_backoff_s: float = Field(default=5.0, gt=0, description="Pause before a failed download resumes.")
 
 
+class StoreConfig(_Strict):
+    keep_bundles: int = Field(default=3, ge=2, le=100, description="Bundles kept on disk; older ones are deleted.")
+    crash_loop_restarts: int = Field(
+        default=3, ge=2, le=100, description="Unclean starts within the window that revert the last activation."
+    )
+    crash_loop_window_s: float = Field(default=300.0, gt=0, description="Window for counting unclean starts.")
+
+
+class FeedbackConfig(_Strict):
+    remember_requests: int = Field(default=1000, ge=0, description="Recent requests whose inputs are kept.")
+    remember_s: float = Field(default=600.0, gt=0, description="How long a request can still get feedback.")
+    max_mb: int = Field(default=256, ge=1, description="Largest size of the stored training samples.")
+    max_age_days: float = Field(default=30.0, gt=0, description="Samples older than this are deleted.")
+
+
 class AgentConfig(_Strict):
     device_id: str = Field(title="Device id", description="Unique id; one MQTT topic level.")
     device_class: str = Field(
@@ -89,6 +104,8 @@ class AgentConfig(_Strict):
     broker: BrokerConfig = Field(default_factory=BrokerConfig)
     api: ApiConfig = Field(default_factory=ApiConfig)
     fetch: FetchConfig = Field(default_factory=FetchConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)
     telemetry_interval_s: float | None = Field(
         default=None, gt=0, description="Seconds between telemetry messages; default from the device class."
     )

@@ -1,39 +1,37 @@
 """The agent daemon: serves the active model and converges to the coordinator's desired state.
 
-Start-up order: store -> active model (verified again) -> local API -> MQTT link -> workers.
-Shutdown runs in reverse from ``stop``.
+Start-up order: crash-loop check -> store -> active model (verified again) -> local API -> MQTT
+link -> workers. ``stop`` runs the same steps in reverse.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
+import time
 from datetime import UTC, datetime
 
 from agent import __version__
 from agent.api import InferenceApi, InferenceService
+from agent.batcher import MicroBatcher
 from agent.config import AgentConfig
-from agent.device_class import load_device_class
-from agent.errors import ActivationError, FetchError
+from agent.device_class import DeviceClass, load_device_class
+from agent.errors import ActivationError
 from agent.fetcher import ChunkFetcher
 from agent.model import LoadedModel, load_model
+from agent.outbox import Outbox, OutboxError, OutboxSender
+from agent.reconcile import Reconciler
 from agent.runtimes import RuntimeOptions
-from agent.store import ModelStore, Slots
+from agent.samples import RecentRequests, SampleStore
+from agent.store import ModelStore
 from agent.sync import AgentLink, Handlers
+from agent.systemd import notify, watchdog_interval_s
 from agent.telemetry import InferenceStats
-from protocol.bundle import Manifest, SignedManifest, verify_manifest
+from agent.update_lock import UpdateLock
+from protocol.bundle import Manifest, SignedManifest
 from protocol.errors import BundleError
-from protocol.messages import (
-    BundleRef,
-    ChunkRequest,
-    Command,
-    CommandResult,
-    DesiredState,
-    ErrorInfo,
-    ReportedState,
-)
-from protocol.signing import load_trusted_keys
+from protocol.messages import BundleRef, ChunkRequest, Command, CommandResult, ErrorInfo, Message, ReportedState
+from protocol.signing import TrustedKeys, load_trusted_keys
 from protocol.topics import Channel
 
 __all__ = ["Agent"]
@@ -41,30 +39,34 @@ __all__ = ["Agent"]
 log = logging.getLogger(__name__)
 
 
+def _device_class(config: AgentConfig) -> DeviceClass:
+    if config.device_class_dir:
+        return load_device_class(config.device_class, config.device_class_dir)
+    return load_device_class(config.device_class)
+
+
 class Agent:
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
-        self.device_class = (
-            load_device_class(config.device_class, config.device_class_dir)
-            if config.device_class_dir
-            else load_device_class(config.device_class)
-        )
+        self.device_class = _device_class(config)
         self.runtime_options = RuntimeOptions(
             intra_op_threads=self.device_class.runtime.intra_op_threads,
             inter_op_threads=self.device_class.runtime.inter_op_threads,
             cache_dir=config.data_dir / "cache",
         )
-        self.telemetry_interval_s = config.telemetry_interval_s or self.device_class.telemetry.interval_s
-        self.trusted = load_trusted_keys(config.trusted_keys)
+        self.trusted: TrustedKeys = load_trusted_keys(config.trusted_keys)
         self.store = ModelStore(config.data_dir / "store")
         self.stats = InferenceStats()
         self.started_at = datetime.now(UTC)
         self.model: LoadedModel | None = None
         self.status = "starting"
         self.last_error: ErrorInfo | None = None
-        self.desired_revision: int | None = None
-        self._desired: queue.Queue[DesiredState] = queue.Queue()
-        self._refused: tuple[str, int] | None = None  # (digest, revision) refused for good
+        self.update_lock = UpdateLock()
+        self.outbox = Outbox(
+            config.data_dir / "outbox.db",
+            max_bytes=self.device_class.outbox.max_bytes,
+            max_messages=self.device_class.outbox.max_messages,
+        )
         self._stop = threading.Event()
         self._state_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
@@ -72,10 +74,10 @@ class Agent:
             config.device_id,
             config.broker,
             Handlers(
-                on_desired=self._desired.put,
+                on_desired=lambda desired: self.reconciler.offer(desired),
                 on_chunk=lambda header, data: self.fetcher.on_chunk(header, data),
                 on_command=self._on_command,
-                on_connected=self.report,
+                on_connected=self._on_connected,
             ),
         )
         self.fetcher = ChunkFetcher(
@@ -85,31 +87,78 @@ class Agent:
             timeout_s=config.fetch.chunk_timeout_s,
             retries=config.fetch.retries,
         )
+        self.reconciler = Reconciler(
+            device_class=config.device_class,
+            store=self.store,
+            fetcher=self.fetcher,
+            trusted=lambda: self.trusted,
+            load=self._load,
+            activate=self._activate,
+            current=lambda: self.model,
+            set_status=self._set_status,
+            update_lock=self.update_lock,
+            retry_backoff_s=lambda: self.config.fetch.retry_backoff_s,
+            stop=self._stop,
+        )
+        self.sender = OutboxSender(self.outbox, self.link.publish_raw, self.link.connected)
+        batching = self.device_class.batching
+        self.batcher = MicroBatcher(max_batch_size=batching.max_batch_size, max_delay_ms=batching.max_delay_ms)
+        feedback = config.feedback
+        self.samples = SampleStore(
+            config.data_dir / "samples.db",
+            max_bytes=feedback.max_mb << 20,
+            max_age_s=feedback.max_age_days * 86400,
+        )
         self.api = InferenceApi(
-            InferenceService(lambda: self.model, self.stats, config.device_class),
+            InferenceService(
+                lambda: self.model,
+                self.stats,
+                config.device_class,
+                batcher=self.batcher,
+                recent=RecentRequests(max_entries=feedback.remember_requests, max_age_s=feedback.remember_s),
+                samples=self.samples,
+                update_lock=self.update_lock,
+            ),
             socket_path=config.socket_path,
             tcp_port=config.api.tcp_port,
             max_message_bytes=config.api.max_message_bytes,
             workers=config.api.workers,
         )
 
+    @property
+    def telemetry_interval_s(self) -> float:
+        return self.config.telemetry_interval_s or self.device_class.telemetry.interval_s
+
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
+        self._check_crash_loop()
         self._restore_active()
+        self._collect_garbage()
         self.api.start()
         self.link.start()
-        for name, target in (("reconcile", self._reconcile_loop), ("telemetry", self._telemetry_loop)):
+        self.sender.start()
+        workers = [("reconcile", self.reconciler.run), ("telemetry", self._telemetry_loop)]
+        if (interval := watchdog_interval_s()) is not None:
+            workers.append(("watchdog", lambda: self._watchdog_loop(interval)))
+        for name, target in workers:
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
+        notify("READY=1", f"STATUS=serving {self._describe()}")
 
     def stop(self) -> None:
         log.info("stopping agent %s", self.config.device_id)
+        notify("STOPPING=1")
         self._stop.set()
         for thread in reversed(self._threads):
             thread.join(timeout=5)
+        self.sender.stop()
         self.link.stop()
         self.api.stop()
+        self.batcher.close()
+        self.samples.close()
+        self.outbox.close()
+        self.store.record_clean_stop()
 
     def wait(self) -> None:
         self._stop.wait()
@@ -117,26 +166,64 @@ class Agent:
     def request_stop(self) -> None:
         self._stop.set()
 
+    def reload(self, config: AgentConfig) -> list[str]:
+        """Apply a re-read config (SIGHUP); return the changed settings that need a restart instead."""
+        restart = [
+            key
+            for key in ("device_id", "device_class", "device_class_dir", "data_dir", "broker", "api")
+            if getattr(config, key) != getattr(self.config, key)
+        ]
+        for key in restart:
+            log.warning("config reload: %s changed; restart the agent to apply it", key)
+        self.trusted = load_trusted_keys(config.trusted_keys)
+        self.fetcher.chunk_bytes = config.fetch.chunk_bytes
+        self.fetcher.timeout_s = config.fetch.chunk_timeout_s
+        self.fetcher.retries = config.fetch.retries
+        logging.getLogger().setLevel(config.log_level)
+        self.config = config.model_copy(update={key: getattr(self.config, key) for key in restart})
+        log.info(
+            "config reloaded: trusted keys %s, telemetry every %.0fs", sorted(self.trusted), self.telemetry_interval_s
+        )
+        return restart
+
+    def _check_crash_loop(self) -> None:
+        """Several unclean starts soon after an activation: go back to the previous bundle."""
+        window = self.config.store.crash_loop_window_s
+        starts = self.store.record_start(window)
+        state = self.store.state()
+        recent_activation = state.activated_at is not None and time.time() - state.activated_at <= window
+        if starts < self.config.store.crash_loop_restarts or not recent_activation or not state.previous:
+            return
+        assert state.active is not None
+        reason = f"crash loop: {starts} unclean starts within {window:.0f}s after activating {state.active[:12]}"
+        log.error("%s; reverting to %s", reason, state.previous[:12])
+        self.store.revert(reason, self.reconciler.desired_revision)
+        self.last_error = ErrorInfo(reason=f"reverted: {reason}", bundle_digest=state.active)
+
     def _restore_active(self) -> None:
         """Serve the active bundle from disk, verified again; fall back to the previous one."""
-        slots = self.store.slots()
-        for digest in (slots.active, slots.previous):
+        state = self.store.state()
+        for digest in (state.active, state.previous):
             if digest is None:
                 continue
             try:
-                manifest = self.store.verified_bundle(digest, self.trusted)
-                self.model = self._load(digest, manifest)
+                self.model = self._load(digest, self.store.verified_bundle(digest, self.trusted))
             except (BundleError, ActivationError) as exc:
                 log.error("stored bundle %s cannot be served: %s", digest[:12], exc.reason)
                 self.last_error = ErrorInfo(reason=f"stored bundle unusable: {exc.reason}", bundle_digest=digest)
                 continue
-            if digest != slots.active:
-                self.store.set_slots(Slots(active=digest, previous=None))
-            log.info("serving stored bundle %s %s", manifest.name, manifest.version)
+            if digest != state.active:
+                self.store.revert(f"stored bundle unusable: {self.last_error.reason if self.last_error else ''}", None)
+            log.info("serving stored bundle %s", self._describe())
             self.api.set_serving(True)
             self.status = "ready"
             return
         self.status = "idle"
+
+    def _collect_garbage(self) -> None:
+        removed = self.store.gc(self.config.store.keep_bundles)
+        if removed:
+            log.info("deleted %d old bundle(s) from the store", len(removed))
 
     def _load(self, digest: str, manifest: Manifest) -> LoadedModel:
         return load_model(
@@ -147,11 +234,27 @@ class Agent:
             options=self.runtime_options,
         )
 
+    def _activate(self, model: LoadedModel) -> None:
+        with self._state_lock:
+            self.store.activate(model.digest)
+            old, self.model = self.model, model
+        if old is not None:
+            old.runtime.close()
+        self.api.set_serving(True)
+        log.info("activated %s (runtime %s)", self._describe(), model.runtime.key)
+        notify(f"STATUS=serving {self._describe()}")
+        self._set_status("ready", None)
+        self._collect_garbage()
+
+    def _describe(self) -> str:
+        model = self.model
+        return "no model" if model is None else f"{model.manifest.name} {model.manifest.version} ({model.digest[:12]})"
+
     # -- state ---------------------------------------------------------------------------
     def reported_state(self) -> ReportedState:
-        slots = self.store.slots()
+        state = self.store.state()
         previous = None
-        if slots.previous and (signed := self.store.signed_manifest(slots.previous)):
+        if state.previous and (signed := self.store.signed_manifest(state.previous)):
             previous = _ref(signed)
         model = self.model
         return ReportedState(
@@ -161,7 +264,7 @@ class Agent:
             status=self.status,  # type: ignore[arg-type]
             active=model.ref if model else None,
             previous=previous,
-            desired_revision=self.desired_revision,
+            desired_revision=self.reconciler.desired_revision,
             runtime=model.runtime.key if model else None,
             runtime_skipped=model.skipped_runtimes if model else [],
             last_error=self.last_error,
@@ -172,100 +275,28 @@ class Agent:
     def report(self) -> None:
         with self._state_lock:
             state = self.reported_state()
-        self.link.publish(Channel.REPORTED, state)
+        self._send(Channel.REPORTED, state)
 
-    def _set_status(self, status: str, error: ErrorInfo | None = None) -> None:
+    def _send(self, channel: Channel, message: Message) -> None:
+        """Through the durable outbox: delivered at least once, whenever the broker is reachable."""
+        try:
+            self.outbox.put(channel, message)
+        except OutboxError as exc:
+            log.error("could not queue %s message: %s", channel.value, exc.reason)
+            return
+        self.sender.wake()
+
+    def _on_connected(self) -> None:
+        self.report()
+        self.sender.wake()
+
+    def _set_status(self, status: str, error: ErrorInfo | None) -> None:
         self.status = status
         if error is not None:
             self.last_error = error
         self.report()
 
-    # -- reconciliation ------------------------------------------------------------------
-    def _reconcile_loop(self) -> None:
-        latest: DesiredState | None = None
-        retry = False  # the last attempt failed for a reason worth retrying (network, coordinator)
-        while not self._stop.is_set():
-            try:
-                latest = self._desired.get(timeout=self.config.fetch.retry_backoff_s if retry else 0.5)
-            except queue.Empty:
-                if not retry or latest is None:
-                    continue
-            while not self._desired.empty():  # only the newest desired state matters
-                latest = self._desired.get_nowait()
-            if latest.revision < (self.desired_revision or 0):
-                log.info("ignoring desired revision %s older than %s", latest.revision, self.desired_revision)
-                continue
-            self.desired_revision = latest.revision
-            retry = not self._converge(latest)
-
-    def _converge(self, desired: DesiredState) -> bool:
-        """Move towards ``desired``; return False only when trying again later may succeed."""
-        target = desired.bundle
-        if target is None or (self.model is not None and self.model.digest == target.digest):
-            self._set_status("ready" if self.model else "idle")
-            return True
-        if self._refused == (target.digest, desired.revision):
-            return True  # already refused for a reason that retrying cannot change
-        try:
-            self._set_status("downloading")
-            manifest_digest, manifest = self._download(target)
-            self._set_status("activating")
-            model = self._load(manifest_digest, manifest)
-        except FetchError as exc:
-            log.warning("download of %s paused: %s", target.digest[:12], exc.reason)
-            self._set_status("error", ErrorInfo(reason=f"download: {exc.reason}", bundle_digest=target.digest))
-            return False
-        except (BundleError, ActivationError) as exc:
-            log.error("refused bundle %s (%s %s): %s", target.digest[:12], target.name, target.version, exc.reason)
-            self._refused = (target.digest, desired.revision)
-            self._set_status(
-                "ready" if self.model else "error",
-                ErrorInfo(reason=f"refused: {exc.reason}", bundle_digest=target.digest),
-            )
-            return True
-        self._activate(model)
-        return True
-
-    def _download(self, target: BundleRef) -> tuple[str, Manifest]:
-        """Fetch (or find) the signed manifest, verify it, then fetch and verify every file."""
-        signed = self.store.signed_manifest(target.digest)
-        if signed is None:
-            partial = self.store.partial_path("manifest", target.digest)
-            self.fetcher.fetch("manifest", target.digest, partial, self._stop)
-            try:
-                signed = SignedManifest.from_bytes(partial.read_bytes())
-            finally:
-                partial.unlink(missing_ok=True)
-            if signed.digest != target.digest:
-                raise BundleError(f"manifest hashes to {signed.digest[:12]}, expected {target.digest[:12]}")
-        # Check the signature before downloading anything big.
-        manifest = verify_manifest(signed, self.trusted)
-        if manifest.device_class != self.config.device_class:
-            raise BundleError(
-                f"bundle is for device class {manifest.device_class!r}, this device is {self.config.device_class!r}"
-            )
-        self.store.put_manifest(signed)
-        for entry in manifest.files:
-            if self.store.has_blob(entry.sha256):
-                continue
-            partial = self.store.partial_path("file", entry.sha256)
-            self.fetcher.fetch("file", entry.sha256, partial, self._stop)
-            if partial.stat().st_size != entry.size:
-                partial.unlink()
-                raise BundleError(f"file {entry.name!r}: {partial.stat().st_size} bytes, manifest says {entry.size}")
-            self.store.commit_blob(partial, entry.sha256)
-        return target.digest, self.store.verified_bundle(target.digest, self.trusted)
-
-    def _activate(self, model: LoadedModel) -> None:
-        slots = self.store.slots()
-        with self._state_lock:
-            self.store.set_slots(Slots(active=model.digest, previous=slots.active))
-            self.model = model
-        self.api.set_serving(True)
-        log.info("activated %s %s (%s)", model.manifest.name, model.manifest.version, model.digest[:12])
-        self._set_status("ready")
-
-    # -- messages ------------------------------------------------------------------------
+    # -- messages and workers ------------------------------------------------------------
     def _publish_chunk_request(self, request: ChunkRequest) -> bool:
         return self.link.publish(Channel.CHUNK_REQUESTS, request) is not None
 
@@ -275,7 +306,7 @@ class Agent:
             detail = "reported"
         else:
             detail = "pong"
-        self.link.publish(
+        self._send(
             Channel.COMMAND_RESULTS,
             CommandResult(device_id=self.config.device_id, command_id=command.message_id, ok=True, detail=detail),
         )
@@ -288,8 +319,18 @@ class Agent:
                 if model
                 else self.stats.take(self.config.device_id, None)
             )
-            if self.link.publish(Channel.TELEMETRY, telemetry) is None:
-                log.debug("offline: telemetry window dropped (the durable outbox comes with the agent issue)")
+            outbox = self.outbox.stats()
+            telemetry.outbox_pending = outbox.pending
+            telemetry.outbox_dropped = {channel.value: n for channel, n in outbox.dropped.items() if n}
+            self._send(Channel.TELEMETRY, telemetry)
+
+    def _watchdog_loop(self, interval_s: float) -> None:
+        """Tell systemd we are alive while the reconcile worker is; a hung worker gets us restarted."""
+        while not self._stop.wait(interval_s):
+            if all(t.is_alive() for t in self._threads if t.name != "watchdog"):
+                notify("WATCHDOG=1")
+            else:
+                log.error("a worker thread died; withholding the watchdog ping so systemd restarts the agent")
 
 
 def _ref(signed: SignedManifest) -> BundleRef | None:

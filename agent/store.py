@@ -9,14 +9,16 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass
+import time
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import TypedDict
 
 from protocol.bundle import Manifest, SignedManifest, sha256_file, verify_files, verify_manifest
 from protocol.errors import BundleError
 from protocol.signing import TrustedKeys
 
-__all__ = ["ModelStore", "Slots", "atomic_write"]
+__all__ = ["ModelStore", "Refusal", "StoreState", "atomic_write"]
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +41,36 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-@dataclass(frozen=True)
-class Slots:
-    """The A/B slots: the bundle served now and the one before it (digests)."""
+class Refusal(TypedDict):
+    reason: str
+    revision: int | None
 
-    active: str | None = None
-    previous: str | None = None
+
+@dataclass(frozen=True)
+class StoreState:
+    """The A/B slots and what the agent must remember across restarts, kept in one atomic file."""
+
+    active: str | None = None  # the bundle served now (digest)
+    previous: str | None = None  # the one before it, kept ready for a revert
+    history: tuple[str, ...] = ()  # activated bundles, newest first (for garbage collection)
+    activated_at: float | None = None  # wall-clock time of the last activation
+    unclean_starts: tuple[float, ...] = ()  # starts since the last clean stop (crash-loop detection)
+    refused: dict[str, Refusal] = field(default_factory=dict)  # bundles refused, by digest
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self)).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> StoreState:
+        raw = json.loads(data)
+        return cls(
+            active=raw.get("active"),
+            previous=raw.get("previous"),
+            history=tuple(raw.get("history", ())),
+            activated_at=raw.get("activated_at"),
+            unclean_starts=tuple(raw.get("unclean_starts", ())),
+            refused=dict(raw.get("refused", {})),
+        )
 
 
 class ModelStore:
@@ -55,22 +81,75 @@ class ModelStore:
         self.partial = root / "partial"
         for folder in (self.blobs, self.manifests, self.partial):
             folder.mkdir(parents=True, exist_ok=True)
-        self._state = root / "state.json"
+        self._state_file = root / "state.json"
 
-    # -- slots ---------------------------------------------------------------------------
-    def slots(self) -> Slots:
-        if not self._state.exists():
-            return Slots()
+    # -- state ---------------------------------------------------------------------------
+    def state(self) -> StoreState:
+        if not self._state_file.exists():
+            return StoreState()
         try:
-            raw = json.loads(self._state.read_text())
-            return Slots(active=raw.get("active"), previous=raw.get("previous"))
-        except (OSError, ValueError) as exc:
+            return StoreState.from_json(self._state_file.read_bytes())
+        except (OSError, ValueError, TypeError) as exc:
             # Only reachable by outside damage: atomic_write never leaves a partial file.
-            log.error("model store state %s unreadable (%s); starting with no active model", self._state, exc)
-            return Slots()
+            log.error("model store state %s unreadable (%s); starting with no active model", self._state_file, exc)
+            return StoreState()
 
-    def set_slots(self, slots: Slots) -> None:
-        atomic_write(self._state, json.dumps({"active": slots.active, "previous": slots.previous}).encode())
+    def save(self, state: StoreState) -> None:
+        atomic_write(self._state_file, state.to_json())
+
+    def activate(self, digest: str) -> StoreState:
+        old = self.state()
+        history = (digest, *(d for d in old.history if d != digest))
+        new = replace(
+            old, active=digest, previous=old.active, history=history, activated_at=time.time(), unclean_starts=()
+        )
+        self.save(new)
+        return new
+
+    def revert(self, reason: str, revision: int | None) -> StoreState:
+        """Serve the previous bundle again and refuse the active one (until a newer desired revision)."""
+        old = self.state()
+        if old.active is None or old.previous is None:
+            raise BundleError("no previous bundle to revert to")
+        refused = old.refused | {old.active: {"reason": reason, "revision": revision}}
+        new = replace(old, active=old.previous, previous=None, unclean_starts=(), refused=refused)
+        self.save(new)
+        return new
+
+    def refuse(self, digest: str, reason: str, revision: int | None) -> None:
+        """Remember that ``digest`` was refused, so the same desired revision is not tried again."""
+        old = self.state()
+        self.save(replace(old, refused=old.refused | {digest: {"reason": reason, "revision": revision}}))
+
+    def record_start(self, window_s: float) -> int:
+        """Count this start; return how many starts since the last clean stop fell within ``window_s``."""
+        old = self.state()
+        now = time.time()
+        starts = (*(t for t in old.unclean_starts if now - t <= window_s), now)
+        self.save(replace(old, unclean_starts=starts))
+        return len(starts)
+
+    def record_clean_stop(self) -> None:
+        self.save(replace(self.state(), unclean_starts=()))
+
+    def gc(self, keep: int) -> list[str]:
+        """Delete bundles beyond the ``keep`` newest (never the active or previous); return their digests."""
+        state = self.state()
+        kept = {d for d in (state.active, state.previous) if d} | set(state.history[:keep])
+        removed = [p.stem for p in self.manifests.glob("*.json") if p.stem not in kept]
+        needed: set[str] = set()
+        for digest in kept:
+            signed = self.signed_manifest(digest)
+            if signed is not None:
+                needed |= {f.sha256 for f in Manifest.model_validate_json(signed.manifest).files}
+        for digest in removed:
+            (self.manifests / f"{digest}.json").unlink(missing_ok=True)
+        for blob in self.blobs.iterdir():
+            if blob.name not in needed:
+                blob.unlink(missing_ok=True)
+        if removed:
+            self.save(replace(state, history=tuple(d for d in state.history if d in kept)))
+        return removed
 
     # -- manifests and blobs -------------------------------------------------------------
     def blob_path(self, sha256: str) -> Path:

@@ -77,11 +77,12 @@ class AgentLink:
 
     def publish(self, channel: Channel, message: Message, *, qos: int = 1) -> mqtt.MQTTMessageInfo | None:
         """Publish if connected; return None (and publish nothing) while offline."""
+        return self.publish_raw(channel, message.to_bytes(), qos=qos)
+
+    def publish_raw(self, channel: Channel, payload: bytes, *, qos: int = 1) -> mqtt.MQTTMessageInfo | None:
         if not self.connected.is_set():
             return None
-        info = self.client.publish(
-            topic(self.device_id, channel), message.to_bytes(), qos=qos, retain=channel in RETAINED
-        )
+        info = self.client.publish(topic(self.device_id, channel), payload, qos=qos, retain=channel in RETAINED)
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             log.warning("publish on %s failed: %s", channel.value, mqtt.error_string(info.rc))
             return None

@@ -93,6 +93,8 @@ class FleetDB:
                     "cpu_percent": float,
                     "rss_bytes": int,
                     "soc_temp_c": float,
+                    "outbox_pending": int,
+                    "outbox_dropped": str,
                 },
                 pk="message_id",
                 if_not_exists=True,

@@ -88,7 +88,7 @@ class ReportedState(Message):
     device_id: str
     device_class: str
     agent_version: str
-    status: Literal["starting", "idle", "downloading", "activating", "ready", "error"]
+    status: Literal["starting", "idle", "downloading", "activating", "waiting_for_lock", "ready", "error"]
     active: BundleRef | None = None
     previous: BundleRef | None = None
     desired_revision: int | None = None
@@ -122,6 +122,8 @@ class Telemetry(Message):
     cpu_percent: float | None = None
     rss_bytes: int | None = None
     soc_temp_c: float | None = None
+    outbox_pending: int | None = None
+    outbox_dropped: dict[str, int] = Field(default_factory=dict, description="Messages evicted, per channel.")
 
 
 class Command(Message):

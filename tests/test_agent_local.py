@@ -15,7 +15,7 @@ from agent.client import InferenceClient
 from agent.config import load_config
 from agent.errors import ActivationError, ConfigError, InputError
 from agent.model import LoadedModel, load_model
-from agent.store import ModelStore, Slots
+from agent.store import ModelStore, StoreState
 from agent.telemetry import InferenceStats
 from protocol.bundle import Manifest, extract_bundle, sha256_file
 from protocol.errors import BundleError
@@ -65,9 +65,11 @@ def test_unreadable_config_is_a_config_error(tmp_path: Path) -> None:
 # -- store -------------------------------------------------------------------------------
 def test_slots_survive_a_reopen_and_blobs_are_hash_checked(tmp_path: Path) -> None:
     store = ModelStore(tmp_path / "store")
-    assert store.slots() == Slots()
-    store.set_slots(Slots(active="a" * 64, previous="b" * 64))
-    assert ModelStore(tmp_path / "store").slots() == Slots(active="a" * 64, previous="b" * 64)
+    assert store.state() == StoreState()
+    store.activate("a" * 64)
+    store.activate("b" * 64)
+    reopened = ModelStore(tmp_path / "store").state()
+    assert (reopened.active, reopened.previous, reopened.history) == ("b" * 64, "a" * 64, ("b" * 64, "a" * 64))
     assert not list((tmp_path / "store").glob(".*.tmp")), "no temp files left behind"
 
     partial = store.partial_path("file", "c" * 64)
@@ -83,7 +85,7 @@ def test_slots_survive_a_reopen_and_blobs_are_hash_checked(tmp_path: Path) -> No
 def test_a_damaged_state_file_means_no_active_model(tmp_path: Path) -> None:
     store = ModelStore(tmp_path / "store")
     (tmp_path / "store" / "state.json").write_text("{torn")
-    assert store.slots() == Slots()
+    assert store.state() == StoreState()
 
 
 # -- model -------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!protocol/grpc_gen/inference.proto\x12\x16\x65\x64gefleet.inference.v1\"4\n\x06Tensor\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\xcd\x01\n\x0ePredictRequest\x12\x42\n\x06inputs\x18\x01 \x03(\x0b\x32\x32.edgefleet.inference.v1.PredictRequest.InputsEntry\x12\x14\n\x0coutput_names\x18\x02 \x03(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x1aM\n\x0bInputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12-\n\x05value\x18\x02 \x01(\x0b\x32\x1e.edgefleet.inference.v1.Tensor:\x02\x38\x01\"\x92\x02\n\x0fPredictResponse\x12\x45\n\x07outputs\x18\x01 \x03(\x0b\x32\x34.edgefleet.inference.v1.PredictResponse.OutputsEntry\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x12\n\nmodel_name\x18\x03 \x01(\t\x12\x15\n\rmodel_version\x18\x04 \x01(\t\x12\x15\n\rbundle_digest\x18\x05 \x01(\t\x12\x12\n\nlatency_ms\x18\x06 \x01(\x01\x1aN\n\x0cOutputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12-\n\x05value\x18\x02 \x01(\x0b\x32\x1e.edgefleet.inference.v1.Tensor:\x02\x38\x01\"8\n\nTensorInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\"\x12\n\x10ModelInfoRequest\"\x8b\x02\n\x11ModelInfoResponse\x12\x0e\n\x06loaded\x18\x01 \x01(\x08\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\x15\n\rbundle_digest\x18\x04 \x01(\t\x12\x14\n\x0c\x64\x65vice_class\x18\x05 \x01(\t\x12\x0f\n\x07runtime\x18\x06 \x01(\t\x12\x32\n\x06inputs\x18\x07 \x03(\x0b\x32\".edgefleet.inference.v1.TensorInfo\x12\x33\n\x07outputs\x18\x08 \x03(\x0b\x32\".edgefleet.inference.v1.TensorInfo\x12\x14\n\x0c\x61\x63tivated_at\x18\t \x01(\t2\xc9\x01\n\tInference\x12Z\n\x07Predict\x12&.edgefleet.inference.v1.PredictRequest\x1a\'.edgefleet.inference.v1.PredictResponse\x12`\n\tModelInfo\x12(.edgefleet.inference.v1.ModelInfoRequest\x1a).edgefleet.inference.v1.ModelInfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!protocol/grpc_gen/inference.proto\x12\x16\x65\x64gefleet.inference.v1\"4\n\x06Tensor\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\xcd\x01\n\x0ePredictRequest\x12\x42\n\x06inputs\x18\x01 \x03(\x0b\x32\x32.edgefleet.inference.v1.PredictRequest.InputsEntry\x12\x14\n\x0coutput_names\x18\x02 \x03(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x1aM\n\x0bInputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12-\n\x05value\x18\x02 \x01(\x0b\x32\x1e.edgefleet.inference.v1.Tensor:\x02\x38\x01\"\xbd\x02\n\x0fPredictResponse\x12\x45\n\x07outputs\x18\x01 \x03(\x0b\x32\x34.edgefleet.inference.v1.PredictResponse.OutputsEntry\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x12\n\nmodel_name\x18\x03 \x01(\t\x12\x15\n\rmodel_version\x18\x04 \x01(\t\x12\x15\n\rbundle_digest\x18\x05 \x01(\t\x12\x12\n\nlatency_ms\x18\x06 \x01(\x01\x12\x12\n\nerror_code\x18\x07 \x01(\t\x12\x15\n\rerror_message\x18\x08 \x01(\t\x1aN\n\x0cOutputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12-\n\x05value\x18\x02 \x01(\x0b\x32\x1e.edgefleet.inference.v1.Tensor:\x02\x38\x01\"O\n\x13PredictBatchRequest\x12\x38\n\x08requests\x18\x01 \x03(\x0b\x32&.edgefleet.inference.v1.PredictRequest\"R\n\x14PredictBatchResponse\x12:\n\tresponses\x18\x01 \x03(\x0b\x32\'.edgefleet.inference.v1.PredictResponse\"\xb9\x01\n\x0f\x46\x65\x65\x64\x62\x61\x63kRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x43\n\x06labels\x18\x02 \x03(\x0b\x32\x33.edgefleet.inference.v1.FeedbackRequest.LabelsEntry\x1aM\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12-\n\x05value\x18\x02 \x01(\x0b\x32\x1e.edgefleet.inference.v1.Tensor:\x02\x38\x01\"%\n\x10\x46\x65\x65\x64\x62\x61\x63kResponse\x12\x11\n\tsample_id\x18\x01 \x01(\t\"3\n\x12\x41\x63quireLockRequest\x12\x0e\n\x06holder\x18\x01 \x01(\t\x12\r\n\x05ttl_s\x18\x02 \x01(\x01\"E\n\x0cLockResponse\x12\x0f\n\x07lock_id\x18\x01 \x01(\t\x12\x0e\n\x06holder\x18\x02 \x01(\t\x12\x14\n\x0c\x65xpires_in_s\x18\x03 \x01(\x01\"%\n\x12ReleaseLockRequest\x12\x0f\n\x07lock_id\x18\x01 \x01(\t\"\'\n\x13ReleaseLockResponse\x12\x10\n\x08released\x18\x01 \x01(\x08\"8\n\nTensorInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\"\x12\n\x10ModelInfoRequest\"\xa4\x02\n\x11ModelInfoResponse\x12\x0e\n\x06loaded\x18\x01 \x01(\x08\x12\x17\n\x0fruntime_skipped\x18\n \x03(\t\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\x15\n\rbundle_digest\x18\x04 \x01(\t\x12\x14\n\x0c\x64\x65vice_class\x18\x05 \x01(\t\x12\x0f\n\x07runtime\x18\x06 \x01(\t\x12\x32\n\x06inputs\x18\x07 \x03(\x0b\x32\".edgefleet.inference.v1.TensorInfo\x12\x33\n\x07outputs\x18\x08 \x03(\x0b\x32\".edgefleet.inference.v1.TensorInfo\x12\x14\n\x0c\x61\x63tivated_at\x18\t \x01(\t2\xce\x05\n\tInference\x12Z\n\x07Predict\x12&.edgefleet.inference.v1.PredictRequest\x1a\'.edgefleet.inference.v1.PredictResponse\x12i\n\x0cPredictBatch\x12+.edgefleet.inference.v1.PredictBatchRequest\x1a,.edgefleet.inference.v1.PredictBatchResponse\x12\x64\n\rPredictStream\x12&.edgefleet.inference.v1.PredictRequest\x1a\'.edgefleet.inference.v1.PredictResponse(\x01\x30\x01\x12`\n\tModelInfo\x12(.edgefleet.inference.v1.ModelInfoRequest\x1a).edgefleet.inference.v1.ModelInfoResponse\x12]\n\x08\x46\x65\x65\x64\x62\x61\x63k\x12\'.edgefleet.inference.v1.FeedbackRequest\x1a(.edgefleet.inference.v1.FeedbackResponse\x12\x65\n\x11\x41\x63quireUpdateLock\x12*.edgefleet.inference.v1.AcquireLockRequest\x1a$.edgefleet.inference.v1.LockResponse\x12l\n\x11ReleaseUpdateLock\x12*.edgefleet.inference.v1.ReleaseLockRequest\x1a+.edgefleet.inference.v1.ReleaseLockResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,6 +35,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PREDICTREQUEST_INPUTSENTRY']._serialized_options = b'8\001'
   _globals['_PREDICTRESPONSE_OUTPUTSENTRY']._loaded_options = None
   _globals['_PREDICTRESPONSE_OUTPUTSENTRY']._serialized_options = b'8\001'
+  _globals['_FEEDBACKREQUEST_LABELSENTRY']._loaded_options = None
+  _globals['_FEEDBACKREQUEST_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_TENSOR']._serialized_start=61
   _globals['_TENSOR']._serialized_end=113
   _globals['_PREDICTREQUEST']._serialized_start=116
@@ -42,15 +44,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PREDICTREQUEST_INPUTSENTRY']._serialized_start=244
   _globals['_PREDICTREQUEST_INPUTSENTRY']._serialized_end=321
   _globals['_PREDICTRESPONSE']._serialized_start=324
-  _globals['_PREDICTRESPONSE']._serialized_end=598
-  _globals['_PREDICTRESPONSE_OUTPUTSENTRY']._serialized_start=520
-  _globals['_PREDICTRESPONSE_OUTPUTSENTRY']._serialized_end=598
-  _globals['_TENSORINFO']._serialized_start=600
-  _globals['_TENSORINFO']._serialized_end=656
-  _globals['_MODELINFOREQUEST']._serialized_start=658
-  _globals['_MODELINFOREQUEST']._serialized_end=676
-  _globals['_MODELINFORESPONSE']._serialized_start=679
-  _globals['_MODELINFORESPONSE']._serialized_end=946
-  _globals['_INFERENCE']._serialized_start=949
-  _globals['_INFERENCE']._serialized_end=1150
+  _globals['_PREDICTRESPONSE']._serialized_end=641
+  _globals['_PREDICTRESPONSE_OUTPUTSENTRY']._serialized_start=563
+  _globals['_PREDICTRESPONSE_OUTPUTSENTRY']._serialized_end=641
+  _globals['_PREDICTBATCHREQUEST']._serialized_start=643
+  _globals['_PREDICTBATCHREQUEST']._serialized_end=722
+  _globals['_PREDICTBATCHRESPONSE']._serialized_start=724
+  _globals['_PREDICTBATCHRESPONSE']._serialized_end=806
+  _globals['_FEEDBACKREQUEST']._serialized_start=809
+  _globals['_FEEDBACKREQUEST']._serialized_end=994
+  _globals['_FEEDBACKREQUEST_LABELSENTRY']._serialized_start=917
+  _globals['_FEEDBACKREQUEST_LABELSENTRY']._serialized_end=994
+  _globals['_FEEDBACKRESPONSE']._serialized_start=996
+  _globals['_FEEDBACKRESPONSE']._serialized_end=1033
+  _globals['_ACQUIRELOCKREQUEST']._serialized_start=1035
+  _globals['_ACQUIRELOCKREQUEST']._serialized_end=1086
+  _globals['_LOCKRESPONSE']._serialized_start=1088
+  _globals['_LOCKRESPONSE']._serialized_end=1157
+  _globals['_RELEASELOCKREQUEST']._serialized_start=1159
+  _globals['_RELEASELOCKREQUEST']._serialized_end=1196
+  _globals['_RELEASELOCKRESPONSE']._serialized_start=1198
+  _globals['_RELEASELOCKRESPONSE']._serialized_end=1237
+  _globals['_TENSORINFO']._serialized_start=1239
+  _globals['_TENSORINFO']._serialized_end=1295
+  _globals['_MODELINFOREQUEST']._serialized_start=1297
+  _globals['_MODELINFOREQUEST']._serialized_end=1315
+  _globals['_MODELINFORESPONSE']._serialized_start=1318
+  _globals['_MODELINFORESPONSE']._serialized_end=1610
+  _globals['_INFERENCE']._serialized_start=1613
+  _globals['_INFERENCE']._serialized_end=2331
 # @@protoc_insertion_point(module_scope)

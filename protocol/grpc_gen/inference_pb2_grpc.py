@@ -39,10 +39,35 @@ class InferenceStub:
                 request_serializer=protocol_dot_grpc__gen_dot_inference__pb2.PredictRequest.SerializeToString,
                 response_deserializer=protocol_dot_grpc__gen_dot_inference__pb2.PredictResponse.FromString,
                 _registered_method=True)
+        self.PredictBatch = channel.unary_unary(
+                '/edgefleet.inference.v1.Inference/PredictBatch',
+                request_serializer=protocol_dot_grpc__gen_dot_inference__pb2.PredictBatchRequest.SerializeToString,
+                response_deserializer=protocol_dot_grpc__gen_dot_inference__pb2.PredictBatchResponse.FromString,
+                _registered_method=True)
+        self.PredictStream = channel.stream_stream(
+                '/edgefleet.inference.v1.Inference/PredictStream',
+                request_serializer=protocol_dot_grpc__gen_dot_inference__pb2.PredictRequest.SerializeToString,
+                response_deserializer=protocol_dot_grpc__gen_dot_inference__pb2.PredictResponse.FromString,
+                _registered_method=True)
         self.ModelInfo = channel.unary_unary(
                 '/edgefleet.inference.v1.Inference/ModelInfo',
                 request_serializer=protocol_dot_grpc__gen_dot_inference__pb2.ModelInfoRequest.SerializeToString,
                 response_deserializer=protocol_dot_grpc__gen_dot_inference__pb2.ModelInfoResponse.FromString,
+                _registered_method=True)
+        self.Feedback = channel.unary_unary(
+                '/edgefleet.inference.v1.Inference/Feedback',
+                request_serializer=protocol_dot_grpc__gen_dot_inference__pb2.FeedbackRequest.SerializeToString,
+                response_deserializer=protocol_dot_grpc__gen_dot_inference__pb2.FeedbackResponse.FromString,
+                _registered_method=True)
+        self.AcquireUpdateLock = channel.unary_unary(
+                '/edgefleet.inference.v1.Inference/AcquireUpdateLock',
+                request_serializer=protocol_dot_grpc__gen_dot_inference__pb2.AcquireLockRequest.SerializeToString,
+                response_deserializer=protocol_dot_grpc__gen_dot_inference__pb2.LockResponse.FromString,
+                _registered_method=True)
+        self.ReleaseUpdateLock = channel.unary_unary(
+                '/edgefleet.inference.v1.Inference/ReleaseUpdateLock',
+                request_serializer=protocol_dot_grpc__gen_dot_inference__pb2.ReleaseLockRequest.SerializeToString,
+                response_deserializer=protocol_dot_grpc__gen_dot_inference__pb2.ReleaseLockResponse.FromString,
                 _registered_method=True)
 
 
@@ -55,7 +80,37 @@ class InferenceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PredictBatch(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PredictStream(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ModelInfo(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Feedback(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AcquireUpdateLock(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReleaseUpdateLock(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -69,10 +124,35 @@ def add_InferenceServicer_to_server(servicer, server):
                     request_deserializer=protocol_dot_grpc__gen_dot_inference__pb2.PredictRequest.FromString,
                     response_serializer=protocol_dot_grpc__gen_dot_inference__pb2.PredictResponse.SerializeToString,
             ),
+            'PredictBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.PredictBatch,
+                    request_deserializer=protocol_dot_grpc__gen_dot_inference__pb2.PredictBatchRequest.FromString,
+                    response_serializer=protocol_dot_grpc__gen_dot_inference__pb2.PredictBatchResponse.SerializeToString,
+            ),
+            'PredictStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.PredictStream,
+                    request_deserializer=protocol_dot_grpc__gen_dot_inference__pb2.PredictRequest.FromString,
+                    response_serializer=protocol_dot_grpc__gen_dot_inference__pb2.PredictResponse.SerializeToString,
+            ),
             'ModelInfo': grpc.unary_unary_rpc_method_handler(
                     servicer.ModelInfo,
                     request_deserializer=protocol_dot_grpc__gen_dot_inference__pb2.ModelInfoRequest.FromString,
                     response_serializer=protocol_dot_grpc__gen_dot_inference__pb2.ModelInfoResponse.SerializeToString,
+            ),
+            'Feedback': grpc.unary_unary_rpc_method_handler(
+                    servicer.Feedback,
+                    request_deserializer=protocol_dot_grpc__gen_dot_inference__pb2.FeedbackRequest.FromString,
+                    response_serializer=protocol_dot_grpc__gen_dot_inference__pb2.FeedbackResponse.SerializeToString,
+            ),
+            'AcquireUpdateLock': grpc.unary_unary_rpc_method_handler(
+                    servicer.AcquireUpdateLock,
+                    request_deserializer=protocol_dot_grpc__gen_dot_inference__pb2.AcquireLockRequest.FromString,
+                    response_serializer=protocol_dot_grpc__gen_dot_inference__pb2.LockResponse.SerializeToString,
+            ),
+            'ReleaseUpdateLock': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseUpdateLock,
+                    request_deserializer=protocol_dot_grpc__gen_dot_inference__pb2.ReleaseLockRequest.FromString,
+                    response_serializer=protocol_dot_grpc__gen_dot_inference__pb2.ReleaseLockResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -113,6 +193,60 @@ class Inference:
             _registered_method=True)
 
     @staticmethod
+    def PredictBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.inference.v1.Inference/PredictBatch',
+            protocol_dot_grpc__gen_dot_inference__pb2.PredictBatchRequest.SerializeToString,
+            protocol_dot_grpc__gen_dot_inference__pb2.PredictBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PredictStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/edgefleet.inference.v1.Inference/PredictStream',
+            protocol_dot_grpc__gen_dot_inference__pb2.PredictRequest.SerializeToString,
+            protocol_dot_grpc__gen_dot_inference__pb2.PredictResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def ModelInfo(request,
             target,
             options=(),
@@ -129,6 +263,87 @@ class Inference:
             '/edgefleet.inference.v1.Inference/ModelInfo',
             protocol_dot_grpc__gen_dot_inference__pb2.ModelInfoRequest.SerializeToString,
             protocol_dot_grpc__gen_dot_inference__pb2.ModelInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Feedback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.inference.v1.Inference/Feedback',
+            protocol_dot_grpc__gen_dot_inference__pb2.FeedbackRequest.SerializeToString,
+            protocol_dot_grpc__gen_dot_inference__pb2.FeedbackResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AcquireUpdateLock(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.inference.v1.Inference/AcquireUpdateLock',
+            protocol_dot_grpc__gen_dot_inference__pb2.AcquireLockRequest.SerializeToString,
+            protocol_dot_grpc__gen_dot_inference__pb2.LockResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseUpdateLock(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.inference.v1.Inference/ReleaseUpdateLock',
+            protocol_dot_grpc__gen_dot_inference__pb2.ReleaseLockRequest.SerializeToString,
+            protocol_dot_grpc__gen_dot_inference__pb2.ReleaseLockResponse.FromString,
             options,
             channel_credentials,
             insecure,
