@@ -197,7 +197,7 @@ class Agent:
         assert state.active is not None
         reason = f"crash loop: {starts} unclean starts within {window:.0f}s after activating {state.active[:12]}"
         log.error("%s; reverting to %s", reason, state.previous[:12])
-        self.store.revert(reason, self.reconciler.desired_revision)
+        self.store.revert(reason)
         self.last_error = ErrorInfo(reason=f"reverted: {reason}", bundle_digest=state.active)
 
     def _restore_active(self) -> None:
@@ -213,7 +213,7 @@ class Agent:
                 self.last_error = ErrorInfo(reason=f"stored bundle unusable: {exc.reason}", bundle_digest=digest)
                 continue
             if digest != state.active:
-                self.store.revert(f"stored bundle unusable: {self.last_error.reason if self.last_error else ''}", None)
+                self.store.revert(f"stored bundle unusable: {self.last_error.reason if self.last_error else ''}")
             log.info("serving stored bundle %s", self._describe())
             self.api.set_serving(True)
             self.status = "ready"
@@ -234,9 +234,9 @@ class Agent:
             options=self.runtime_options,
         )
 
-    def _activate(self, model: LoadedModel) -> None:
+    def _activate(self, model: LoadedModel, revision: int | None) -> None:
         with self._state_lock:
-            self.store.activate(model.digest)
+            self.store.activate(model.digest, revision)
             old, self.model = self.model, model
         if old is not None:
             old.runtime.close()

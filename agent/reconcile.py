@@ -35,7 +35,7 @@ class Reconciler:
         fetcher: ChunkFetcher,
         trusted: Callable[[], TrustedKeys],
         load: Callable[[str, Manifest], LoadedModel],
-        activate: Callable[[LoadedModel], None],
+        activate: Callable[[LoadedModel, int | None], None],
         current: Callable[[], LoadedModel | None],
         set_status: Status,
         update_lock: UpdateLock,
@@ -110,7 +110,7 @@ class Reconciler:
             self._set_status("waiting_for_lock", None)
             if not self._lock.wait_free(self._stop):
                 return True
-        self._activate(loaded)
+        self._activate(loaded, desired.revision)
         return True
 
     def _download(self, target: BundleRef) -> Manifest:

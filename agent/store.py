@@ -54,6 +54,7 @@ class StoreState:
     previous: str | None = None  # the one before it, kept ready for a revert
     history: tuple[str, ...] = ()  # activated bundles, newest first (for garbage collection)
     activated_at: float | None = None  # wall-clock time of the last activation
+    activated_revision: int | None = None  # the desired-state revision that asked for it
     unclean_starts: tuple[float, ...] = ()  # starts since the last clean stop (crash-loop detection)
     refused: dict[str, Refusal] = field(default_factory=dict)  # bundles refused, by digest
 
@@ -68,6 +69,7 @@ class StoreState:
             previous=raw.get("previous"),
             history=tuple(raw.get("history", ())),
             activated_at=raw.get("activated_at"),
+            activated_revision=raw.get("activated_revision"),
             unclean_starts=tuple(raw.get("unclean_starts", ())),
             refused=dict(raw.get("refused", {})),
         )
@@ -97,21 +99,27 @@ class ModelStore:
     def save(self, state: StoreState) -> None:
         atomic_write(self._state_file, state.to_json())
 
-    def activate(self, digest: str) -> StoreState:
+    def activate(self, digest: str, revision: int | None = None) -> StoreState:
         old = self.state()
         history = (digest, *(d for d in old.history if d != digest))
         new = replace(
-            old, active=digest, previous=old.active, history=history, activated_at=time.time(), unclean_starts=()
+            old,
+            active=digest,
+            previous=old.active,
+            history=history,
+            activated_at=time.time(),
+            activated_revision=revision,
+            unclean_starts=(),
         )
         self.save(new)
         return new
 
-    def revert(self, reason: str, revision: int | None) -> StoreState:
+    def revert(self, reason: str) -> StoreState:
         """Serve the previous bundle again and refuse the active one (until a newer desired revision)."""
         old = self.state()
         if old.active is None or old.previous is None:
             raise BundleError("no previous bundle to revert to")
-        refused = old.refused | {old.active: {"reason": reason, "revision": revision}}
+        refused = old.refused | {old.active: Refusal(reason=reason, revision=old.activated_revision)}
         new = replace(old, active=old.previous, previous=None, unclean_starts=(), refused=refused)
         self.save(new)
         return new
@@ -119,7 +127,7 @@ class ModelStore:
     def refuse(self, digest: str, reason: str, revision: int | None) -> None:
         """Remember that ``digest`` was refused, so the same desired revision is not tried again."""
         old = self.state()
-        self.save(replace(old, refused=old.refused | {digest: {"reason": reason, "revision": revision}}))
+        self.save(replace(old, refused=old.refused | {digest: Refusal(reason=reason, revision=revision)}))
 
     def record_start(self, window_s: float) -> int:
         """Count this start; return how many starts since the last clean stop fell within ``window_s``."""

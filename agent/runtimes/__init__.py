@@ -19,6 +19,9 @@ log = logging.getLogger(__name__)
 # module -> the backend keys it registers (so a failed import can be named per key)
 _BACKENDS: dict[str, tuple[str, ...]] = {
     "onnx_cpu": ("onnxruntime-cpu",),
+    "onnx_gpu": ("onnxruntime-cuda", "onnxruntime-tensorrt"),
+    "litert": ("litert",),
+    "tensorrt_native": ("tensorrt",),
 }
 import_errors: dict[str, str] = {}
 
