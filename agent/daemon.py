@@ -19,7 +19,8 @@ from agent.device_class import DeviceClass, load_device_class
 from agent.errors import ActivationError
 from agent.fetcher import ChunkFetcher
 from agent.model import LoadedModel, load_model
-from agent.outbox import Outbox, OutboxError, OutboxSender
+from agent.outbox import Outbox, OutboxError
+from agent.outbox_sender import OutboxSender
 from agent.reconcile import Reconciler
 from agent.runtimes import RuntimeOptions
 from agent.samples import RecentRequests, SampleStore

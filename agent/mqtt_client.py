@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import socket
 import ssl
 from typing import Any
@@ -31,5 +32,7 @@ def make_client(broker: BrokerConfig, client_id: str, *, clean_session: bool) ->
     if broker.tls:
         client.tls_set(ca_certs=str(broker.ca_file) if broker.ca_file else None, cert_reqs=ssl.CERT_REQUIRED)
     client.on_socket_open = _no_delay
-    client.reconnect_delay_set(min_delay=1, max_delay=30)
+    # paho doubles the delay after each failed try; a random first delay per client spreads a
+    # fleet's reconnects out after a broker restart instead of having them arrive in lockstep.
+    client.reconnect_delay_set(min_delay=random.uniform(1.0, 3.0), max_delay=60)  # type: ignore[arg-type]
     return client

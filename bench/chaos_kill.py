@@ -26,8 +26,9 @@ def main() -> None:
     parser.add_argument("--max-delay", type=float, default=0.8)
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
+    work = Path(tempfile.mkdtemp(prefix="edgefleet-chaos-"))
+    print(f"working folder (logs of every process): {work}")
+    if True:
         private_pem, public_pem = generate_keypair()
         (work / "k.key").write_bytes(private_pem)
         os.chmod(work / "k.key", 0o600)

@@ -22,7 +22,8 @@ import pytest
 
 from agent.config import BrokerConfig
 from agent.mqtt_client import make_client
-from agent.outbox import PRIORITY, Outbox, OutboxSender
+from agent.outbox import PRIORITY, Outbox
+from agent.outbox_sender import OutboxSender
 from edgefleet.broker import LocalBroker
 from edgefleet.fleet import wait_until
 from protocol.messages import Availability, CommandResult, ReportedState, Telemetry
