@@ -28,6 +28,19 @@ class LoadedModel:
     skipped_runtimes: list[str] = field(default_factory=list)
     activated_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
+    def __post_init__(self) -> None:
+        # Precomputed once: predict runs its checks on every request, so they must cost little.
+        self._specs = {spec.name: spec for spec in self.manifest.inputs}
+        self._fast = {
+            spec.name: (
+                np.dtype(spec.dtype),
+                len(spec.shape),
+                [(i, d) for i, d in enumerate(spec.shape) if d is not None],
+            )
+            for spec in self.manifest.inputs
+        }
+        self._output_names = [spec.name for spec in self.manifest.outputs]
+
     @property
     def ref(self) -> BundleRef:
         return BundleRef(digest=self.digest, name=self.manifest.name, version=self.manifest.version)
@@ -42,21 +55,24 @@ class LoadedModel:
 
     def predict(self, inputs: dict[str, np.ndarray], output_names: list[str] | None = None) -> dict[str, np.ndarray]:
         """Check names, dtypes and shapes against the manifest, then run; raise InputError on misfit."""
-        expected = {spec.name: spec for spec in self.manifest.inputs}
-        missing = sorted(set(expected) - set(inputs))
-        unknown = sorted(set(inputs) - set(expected))
-        if missing or unknown:
-            raise InputError(f"inputs must be exactly {sorted(expected)}; missing {missing}, unknown {unknown}")
+        if inputs.keys() != self._fast.keys():
+            missing = sorted(set(self._fast) - set(inputs))
+            unknown = sorted(set(inputs) - set(self._fast))
+            raise InputError(f"inputs must be exactly {sorted(self._fast)}; missing {missing}, unknown {unknown}")
         for name, array in inputs.items():
-            try:
-                check_against_spec(array, expected[name])
-            except ProtocolError as exc:
-                raise InputError(exc.reason) from None
-        all_outputs = [spec.name for spec in self.manifest.outputs]
-        names = list(output_names) if output_names else all_outputs
-        unknown_out = sorted(set(names) - set(all_outputs))
-        if unknown_out:
-            raise InputError(f"unknown outputs {unknown_out}; the model has {all_outputs}")
+            dtype, rank, fixed = self._fast[name]
+            if array.dtype != dtype or array.ndim != rank or any(array.shape[i] != d for i, d in fixed):
+                try:
+                    check_against_spec(array, self._specs[name])  # the slow path that words the reason
+                except ProtocolError as exc:
+                    raise InputError(exc.reason) from None
+        if output_names:
+            names = list(output_names)
+            unknown_out = sorted(set(names) - set(self._output_names))
+            if unknown_out:
+                raise InputError(f"unknown outputs {unknown_out}; the model has {self._output_names}")
+        else:
+            names = self._output_names
         return self.runtime.run(inputs, names)
 
     def self_test(self) -> None:

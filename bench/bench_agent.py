@@ -68,7 +68,8 @@ class TinyEncoder(torch.nn.Module):
 
 
 def export(module: torch.nn.Module, sample: torch.Tensor, name: str, path: Path) -> Path:
-    with warnings.catch_warnings(), torch.no_grad():
+    # Not under no_grad: there PyTorch takes the fused transformer fast path, which has no ONNX export.
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
             module.eval(), (sample,), str(path), input_names=[name], output_names=["logits"],

@@ -1,7 +1,8 @@
 """Inference backends, one per module, each registered under a key, and the fallback chain.
 
-Backends are imported one by one so that a backend whose package is missing reports why
-(``import_errors``) instead of breaking the others.
+A backend's module is imported the first time a chain reaches it, so a device pays the memory of
+only the backends it tries (LiteRT alone costs ~24 MB), and a backend whose package is missing
+reports why (``import_errors``) instead of breaking the others.
 """
 
 from __future__ import annotations
@@ -12,35 +13,53 @@ from pathlib import Path
 
 from agent.runtimes.base import RUNTIMES, Runtime, RuntimeOptions, register_runtime
 
-__all__ = ["RUNTIMES", "Runtime", "RuntimeOptions", "import_errors", "open_runtime", "register_runtime", "skip_reason"]
+__all__ = [
+    "KNOWN_RUNTIMES",
+    "RUNTIMES",
+    "Runtime",
+    "RuntimeOptions",
+    "backend",
+    "import_errors",
+    "open_runtime",
+    "register_runtime",
+    "skip_reason",
+]
 
 log = logging.getLogger(__name__)
 
-# module -> the backend keys it registers (so a failed import can be named per key)
-_BACKENDS: dict[str, tuple[str, ...]] = {
-    "onnx_cpu": ("onnxruntime-cpu",),
-    "onnx_gpu": ("onnxruntime-cuda", "onnxruntime-tensorrt"),
-    "litert": ("litert",),
-    "tensorrt_native": ("tensorrt",),
+# backend key -> the module under agent/runtimes/ that registers it
+_MODULES: dict[str, str] = {
+    "onnxruntime-cpu": "onnx_cpu",
+    "onnxruntime-cuda": "onnx_gpu",
+    "onnxruntime-tensorrt": "onnx_gpu",
+    "litert": "litert",
+    "tensorrt": "tensorrt_native",
 }
+KNOWN_RUNTIMES = frozenset(_MODULES)
 import_errors: dict[str, str] = {}
 
-for _module, _keys in _BACKENDS.items():
-    try:
-        importlib.import_module(f"agent.runtimes.{_module}")
-    except ImportError as exc:
-        for _key in _keys:
-            import_errors[_key] = f"{_key}: not installed ({exc.name or exc})"
-        log.info("runtime backend %s unavailable: %s", _module, exc)
+
+def backend(key: str) -> type[Runtime] | None:
+    """The class registered under ``key``, importing its module on first use; None if it cannot import."""
+    if key not in RUNTIMES and key not in import_errors and key in _MODULES:
+        module = _MODULES[key]
+        try:
+            importlib.import_module(f"agent.runtimes.{module}")
+        except ImportError as exc:
+            for other, other_module in _MODULES.items():
+                if other_module == module:
+                    import_errors[other] = f"{other}: not installed ({exc.name or exc})"
+            log.info("runtime backend %s unavailable: %s", module, exc)
+    return RUNTIMES.get(key)
 
 
 def skip_reason(key: str, model_format: str) -> str | None:
     """Why ``key`` cannot serve a model of ``model_format`` here, or None if it can try."""
-    if key in import_errors:
-        return import_errors[key]
-    cls = RUNTIMES.get(key)
-    if cls is None:
+    if key not in KNOWN_RUNTIMES:
         return f"{key}: unknown runtime"
+    cls = backend(key)
+    if cls is None:
+        return import_errors[key]
     if model_format not in cls.formats:
         return f"{key}: does not load {model_format} models"
     reason = cls.unavailable_reason()
