@@ -72,6 +72,17 @@ class Thermal(_Strict):
         return self
 
 
+class Selection(_Strict):
+    """Constraints the compressor's choice of candidate must meet for this class."""
+
+    max_metric_drop: float = Field(ge=0, description="Largest allowed drop of the task metric vs the reference.")
+    max_latency_ms: float | None = Field(
+        default=None, gt=0, description="Largest median batch-1 latency, as measured where compression runs."
+    )
+    max_size_mb: float = Field(gt=0, description="Largest model file.")
+    formats: list[Literal["onnx", "tflite"]] = Field(min_length=1, description="Model formats the chain can load.")
+
+
 class DeviceClass(_Strict):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
     description: str
@@ -82,6 +93,7 @@ class DeviceClass(_Strict):
     telemetry: TelemetrySettings
     outbox: OutboxSettings
     thermal: Thermal
+    selection: Selection
 
 
 def load_device_class(name: str, directory: Path = CONFIG_DIR) -> DeviceClass:

@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from protocol.errors import BundleError, UnsafeArchive
+from protocol.model_card import InputStats, Lineage, PreprocessingStep, Recipe
 from protocol.signing import TrustedKeys, key_id, sign_bytes, verify_bytes
 from protocol.tensors import TensorData, TensorSpec
 
@@ -91,6 +92,14 @@ class Manifest(BaseModel):
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
     parent: str | None = Field(default=None, pattern=SHA256, description="Digest of the bundle this derives from.")
     metadata: dict[str, str] = Field(default_factory=dict)
+    labels: list[str] | None = Field(default=None, description="Class names, in output index order.")
+    preprocessing: list[PreprocessingStep] = Field(default_factory=list)
+    reference_stats: dict[str, InputStats] = Field(
+        default_factory=dict, description="Per input name: its reference distribution, for drift detection."
+    )
+    recipe: Recipe | None = None
+    metrics: dict[str, float] = Field(default_factory=dict, description="Measured at build time: metric, latency...")
+    lineage: Lineage | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:

@@ -1,0 +1,60 @@
+"""What a bundle's manifest says about its model beyond the tensors: preprocessing, labels,
+reference input statistics (for drift detection on the device), the compression recipe, measured
+metrics and lineage."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+__all__ = ["InputStats", "Lineage", "PreprocessingStep", "Recipe"]
+
+Param = str | int | float | bool | list[float] | list[int] | list[str]
+
+
+class PreprocessingStep(BaseModel):
+    """One step an app applies before feeding an input, e.g. {op: "scale", params: {factor: 1/16}}."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    op: str = Field(min_length=1, max_length=64, description="scale, normalize, resize, tokenize, ...")
+    input: str | None = Field(default=None, description="The model input it prepares (None: all).")
+    params: dict[str, Param] = Field(default_factory=dict)
+
+
+class InputStats(BaseModel):
+    """Reference distribution of one input, per feature (the input flattened after the batch axis)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    samples: int = Field(ge=1, description="How many reference rows these statistics describe.")
+    quantiles: list[float] = Field(min_length=2, description="The probabilities of `edges`, ascending.")
+    edges: list[list[float]] = Field(description="Per feature, the values at `quantiles`.")
+    mean: list[float]
+    std: list[float]
+
+    @model_validator(mode="after")
+    def _shapes(self) -> InputStats:
+        features = len(self.mean)
+        if len(self.std) != features or len(self.edges) != features:
+            raise ValueError("mean, std and edges must describe the same number of features")
+        if any(len(e) != len(self.quantiles) for e in self.edges):
+            raise ValueError("every feature needs one edge per quantile")
+        return self
+
+
+class Recipe(BaseModel):
+    """How this model was made from its parent: the technique and its settings."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    technique: str = Field(description="e.g. fp32, int8-dynamic, int8-static, fp16, pruned, distilled, tflite")
+    params: dict[str, Param] = Field(default_factory=dict)
+    tool: str | None = Field(default=None, description="Library and version that applied it.")
+
+
+class Lineage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    parent_version: str | None = Field(default=None, description="Model version this bundle derives from.")
+    parent_digest: str | None = Field(default=None, description="Digest of the reference model file.")
+    campaign: str | None = Field(default=None, description="Federated campaign that produced it.")
