@@ -13,6 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
 from coordinator.errors import Conflict, CoordinatorError, NotFound, Rejected
+from coordinator.rollout_api import rollout_router
 from coordinator.service import Coordinator
 
 __all__ = ["create_app"]
@@ -116,4 +117,5 @@ def create_app(coordinator: Coordinator, *, token: str | None) -> FastAPI:
     def telemetry(device_id: str, limit: int = 100) -> list[dict[str, Any]]:
         return coordinator.db.telemetry(device_id, limit=min(limit, 1000))
 
+    app.include_router(rollout_router(coordinator.rollouts), dependencies=[api])
     return app

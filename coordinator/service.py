@@ -10,6 +10,7 @@ from coordinator.db import FleetDB
 from coordinator.errors import Conflict, NotFound
 from coordinator.link import CoordinatorLink
 from coordinator.registry import Registry
+from coordinator.rollouts import RolloutEngine
 from protocol.messages import BundleRef, DesiredState
 from protocol.signing import load_trusted_keys
 
@@ -26,11 +27,14 @@ class Coordinator:
         self.registry = Registry(config.data_dir, self.db, load_trusted_keys(config.trusted_keys))
         self.link = CoordinatorLink(config.broker, self.db, self.registry, client_id=config.client_id)
         self.link.on_connected = self.republish_desired
+        self.rollouts = RolloutEngine(self.db, self.deploy)
 
     def start(self) -> None:
         self.link.start()
+        self.rollouts.start()
 
     def stop(self) -> None:
+        self.rollouts.stop()
         self.link.stop()
 
     def republish_desired(self) -> None:

@@ -150,6 +150,22 @@ class LocalFleet:
             )
         return agent
 
+    def start_agents(self, device_ids: list[str], timeout: float = 120.0) -> None:
+        """Start several agents at once (much faster than one by one on few cores)."""
+        for device_id in device_ids:
+            agent = self.agents[device_id]
+            (agent.data_dir / "agent.sock").unlink(missing_ok=True)
+            agent.proc = self._spawn(["agent", "run", "--config", str(agent.config)], f"{device_id}.log")
+
+        def all_up() -> bool:
+            for device_id in device_ids:
+                agent = self.agents[device_id]
+                if agent.proc is not None and agent.proc.poll() is not None:
+                    raise RuntimeError(f"agent {device_id} exited with {agent.proc.returncode}")
+            return all((self.agents[d].data_dir / "agent.sock").exists() for d in device_ids)
+
+        wait_until(all_up, timeout=timeout, interval=0.2, what=f"{len(device_ids)} agents to serve")
+
     def stop_agent(self, device_id: str, sig: int = signal.SIGTERM) -> int | None:
         agent = self.agents[device_id]
         code = _stop(agent.proc, sig)

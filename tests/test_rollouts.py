@@ -1,0 +1,153 @@
+"""Staged rollouts across real agent processes: canary halt with automatic rollback, offline devices."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from coordinator.rollouts import parse_waves
+from edgefleet.fleet import LocalFleet, wait_until
+from protocol.bundle import Manifest, extract_bundle, pack_bundle, sign_manifest
+from tests.conftest import DigitsModels, Keys, build
+
+
+def test_waves_are_cumulative_counts() -> None:
+    assert parse_waves(["10%", "50%", "100%"], 20) == [2, 10, 20]
+    assert parse_waves(["1%", "10%"], 20) == [1, 20], "the last wave always covers everyone"
+    assert parse_waves(["1", "5", "100%"], 3) == [1, 3, 3]
+    for bad in (["0%"], ["x"], ["50%", "10%"], []):
+        with pytest.raises(ValueError):
+            parse_waves(bad, 10)
+
+
+def _failing_bundle(tmp_path: Path, keys: Keys, digits: DigitsModels, *, version: str, device_class: str) -> Path:
+    """Signed and intact, but its test vectors come from another model: the agent's self-test fails."""
+    good, _ = build(digits.v1, tmp_path / "donor.bundle", keys, version=version, device_class=device_class)
+    with tempfile.TemporaryDirectory() as tmp:
+        manifest = Manifest.model_validate_json(extract_bundle(good, Path(tmp)).manifest)
+    other, _ = build(digits.v2, tmp_path / "other.bundle", keys, version=version, device_class=device_class)
+    with tempfile.TemporaryDirectory() as tmp:
+        other_manifest = Manifest.model_validate_json(extract_bundle(other, Path(tmp)).manifest)
+        forged = manifest.model_copy(update={"files": other_manifest.files})
+        model = Path(tmp) / "model.onnx"
+        model.write_bytes(digits.v2.read_bytes())
+        return pack_bundle(sign_manifest(forged, keys.private_key()), {"model.onnx": model}, tmp_path / "bad.bundle")
+
+
+def _rollout(fleet: LocalFleet, body: dict[str, Any]) -> dict[str, Any]:
+    response = fleet.http.post("/api/v1/rollouts", json=body)
+    assert response.status_code == 201, response.text
+    return dict(response.json())
+
+
+def _wait_status(fleet: LocalFleet, rollout_id: str, statuses: set[str], timeout: float = 120) -> dict[str, Any]:
+    return wait_until(
+        lambda: (r := fleet.get(f"/api/v1/rollouts/{rollout_id}"))["status"] in statuses and r,
+        timeout=timeout,
+        interval=0.5,
+        what=f"rollout {rollout_id} to become {statuses}",
+    )
+
+
+@pytest.mark.slow
+def test_canary_rollout_halts_at_the_failing_class_and_a_good_bundle_reaches_everyone(
+    tmp_path: Path, fleet: LocalFleet, keys: Keys, digits: DigitsModels
+) -> None:
+    gateways = [f"gw-{i:02d}" for i in range(12)]
+    pis = [f"pi-{i:02d}" for i in range(8)]
+    fleet.start_coordinator()
+    for device_id in gateways:
+        fleet.add_agent(device_id, "x86-gateway", telemetry_interval_s=1.0)
+    for device_id in pis:
+        fleet.add_agent(device_id, "rpi4", telemetry_interval_s=1.0)
+    fleet.start_agents(gateways + pis)
+    wait_until(lambda: len(fleet.get("/api/v1/devices")) == 20, timeout=60, what="20 agents registered")
+
+    v1 = {}
+    for device_class in ("x86-gateway", "rpi4"):
+        bundle, v1[device_class] = build(
+            digits.v1, tmp_path / f"v1-{device_class}.bundle", keys, version="1.0.0", device_class=device_class
+        )
+        fleet.upload(bundle)
+        fleet.deploy(v1[device_class])
+    fleet.wait_active(v1["x86-gateway"], gateways, timeout=60)
+    fleet.wait_active(v1["rpi4"], pis, timeout=60)
+
+    good, good_digest = build(digits.v2, tmp_path / "v2-gw.bundle", keys, version="2.0.0", device_class="x86-gateway")
+    fleet.upload(good)
+    fleet.upload(_failing_bundle(tmp_path, keys, digits, version="2.0.0", device_class="rpi4"))
+    rollout = _rollout(
+        fleet, {"model": "digits", "version": "2.0.0", "waves": ["2", "25%", "50%", "100%"], "soak_s": 1}
+    )
+    halted = _wait_status(fleet, rollout["id"], {"halted", "completed"})
+
+    assert halted["status"] == "halted", halted
+    assert "failed to activate" in halted["reason"]
+    states = {d["device_id"]: d for d in halted["device_states"]}
+    first_pi_wave = min(states[p]["wave"] for p in pis)
+    assert halted["wave"] == first_pi_wave, "halted at the first wave that includes the failing class"
+    assert all(states[g]["state"] in ("pending", "rolled_back") for g in gateways if states[g]["wave"] > first_pi_wave)
+    # Every touched device is told to run what it ran before, and does.
+    for device_id in gateways + pis:
+        device = fleet.device(device_id)
+        assert device is not None
+        expected = v1[device["device_class"]]
+        if states[device_id]["state"] != "pending":
+            assert device["desired"]["bundle_digest"] == expected
+    fleet.wait_active(v1["rpi4"], pis, timeout=30)
+    fleet.wait_active(v1["x86-gateway"], gateways, timeout=60)
+
+    # A good release for both classes goes all the way.
+    v3 = {}
+    for device_class in ("x86-gateway", "rpi4"):
+        bundle, v3[device_class] = build(
+            digits.v2, tmp_path / f"v3-{device_class}.bundle", keys, version="3.0.0", device_class=device_class
+        )
+        fleet.upload(bundle)
+    rollout = _rollout(fleet, {"model": "digits", "version": "3.0.0", "waves": ["25%", "100%"], "soak_s": 1})
+    done = _wait_status(fleet, rollout["id"], {"halted", "completed"})
+    assert done["status"] == "completed", done
+    fleet.wait_active(v3["x86-gateway"], gateways, timeout=30)
+    fleet.wait_active(v3["rpi4"], pis, timeout=30)
+    kinds = [e["kind"] for e in fleet.get(f"/api/v1/events?rollout_id={rollout['id']}")]
+    assert "completed" in kinds and "wave_passed" in kinds
+    assert good_digest  # the halted rollout's good half was never forced on anyone beyond its waves
+
+
+@pytest.mark.slow
+def test_offline_devices_do_not_block_a_rollout_and_converge_when_they_return(
+    tmp_path: Path, fleet: LocalFleet, keys: Keys, digits: DigitsModels
+) -> None:
+    ids = [f"gw-{i}" for i in range(10)]
+    offline = ids[:3]
+    fleet.start_coordinator()
+    for device_id in ids:
+        fleet.add_agent(device_id, "x86-gateway")
+    fleet.start_agents(ids)
+    wait_until(lambda: len(fleet.get("/api/v1/devices")) == 10, timeout=60, what="agents registered")
+    v1, d1 = build(digits.v1, tmp_path / "v1.bundle", keys, version="1.0.0")
+    v2, d2 = build(digits.v2, tmp_path / "v2.bundle", keys, version="2.0.0")
+    fleet.upload(v1)
+    fleet.upload(v2)
+    fleet.deploy(d1)
+    fleet.wait_active(d1, ids)
+    for device_id in offline:
+        fleet.stop_agent(device_id)
+    wait_until(
+        lambda: all(fleet.device(d)["availability"] == "stopped" for d in offline),  # type: ignore[index]
+        what="devices offline",
+    )
+
+    rollout = _rollout(fleet, {"model": "digits", "version": "2.0.0", "waves": ["50%", "100%"], "soak_s": 0.5})
+    done = _wait_status(fleet, rollout["id"], {"halted", "completed"}, timeout=60)
+    assert done["status"] == "completed", done
+    online = [d for d in ids if d not in offline]
+    fleet.wait_active(d2, online)
+    assert {d["device_id"]: d["state"] for d in done["device_states"] if d["device_id"] in offline} == dict.fromkeys(
+        offline, "assigned"
+    )
+    fleet.start_agents(offline)
+    fleet.wait_active(d2, offline, timeout=30)
