@@ -13,6 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
 from coordinator.errors import Conflict, CoordinatorError, NotFound, Rejected
+from coordinator.registry_api import registry_router
 from coordinator.rollout_api import rollout_router
 from coordinator.service import Coordinator
 
@@ -30,6 +31,12 @@ class DeploymentRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     bundle_digest: str = Field(pattern=r"^[0-9a-f]{64}$")
     device_ids: list[str] | None = Field(default=None, description="Omit to target every device of the bundle's class.")
+
+
+class LabelsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    tags: list[str] | None = Field(default=None, max_length=64)
+    group: str | None = Field(default=None, max_length=128, description="Empty string removes the group.")
 
 
 _STATUS = {NotFound: 404, Rejected: 422, Conflict: 409}
@@ -95,8 +102,22 @@ def create_app(coordinator: Coordinator, *, token: str | None) -> FastAPI:
         return bundle
 
     @app.get("/api/v1/devices", dependencies=[api])
-    def list_devices() -> list[dict[str, Any]]:
-        return coordinator.db.devices()
+    def list_devices(
+        device_class: str | None = None,
+        tag: str | None = None,
+        group: str | None = None,
+        availability: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Devices with their reported and desired state, filtered by class, tag, group or availability."""
+        return coordinator.db.devices(device_class, tag=tag, group=group, availability=availability)
+
+    @app.put("/api/v1/devices/{device_id}/labels", dependencies=[api])
+    def label_device(device_id: str, body: LabelsRequest) -> dict[str, Any]:
+        """Set a device's tags (replacing them) and/or group."""
+        try:
+            return coordinator.db.label_device(device_id, tags=body.tags, group=body.group)
+        except KeyError:
+            raise NotFound(f"no device {device_id!r}") from None
 
     @app.get("/api/v1/devices/{device_id}", dependencies=[api])
     def get_device(device_id: str) -> dict[str, Any]:
@@ -118,4 +139,5 @@ def create_app(coordinator: Coordinator, *, token: str | None) -> FastAPI:
         return coordinator.db.telemetry(device_id, limit=min(limit, 1000))
 
     app.include_router(rollout_router(coordinator.rollouts), dependencies=[api])
+    app.include_router(registry_router(coordinator.models), dependencies=[api])
     return app

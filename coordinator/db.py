@@ -33,73 +33,107 @@ class FleetDB:
         if str(path) != ":memory:":
             self.db.enable_wal()
         self._lock = threading.RLock()
-        self._create()
+        self._migrate()
 
-    def _create(self) -> None:
+    def _migrate(self) -> None:
+        """Apply, in order, every schema migration newer than the file's ``user_version``."""
+        migrations = [self._schema_1, self._schema_2]
         with self.locked() as db:
-            Table(db, "bundles").create(
-                {
-                    "digest": str,
-                    "name": str,
-                    "version": str,
-                    "device_class": str,
-                    "model_format": str,
-                    "key_id": str,
-                    "size": int,
-                    "created_at": str,
-                    "uploaded_at": str,
-                    "parent": str,
-                    "manifest": str,
-                },
-                pk="digest",
-                if_not_exists=True,
-            )
-            Table(db, "devices").create(
-                {
-                    "device_id": str,
-                    "device_class": str,
-                    "availability": str,
-                    "last_seen": str,
-                    "status": str,
-                    "active_digest": str,
-                    "active_version": str,
-                    "runtime": str,
-                    "last_error": str,
-                    "reported": str,
-                },
-                pk="device_id",
-                if_not_exists=True,
-            )
-            Table(db, "desired").create(
-                {"device_id": str, "revision": int, "bundle_digest": str, "updated_at": str},
-                pk="device_id",
-                if_not_exists=True,
-            )
-            Table(db, "telemetry").create(
-                {
-                    "message_id": str,
-                    "device_id": str,
-                    "received_at": str,
-                    "sent_at": str,
-                    "window_s": float,
-                    "bundle_digest": str,
-                    "runtime": str,
-                    "runtime_skipped": str,
-                    "inference_count": int,
-                    "error_count": int,
-                    "latency_ms_mean": float,
-                    "latency_ms_p50": float,
-                    "latency_ms_p95": float,
-                    "cpu_percent": float,
-                    "rss_bytes": int,
-                    "soc_temp_c": float,
-                    "outbox_pending": int,
-                    "outbox_dropped": str,
-                },
-                pk="message_id",
-                if_not_exists=True,
-            )
-            Table(db, "telemetry").create_index(["device_id", "received_at"], if_not_exists=True)
+            current = db.execute("pragma user_version").fetchone()[0]
+            if current > len(migrations):
+                raise RuntimeError(
+                    f"fleet database schema {current} is newer than this coordinator ({len(migrations)})"
+                )
+            for version, migration in enumerate(migrations, start=1):
+                if version <= current:
+                    continue
+                # sqlite-utils commits each step itself, so every migration is written to be
+                # idempotent: one interrupted half way simply runs again at the next start.
+                migration(db)
+                db.execute(f"pragma user_version = {version}")
+
+    @staticmethod
+    def _schema_2(db: sqlite_utils.Database) -> None:
+        """Device groups and tags; registry stages with their history."""
+        devices = Table(db, "devices")
+        for column in ("tags", "group_name"):
+            if column not in devices.columns_dict:
+                devices.add_column(column, str)
+        Table(db, "stages").create(
+            {"model": str, "version": str, "stage": str, "updated_at": str}, pk=("model", "version"), if_not_exists=True
+        )
+        Table(db, "stage_history").create(
+            {"id": int, "model": str, "version": str, "stage": str, "previous": str, "at": str},
+            pk="id",
+            if_not_exists=True,
+        )
+
+    @staticmethod
+    def _schema_1(db: sqlite_utils.Database) -> None:
+        """Bundles, devices, desired state and telemetry."""
+        Table(db, "bundles").create(
+            {
+                "digest": str,
+                "name": str,
+                "version": str,
+                "device_class": str,
+                "model_format": str,
+                "key_id": str,
+                "size": int,
+                "created_at": str,
+                "uploaded_at": str,
+                "parent": str,
+                "manifest": str,
+            },
+            pk="digest",
+            if_not_exists=True,
+        )
+        Table(db, "devices").create(
+            {
+                "device_id": str,
+                "device_class": str,
+                "availability": str,
+                "last_seen": str,
+                "status": str,
+                "active_digest": str,
+                "active_version": str,
+                "runtime": str,
+                "last_error": str,
+                "reported": str,
+            },
+            pk="device_id",
+            if_not_exists=True,
+        )
+        Table(db, "desired").create(
+            {"device_id": str, "revision": int, "bundle_digest": str, "updated_at": str},
+            pk="device_id",
+            if_not_exists=True,
+        )
+        Table(db, "telemetry").create(
+            {
+                "message_id": str,
+                "device_id": str,
+                "received_at": str,
+                "sent_at": str,
+                "window_s": float,
+                "bundle_digest": str,
+                "runtime": str,
+                "runtime_skipped": str,
+                "inference_count": int,
+                "error_count": int,
+                "latency_ms_mean": float,
+                "latency_ms_p50": float,
+                "latency_ms_p95": float,
+                "cpu_percent": float,
+                "rss_bytes": int,
+                "soc_temp_c": float,
+                "outbox_pending": int,
+                "outbox_dropped": str,
+            },
+            pk="message_id",
+            if_not_exists=True,
+        )
+        Table(db, "telemetry").create_index(["device_id", "received_at"], if_not_exists=True)
 
     @contextmanager
     def locked(self) -> Iterator[sqlite_utils.Database]:
@@ -143,15 +177,43 @@ class FleetDB:
                 pk="device_id",
             )
 
-    def devices(self, device_class: str | None = None) -> list[dict[str, Any]]:
+    def devices(
+        self,
+        device_class: str | None = None,
+        *,
+        tag: str | None = None,
+        group: str | None = None,
+        availability: str | None = None,
+    ) -> list[dict[str, Any]]:
+        clauses, args = [], []
+        for column, value in (("device_class", device_class), ("group_name", group), ("availability", availability)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                args.append(value)
         with self.locked() as db:
-            where, args = ("device_class = ?", [device_class]) if device_class else (None, [])
-            rows = list(Table(db, "devices").rows_where(where, args, order_by="device_id"))
+            rows = list(Table(db, "devices").rows_where(" and ".join(clauses) or None, args, order_by="device_id"))
             desired = {r["device_id"]: r for r in Table(db, "desired").rows}
         for row in rows:
             row["reported"] = json.loads(row["reported"]) if row.get("reported") else None
+            row["tags"] = json.loads(row["tags"]) if row.get("tags") else []
+            row["group"] = row.pop("group_name", None)
             row["desired"] = desired.get(row["device_id"])
-        return rows
+        return [row for row in rows if tag is None or tag in row["tags"]]
+
+    def label_device(self, device_id: str, *, tags: list[str] | None, group: str | None) -> dict[str, Any]:
+        with self.locked() as db:
+            if not list(Table(db, "devices").rows_where("device_id = ?", [device_id])):
+                raise KeyError(device_id)
+            update: dict[str, Any] = {}
+            if tags is not None:
+                update["tags"] = json.dumps(sorted(set(tags)))
+            if group is not None:
+                update["group_name"] = group or None
+            if update:
+                Table(db, "devices").update(device_id, update)
+        device = self.device(device_id)
+        assert device is not None
+        return device
 
     def device(self, device_id: str) -> dict[str, Any] | None:
         return next((d for d in self.devices() if d["device_id"] == device_id), None)

@@ -19,8 +19,8 @@ FINAL = {"completed", "halted", "aborted", "rolled_back"}
 
 @app.command()
 def create(
-    model: str = typer.Argument(..., help="MODEL:VERSION from the registry."),
-    target: str = typer.Option("all", help="all, class=DEVICE_CLASS, or devices=ID,ID,..."),
+    model: str = typer.Argument(..., help="MODEL:VERSION from the registry (VERSION may be production or staging)."),
+    target: str = typer.Option("all", help="all, class=NAME, tag=TAG, group=NAME or devices=ID,ID,..."),
     waves: str = typer.Option("10%,50%,100%", help="Cumulative waves: percentages or device counts."),
     soak: float = typer.Option(60.0, help="Seconds to watch each wave before its gates are checked."),
     wave_timeout: float = typer.Option(600.0, help="Seconds to wait for a wave's online devices."),
@@ -51,8 +51,10 @@ def create(
         body["device_class"] = value
     elif kind == "devices" and value:
         body["device_ids"] = value.split(",")
+    elif kind in ("tag", "group") and value:
+        body[kind] = value
     elif target != "all":
-        fail(f"--target {target!r}: use all, class=NAME or devices=ID,ID", ExitCode.USAGE)
+        fail(f"--target {target!r}: use all, class=NAME, tag=TAG, group=NAME or devices=ID,ID", ExitCode.USAGE)
     rollout = _call("POST", url, token, "/api/v1/rollouts", json=body)
     if wait:
         rollout = _follow(rollout["id"], url, token)

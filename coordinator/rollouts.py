@@ -55,6 +55,8 @@ class RolloutSpec(BaseModel):
     version: str
     device_class: str | None = Field(default=None, description="Only devices of this class.")
     device_ids: list[str] | None = Field(default=None, description="Only these devices.")
+    tag: str | None = Field(default=None, description="Only devices carrying this tag.")
+    group: str | None = Field(default=None, description="Only devices in this group.")
     waves: list[str] = Field(default=["10%", "50%", "100%"], description="Cumulative: '10%' or a device count.")
     soak_s: float = Field(default=60.0, ge=0, description="Wait after a wave is active, before gates are checked.")
     wave_timeout_s: float = Field(
@@ -105,9 +107,17 @@ def _order(rollout_id: str, device_id: str) -> str:
 
 
 class RolloutEngine:
-    def __init__(self, db: FleetDB, deploy: Callable[[str, list[str]], Any], *, tick_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        db: FleetDB,
+        deploy: Callable[[str, list[str]], Any],
+        *,
+        resolve_version: Callable[[str, str], str] = lambda _model, version: version,
+        tick_s: float = 1.0,
+    ) -> None:
         self.db = db
         self._deploy = deploy
+        self._resolve = resolve_version
         self.tick_s = tick_s
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -151,6 +161,8 @@ class RolloutEngine:
 
     # -- operations ----------------------------------------------------------------------
     def create(self, spec: RolloutSpec) -> dict[str, Any]:
+        """Plan the waves and assign the first; ``version`` may be a stage name (production, staging)."""
+        spec = spec.model_copy(update={"version": self._resolve(spec.model, spec.version)})
         bundles = {
             b["device_class"]: b["digest"]
             for b in self.db.bundles()
@@ -158,7 +170,7 @@ class RolloutEngine:
         }
         if not bundles:
             raise NotFound(f"no bundle of {spec.model}:{spec.version} in the registry")
-        devices = self.db.devices(device_class=spec.device_class)
+        devices = self.db.devices(device_class=spec.device_class, tag=spec.tag, group=spec.group)
         if spec.device_ids is not None:
             devices = [d for d in devices if d["device_id"] in set(spec.device_ids)]
         targets = [d for d in devices if d.get("device_class") in bundles]

@@ -9,6 +9,7 @@ from coordinator.config import CoordinatorConfig
 from coordinator.db import FleetDB
 from coordinator.errors import Conflict, NotFound
 from coordinator.link import CoordinatorLink
+from coordinator.model_registry import ModelRegistry
 from coordinator.registry import Registry
 from coordinator.rollouts import RolloutEngine
 from protocol.messages import BundleRef, DesiredState
@@ -27,7 +28,8 @@ class Coordinator:
         self.registry = Registry(config.data_dir, self.db, load_trusted_keys(config.trusted_keys))
         self.link = CoordinatorLink(config.broker, self.db, self.registry, client_id=config.client_id)
         self.link.on_connected = self.republish_desired
-        self.rollouts = RolloutEngine(self.db, self.deploy)
+        self.models = ModelRegistry(self.db)
+        self.rollouts = RolloutEngine(self.db, self.deploy, resolve_version=self.models.resolve)
 
     def start(self) -> None:
         self.link.start()
