@@ -73,6 +73,7 @@ class FetchConfig(_Strict):
     chunk_bytes: int = Field(default=64 * 1024, ge=1024, le=256 * 1024, description="Bytes per chunk request.")
     chunk_timeout_s: float = Field(default=10.0, gt=0, description="Wait for one chunk before asking again.")
     retries: int = Field(default=5, ge=0, description="Requests of one chunk before the download pauses.")
+    window: int = Field(default=8, ge=1, le=64, description="Chunk requests in flight at once.")
     retry_backoff_s: float = Field(default=5.0, gt=0, description="Pause before a failed download resumes.")
 
 

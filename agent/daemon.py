@@ -87,6 +87,7 @@ class Agent:
             chunk_bytes=config.fetch.chunk_bytes,
             timeout_s=config.fetch.chunk_timeout_s,
             retries=config.fetch.retries,
+            window=config.fetch.window,
         )
         self.reconciler = Reconciler(
             device_class=config.device_class,

@@ -57,7 +57,7 @@ def main() -> None:
             work / "m.bundle",
             name="pad",
             version="1",
-            device_class="bench",
+            device_class="x86-gateway",
             private_key=load_private_key(work / "k.key"),
         )
         size_mb = model.stat().st_size / 1e6
@@ -67,7 +67,7 @@ def main() -> None:
                 fleet.start_coordinator()
                 ids = [f"bench-{i}" for i in range(args.agents)]
                 for device_id in ids:
-                    fleet.add_agent(device_id, "bench")
+                    fleet.add_agent(device_id, "x86-gateway")
                     fleet.start_agent(device_id)
                 wait_until(lambda: len(fleet.get("/api/v1/devices")) == args.agents, timeout=60, what="agents")
                 fleet.upload(bundle)
