@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 REJECTED = Counter("edgefleet_coordinator_rejected_messages", "Invalid messages dropped", ["channel"])
 CHUNKS = Counter("edgefleet_coordinator_chunks_served", "Chunks sent to devices", ["kind"])
+CHUNK_BYTES = Counter("edgefleet_coordinator_chunk_bytes_served", "Artifact bytes sent to devices", ["kind"])
 
 
 class CoordinatorLink:
@@ -132,6 +133,7 @@ class CoordinatorLink:
             data = b""
         self.client.publish(topic(request.device_id, Channel.CHUNKS), encode_chunk(header, data), qos=1)
         CHUNKS.labels(request.kind).inc()
+        CHUNK_BYTES.labels(request.kind).inc(len(data))
 
 
 class _FromDevice(Protocol):
