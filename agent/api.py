@@ -92,6 +92,8 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
             log.exception("inference failed on bundle %s", model.digest[:12])
             raise _Failure(grpc.StatusCode.INTERNAL, f"inference failed: {exc}") from None
         self._stats.record(latency_ms)
+        if model.drift is not None:
+            model.drift.observe(inputs)
         if request.request_id and self._recent is not None:
             self._recent.remember(request.request_id, inputs, model.digest)
         return inference_pb2.PredictResponse(

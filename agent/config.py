@@ -92,6 +92,11 @@ class FeedbackConfig(_Strict):
     max_age_days: float = Field(default=30.0, gt=0, description="Samples older than this are deleted.")
 
 
+class DriftConfig(_Strict):
+    threshold: float = Field(default=0.25, gt=0, description="Drift score (mean PSI) that raises an alert.")
+    window: int = Field(default=500, ge=50, le=100_000, description="Recent rows compared with the reference.")
+
+
 class AgentConfig(_Strict):
     device_id: str = Field(title="Device id", description="Unique id; one MQTT topic level.")
     device_class: str = Field(
@@ -107,6 +112,7 @@ class AgentConfig(_Strict):
     fetch: FetchConfig = Field(default_factory=FetchConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
     feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)
+    drift: DriftConfig = Field(default_factory=DriftConfig)
     telemetry_interval_s: float | None = Field(
         default=None, gt=0, description="Seconds between telemetry messages; default from the device class."
     )

@@ -234,6 +234,7 @@ class Agent:
             self.store.model_path(manifest),
             chain=self.device_class.runtime.chain,
             options=self.runtime_options,
+            drift_window=self.config.drift.window,
         )
 
     def _activate(self, model: LoadedModel, revision: int | None) -> None:
@@ -321,6 +322,15 @@ class Agent:
                 if model
                 else self.stats.take(self.config.device_id, None)
             )
+            if model is not None and model.drift is not None:
+                score, features = model.drift.score()
+                telemetry.drift_score = score
+                telemetry.drift_features = features
+                telemetry.drift_alert = score is not None and score > self.config.drift.threshold
+                if telemetry.drift_alert:
+                    log.warning(
+                        "input drift %.3f over threshold %.2f on %s", score, self.config.drift.threshold, features
+                    )
             outbox = self.outbox.stats()
             telemetry.outbox_pending = outbox.pending
             telemetry.outbox_dropped = {channel.value: n for channel, n in outbox.dropped.items() if n}

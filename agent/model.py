@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from agent.drift import DriftMonitor
 from agent.errors import ActivationError, InputError
 from agent.runtimes import Runtime, RuntimeOptions, open_runtime
 from protocol.bundle import Manifest
@@ -27,6 +28,7 @@ class LoadedModel:
     runtime: Runtime
     skipped_runtimes: list[str] = field(default_factory=list)
     activated_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    drift_window: int = 500
 
     def __post_init__(self) -> None:
         # Precomputed once: predict runs its checks on every request, so they must cost little.
@@ -40,6 +42,11 @@ class LoadedModel:
             for spec in self.manifest.inputs
         }
         self._output_names = [spec.name for spec in self.manifest.outputs]
+        self.drift = (
+            DriftMonitor(self.manifest.reference_stats, window=self.drift_window)
+            if self.manifest.reference_stats
+            else None
+        )
 
     @property
     def ref(self) -> BundleRef:
@@ -106,6 +113,7 @@ def load_model(
     *,
     chain: list[str] | None = None,
     options: RuntimeOptions | None = None,
+    drift_window: int = 500,
 ) -> LoadedModel:
     """Load on the first runtime of ``chain`` that can, check the I/O signature, run the self-test."""
     opts = replace(
@@ -122,6 +130,8 @@ def load_model(
             f"model inputs {[s.name for s in runtime.inputs]} differ from the manifest's "
             f"{[s.name for s in manifest.inputs]}"
         )
-    model = LoadedModel(digest=digest, manifest=manifest, runtime=runtime, skipped_runtimes=skipped)
+    model = LoadedModel(
+        digest=digest, manifest=manifest, runtime=runtime, skipped_runtimes=skipped, drift_window=drift_window
+    )
     model.self_test()
     return model

@@ -54,7 +54,7 @@ class FleetDB:
 
     @staticmethod
     def _schema_2(db: sqlite_utils.Database) -> None:
-        """Device groups and tags; registry stages with their history."""
+        """Device groups and tags; registry stages with their history; drift in telemetry."""
         devices = Table(db, "devices")
         for column in ("tags", "group_name"):
             if column not in devices.columns_dict:
@@ -62,6 +62,10 @@ class FleetDB:
         Table(db, "stages").create(
             {"model": str, "version": str, "stage": str, "updated_at": str}, pk=("model", "version"), if_not_exists=True
         )
+        telemetry = Table(db, "telemetry")
+        for column, kind in (("drift_score", float), ("drift_alert", int), ("drift_features", str)):
+            if column not in telemetry.columns_dict:
+                telemetry.add_column(column, kind)
         Table(db, "stage_history").create(
             {"id": int, "model": str, "version": str, "stage": str, "previous": str, "at": str},
             pk="id",

@@ -122,6 +122,9 @@ class Telemetry(Message):
     cpu_percent: float | None = None
     rss_bytes: int | None = None
     soc_temp_c: float | None = None
+    drift_score: float | None = Field(default=None, description="Mean PSI of the inputs against the reference.")
+    drift_alert: bool = False
+    drift_features: dict[str, float] = Field(default_factory=dict, description="The most drifted features.")
     outbox_pending: int | None = None
     outbox_dropped: dict[str, int] = Field(default_factory=dict, description="Messages evicted, per channel.")
 
