@@ -74,6 +74,62 @@ def validate_config(path: Path = typer.Argument(..., help="Agent config file (TO
     typer.echo(f"{path}: ok (device class {device_class.name}: {device_class.description})")
 
 
+@app.command()
+def enroll(
+    coordinator: str = typer.Option(..., "--coordinator", help="The coordinator's REST API, e.g. https://fleet:8080."),
+    token: str = typer.Option(
+        ..., "--token", envvar="EDGEFLEET_ENROLL_TOKEN", help="One-time enrollment token (from enroll-token)."
+    ),
+    data_dir: Path = typer.Option(..., "--data-dir", help="The agent's data folder for the new config."),
+    out: Path = typer.Option(..., "--out", "-o", help="Agent config to write; key and password files go beside it."),
+    broker_url: str | None = typer.Option(None, "--broker-url", help="Override the broker URL the coordinator gives."),
+    device_id: str | None = typer.Option(None, "--device-id", help="Wished-for id, if the token does not fix one."),
+    coordinator_ca: Path | None = typer.Option(
+        None, "--coordinator-ca", exists=True, dir_okay=False, help="CA bundle for an https coordinator."
+    ),
+    force: bool = typer.Option(False, "--force", help="Replace an existing config and password file."),
+    fmt: Format = FormatOption,
+) -> None:
+    """Exchange an enrollment token for a device identity and write a complete agent config.
+
+    Example: edgefleet agent enroll --coordinator http://fleet:8080 --token efe_...
+    --data-dir /var/lib/edgefleet --out /etc/edgefleet/agent.toml
+    """
+    from agent.enrollment import EnrollmentError, enrolled_files, request_enrollment, write_agent_config
+
+    existing = [p for p in enrolled_files(out) if p.exists()]
+    if existing and not force:  # checked before the token is spent
+        fail(f"{', '.join(map(str, existing))} exist(s); pass --force to replace", ExitCode.USAGE)
+    try:
+        response = request_enrollment(coordinator, token, device_id=device_id, ca_file=coordinator_ca)
+    except EnrollmentError as exc:
+        if exc.status is None:
+            fail(exc.reason, ExitCode.UNREACHABLE)
+        fail(f"enrollment refused ({exc.status}): {exc.reason}", ExitCode.ERROR)
+    try:
+        config = write_agent_config(response, out=out, data_dir=data_dir, broker_url=broker_url)
+    except (ConfigError, ProtocolError, OSError) as exc:
+        # The token is spent by now; the device id tells the operator which identity to revoke.
+        fail(
+            f"enrolled as {response.device_id!r} but could not write the config: {exc}; "
+            "revoke that device and enroll with a new token",
+            ExitCode.CONFIG_INVALID,
+        )
+    for note in response.notes:
+        typer.echo(f"note: {note}", err=True)
+    print_data(
+        {
+            "device_id": config.device_id,
+            "device_class": config.device_class,
+            "config": str(out),
+            "broker": config.broker.url,
+            "broker_auth": "managed" if response.broker.managed else "unmanaged",
+            "command_keys": len(response.command_keys),
+        },
+        fmt,
+    )
+
+
 @app.command("detect-class")
 def detect_class(fmt: Format = FormatOption) -> None:
     """Detect this device's class from its device tree, Tegra release and architecture.

@@ -107,6 +107,10 @@ class AgentConfig(_Strict):
     )
     data_dir: Path = Field(description="Where bundles, state and the API socket live.")
     trusted_keys: list[Path] = Field(min_length=1, description="PEM ed25519 public keys that may sign bundles.")
+    command_keys: list[Path] = Field(
+        default_factory=list,
+        description="PEM ed25519 public keys that may sign commands; with none, every command is refused.",
+    )
     broker: BrokerConfig = Field(default_factory=BrokerConfig)
     api: ApiConfig = Field(default_factory=ApiConfig)
     fetch: FetchConfig = Field(default_factory=FetchConfig)
@@ -170,6 +174,7 @@ def _resolve_paths(config: AgentConfig, base: Path) -> AgentConfig:
             "data_dir": absolute(config.data_dir),
             "device_class_dir": absolute(config.device_class_dir),
             "trusted_keys": [absolute(p) for p in config.trusted_keys],
+            "command_keys": [absolute(p) for p in config.command_keys],
             "broker": broker,
             "api": api,
         }

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from agent import __version__
 from agent.api import InferenceApi, InferenceService
 from agent.batcher import MicroBatcher
+from agent.commands import CommandVerifier
 from agent.config import AgentConfig
 from agent.device_class import DeviceClass, load_device_class
 from agent.errors import ActivationError
@@ -71,6 +72,7 @@ class Agent:
         self._stop = threading.Event()
         self._state_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
+        self.commands = CommandVerifier(config.device_id, load_trusted_keys(config.command_keys))
         self.link = AgentLink(
             config.device_id,
             config.broker,
@@ -80,6 +82,7 @@ class Agent:
                 on_command=self._on_command,
                 on_connected=self._on_connected,
             ),
+            self.commands,
         )
         self.fetcher = ChunkFetcher(
             config.device_id,
@@ -178,6 +181,7 @@ class Agent:
         for key in restart:
             log.warning("config reload: %s changed; restart the agent to apply it", key)
         self.trusted = load_trusted_keys(config.trusted_keys)
+        self.commands.trusted = load_trusted_keys(config.command_keys)
         self.fetcher.chunk_bytes = config.fetch.chunk_bytes
         self.fetcher.timeout_s = config.fetch.chunk_timeout_s
         self.fetcher.retries = config.fetch.retries

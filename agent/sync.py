@@ -13,6 +13,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
+from agent.commands import CommandVerifier
 from agent.config import BrokerConfig
 from agent.mqtt_client import make_client
 from protocol.errors import ProtocolError
@@ -41,8 +42,9 @@ class Handlers:
 
 
 class AgentLink:
-    def __init__(self, device_id: str, broker: BrokerConfig, handlers: Handlers) -> None:
+    def __init__(self, device_id: str, broker: BrokerConfig, handlers: Handlers, commands: CommandVerifier) -> None:
         self.device_id = device_id
+        self.commands = commands
         self.broker = broker
         self.handlers = handlers
         self.rejected = 0
@@ -118,7 +120,7 @@ class AgentLink:
             elif dest.channel is Channel.CHUNKS:
                 self.handlers.on_chunk(*decode_chunk(msg.payload, topic=msg.topic))
             elif dest.channel is Channel.COMMANDS:
-                self.handlers.on_command(parse(Command, msg.payload, topic=msg.topic))
+                self.handlers.on_command(self.commands.verify(msg.payload, topic=msg.topic))
             else:
                 raise ProtocolError(f"unexpected channel {dest.channel.value}", topic=msg.topic)
         except ProtocolError as exc:

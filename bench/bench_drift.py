@@ -34,9 +34,7 @@ def main() -> None:
         started = time.perf_counter()
         monitor.score()
         score_ms = (time.perf_counter() - started) * 1e3
-        print(
-            f"{features:5d} features: observe {per_request_us:7.1f} us/request; score {score_ms:.2f} ms per window"
-        )
+        print(f"{features:5d} features: observe {per_request_us:7.1f} us/request; score {score_ms:.2f} ms per window")
 
 
 if __name__ == "__main__":

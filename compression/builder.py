@@ -9,12 +9,14 @@ import logging
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import onnxruntime as ort
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from protocol.bundle import FileEntry, Manifest, TestVector, pack_bundle, sha256_file, sign_manifest
+from protocol.model_card import InputStats, Lineage, PreprocessingStep, Recipe
 from protocol.tensors import TensorData, TensorSpec, onnx_type_to_dtype
 
 __all__ = ["build_bundle", "describe_onnx", "sample_inputs"]
@@ -59,30 +61,57 @@ def build_bundle(
     rtol: float = 1e-4,
     atol: float = 1e-5,
     seed: int = 0,
+    model_format: Literal["onnx", "tflite"] = "onnx",
+    precision: Literal["fp32", "fp16", "int8"] = "fp32",
+    io_specs: tuple[list[TensorSpec], list[TensorSpec]] | None = None,
+    test_outputs: list[dict[str, np.ndarray]] | None = None,
+    labels: list[str] | None = None,
+    preprocessing: list[PreprocessingStep] | None = None,
+    reference_stats: dict[str, InputStats] | None = None,
+    recipe: Recipe | None = None,
+    metrics: dict[str, float] | None = None,
+    lineage: Lineage | None = None,
 ) -> tuple[Path, str]:
     """Write a signed bundle archive to ``out``; return (path, bundle digest).
 
     Test vectors are ``test_inputs`` (or two random batches) with the outputs ONNX Runtime gives now.
+    A model ONNX Runtime cannot run here (``model_format="tflite"``) comes with its ``io_specs`` and
+    the ``test_outputs`` its own runtime computed for ``test_inputs``. The remaining keywords fill the
+    manifest's model card (see ``protocol.model_card``).
     """
-    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
-    inputs, outputs = describe_onnx(session)
+    if model_format == "onnx" and io_specs is None:
+        session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+        inputs, outputs = describe_onnx(session)
+    elif io_specs is not None:
+        session = None
+        inputs, outputs = io_specs
+    else:
+        raise ValueError(f"a {model_format} model needs io_specs and test_outputs")
     rng = np.random.default_rng(seed)
     feeds_list = test_inputs if test_inputs is not None else [sample_inputs(inputs, rng) for _ in range(2)]
+    if test_outputs is not None and len(test_outputs) != len(feeds_list):
+        raise ValueError(f"{len(test_outputs)} test outputs for {len(feeds_list)} test inputs")
     vectors = []
-    for feeds in feeds_list:
-        results = session.run([o.name for o in outputs], feeds)
+    for i, feeds in enumerate(feeds_list):
+        if test_outputs is not None:
+            results = [test_outputs[i][o.name] for o in outputs]
+        elif session is not None:
+            results = session.run([o.name for o in outputs], feeds)
+        else:
+            raise ValueError(f"a {model_format} model needs test_outputs")
         vectors.append(
             TestVector(
                 inputs={k: TensorData.from_array(v) for k, v in feeds.items()},
                 outputs={o.name: TensorData.from_array(np.asarray(r)) for o, r in zip(outputs, results, strict=True)},
             )
         )
-    model_name = "model.onnx"
+    model_name = "model.onnx" if model_format == "onnx" else f"model.{model_format}"
     manifest = Manifest(
         name=name,
         version=version,
         device_class=device_class,
-        model_format="onnx",
+        model_format=model_format,
+        precision=precision,
         model_file=model_name,
         inputs=inputs,
         outputs=outputs,
@@ -92,6 +121,12 @@ def build_bundle(
         atol=atol,
         parent=parent,
         metadata=metadata or {},
+        labels=labels,
+        preprocessing=preprocessing or [],
+        reference_stats=reference_stats or {},
+        recipe=recipe,
+        metrics=metrics or {},
+        lineage=lineage,
     )
     signed = sign_manifest(manifest, private_key)
     with tempfile.TemporaryDirectory() as tmp:

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import Depends, FastAPI, HTTPException, Request, Response
+from fastapi import Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
+from coordinator.auth import Forbidden, Unauthorized
+from coordinator.broker_auth import BrokerAuthError
+from coordinator.commands import CommandNotSent
+from coordinator.enrollment import EnrollmentRefused
 from coordinator.errors import Conflict, CoordinatorError, NotFound, Rejected
 from coordinator.registry_api import registry_router
 from coordinator.rollout_api import rollout_router
+from coordinator.security_api import Security, security_router
 from coordinator.service import Coordinator
 
 __all__ = ["create_app"]
@@ -39,12 +43,25 @@ class LabelsRequest(BaseModel):
     group: str | None = Field(default=None, max_length=128, description="Empty string removes the group.")
 
 
-_STATUS = {NotFound: 404, Rejected: 422, Conflict: 409}
+_STATUS = {
+    NotFound: 404,
+    Rejected: 422,
+    Conflict: 409,
+    Unauthorized: 401,
+    EnrollmentRefused: 401,
+    Forbidden: 403,
+    BrokerAuthError: 502,
+    CommandNotSent: 503,
+}
 
 
 def create_app(coordinator: Coordinator, *, token: str | None) -> FastAPI:
+    """The REST API; ``token`` is the bootstrap admin token (None: the API is open)."""
+    security = Security(coordinator, bootstrap_token=token)
+
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        security.start()
         coordinator.start()
         try:
             yield
@@ -52,17 +69,13 @@ def create_app(coordinator: Coordinator, *, token: str | None) -> FastAPI:
             coordinator.stop()
 
     app = FastAPI(title="edgefleet coordinator", version="0.1.0", lifespan=lifespan)
-
-    def authorize(request: Request) -> None:
-        if token is None:
-            return
-        given = request.headers.get("authorization", "")
-        if not secrets.compare_digest(given.encode(), f"Bearer {token}".encode()):
-            raise HTTPException(status_code=401, detail="missing or wrong bearer token")
+    app.state.security = security
 
     @app.exception_handler(CoordinatorError)
     async def _domain_error(_request: Request, exc: CoordinatorError) -> JSONResponse:
-        return JSONResponse(status_code=_STATUS.get(type(exc), 400), content={"detail": exc.reason})
+        status = _STATUS.get(type(exc), 400)
+        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        return JSONResponse(status_code=status, content={"detail": exc.reason}, headers=headers)
 
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:
@@ -72,7 +85,8 @@ def create_app(coordinator: Coordinator, *, token: str | None) -> FastAPI:
     def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-    api = Depends(authorize)
+    # Reading needs a read-only token, anything else operator; admin routes say so themselves.
+    api = Depends(security.auth.by_method)
 
     @app.post("/api/v1/bundles", status_code=201, dependencies=[api])
     async def upload_bundle(request: Request) -> dict[str, Any]:
@@ -140,4 +154,5 @@ def create_app(coordinator: Coordinator, *, token: str | None) -> FastAPI:
 
     app.include_router(rollout_router(coordinator.rollouts), dependencies=[api])
     app.include_router(registry_router(coordinator.models), dependencies=[api])
+    app.include_router(security_router(security))
     return app

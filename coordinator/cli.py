@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +34,10 @@ def serve(config: Path = typer.Option(..., "--config", "-c", help="Coordinator c
     try:
         cfg = load_config(config)
         coordinator = Coordinator(cfg)
+        app_ = create_app(coordinator, token=cfg.api.resolved_token())
     except (Rejected, OSError, ValueError) as exc:
         fail(str(exc), ExitCode.CONFIG_INVALID)
     configure_logging(cfg.log_level)
-    app_ = create_app(coordinator, token=cfg.api.resolved_token())
     uvicorn.run(app_, host=cfg.api.host, port=cfg.api.port, log_level=cfg.log_level.lower(), access_log=False)
 
 
@@ -52,8 +54,16 @@ def _call(method: str, url: str, token: str | None, path: str, **kwargs: Any) ->
     if response.status_code == 422:
         fail(str(response.json().get("detail")), ExitCode.BUNDLE_INVALID)
     if response.status_code >= 400:
-        fail(f"{response.status_code}: {response.text}", ExitCode.ERROR)
+        fail(f"{response.status_code}: {_detail(response)}", ExitCode.ERROR)
     return response.json()
+
+
+def _detail(response: Any) -> str:
+    try:
+        detail = response.json().get("detail")
+    except (ValueError, AttributeError):
+        return str(response.text)
+    return detail if isinstance(detail, str) else json.dumps(detail)
 
 
 @app.command()
@@ -116,3 +126,132 @@ def deploy(
     """
     body = {"bundle_digest": digest, "device_ids": device or None}
     print_data(_call("POST", url, token, "/api/v1/deployments", json=body), fmt)
+
+
+# -- enrollment, revocation, commands (admin and operator) -------------------------------
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _seconds(text: str) -> float:
+    """A duration such as 90, 90s, 30m, 1h or 7d, in seconds."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text)
+    if not match or float(match.group(1)) <= 0:
+        fail(f"{text!r} is not a duration: use e.g. 90s, 30m, 1h or 7d", ExitCode.USAGE)
+    return float(match.group(1)) * _UNITS[match.group(2) or "s"]
+
+
+@app.command("enroll-token")
+def enroll_token(
+    device_class: str = typer.Option(..., "--device-class", help="Device class of the device that will enroll."),
+    device_id: str | None = typer.Option(None, "--device-id", help="Fix the device id; default: chosen at enrollment."),
+    ttl: str = typer.Option("1h", "--ttl", help="Lifetime of the token: 90s, 30m, 1h, 7d."),
+    url: str = UrlOption,
+    token: str | None = TokenOption,
+    fmt: Format = FormatOption,
+) -> None:
+    """Issue a one-time, expiring enrollment token for one device (admin). It is shown only once.
+
+    Example: edgefleet coordinator enroll-token --device-class rpi4 --device-id pi-07 --ttl 1h
+    """
+    body = {"device_class": device_class, "device_id": device_id, "ttl_s": _seconds(ttl)}
+    print_data(_call("POST", url, token, "/api/v1/enroll-tokens", json=body), fmt)
+
+
+@app.command()
+def identities(url: str = UrlOption, token: str | None = TokenOption, fmt: Format = FormatOption) -> None:
+    """List enrolled and revoked device identities.
+
+    Example: edgefleet coordinator identities --format json
+    """
+    rows = _call("GET", url, token, "/api/v1/identities")
+    columns = ["device_id", "device_class", "status", "enrolled_at", "revoked_at"]
+    print_data(rows, fmt, columns=None if fmt == Format.json else columns)
+
+
+@app.command()
+def revoke(
+    device_id: str = typer.Argument(..., help="The device to cut off."),
+    url: str = UrlOption,
+    token: str | None = TokenOption,
+    fmt: Format = FormatOption,
+) -> None:
+    """Revoke a device (admin): remove its broker credentials and reload the broker, which disconnects it.
+
+    Example: edgefleet coordinator revoke pi-07
+    """
+    print_data(_call("DELETE", url, token, f"/api/v1/devices/{device_id}"), fmt)
+
+
+@app.command()
+def command(
+    device_id: str = typer.Argument(..., help="Target device."),
+    name: str = typer.Argument(..., help="Command name, e.g. ping or report_state."),
+    arg: list[str] = typer.Option(None, "--arg", help="KEY=VALUE, repeatable; VALUE is read as JSON if it parses."),
+    url: str = UrlOption,
+    token: str | None = TokenOption,
+    fmt: Format = FormatOption,
+) -> None:
+    """Send a command, signed by the coordinator's command key, to a device (operator).
+
+    Example: edgefleet coordinator command pi-07 report_state
+    """
+    args: dict[str, Any] = {}
+    for item in arg or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            fail(f"--arg {item!r}: expected KEY=VALUE", ExitCode.USAGE)
+        try:
+            args[key] = json.loads(value)
+        except ValueError:
+            args[key] = value
+    body = {"name": name, "args": args}
+    print_data(_call("POST", url, token, f"/api/v1/devices/{device_id}/commands", json=body), fmt)
+
+
+token_app = typer.Typer(help="API tokens with roles: admin, operator, read-only (admin only).", no_args_is_help=True)
+app.add_typer(token_app, name="token")
+_ROLES = ("admin", "operator", "read-only")
+
+
+@token_app.command("create")
+def token_create(
+    role: str = typer.Option(..., "--role", help="admin, operator (upload, deploy, commands) or read-only (GET)."),
+    name: str = typer.Option("cli", "--name", help="Who or what uses the token, e.g. ci."),
+    ttl: str | None = typer.Option(None, "--ttl", help="Lifetime, e.g. 30d; default: until revoked."),
+    url: str = UrlOption,
+    token: str | None = TokenOption,
+    fmt: Format = FormatOption,
+) -> None:
+    """Create an API token; only its hash is stored, so copy it from this output.
+
+    Example: edgefleet coordinator token create --role operator --name ci
+    """
+    if role not in _ROLES:
+        fail(f"unknown role {role!r}: use {', '.join(_ROLES)}", ExitCode.USAGE)
+    body = {"role": role, "name": name, "ttl_s": _seconds(ttl) if ttl else None}
+    print_data(_call("POST", url, token, "/api/v1/tokens", json=body), fmt)
+
+
+@token_app.command("list")
+def token_list(url: str = UrlOption, token: str | None = TokenOption, fmt: Format = FormatOption) -> None:
+    """List API tokens (never the tokens themselves).
+
+    Example: edgefleet coordinator token list
+    """
+    rows = _call("GET", url, token, "/api/v1/tokens")
+    columns = ["token_id", "name", "role", "created_at", "expires_at", "revoked_at"]
+    print_data(rows, fmt, columns=None if fmt == Format.json else columns)
+
+
+@token_app.command("revoke")
+def token_revoke(
+    token_id: str = typer.Argument(..., help="The token's id from `token list`."),
+    url: str = UrlOption,
+    token: str | None = TokenOption,
+    fmt: Format = FormatOption,
+) -> None:
+    """Revoke an API token at once.
+
+    Example: edgefleet coordinator token revoke 3fa2b1c9d0e1
+    """
+    print_data(_call("DELETE", url, token, f"/api/v1/tokens/{token_id}"), fmt)

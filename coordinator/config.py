@@ -6,12 +6,12 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from agent.config import BrokerConfig
 from coordinator.errors import Rejected
 
-__all__ = ["ApiServerConfig", "CoordinatorConfig", "load_config"]
+__all__ = ["ApiServerConfig", "BrokerAuthConfig", "CoordinatorConfig", "EnrollmentConfig", "load_config"]
 
 
 class ApiServerConfig(BaseModel):
@@ -26,6 +26,50 @@ class ApiServerConfig(BaseModel):
         return self.token_file.read_text().strip() if self.token_file else self.token
 
 
+class BrokerAuthConfig(BaseModel):
+    """Mosquitto's password and ACL files, which the coordinator then owns and rewrites whole.
+
+    Mosquitto reads them as its own user: create both once with group ``mosquitto`` and mode 0640;
+    rewrites keep the mode and group a file has (a file the coordinator creates gets 0640).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    password_file: Path = Field(description="Mosquitto `password_file`; rewritten on every enrollment and revocation.")
+    acl_file: Path = Field(description="Mosquitto `acl_file`; each device may use only its own topic subtree.")
+    reload_command: list[str] | None = Field(
+        default=None,
+        description="Command (argv, no shell) that makes the broker re-read both files, e.g. "
+        '["systemctl", "reload", "mosquitto"] or ["kill", "-HUP", "1234"]. Without it the files are '
+        "written and the broker must be reloaded by other means.",
+    )
+    reload_timeout_s: float = Field(default=10.0, gt=0, description="Longest wait for the reload command.")
+    mosquitto_passwd: str = Field(
+        default="mosquitto_passwd",
+        description="The tool that hashes passwords; if it is missing, the same PBKDF2-SHA512 format is "
+        "written directly.",
+    )
+
+
+class EnrollmentConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    broker_url: str | None = Field(
+        default=None, description="Broker URL handed to enrolled devices; default: the coordinator's [broker] url."
+    )
+    broker_ca_file: Path | None = Field(
+        default=None, description="CA certificate (PEM) handed to devices to verify the broker's TLS certificate."
+    )
+    max_token_ttl_s: float = Field(
+        default=7 * 86400, gt=0, le=365 * 86400, description="Longest lifetime of an enrollment token, in seconds."
+    )
+
+    @field_validator("broker_url")
+    @classmethod
+    def _check_url(cls, url: str | None) -> str | None:
+        return None if url is None else BrokerConfig(url=url).url
+
+
 class CoordinatorConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -35,6 +79,27 @@ class CoordinatorConfig(BaseModel):
     api: ApiServerConfig = Field(default_factory=ApiServerConfig)
     client_id: str = Field(default="edgefleet-coordinator", description="MQTT client id.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    broker_auth: BrokerAuthConfig | None = Field(
+        default=None,
+        description="Maintain the broker's password and ACL files; without it, device broker auth is unmanaged.",
+    )
+    enrollment: EnrollmentConfig = Field(default_factory=EnrollmentConfig)
+    command_key: Path | None = Field(
+        default=None,
+        description="PEM ed25519 private key that signs commands to devices (not the bundle key); "
+        "its public key is handed out at enrollment.",
+    )
+
+    @model_validator(mode="after")
+    def _coordinator_has_broker_credentials(self) -> CoordinatorConfig:
+        if self.broker_auth is not None and not (
+            self.broker.username and (self.broker.password or self.broker.password_file)
+        ):
+            raise ValueError(
+                "broker_auth needs [broker] username and password (or password_file): "
+                "the coordinator writes its own broker user from them"
+            )
+        return self
 
 
 def load_config(path: Path) -> CoordinatorConfig:
@@ -63,7 +128,23 @@ def load_config(path: Path) -> CoordinatorConfig:
                 update={"token_file": absolute(config.api.token_file) or config.api.token_file}
             ),
             "broker": config.broker.model_copy(
-                update={"password_file": absolute(config.broker.password_file) or config.broker.password_file}
+                update={
+                    "password_file": absolute(config.broker.password_file) or config.broker.password_file,
+                    "ca_file": absolute(config.broker.ca_file) or config.broker.ca_file,
+                }
             ),
+            "broker_auth": config.broker_auth
+            and config.broker_auth.model_copy(
+                update={
+                    "password_file": absolute(config.broker_auth.password_file) or config.broker_auth.password_file,
+                    "acl_file": absolute(config.broker_auth.acl_file) or config.broker_auth.acl_file,
+                }
+            ),
+            "enrollment": config.enrollment.model_copy(
+                update={
+                    "broker_ca_file": absolute(config.enrollment.broker_ca_file) or config.enrollment.broker_ca_file
+                }
+            ),
+            "command_key": absolute(config.command_key) or config.command_key,
         }
     )

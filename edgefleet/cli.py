@@ -6,6 +6,7 @@ import typer
 
 from agent.cli import app as agent_app
 from compression.cli import bundle_app, keys_app
+from compression.compress_cli import compress_command
 from coordinator.cli import app as coordinator_app
 from coordinator.rollout_cli import app as rollout_app
 from edgefleet.exit_codes import HELP
@@ -21,6 +22,7 @@ app.add_typer(coordinator_app, name="coordinator")
 app.add_typer(bundle_app, name="bundle")
 app.add_typer(keys_app, name="keys")
 app.add_typer(rollout_app, name="rollout")
+app.command("compress")(compress_command)
 
 
 @app.command()

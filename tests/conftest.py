@@ -6,6 +6,7 @@ import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -108,3 +109,46 @@ def build(model: Path, out: Path, keys: Keys, *, version: str, device_class: str
         private_key=keys.private_key(),
         **kw,
     )
+
+
+COORDINATOR_USER = "edgefleet-coordinator"
+
+
+@dataclass
+class SecuredBroker:
+    """A Mosquitto that reads password and ACL files rendered by the coordinator's BrokerAuth."""
+
+    broker: LocalBroker
+    auth: Any  # coordinator.config.BrokerAuthConfig, with a reload_command that HUPs this broker
+    username: str
+    password: str
+
+    @property
+    def url(self) -> str:
+        return self.broker.url
+
+
+def broker_auth_lines(auth: Any) -> str:
+    """Mosquitto config lines that read the files; as root the broker keeps root to read them in tmp_path."""
+    return f"user root\npassword_file {auth.password_file}\nacl_file {auth.acl_file}"
+
+
+@pytest.fixture
+def secured_broker(tmp_path: Path) -> Iterator[SecuredBroker]:
+    """A real Mosquitto with password_file and acl_file that only the coordinator's user can use at first."""
+    from coordinator.broker_auth import BrokerAuth
+    from coordinator.config import BrokerAuthConfig
+
+    folder = tmp_path / "broker-auth"
+    password = "coordinator-password-0123456789"
+    auth = BrokerAuthConfig(password_file=folder / "passwd", acl_file=folder / "acl")
+    BrokerAuth(auth, username=COORDINATOR_USER, password=password).apply({})
+    broker = LocalBroker(
+        tmp_path / "broker",
+        prefer="mosquitto",
+        extra_config=broker_auth_lines(auth),
+    ).start()
+    assert broker.proc is not None
+    auth = auth.model_copy(update={"reload_command": ["kill", "-HUP", str(broker.proc.pid)]})
+    yield SecuredBroker(broker, auth, COORDINATOR_USER, password)
+    broker.stop()

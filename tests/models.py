@@ -55,3 +55,11 @@ def affine_model(path: Path, w: np.ndarray, b: np.ndarray) -> Path:
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return path
+
+
+def digits_student() -> object:
+    """A distillation student for the digits models: a 64-16-10 MLP (imported as tests.models:digits_student)."""
+    import torch
+
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(64, 16), torch.nn.ReLU(), torch.nn.Linear(16, 10))

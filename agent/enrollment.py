@@ -1,0 +1,183 @@
+"""Enrollment, device side: exchange a one-time token for an identity and write a complete agent config.
+
+The request and response models here are the REST contract of ``POST /api/v1/enroll``; the
+coordinator imports them. Only the standard library speaks HTTP, so a core install can enroll.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import ssl
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from agent.config import AgentConfig, parse_config
+from agent.device_class import load_device_class
+from protocol.signing import key_id, load_public_key
+
+__all__ = [
+    "EnrollRequest",
+    "EnrollResponse",
+    "EnrolledBroker",
+    "EnrollmentError",
+    "enrolled_files",
+    "request_enrollment",
+    "write_agent_config",
+]
+
+ENROLL_PATH = "/api/v1/enroll"
+
+
+class EnrollRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    token: str = Field(min_length=8, max_length=256, description="The one-time enrollment token.")
+    device_id: str | None = Field(
+        default=None, description="Wished-for device id; used only if the token does not name one."
+    )
+
+
+# Responses ignore unknown fields: an agent must still enroll with a newer coordinator.
+class EnrolledBroker(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    url: str = Field(description="Broker URL the device connects to.")
+    username: str = Field(description="The device's broker username (its device id).")
+    password: str | None = Field(default=None, description="Its broker password; none where auth is unmanaged.")
+    ca_pem: str | None = Field(default=None, description="CA certificate (PEM) for the broker's TLS certificate.")
+    managed: bool = Field(description="Whether the coordinator maintains the broker's password and ACL files.")
+
+
+class EnrollResponse(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    device_id: str
+    device_class: str
+    broker: EnrolledBroker
+    trusted_keys: list[str] = Field(min_length=1, description="PEM public keys that sign bundles.")
+    command_keys: list[str] = Field(default_factory=list, description="PEM public keys that sign commands.")
+    notes: list[str] = Field(default_factory=list, description="What the operator should know, e.g. unmanaged auth.")
+
+
+class EnrollmentError(Exception):
+    """Enrollment failed; ``status`` is the coordinator's HTTP status, None when it was not reached."""
+
+    def __init__(self, reason: str, *, status: int | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+
+
+def request_enrollment(
+    coordinator_url: str,
+    token: str,
+    *,
+    device_id: str | None = None,
+    ca_file: Path | None = None,
+    timeout_s: float = 30.0,
+) -> EnrollResponse:
+    """POST the token to the coordinator; return its answer or raise EnrollmentError with the reason."""
+    body = EnrollRequest(token=token, device_id=device_id).model_dump_json(exclude_none=True).encode()
+    request = urllib.request.Request(
+        coordinator_url.rstrip("/") + ENROLL_PATH,
+        data=body,
+        headers={"Content-Type": "application/json", "Accept": "application/json"},
+        method="POST",
+    )
+    context = ssl.create_default_context(cafile=str(ca_file)) if ca_file else None
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s, context=context) as response:
+            raw = response.read()
+    except urllib.error.HTTPError as exc:
+        raise EnrollmentError(_detail(exc.read()) or exc.reason, status=exc.code) from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+        raise EnrollmentError(f"{coordinator_url}: {reason}") from None
+    try:
+        return EnrollResponse.model_validate_json(raw)
+    except ValidationError as exc:
+        raise EnrollmentError(f"the coordinator's enrollment answer is invalid: {exc.errors()[0]['msg']}") from None
+
+
+def _detail(raw: bytes) -> str:
+    try:
+        detail = json.loads(raw).get("detail")
+    except (ValueError, AttributeError):
+        return raw.decode(errors="replace")[:500]
+    return detail if isinstance(detail, str) else json.dumps(detail)
+
+
+def enrolled_files(out: Path) -> list[Path]:
+    """Files ``write_agent_config`` creates beside ``out`` apart from the key files (to refuse overwriting)."""
+    return [out, out.parent / "broker.pass"]
+
+
+def _write(path: Path, text: str, mode: int) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w") as fh:
+        os.fchmod(fh.fileno(), mode)  # O_CREAT's mode does not apply to an existing file
+        fh.write(text)
+
+
+def _pem_files(folder: Path, kind: str, pems: list[str]) -> list[str]:
+    names = []
+    for pem in pems:
+        kid = key_id(load_public_key(pem.encode(), source=f"{kind} key from the coordinator"))
+        name = f"{kind}-{kid}.pem"
+        _write(folder / name, pem, 0o644)
+        names.append(name)
+    return names
+
+
+def write_agent_config(
+    response: EnrollResponse, *, out: Path, data_dir: Path, broker_url: str | None = None
+) -> AgentConfig:
+    """Write the broker password (0600), the keys as PEM files beside ``out``, then ``out`` itself.
+
+    Paths in the config are relative to its folder except ``data_dir``. The config is validated
+    exactly as ``edgefleet agent validate-config`` does before it is written; ConfigError if not.
+    """
+    folder = out.resolve().parent
+    folder.mkdir(parents=True, exist_ok=True)
+    broker: dict[str, Any] = {"url": broker_url or response.broker.url, "username": response.broker.username}
+    if response.broker.password is not None:
+        _write(folder / "broker.pass", response.broker.password + "\n", 0o600)
+        broker["password_file"] = "broker.pass"
+    if response.broker.ca_pem:
+        _write(folder / "broker-ca.pem", response.broker.ca_pem, 0o644)
+        broker["ca_file"] = "broker-ca.pem"
+    raw: dict[str, Any] = {
+        "device_id": response.device_id,
+        "device_class": response.device_class,
+        "data_dir": str(data_dir.resolve()),
+        "trusted_keys": _pem_files(folder, "trusted", response.trusted_keys),
+    }
+    command_keys = _pem_files(folder, "command", response.command_keys)
+    # Listed once this agent's config knows the field (see agent/commands.py); it refuses unknown keys.
+    if "command_keys" in AgentConfig.model_fields:
+        raw["command_keys"] = command_keys
+    raw["broker"] = broker
+    config = parse_config(raw, source=str(out), base=folder)
+    load_device_class(config.device_class)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    _write(out, _toml(raw), 0o644)
+    return config
+
+
+def _toml(tables: dict[str, Any]) -> str:
+    def value(v: Any) -> str:
+        if isinstance(v, list):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        return json.dumps(v)  # a JSON string is a valid TOML basic string
+
+    lines = ["# Written by `edgefleet agent enroll`."]
+    lines += [f"{k} = {value(v)}" for k, v in tables.items() if not isinstance(v, dict)]
+    for name, table in tables.items():
+        if isinstance(table, dict):
+            lines += ["", f"[{name}]", *(f"{k} = {value(v)}" for k, v in table.items())]
+    return "\n".join(lines) + "\n"

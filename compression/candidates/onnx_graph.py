@@ -1,0 +1,69 @@
+"""FP32 candidates: the reference export itself, and ONNX Runtime's offline graph optimisation of it."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import onnxruntime as ort
+
+from compression.candidates.base import BuildContext, Candidate, technique, tool_version
+
+__all__ = ["fp32", "ort_optimized", "write_optimized"]
+
+
+@technique("fp32")
+def fp32(ctx: BuildContext) -> list[Candidate]:
+    """The FP32 ONNX export: the reference every other candidate is measured against."""
+
+    def make(out: Path) -> None:
+        shutil.copyfile(ctx.reference.onnx_path, out)
+
+    return [
+        Candidate(
+            "fp32",
+            "fp32",
+            "fp32",
+            "onnx",
+            frozenset({"cpu", "gpu"}),
+            params={"opset": ctx.options.opset, "origin": ctx.reference.origin},
+            tool=tool_version("torch", "onnx") if ctx.reference.module is not None else tool_version("onnx"),
+            make=make,
+        )
+    ]
+
+
+def write_optimized(source: Path, out: Path, level: ort.GraphOptimizationLevel) -> None:
+    """Let ONNX Runtime optimise the graph and save the result (``optimized_model_filepath``)."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = level
+    options.optimized_model_filepath = str(out)
+    options.log_severity_level = 3
+    ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
+    if not out.is_file():
+        raise RuntimeError("ONNX Runtime wrote no optimized model")
+
+
+@technique("ort-opt")
+def ort_optimized(ctx: BuildContext) -> list[Candidate]:
+    """Extended-level fusions (e.g. FusedGemm, attention, GELU) saved offline.
+
+    Extended optimisations may introduce CPU-provider contrib operators, and ONNX Runtime says an
+    offline-optimised model must run where it was optimised: so this candidate is for CPU classes.
+    """
+
+    def make(out: Path) -> None:
+        write_optimized(ctx.reference.onnx_path, out, ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED)
+
+    return [
+        Candidate(
+            "fp32-ort-opt",
+            "fp32",
+            "fp32",
+            "onnx",
+            frozenset({"cpu"}),
+            params={"graph_optimization_level": "extended", "execution_provider": "CPUExecutionProvider"},
+            tool=tool_version("onnxruntime"),
+            make=make,
+        )
+    ]

@@ -1,0 +1,29 @@
+"""The compressor's exception types; `edgefleet compress` turns them into exit codes."""
+
+from __future__ import annotations
+
+__all__ = ["CompressionError", "DataError", "ExportError", "MetricError", "ModelSourceError"]
+
+
+class CompressionError(Exception):
+    """Base class: bad input to the compressor, with the reason a user can act on."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class ModelSourceError(CompressionError):
+    """The reference model cannot be found, imported or loaded."""
+
+
+class ExportError(CompressionError):
+    """The reference PyTorch model does not export to ONNX."""
+
+
+class DataError(CompressionError):
+    """Validation, training or calibration data that is missing or does not fit the model."""
+
+
+class MetricError(CompressionError):
+    """An unknown task metric, or one the data cannot support (e.g. accuracy without labels)."""

@@ -1,0 +1,149 @@
+"""Enrollment end to end: coordinator and agent as processes, `edgefleet agent enroll`, a broker with auth files."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from edgefleet.broker import free_port, wait_for_port
+from edgefleet.cli import app
+from edgefleet.exit_codes import ExitCode
+from edgefleet.fleet import wait_until, write_toml
+from protocol.signing import generate_keypair
+from tests.conftest import Keys, SecuredBroker
+
+pytestmark = pytest.mark.slow
+
+ADMIN = "bootstrap-admin-token-0123456789"
+runner = CliRunner()
+
+
+def _spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "edgefleet", *args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=os.environ | {"PYTHONUNBUFFERED": "1"},
+            start_new_session=True,
+        )
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def coordinator(tmp_path: Path, secured_broker: SecuredBroker, keys: Keys) -> Iterator[str]:
+    """`edgefleet coordinator serve` managing the broker's auth files; yields its URL."""
+    folder = tmp_path / "coordinator"
+    folder.mkdir()
+    private_pem, _ = generate_keypair()
+    (folder / "command.key").write_bytes(private_pem)
+    (folder / "broker.pass").write_text(secured_broker.password + "\n")
+    port = free_port()
+    auth = secured_broker.auth
+    config = write_toml(
+        folder / "coordinator.toml",
+        {
+            "data_dir": "data",
+            "trusted_keys": [str(keys.public)],
+            "command_key": "command.key",
+            "broker": {"url": secured_broker.url, "username": secured_broker.username, "password_file": "broker.pass"},
+            "api": {"host": "127.0.0.1", "port": port, "token": ADMIN},
+            "broker_auth": {
+                "password_file": str(auth.password_file),
+                "acl_file": str(auth.acl_file),
+                "reload_command": auth.reload_command,
+            },
+        },
+    )
+    proc = _spawn(["coordinator", "serve", "--config", str(config)], tmp_path / "coordinator.log")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_port(port, timeout=30, proc=proc)
+        wait_until(lambda: httpx.get(f"{url}/healthz").json()["broker_connected"], timeout=15, what="coordinator")
+        yield url
+    finally:
+        _stop(proc)
+
+
+def _cli(*args: str) -> Any:
+    result = runner.invoke(app, [*args, "--format", "json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_enrolled_agent_connects_appears_and_revocation_cuts_it_off(tmp_path: Path, coordinator: str) -> None:
+    # Prepare: an operator issues a token; the device enrolls with it.
+    issued = _cli("coordinator", "enroll-token", "--device-class", "x86-gateway", "--ttl", "10m",
+                  "--url", coordinator, "--token", ADMIN)  # fmt: skip
+    out = tmp_path / "device" / "etc" / "agent.toml"
+    enroll = ["agent", "enroll", "--coordinator", coordinator, "--token", issued["token"],
+              "--data-dir", str(tmp_path / "device" / "data"), "--out", str(out)]  # fmt: skip
+    enrolled = _cli(*enroll)
+    device_id = enrolled["device_id"]
+    assert enrolled["broker_auth"] == "managed" and enrolled["command_keys"] == 1
+
+    # The config is complete and valid; the password file is private; the keys lie beside it.
+    validated = runner.invoke(app, ["agent", "validate-config", str(out)])
+    assert validated.exit_code == 0, validated.output
+    assert (out.parent / "broker.pass").stat().st_mode & 0o777 == 0o600
+    assert sorted(p.name.split("-")[0] for p in out.parent.glob("*.pem")) == ["command", "trusted"]
+    again = runner.invoke(app, [*enroll, "--force"])
+    assert again.exit_code == ExitCode.ERROR and "already used" in again.output
+    refused = runner.invoke(app, enroll)
+    assert refused.exit_code == ExitCode.USAGE and "--force" in refused.output, "kept the existing config"
+
+    # API tokens from the CLI: a read-only token lists identities but cannot revoke.
+    reader = _cli("coordinator", "token", "create", "--role", "read-only", "--name", "dashboard",
+                  "--url", coordinator, "--token", ADMIN)["token"]  # fmt: skip
+    listed = _cli("coordinator", "identities", "--url", coordinator, "--token", reader)
+    assert [i["device_id"] for i in listed] == [device_id]
+    forbidden = runner.invoke(app, ["coordinator", "revoke", device_id, "--url", coordinator, "--token", reader])
+    assert forbidden.exit_code == ExitCode.ERROR and "403: DELETE" in forbidden.output
+    assert "needs role admin" in forbidden.output.replace("\n", "")
+
+    # Execute: the agent runs with that config against the auth-enabled broker.
+    http = httpx.Client(base_url=coordinator, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=10)
+    log = tmp_path / "agent.log"
+    agent = _spawn(["agent", "run", "--config", str(out)], log)
+    try:
+        wait_until(
+            lambda: (
+                (d := http.get(f"/api/v1/devices/{device_id}")).status_code == 200
+                and d.json()["availability"] == "online"
+            ),
+            timeout=30,
+            what=f"{device_id} online in the coordinator",
+        )
+        assert http.get(f"/api/v1/devices/{device_id}").json()["device_class"] == "x86-gateway"
+
+        # Revocation disconnects it and the broker refuses it from then on; the coordinator marks it offline.
+        assert _cli("coordinator", "revoke", device_id, "--url", coordinator, "--token", ADMIN)["status"] == "revoked"
+        wait_until(
+            lambda: http.get(f"/api/v1/devices/{device_id}").json()["availability"] == "offline",
+            timeout=10,
+            what="offline after revocation",
+        )
+        wait_until(lambda: "Not authorized" in log.read_text(), timeout=15, what="reconnect refused")
+        assert agent.poll() is None, "the agent keeps serving locally while cut off"
+    finally:
+        _stop(agent)
+        http.close()
