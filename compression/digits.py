@@ -29,14 +29,12 @@ def load_digits_data(seed: int = 0) -> DigitsData:
     return DigitsData(x_train, y_train, x_test, y_test)
 
 
-def train_digits_mlp(
-    data: DigitsData, *, hidden: int = 64, epochs: int = 30, seed: int = 0
+def _fit_classifier(
+    model: torch.nn.Module, data: DigitsData, *, epochs: int, learning_rate: float, seed: int
 ) -> tuple[torch.nn.Module, float]:
-    """Train a 64-hidden-10 MLP; return the model and its accuracy on the held-out digits."""
+    """Adam on cross-entropy in shuffled batches of 64; return the model and its held-out accuracy."""
     generator = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    model = torch.nn.Sequential(torch.nn.Linear(64, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 10))
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
     x = torch.from_numpy(data.x_train)
     y = torch.from_numpy(data.y_train)
     model.train()
@@ -45,13 +43,21 @@ def train_digits_mlp(
         for start in range(0, len(x), 64):
             idx = order[start : start + 64]
             optimizer.zero_grad()
-            loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
-            loss.backward()
+            torch.nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
             optimizer.step()
     model.eval()
     with torch.no_grad():
         predicted = model(torch.from_numpy(data.x_test)).argmax(dim=1).numpy()
     return model, float((predicted == data.y_test).mean())
+
+
+def train_digits_mlp(
+    data: DigitsData, *, hidden: int = 64, epochs: int = 30, seed: int = 0
+) -> tuple[torch.nn.Module, float]:
+    """Train a 64-hidden-10 MLP; return the model and its accuracy on the held-out digits."""
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(64, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 10))
+    return _fit_classifier(model, data, epochs=epochs, learning_rate=1e-2, seed=seed)
 
 
 class DigitsCNN(torch.nn.Module):
@@ -76,21 +82,5 @@ def train_digits_cnn(
     data: DigitsData, *, channels: int = 16, epochs: int = 8, seed: int = 0
 ) -> tuple[torch.nn.Module, float]:
     """Train a ``DigitsCNN``; return the model and its accuracy on the held-out digits."""
-    generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    model = DigitsCNN(channels)
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    x = torch.from_numpy(data.x_train)
-    y = torch.from_numpy(data.y_train)
-    model.train()
-    for _ in range(epochs):
-        order = torch.randperm(len(x), generator=generator)
-        for start in range(0, len(x), 64):
-            idx = order[start : start + 64]
-            optimizer.zero_grad()
-            torch.nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
-            optimizer.step()
-    model.eval()
-    with torch.no_grad():
-        predicted = model(torch.from_numpy(data.x_test)).argmax(dim=1).numpy()
-    return model, float((predicted == data.y_test).mean())
+    return _fit_classifier(DigitsCNN(channels), data, epochs=epochs, learning_rate=3e-3, seed=seed)

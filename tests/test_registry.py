@@ -71,6 +71,7 @@ def test_versions_move_through_stages_and_production_rolls_back(
 
 
 def test_devices_carry_tags_and_groups_and_filter_by_them(http: TestClient, mosquitto: LocalBroker) -> None:
+    wait_until(lambda: http.get("/healthz").json()["broker_connected"], what="coordinator on the broker")
     for device_id, device_class in (("a", "rpi4"), ("b", "rpi4"), ("c", "x86-gateway")):
         state = ReportedState(
             device_id=device_id, device_class=device_class, agent_version="t", status="idle",
