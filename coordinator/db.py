@@ -17,7 +17,7 @@ from typing import Any
 import sqlite_utils
 from sqlite_utils.db import Table
 
-from protocol.messages import Availability, ReportedState, Telemetry
+from protocol.messages import Availability, Command, CommandResult, ReportedState, Telemetry
 
 __all__ = ["FleetDB"]
 
@@ -37,7 +37,7 @@ class FleetDB:
 
     def _migrate(self) -> None:
         """Apply, in order, every schema migration newer than the file's ``user_version``."""
-        migrations = [self._schema_1, self._schema_2]
+        migrations = [self._schema_1, self._schema_2, self._schema_3]
         with self.locked() as db:
             current = db.execute("pragma user_version").fetchone()[0]
             if current > len(migrations):
@@ -51,6 +51,18 @@ class FleetDB:
                 # idempotent: one interrupted half way simply runs again at the next start.
                 migration(db)
                 db.execute(f"pragma user_version = {version}")
+
+    @staticmethod
+    def _schema_3(db: sqlite_utils.Database) -> None:
+        """Commands sent to devices and their results."""
+        Table(db, "commands").create(
+            {
+                "command_id": str, "device_id": str, "name": str, "args": str, "sent_at": str,
+                "ok": int, "detail": str, "completed_at": str,
+            },
+            pk="command_id", if_not_exists=True,
+        )  # fmt: skip
+        Table(db, "commands").create_index(["device_id", "sent_at"], if_not_exists=True)
 
     @staticmethod
     def _schema_2(db: sqlite_utils.Database) -> None:
@@ -238,6 +250,38 @@ class FleetDB:
                 pk="device_id",
             )
         return revision
+
+    # -- commands ------------------------------------------------------------------------
+    def record_command_sent(self, command: Command) -> None:
+        with self.locked() as db:
+            Table(db, "commands").insert(
+                {
+                    "command_id": command.message_id, "device_id": command.device_id, "name": command.name,
+                    "args": json.dumps(command.args), "sent_at": _now(), "ok": None, "detail": None,
+                    "completed_at": None,
+                },
+                pk="command_id", ignore=True,
+            )  # fmt: skip
+
+    def record_command_result(self, result: CommandResult) -> bool:
+        """Attach a result to the command it answers; False for a result of no command we sent."""
+        with self.locked() as db:
+            table = Table(db, "commands")
+            rows = list(table.rows_where("command_id = ? and device_id = ?", [result.command_id, result.device_id]))
+            if not rows:
+                return False
+            table.update(result.command_id, {"ok": int(result.ok), "detail": result.detail, "completed_at": _now()})
+        return True
+
+    def commands(self, device_id: str, limit: int = 100) -> list[dict[str, Any]]:
+        with self.locked() as db:
+            rows = list(
+                Table(db, "commands").rows_where("device_id = ?", [device_id], order_by="sent_at desc", limit=limit)
+            )
+        for row in rows:
+            row["args"] = json.loads(row["args"]) if row.get("args") else {}
+            row["ok"] = None if row["ok"] is None else bool(row["ok"])
+        return rows
 
     # -- telemetry -----------------------------------------------------------------------
     def add_telemetry(self, message: Telemetry) -> bool:

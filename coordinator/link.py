@@ -99,6 +99,8 @@ class CoordinatorLink:
                 self.db.add_telemetry(_own(parse(Telemetry, msg.payload, topic=msg.topic), dest.device_id))
             elif dest.channel is Channel.COMMAND_RESULTS:
                 result = _own(parse(CommandResult, msg.payload, topic=msg.topic), dest.device_id)
+                if not self.db.record_command_result(result):
+                    raise ProtocolError(f"result for unknown command {result.command_id}", topic=msg.topic)
                 log.info(
                     "command %s on %s: ok=%s %s",
                     result.command_id,

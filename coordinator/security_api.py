@@ -87,6 +87,7 @@ class Security:
         if not known and device_id not in {i["device_id"] for i in self.enrollment.identities()}:
             raise NotFound(f"no device {device_id!r}")
         command, signed = self.signer.command(device_id, name, args)
+        self.coordinator.db.record_command_sent(command)
         publish_command(self.coordinator.link.client, command, signed)
         return {"command_id": command.message_id, "device_id": device_id, "name": name, "key_id": signed.key_id}
 
@@ -156,6 +157,11 @@ def security_router(security: Security) -> APIRouter:
     def send_command(device_id: str, body: CommandRequest) -> dict[str, Any]:
         """Sign a command with the command key and publish it to the device."""
         return security.send_command(device_id, body.name, body.args)
+
+    @router.get("/devices/{device_id}/commands", dependencies=[reader])
+    def list_commands(device_id: str, limit: int = 100) -> list[dict[str, Any]]:
+        """Commands sent to a device, newest first, with their results once the device answered."""
+        return security.coordinator.db.commands(device_id, limit=min(limit, 1000))
 
     @router.post("/tokens", status_code=201)
     def create_token(body: ApiTokenRequest, who: Principal = admin) -> dict[str, Any]:

@@ -135,6 +135,16 @@ def test_enrolled_agent_connects_appears_and_revocation_cuts_it_off(tmp_path: Pa
         )
         assert http.get(f"/api/v1/devices/{device_id}").json()["device_class"] == "x86-gateway"
 
+        # A signed command reaches the agent through the ACL'd broker; its result is stored.
+        sent = http.post(f"/api/v1/devices/{device_id}/commands", json={"name": "ping"})
+        assert sent.status_code == 202, sent.text
+        done = wait_until(
+            lambda: [c for c in http.get(f"/api/v1/devices/{device_id}/commands").json() if c["ok"] is not None],
+            timeout=15,
+            what="command result",
+        )
+        assert (done[0]["command_id"], done[0]["ok"], done[0]["detail"]) == (sent.json()["command_id"], True, "pong")
+
         # Revocation disconnects it and the broker refuses it from then on; the coordinator marks it offline.
         assert _cli("coordinator", "revoke", device_id, "--url", coordinator, "--token", ADMIN)["status"] == "revoked"
         wait_until(
