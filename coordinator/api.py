@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from coordinator.auth import Forbidden, Unauthorized
 from coordinator.broker_auth import BrokerAuthError
 from coordinator.commands import CommandNotSent
+from coordinator.dashboard_api import dashboard_files, dashboard_router
 from coordinator.enrollment import EnrollmentRefused
 from coordinator.errors import Conflict, CoordinatorError, NotFound, Rejected
 from coordinator.registry_api import registry_router
@@ -155,4 +156,6 @@ def create_app(coordinator: Coordinator, *, token: str | None) -> FastAPI:
     app.include_router(rollout_router(coordinator.rollouts), dependencies=[api])
     app.include_router(registry_router(coordinator.models), dependencies=[api])
     app.include_router(security_router(security))
+    app.include_router(dashboard_router(coordinator.db), dependencies=[api])
+    app.mount("/dashboard", dashboard_files(), name="dashboard")
     return app

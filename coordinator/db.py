@@ -286,12 +286,20 @@ class FleetDB:
     # -- telemetry -----------------------------------------------------------------------
     def add_telemetry(self, message: Telemetry) -> bool:
         """Insert once per message id; return False for a duplicate delivery."""
-        row = message.model_dump(mode="json", exclude={"schema_version"})
-        row["received_at"] = _now()
+        return self.add_telemetry_batch([message]) == 1
+
+    def add_telemetry_batch(self, messages: list[Telemetry]) -> int:
+        """Insert many in one transaction, each once per message id; return how many were new."""
+        now = _now()
+        rows = []
+        for message in messages:
+            row = message.model_dump(mode="json", exclude={"schema_version"})
+            row["received_at"] = now
+            rows.append(row)
         with self.locked() as db:
-            Table(db, "telemetry").insert(row, pk="message_id", ignore=True)
-            inserted = db.execute("select changes()").fetchone()[0]
-        return bool(inserted)
+            before = db.execute("select total_changes()").fetchone()[0]
+            Table(db, "telemetry").insert_all(rows, pk="message_id", ignore=True, batch_size=500)
+            return int(db.execute("select total_changes()").fetchone()[0] - before)
 
     def telemetry(self, device_id: str, limit: int = 100) -> list[dict[str, Any]]:
         with self.locked() as db:

@@ -14,6 +14,7 @@ from agent.config import BrokerConfig
 from agent.mqtt_client import make_client
 from coordinator.db import FleetDB
 from coordinator.errors import NotFound
+from coordinator.ingest import TelemetryIngest
 from coordinator.registry import Registry
 from protocol.errors import ProtocolError
 from protocol.messages import (
@@ -45,6 +46,7 @@ class CoordinatorLink:
         self.registry = registry
         self.connected = threading.Event()
         self.rejected = 0
+        self.ingest = TelemetryIngest(db)
         self.on_connected: Callable[[], None] = lambda: None
         self.client = make_client(broker, client_id, clean_session=True)
         # Chunks are answered on the network thread; allow a burst of them in flight.
@@ -54,12 +56,14 @@ class CoordinatorLink:
         self.client.on_message = self._on_message
 
     def start(self) -> None:
+        self.ingest.start()
         self.client.connect_async(self.broker.host, self.broker.port, keepalive=self.broker.keepalive_s)
         self.client.loop_start()
 
     def stop(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+        self.ingest.stop()
 
     def publish_desired(self, desired: DesiredState) -> None:
         """Retained QoS 1: a device that is offline now converges when it next connects."""
@@ -96,7 +100,7 @@ class CoordinatorLink:
             elif dest.channel is Channel.AVAILABILITY:
                 self.db.record_availability(_own(parse(Availability, msg.payload, topic=msg.topic), dest.device_id))
             elif dest.channel is Channel.TELEMETRY:
-                self.db.add_telemetry(_own(parse(Telemetry, msg.payload, topic=msg.topic), dest.device_id))
+                self.ingest.put(_own(parse(Telemetry, msg.payload, topic=msg.topic), dest.device_id))
             elif dest.channel is Channel.COMMAND_RESULTS:
                 result = _own(parse(CommandResult, msg.payload, topic=msg.topic), dest.device_id)
                 if not self.db.record_command_result(result):

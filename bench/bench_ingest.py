@@ -1,0 +1,132 @@
+"""Telemetry ingest: messages per second into the coordinator's SQLite vs a plain paho subscriber.
+
+Run by hand: python bench/bench_ingest.py [--messages 60000] [--devices 200] [--publishers 2]
+
+Publishers (separate processes) send telemetry for many device ids as fast as the broker takes it
+(QoS 1, as agents do), with 5% duplicate deliveries; a plain paho subscriber drains the same topics
+in the same run as the baseline. Reported: raw drain rate, the coordinator's insert rate, and
+that every unique message is stored exactly once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import sqlite3
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from edgefleet.broker import LocalBroker
+from edgefleet.fleet import LocalFleet, wait_until
+from protocol.messages import Telemetry
+from protocol.signing import generate_keypair
+from protocol.topics import PREFIX, Channel, topic
+
+
+def _publisher(port: int, devices: list[str], count: int, seed: int, ready: Any) -> None:
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"pub-{seed}-{os.getpid()}")
+    client.max_inflight_messages_set(1000)
+    client.max_queued_messages_set(0)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    messages: list[tuple[str, bytes]] = []
+    for i in range(count):  # prepared first, so the publishers measure the broker, not pydantic
+        device_id = devices[i % len(devices)]
+        if i % 20 == 19:
+            messages.append(messages[-1])  # a duplicate delivery of the previous message
+        else:
+            message = Telemetry(device_id=device_id, window_s=1.0, inference_count=i % 50, error_count=0)
+            messages.append((topic(device_id, Channel.TELEMETRY), message.to_bytes()))
+    ready.wait()
+    for name, payload in messages:
+        client.publish(name, payload, qos=1)
+    time.sleep(1)
+    client.loop_stop()
+    client.disconnect()
+
+
+class RawDrain:
+    def __init__(self, port: int) -> None:
+        self.count = 0
+        self.first = self.last = 0.0
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="raw-drain")
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", port)
+        self.client.subscribe(f"{PREFIX}/devices/+/telemetry", qos=1)
+        self.client.loop_start()
+
+    def _on_message(self, *_args: object) -> None:
+        now = time.perf_counter()
+        if self.count == 0:
+            self.first = now
+        self.count += 1
+        self.last = now
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--messages", type=int, default=60000)
+    parser.add_argument("--devices", type=int, default=200)
+    parser.add_argument("--publishers", type=int, default=2)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        (work / "k.pub").write_bytes(generate_keypair()[1])
+        with LocalBroker(
+            work / "broker", extra_config="max_queued_messages 1000000\nmax_inflight_messages 1000"
+        ) as broker:
+            fleet = LocalFleet(work, broker.url, [work / "k.pub"])
+            try:
+                fleet.start_coordinator()
+                drain = RawDrain(broker.port)
+                time.sleep(0.5)
+                per = args.messages // args.publishers
+                devices = [f"ingest-{i:04d}" for i in range(args.devices)]
+                ctx = mp.get_context("spawn")
+                ready = ctx.Event()
+                procs = [
+                    ctx.Process(target=_publisher, args=(broker.port, devices, per, p, ready))
+                    for p in range(args.publishers)
+                ]
+                for proc in procs:
+                    proc.start()
+                time.sleep(3 + per / 20000)  # let the publishers prepare their payloads
+                started = time.perf_counter()
+                ready.set()
+                total = per * args.publishers
+                unique = total - sum(per // 20 for _ in procs)
+                db_path = work / "coordinator" / "data" / "fleet.db"
+
+                def stored() -> int:
+                    with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5) as conn:
+                        return int(conn.execute("select count(*) from telemetry").fetchone()[0])
+
+                wait_until(lambda: drain.count >= total, timeout=600, interval=0.05, what="raw drain")
+                raw_done = time.perf_counter()
+                wait_until(lambda: stored() >= unique, timeout=600, interval=0.1, what="coordinator ingest")
+                ingest_done = time.perf_counter()
+                threading.Event().wait(1.0)
+                final = stored()
+                for proc in procs:
+                    proc.join()
+            finally:
+                fleet.stop()
+    raw_rate = total / (raw_done - started)
+    ingest_rate = total / (ingest_done - started)
+    print(f"{total} messages ({unique} unique, 5% duplicate deliveries) from {args.devices} device ids, QoS 1")
+    print(f"raw paho drain:       {raw_rate:8.0f} msg/s")
+    print(
+        f"coordinator ingest:   {ingest_rate:8.0f} msg/s  ({ingest_rate / raw_rate:.2f}x raw; target >= 0.7x, >= 10k)"
+    )
+    print(f"stored rows: {final} (expected {unique}: {'exactly once' if final == unique else 'MISMATCH'})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,146 @@
+"""Fleet alerts computed from a real SQLite fleet store, and served by the REST API."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from coordinator.alerts import AlertThresholds, compute_alerts
+from coordinator.db import FleetDB
+from protocol.messages import Availability, BundleRef, ReportedState, Telemetry
+
+V1 = BundleRef(digest="1" * 64, name="digits", version="1.0.0")
+V2 = BundleRef(digest="2" * 64, name="digits", version="2.0.0")
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> FleetDB:
+    return FleetDB(tmp_path / "fleet.db")
+
+
+def _device(db: FleetDB, device_id: str, *, active: BundleRef = V1, previous: BundleRef | None = None) -> None:
+    db.record_availability(Availability(device_id=device_id, state="online"))
+    db.record_reported(
+        ReportedState(
+            device_id=device_id,
+            device_class="x86-gateway",
+            agent_version="0.1.0",
+            status="ready",
+            active=active,
+            previous=previous,
+            started_at=datetime.now(UTC),
+        )
+    )
+
+
+def _telemetry(db: FleetDB, device_id: str, *, bundle: BundleRef = V1, **fields: object) -> None:
+    values: dict[str, object] = {"inference_count": 50, "error_count": 0, "latency_ms_p95": 10.0} | fields
+    assert db.add_telemetry(Telemetry(device_id=device_id, window_s=10.0, bundle_digest=bundle.digest, **values))
+
+
+def _kinds(db: FleetDB, **kw: object) -> list[tuple[str, str, str]]:
+    return [(a.kind, a.device_id, a.severity) for a in compute_alerts(db, **kw)]  # type: ignore[arg-type]
+
+
+def test_a_healthy_fleet_has_no_alerts(db: FleetDB) -> None:
+    _device(db, "gw-1")
+    _telemetry(db, "gw-1", drift_score=0.02)
+
+    assert compute_alerts(db) == []
+
+
+def test_offline_by_last_will_and_by_staleness(db: FleetDB) -> None:
+    _device(db, "gw-1")
+    _device(db, "gw-2")
+    _device(db, "gw-3")
+    db.record_availability(Availability(device_id="gw-1", state="offline"))
+    db.record_availability(Availability(device_id="gw-3", state="stopped"))
+
+    assert _kinds(db) == [("offline", "gw-1", "critical"), ("offline", "gw-3", "warning")]
+    # An hour on, gw-2 still says "online" but has been silent far past the staleness limit.
+    later = datetime.now(UTC) + timedelta(hours=1)
+    stale = [a for a in compute_alerts(db, AlertThresholds(offline_after_s=600), now=later) if a.device_id == "gw-2"]
+    assert [(a.kind, a.severity) for a in stale] == [("offline", "critical")]
+    assert "no message for 36" in stale[0].detail
+    assert "gw-2" not in {a.device_id for a in compute_alerts(db, AlertThresholds(offline_after_s=7200), now=later)}
+
+
+def test_drift_alert_starts_with_the_current_run_of_drifting_windows(db: FleetDB) -> None:
+    _device(db, "gw-1")
+    _telemetry(db, "gw-1", drift_score=0.05, drift_alert=False)
+    _telemetry(db, "gw-1", drift_score=0.4, drift_alert=True, drift_features={"f3": 0.9, "f7": 0.5})
+    _telemetry(db, "gw-1", drift_score=0.5, drift_alert=True)
+    rows = db.telemetry("gw-1")
+
+    [alert] = compute_alerts(db)
+
+    assert (alert.kind, alert.severity) == ("drift", "warning")
+    assert alert.since == rows[1]["received_at"], "the first drifting window of the run"
+    assert alert.detail.startswith("drift score 0.500")
+    _telemetry(db, "gw-1", drift_score=0.01, drift_alert=False)
+    assert compute_alerts(db) == [], "the alert ends with the drift"
+
+
+def test_error_rate_over_the_threshold_in_the_window(db: FleetDB) -> None:
+    _device(db, "gw-1")
+    _device(db, "gw-2")
+    _telemetry(db, "gw-1", inference_count=90, error_count=0)
+    _telemetry(db, "gw-1", inference_count=0, error_count=10)  # 10 of 100 requests failed
+    _telemetry(db, "gw-2", inference_count=5, error_count=5)  # too few requests to judge
+
+    [alert] = compute_alerts(db)
+
+    assert (alert.kind, alert.device_id, alert.severity) == ("error_rate", "gw-1", "critical")
+    assert "10 of 100" in alert.detail
+    assert compute_alerts(db, AlertThresholds(max_error_rate=0.2)) == []
+    assert _kinds(db, thresholds=AlertThresholds(min_requests=5)) == [
+        ("error_rate", "gw-1", "critical"),
+        ("error_rate", "gw-2", "critical"),
+    ]
+    # Outside the window the errors no longer count.
+    assert (
+        compute_alerts(db, now=datetime.now(UTC) + timedelta(hours=1), thresholds=AlertThresholds(offline_after_s=1e6))
+        == []
+    )
+
+
+def test_latency_regression_compares_the_active_bundle_with_the_previous_one(db: FleetDB) -> None:
+    _device(db, "gw-1", active=V2, previous=V1)
+    _device(db, "gw-2", active=V2, previous=V1)
+    _device(db, "gw-3", active=V2, previous=V1)
+    for device_id, new_p95 in (("gw-1", 30.0), ("gw-2", 11.0)):
+        _telemetry(db, device_id, bundle=V1, latency_ms_p95=10.0)
+        _telemetry(db, device_id, bundle=V2, latency_ms_p95=new_p95)
+    _telemetry(db, "gw-3", bundle=V2, latency_ms_p95=50.0)  # no telemetry of the previous bundle: no judgement
+
+    [alert] = compute_alerts(db)
+
+    assert (alert.kind, alert.device_id) == ("latency_regression", "gw-1")
+    assert "3.00x" in alert.detail and "2.0.0" in alert.detail
+    assert compute_alerts(db, AlertThresholds(max_p95_latency_ratio=4)) == []
+
+
+def test_alerts_endpoint_needs_a_token_and_takes_thresholds(tmp_path: Path) -> None:
+    from coordinator.api import create_app
+    from coordinator.config import BrokerConfig, CoordinatorConfig
+    from coordinator.service import Coordinator
+    from protocol.signing import generate_keypair
+
+    (tmp_path / "k.pub").write_bytes(generate_keypair()[1])
+    config = CoordinatorConfig(data_dir=tmp_path / "c", trusted_keys=[tmp_path / "k.pub"], broker=BrokerConfig())
+    coordinator = Coordinator(config)
+    _device(coordinator.db, "gw-1")
+    coordinator.db.record_availability(Availability(device_id="gw-1", state="offline"))
+    http = TestClient(create_app(coordinator, token="alerts-token-0123456789"))  # no lifespan: no broker needed
+
+    assert http.get("/api/v1/alerts").status_code == 401
+    response = http.get("/api/v1/alerts", headers={"Authorization": "Bearer alerts-token-0123456789"})
+    assert response.status_code == 200
+    [alert] = response.json()
+    assert alert.keys() == {"kind", "device_id", "severity", "since", "detail"}
+    assert (alert["kind"], alert["device_id"], alert["severity"]) == ("offline", "gw-1", "critical")
+    bad = http.get("/api/v1/alerts?max_error_rate=2", headers={"Authorization": "Bearer alerts-token-0123456789"})
+    assert bad.status_code == 422
