@@ -142,3 +142,18 @@ def test_invalid_device_messages_are_counted_and_dropped(client, mosquitto: Loca
     wait_until(lambda: coordinator.link.rejected >= 3, timeout=10, what="rejections")
     assert http.get("/api/v1/devices").json() == [], "a device cannot speak for another"
     assert "edgefleet_coordinator_rejected_messages_total" in http.get("/metrics").text
+
+
+def test_batched_ingest_stores_each_message_once_and_flushes_on_stop(tmp_path: Path) -> None:
+    from coordinator.ingest import TelemetryIngest
+
+    db = FleetDB(tmp_path / "fleet.db")
+    ingest = TelemetryIngest(db, batch=64)
+    ingest.start()
+    messages = [Telemetry(device_id=f"pi-{i % 7}", window_s=1.0, inference_count=i, error_count=0) for i in range(500)]
+    for message in messages + messages[:50]:  # 50 duplicate deliveries
+        ingest.put(message)
+    ingest.stop()
+    assert (ingest.inserted, ingest.duplicates, ingest.dropped) == (500, 50, 0)
+    stored = sum(len(db.telemetry(f"pi-{i}", limit=1000)) for i in range(7))
+    assert stored == 500
