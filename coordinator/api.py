@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import Depends, FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Query, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
@@ -150,7 +150,7 @@ def create_app(coordinator: Coordinator, *, token: str | None) -> FastAPI:
         return coordinator.deploy(body.bundle_digest, body.device_ids)
 
     @app.get("/api/v1/devices/{device_id}/telemetry", dependencies=[api])
-    def telemetry(device_id: str, limit: int = 100) -> list[dict[str, Any]]:
+    def telemetry(device_id: str, limit: int = Query(100, ge=1, le=1000)) -> list[dict[str, Any]]:
         return coordinator.db.telemetry(device_id, limit=min(limit, 1000))
 
     app.include_router(rollout_router(coordinator.rollouts), dependencies=[api])

@@ -27,6 +27,8 @@ def _now() -> str:
 
 
 class FleetDB:
+    SCHEMA_VERSION = 3  # the number of migrations in _migrate
+
     def __init__(self, path: Path | str) -> None:
         conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self.db = sqlite_utils.Database(conn)
@@ -38,6 +40,7 @@ class FleetDB:
     def _migrate(self) -> None:
         """Apply, in order, every schema migration newer than the file's ``user_version``."""
         migrations = [self._schema_1, self._schema_2, self._schema_3]
+        assert len(migrations) == self.SCHEMA_VERSION
         with self.locked() as db:
             current = db.execute("pragma user_version").fetchone()[0]
             if current > len(migrations):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Body
+from fastapi import APIRouter, Body, Query
 
 from coordinator.rollouts import RolloutEngine, validate_spec
 
@@ -44,7 +44,7 @@ def rollout_router(engine: RolloutEngine) -> APIRouter:
         return engine.rollback(rollout_id)
 
     @router.get("/events")
-    def events(rollout_id: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
+    def events(rollout_id: str | None = None, limit: int = Query(200, ge=1, le=1000)) -> list[dict[str, Any]]:
         return engine.events(rollout_id, limit=min(limit, 1000))
 
     return router

@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from agent.enrollment import EnrollRequest, EnrollResponse
@@ -159,7 +159,7 @@ def security_router(security: Security) -> APIRouter:
         return security.send_command(device_id, body.name, body.args)
 
     @router.get("/devices/{device_id}/commands", dependencies=[reader])
-    def list_commands(device_id: str, limit: int = 100) -> list[dict[str, Any]]:
+    def list_commands(device_id: str, limit: int = Query(100, ge=1, le=1000)) -> list[dict[str, Any]]:
         """Commands sent to a device, newest first, with their results once the device answered."""
         return security.coordinator.db.commands(device_id, limit=min(limit, 1000))
 

@@ -103,7 +103,7 @@ def test_migrations_upgrade_an_old_database_in_place(tmp_path: Path) -> None:
     db = FleetDB(path)
     device = db.device("pi-1")
     assert device is not None and device["tags"] == [] and device["group"] is None
-    assert sqlite3.connect(path).execute("pragma user_version").fetchone()[0] == 2
+    assert sqlite3.connect(path).execute("pragma user_version").fetchone()[0] == FleetDB.SCHEMA_VERSION
     FleetDB(path)  # idempotent at the current version
     newer = sqlite3.connect(path)
     newer.execute("pragma user_version = 99")
