@@ -18,7 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import grpc
 import httpx
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from edgefleet.broker import free_port, wait_for_port
 
@@ -141,9 +143,9 @@ class LocalFleet:
     def start_agent(self, device_id: str) -> AgentProcess:
         agent = self.agents[device_id]
         socket = agent.data_dir / "agent.sock"
-        socket.unlink(missing_ok=True)  # left by a killed run; the new process binds it when it serves
+        socket.unlink(missing_ok=True)  # left by a killed run
         agent.proc = self._spawn(["agent", "run", "--config", str(agent.config)], f"{device_id}.log")
-        wait_until(lambda: socket.exists() or agent.proc.poll() is not None, timeout=30, what=f"{device_id} API")  # type: ignore[union-attr]
+        wait_until(lambda: _api_up(agent) or agent.proc.poll() is not None, timeout=30, what=f"{device_id} API")  # type: ignore[union-attr]
         if agent.proc.poll() is not None:
             raise RuntimeError(
                 f"agent {device_id} exited with {agent.proc.returncode}; see {self.workdir / (device_id + '.log')}"
@@ -162,7 +164,7 @@ class LocalFleet:
                 agent = self.agents[device_id]
                 if agent.proc is not None and agent.proc.poll() is not None:
                     raise RuntimeError(f"agent {device_id} exited with {agent.proc.returncode}")
-            return all((self.agents[d].data_dir / "agent.sock").exists() for d in device_ids)
+            return all(_api_up(self.agents[d]) for d in device_ids)
 
         wait_until(all_up, timeout=timeout, interval=0.2, what=f"{len(device_ids)} agents to serve")
 
@@ -217,6 +219,21 @@ class LocalFleet:
             return all(devices.get(i, {}).get("active_digest") == digest for i in device_ids)
 
         wait_until(all_active, timeout=timeout, interval=0.2, what=f"{device_ids} to run {digest[:12]}")
+
+
+def _api_up(agent: AgentProcess) -> bool:
+    """The agent answers on its local API. (The socket file alone is not enough: gRPC binds it while
+    the agent is still constructing, before it has restored its model.)"""
+    if not (agent.data_dir / "agent.sock").exists():
+        return False
+    channel = grpc.insecure_channel(agent.target)
+    try:
+        health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=0.5)
+    except grpc.RpcError:
+        return False
+    finally:
+        channel.close()
+    return True
 
 
 def _stop(proc: subprocess.Popen[bytes] | None, sig: int) -> int | None:
