@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from agent.errors import ConfigError
+from protocol.errors import describe_errors
 from protocol.topics import validate_device_id
 
 __all__ = ["AgentConfig", "ApiConfig", "BrokerConfig", "FeedbackConfig", "FetchConfig", "StoreConfig", "load_config"]
@@ -147,15 +148,8 @@ def parse_config(raw: dict[str, Any], *, source: str, base: Path) -> AgentConfig
     try:
         config = AgentConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(source, [_describe(err) for err in exc.errors()]) from None
+        raise ConfigError(source, describe_errors(exc, values=True)) from None
     return _resolve_paths(config, base)
-
-
-def _describe(err: Any) -> str:
-    loc = ".".join(str(p) for p in err.get("loc", ())) or "(root)"
-    value = err.get("input")
-    shown = "" if isinstance(value, dict) else f" (value {value!r})"
-    return f"{loc}{shown}: {err.get('msg')}"
 
 
 def _resolve_paths(config: AgentConfig, base: Path) -> AgentConfig:

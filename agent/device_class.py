@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from agent.errors import ConfigError
 from firmware_configs import CONFIG_DIR
+from protocol.errors import describe_errors
 
 __all__ = ["DeviceClass", "Probe", "detect_device_class", "load_device_class", "probe_hardware"]
 
@@ -109,11 +110,7 @@ def load_device_class(name: str, directory: Path = CONFIG_DIR) -> DeviceClass:
     try:
         device_class = DeviceClass.model_validate(raw)
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            loc = ".".join(str(p) for p in err["loc"]) or "(root)"
-            problems.append(f"{loc} (value {err.get('input')!r}): {err['msg']}")
-        raise ConfigError(str(path), problems) from None
+        raise ConfigError(str(path), describe_errors(exc, values=True)) from None
     if device_class.name != name:
         raise ConfigError(str(path), [f"name {device_class.name!r} differs from the file name {name!r}"])
     return device_class

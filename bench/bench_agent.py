@@ -38,7 +38,7 @@ from compression.builder import build_bundle
 from edgefleet.broker import LocalBroker
 from edgefleet.fleet import LocalFleet, wait_until
 from protocol.bundle import Manifest, extract_bundle
-from protocol.signing import generate_keypair, load_private_key
+from protocol.signing import load_private_key, write_keypair
 
 
 class SmallCnn(torch.nn.Module):
@@ -199,10 +199,7 @@ def main() -> None:
     print(f"CPU: {os.cpu_count()} cores; onnxruntime {ort.__version__}")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        private_pem, public_pem = generate_keypair()
-        (work / "k.key").write_bytes(private_pem)
-        os.chmod(work / "k.key", 0o600)
-        (work / "k.pub").write_bytes(public_pem)
+        write_keypair(work, private_name="k.key", public_name="k.pub")
         models = {
             "cnn": ("image", export(SmallCnn(), torch.randn(1, 3, 32, 32), "image", work / "cnn.onnx")),
             "encoder": (

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import multiprocessing as mp
-import os
 import re
 import tempfile
 import threading
@@ -32,7 +31,7 @@ from edgefleet.chaos import padded_identity_model
 from edgefleet.fleet import LocalFleet, wait_until
 from protocol.bundle import Manifest, SignedManifest
 from protocol.messages import BundleRef, DesiredState, ReportedState, decode_chunk, parse
-from protocol.signing import generate_keypair, load_private_key
+from protocol.signing import load_private_key, write_keypair
 from protocol.topics import RETAINED, Channel, device_subscriptions, topic
 
 DEVICE_CLASS = "x86-gateway"
@@ -126,10 +125,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        private_pem, public_pem = generate_keypair()
-        (work / "k.key").write_bytes(private_pem)
-        os.chmod(work / "k.key", 0o600)
-        (work / "k.pub").write_bytes(public_pem)
+        write_keypair(work, private_name="k.key", public_name="k.pub")
         model = padded_identity_model(work / "m.onnx", args.bundle_mb, seed=0)
         bundle, digest = build_bundle(
             model, work / "m.bundle", name="pad", version="1", device_class=DEVICE_CLASS,

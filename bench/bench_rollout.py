@@ -8,7 +8,6 @@ dominates; prints the time from deploy to all-active and MB/s per agent.
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ from onnx import helper, numpy_helper
 from compression.builder import build_bundle
 from edgefleet.broker import LocalBroker
 from edgefleet.fleet import LocalFleet, wait_until
-from protocol.signing import generate_keypair, load_private_key
+from protocol.signing import load_private_key, write_keypair
 
 
 def padded_model(path: Path, megabytes: float) -> Path:
@@ -47,10 +46,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        private_pem, public_pem = generate_keypair()
-        (work / "k.key").write_bytes(private_pem)
-        os.chmod(work / "k.key", 0o600)
-        (work / "k.pub").write_bytes(public_pem)
+        write_keypair(work, private_name="k.key", public_name="k.pub")
         model = padded_model(work / "m.onnx", args.model_mb)
         bundle, digest = build_bundle(
             model,

@@ -6,7 +6,6 @@ Run by hand: python bench/chaos_kill.py [--runs 300] [--model-mb 8] [--max-delay
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import tempfile
 import time
@@ -16,7 +15,7 @@ from compression.builder import build_bundle
 from edgefleet.broker import LocalBroker
 from edgefleet.chaos import padded_identity_model, run_chaos
 from edgefleet.fleet import LocalFleet, wait_until
-from protocol.signing import generate_keypair, load_private_key
+from protocol.signing import load_private_key, write_keypair
 
 
 def main() -> None:
@@ -29,10 +28,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="edgefleet-chaos-"))
     print(f"working folder (logs of every process): {work}")
     if True:
-        private_pem, public_pem = generate_keypair()
-        (work / "k.key").write_bytes(private_pem)
-        os.chmod(work / "k.key", 0o600)
-        (work / "k.pub").write_bytes(public_pem)
+        write_keypair(work, private_name="k.key", public_name="k.pub")
         key = load_private_key(work / "k.key")
         digests, bundles = [], []
         for i in range(2):

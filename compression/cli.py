@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import tempfile
 from pathlib import Path
 
@@ -12,7 +11,7 @@ from edgefleet.exit_codes import ExitCode
 from edgefleet.output import Format, FormatOption, fail, print_data
 from protocol.bundle import extract_bundle, verify_files, verify_manifest
 from protocol.errors import BundleError, SignatureError
-from protocol.signing import generate_keypair, key_id, load_private_key, load_public_key, load_trusted_keys
+from protocol.signing import key_id, load_private_key, load_public_key, load_trusted_keys, write_keypair
 
 bundle_app = typer.Typer(help="Build, verify and inspect signed model bundles.", no_args_is_help=True)
 keys_app = typer.Typer(help="Signing keys for bundles.", no_args_is_help=True)
@@ -28,16 +27,10 @@ def keys_generate(
 
     Example: edgefleet keys generate --out ./keys
     """
-    out.mkdir(parents=True, exist_ok=True)
-    private_path, public_path = out / "signing.key", out / "signing.pub"
-    if private_path.exists() and not force:
-        fail(f"{private_path} exists; pass --force to replace it", ExitCode.USAGE)
-    private_pem, public_pem = generate_keypair()
-    fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(private_pem)
-    public_path.write_bytes(public_pem)
-    kid = key_id(load_public_key(public_pem))
+    if (out / "signing.key").exists() and not force:
+        fail(f"{out / 'signing.key'} exists; pass --force to replace it", ExitCode.USAGE)
+    private_path, public_path = write_keypair(out)
+    kid = key_id(load_public_key(public_path.read_bytes()))
     print_data({"private_key": str(private_path), "public_key": str(public_path), "key_id": kid}, fmt)
 
 

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from agent.config import BrokerConfig
 from coordinator.errors import Rejected
+from protocol.errors import describe_errors
 
 __all__ = ["ApiServerConfig", "BrokerAuthConfig", "CoordinatorConfig", "EnrollmentConfig", "load_config"]
 
@@ -110,11 +111,7 @@ def load_config(path: Path) -> CoordinatorConfig:
     try:
         config = CoordinatorConfig.model_validate(raw)
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            loc = ".".join(str(p) for p in err["loc"]) or "(root)"
-            problems.append(f"{loc}: {err['msg']}")
-        raise Rejected(f"{path}: " + "; ".join(problems)) from None
+        raise Rejected(f"{path}: " + "; ".join(describe_errors(exc))) from None
     base = Path(path).resolve().parent
 
     def absolute(p: Path | None) -> Path | None:

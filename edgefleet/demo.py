@@ -7,7 +7,6 @@ gRPC API -> a table of what each device served -> clean shutdown.
 
 from __future__ import annotations
 
-import os
 import shutil
 import statistics
 import tempfile
@@ -22,7 +21,7 @@ from rich.table import Table
 from agent.client import InferenceClient
 from edgefleet.broker import LocalBroker
 from edgefleet.fleet import LocalFleet, wait_until
-from protocol.signing import generate_keypair, load_private_key
+from protocol.signing import load_private_key, write_keypair
 
 __all__ = ["run_demo"]
 
@@ -51,11 +50,7 @@ def run_demo(agents: int = 3, keep: bool = False, broker: str = "auto") -> int:
         _step(started, f"broker: {local_broker.kind} on {local_broker.url}")
 
         keys = workdir / "keys"
-        keys.mkdir()
-        private_pem, public_pem = generate_keypair()
-        (keys / "signing.key").write_bytes(private_pem)
-        os.chmod(keys / "signing.key", 0o600)
-        (keys / "signing.pub").write_bytes(public_pem)
+        write_keypair(keys)
 
         data = load_digits_data()
         model, accuracy = train_digits_mlp(data)

@@ -20,7 +20,7 @@ from typing import Literal
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from protocol.errors import BundleError, UnsafeArchive
+from protocol.errors import BundleError, UnsafeArchive, describe_errors
 from protocol.model_card import InputStats, Lineage, PreprocessingStep, Recipe
 from protocol.signing import TrustedKeys, key_id, sign_bytes, verify_bytes
 from protocol.tensors import TensorData, TensorSpec
@@ -276,6 +276,4 @@ def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 
 def _first_error(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    loc = ".".join(str(p) for p in err.get("loc", ())) or "(root)"
-    return f"{loc}: {err.get('msg')}"
+    return describe_errors(exc)[0]

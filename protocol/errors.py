@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-__all__ = ["BundleError", "InvalidMessage", "ProtocolError", "SignatureError", "UnsafeArchive"]
+from pydantic import ValidationError
+
+__all__ = ["BundleError", "InvalidMessage", "ProtocolError", "SignatureError", "UnsafeArchive", "describe_errors"]
 
 
 class ProtocolError(ValueError):
@@ -28,3 +30,14 @@ class SignatureError(BundleError):
 
 class UnsafeArchive(BundleError):
     """A bundle archive that would escape its directory, holds links, or exceeds the size limits."""
+
+
+def describe_errors(exc: ValidationError, *, values: bool = False) -> list[str]:
+    """One line per validation error: the key path, optionally the offending value, and the reason."""
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err.get("loc", ())) or "(root)"
+        value = err.get("input")
+        shown = f" (value {value!r})" if values and not isinstance(value, dict) else ""
+        lines.append(f"{loc}{shown}: {err.get('msg')}")
+    return lines

@@ -10,7 +10,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from protocol.errors import InvalidMessage
+from protocol.errors import InvalidMessage, describe_errors
 
 __all__ = [
     "MAX_CHUNK_BYTES",
@@ -188,9 +188,7 @@ def parse(
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err.get("loc", ())) or "(root)"
-        raise InvalidMessage(f"{model.__name__}: {loc}: {err.get('msg')}", topic=topic) from None
+        raise InvalidMessage(f"{model.__name__}: {describe_errors(exc)[0]}", topic=topic) from None
 
 
 _LEN = struct.Struct(">I")

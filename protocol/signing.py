@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
@@ -20,6 +21,7 @@ __all__ = [
     "load_trusted_keys",
     "sign_bytes",
     "verify_bytes",
+    "write_keypair",
 ]
 
 TrustedKeys = dict[str, Ed25519PublicKey]
@@ -35,6 +37,20 @@ def generate_keypair() -> tuple[bytes, bytes]:
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     return private_pem, public_pem
+
+
+def write_keypair(
+    folder: Path, *, private_name: str = "signing.key", public_name: str = "signing.pub"
+) -> tuple[Path, Path]:
+    """Generate a key pair into ``folder``: the private key readable by its owner only."""
+    folder.mkdir(parents=True, exist_ok=True)
+    private_pem, public_pem = generate_keypair()
+    private_path, public_path = folder / private_name, folder / public_name
+    fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(private_pem)
+    public_path.write_bytes(public_pem)
+    return private_path, public_path
 
 
 def key_id(public_key: Ed25519PublicKey) -> str:

@@ -13,7 +13,7 @@ import pytest
 
 from edgefleet.broker import LocalBroker
 from edgefleet.fleet import LocalFleet
-from protocol.signing import generate_keypair, load_private_key
+from protocol.signing import load_private_key, write_keypair
 
 
 @dataclass
@@ -26,11 +26,7 @@ class Keys:
 
 
 def _make_keys(folder: Path) -> Keys:
-    folder.mkdir(parents=True, exist_ok=True)
-    private_pem, public_pem = generate_keypair()
-    (folder / "signing.key").write_bytes(private_pem)
-    (folder / "signing.pub").write_bytes(public_pem)
-    return Keys(folder / "signing.key", folder / "signing.pub")
+    return Keys(*write_keypair(folder))
 
 
 @pytest.fixture
