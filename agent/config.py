@@ -93,6 +93,12 @@ class FeedbackConfig(_Strict):
     max_age_days: float = Field(default=30.0, gt=0, description="Samples older than this are deleted.")
 
 
+class FederatedConfig(_Strict):
+    enabled: bool = Field(default=True, description="Take part in federated campaigns the coordinator assigns.")
+    startup_timeout_s: float = Field(default=60.0, gt=0, description="Longest wait for the SuperNode to register.")
+    max_restarts: int = Field(default=3, ge=0, description="Restarts of a SuperNode that died, per campaign.")
+
+
 class DriftConfig(_Strict):
     threshold: float = Field(default=0.25, gt=0, description="Drift score (mean PSI) that raises an alert.")
     window: int = Field(default=500, ge=50, le=100_000, description="Recent rows compared with the reference.")
@@ -117,6 +123,7 @@ class AgentConfig(_Strict):
     fetch: FetchConfig = Field(default_factory=FetchConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
     feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)
+    federated: FederatedConfig = Field(default_factory=FederatedConfig)
     drift: DriftConfig = Field(default_factory=DriftConfig)
     telemetry_interval_s: float | None = Field(
         default=None, gt=0, description="Seconds between telemetry messages; default from the device class."

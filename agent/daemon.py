@@ -18,6 +18,7 @@ from agent.commands import CommandVerifier
 from agent.config import AgentConfig
 from agent.device_class import DeviceClass, load_device_class
 from agent.errors import ActivationError
+from agent.federated_node import FederatedParticipant
 from agent.fetcher import ChunkFetcher
 from agent.model import LoadedModel, load_model
 from agent.outbox import Outbox, OutboxError
@@ -81,6 +82,7 @@ class Agent:
                 on_chunk=lambda header, data: self.fetcher.on_chunk(header, data),
                 on_command=self._on_command,
                 on_connected=self._on_connected,
+                on_campaign=lambda assignment: self.federated.assign(assignment),
             ),
             self.commands,
         )
@@ -114,6 +116,9 @@ class Agent:
             max_bytes=feedback.max_mb << 20,
             max_age_s=feedback.max_age_days * 86400,
         )
+        self.federated = FederatedParticipant(
+            config.device_id, config.data_dir, config.data_dir / "samples.db", config.federated, on_change=self.report
+        )
         self.api = InferenceApi(
             InferenceService(
                 lambda: self.model,
@@ -142,6 +147,7 @@ class Agent:
         self.api.start()
         self.link.start()
         self.sender.start()
+        self.federated.start()
         workers = [("reconcile", self.reconciler.run), ("telemetry", self._telemetry_loop)]
         if (interval := watchdog_interval_s()) is not None:
             workers.append(("watchdog", lambda: self._watchdog_loop(interval)))
@@ -157,6 +163,7 @@ class Agent:
         self._stop.set()
         for thread in reversed(self._threads):
             thread.join(timeout=5)
+        self.federated.stop()
         self.sender.stop()
         self.link.stop()
         self.api.stop()
@@ -274,8 +281,11 @@ class Agent:
             desired_revision=self.reconciler.desired_revision,
             runtime=model.runtime.key if model else None,
             runtime_skipped=model.skipped_runtimes if model else [],
-            last_error=self.last_error,
+            last_error=self.last_error
+            or (ErrorInfo(reason=self.federated.last_error) if self.federated.last_error else None),
             rejected_messages=self.link.rejected,
+            training_samples=self.samples.count(),
+            campaign=self.federated.campaign_id,
             started_at=self.started_at,
         )
 

@@ -17,7 +17,16 @@ from agent.commands import CommandVerifier
 from agent.config import BrokerConfig
 from agent.mqtt_client import make_client
 from protocol.errors import ProtocolError
-from protocol.messages import Availability, ChunkHeader, Command, DesiredState, Message, decode_chunk, parse
+from protocol.messages import (
+    Availability,
+    CampaignAssignment,
+    ChunkHeader,
+    Command,
+    DesiredState,
+    Message,
+    decode_chunk,
+    parse,
+)
 from protocol.topics import RETAINED, Channel, device_subscriptions, parse_topic, topic
 
 __all__ = ["AgentLink", "Handlers"]
@@ -34,11 +43,13 @@ class Handlers:
         on_chunk: Callable[[ChunkHeader, bytes], None],
         on_command: Callable[[Command], None],
         on_connected: Callable[[], None],
+        on_campaign: Callable[[CampaignAssignment], None] | None = None,
     ) -> None:
         self.on_desired = on_desired
         self.on_chunk = on_chunk
         self.on_command = on_command
         self.on_connected = on_connected
+        self.on_campaign = on_campaign
 
 
 class AgentLink:
@@ -121,6 +132,15 @@ class AgentLink:
                 self.handlers.on_chunk(*decode_chunk(msg.payload, topic=msg.topic))
             elif dest.channel is Channel.COMMANDS:
                 self.handlers.on_command(self.commands.verify(msg.payload, topic=msg.topic))
+            elif dest.channel is Channel.CAMPAIGN:
+                if not msg.payload:  # a cleared retained message
+                    return
+                assignment = parse(CampaignAssignment, msg.payload, topic=msg.topic)
+                if assignment.device_id != self.device_id:
+                    raise ProtocolError(f"campaign assignment names device {assignment.device_id!r}", topic=msg.topic)
+                if self.handlers.on_campaign is None:
+                    raise ProtocolError("this agent takes part in no campaigns", topic=msg.topic)
+                self.handlers.on_campaign(assignment)
             else:
                 raise ProtocolError(f"unexpected channel {dest.channel.value}", topic=msg.topic)
         except ProtocolError as exc:

@@ -16,7 +16,7 @@ import onnxruntime as ort
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from protocol.bundle import FileEntry, Manifest, TestVector, pack_bundle, sha256_file, sign_manifest
-from protocol.model_card import InputStats, Lineage, PreprocessingStep, Recipe
+from protocol.model_card import InputStats, Lineage, PreprocessingStep, PrivacyReport, Recipe
 from protocol.tensors import TensorData, TensorSpec, onnx_type_to_dtype
 
 __all__ = ["build_bundle", "describe_onnx", "sample_inputs"]
@@ -71,6 +71,7 @@ def build_bundle(
     recipe: Recipe | None = None,
     metrics: dict[str, float] | None = None,
     lineage: Lineage | None = None,
+    privacy: PrivacyReport | None = None,
 ) -> tuple[Path, str]:
     """Write a signed bundle archive to ``out``; return (path, bundle digest).
 
@@ -127,6 +128,7 @@ def build_bundle(
         recipe=recipe,
         metrics=metrics or {},
         lineage=lineage,
+        privacy=privacy,
     )
     signed = sign_manifest(manifest, private_key)
     with tempfile.TemporaryDirectory() as tmp:

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from coordinator.auth import Forbidden, Unauthorized
 from coordinator.broker_auth import BrokerAuthError
+from coordinator.campaign_api import campaign_router
 from coordinator.commands import CommandNotSent
 from coordinator.dashboard_api import dashboard_files, dashboard_router
 from coordinator.enrollment import EnrollmentRefused
@@ -157,5 +158,6 @@ def create_app(coordinator: Coordinator, *, token: str | None) -> FastAPI:
     app.include_router(registry_router(coordinator.models), dependencies=[api])
     app.include_router(security_router(security))
     app.include_router(dashboard_router(coordinator.db), dependencies=[api])
+    app.include_router(campaign_router(coordinator), dependencies=[api])
     app.mount("/dashboard", dashboard_files(), name="dashboard")
     return app

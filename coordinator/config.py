@@ -12,7 +12,15 @@ from agent.config import BrokerConfig
 from coordinator.errors import Rejected
 from protocol.errors import describe_errors
 
-__all__ = ["ApiServerConfig", "BrokerAuthConfig", "CoordinatorConfig", "EnrollmentConfig", "load_config"]
+__all__ = [
+    "ApiServerConfig",
+    "BrokerAuthConfig",
+    "CampaignsConfig",
+    "CoordinatorConfig",
+    "EnrollmentConfig",
+    "TelemetryRetentionConfig",
+    "load_config",
+]
 
 
 class ApiServerConfig(BaseModel):
@@ -71,6 +79,49 @@ class EnrollmentConfig(BaseModel):
         return None if url is None else BrokerConfig(url=url).url
 
 
+class TelemetryRetentionConfig(BaseModel):
+    """How long telemetry is kept: raw reports briefly, minute and hour rollups for longer."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    raw_days: float = Field(
+        default=7, gt=0, le=36500, title="Raw telemetry", description="Days raw reports are kept after arrival."
+    )
+    minute_days: float = Field(
+        default=30, gt=0, le=36500, title="Minute rollups", description="Days per-minute rollups are kept."
+    )
+    hour_days: float = Field(
+        default=365, gt=0, le=36500, title="Hour rollups", description="Days per-hour rollups are kept."
+    )
+    prune_interval_s: float = Field(
+        default=3600,
+        gt=0,
+        le=7 * 86400,
+        title="Prune interval",
+        description="Seconds between two prunes of what is past retention (the first runs at start-up).",
+    )
+
+
+class CampaignsConfig(BaseModel):
+    """Federated campaigns (needs the federated extra: flwr, opacus, torch)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    signing_key: Path | None = Field(
+        default=None,
+        description="PEM ed25519 private key that signs the model versions campaigns produce; its public key "
+        "must be among trusted_keys (and the devices' trusted keys).",
+    )
+    engine: Literal["deployment", "none"] = Field(
+        default="deployment",
+        description="deployment: a Flower SuperLink per campaign and a SuperNode on each device; none: no campaigns.",
+    )
+    superlink_bind_host: str = Field(default="127.0.0.1", description="Address the campaign SuperLinks listen on.")
+    superlink_advertise_host: str | None = Field(
+        default=None, description="Address devices reach the SuperLinks at; default: the bind address."
+    )
+
+
 class CoordinatorConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -90,6 +141,11 @@ class CoordinatorConfig(BaseModel):
         description="PEM ed25519 private key that signs commands to devices (not the bundle key); "
         "its public key is handed out at enrollment.",
     )
+    retention: TelemetryRetentionConfig = Field(
+        default_factory=TelemetryRetentionConfig,
+        description="How long raw telemetry and its minute and hour rollups are kept.",
+    )
+    campaigns: CampaignsConfig = Field(default_factory=CampaignsConfig, description="Federated campaigns.")
 
     @model_validator(mode="after")
     def _coordinator_has_broker_credentials(self) -> CoordinatorConfig:
@@ -143,5 +199,8 @@ def load_config(path: Path) -> CoordinatorConfig:
                 }
             ),
             "command_key": absolute(config.command_key) or config.command_key,
+            "campaigns": config.campaigns.model_copy(
+                update={"signing_key": absolute(config.campaigns.signing_key) or config.campaigns.signing_key}
+            ),
         }
     )

@@ -1,19 +1,26 @@
-"""REST routes for fleet alerts, and the static files of the web dashboard served at /dashboard/."""
+"""REST routes the web dashboard reads (fleet alerts, telemetry rollups), and its static files at /dashboard/."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Query
 from fastapi.staticfiles import StaticFiles
 
 from coordinator.alerts import AlertThresholds, compute_alerts
 from coordinator.db import FleetDB
+from coordinator.rollups import Resolution
 
-__all__ = ["DASHBOARD_DIR", "dashboard_files", "dashboard_router"]
+__all__ = ["DASHBOARD_DIR", "MAX_ROLLUP_BUCKETS", "dashboard_files", "dashboard_router"]
 
 DASHBOARD_DIR = Path(__file__).with_name("dashboard")
+MAX_ROLLUP_BUCKETS = 1440  # a day of minutes, two months of hours
+
+_RESOLUTION = Query("minute", description="Bucket width: `minute` or `hour`.")
+_SINCE = Query(None, description="ISO 8601 time; buckets from the one holding it on. Naive times are UTC.")
+_LIMIT = Query(120, ge=1, le=MAX_ROLLUP_BUCKETS, description="Most buckets returned, newest first.")
 
 
 def dashboard_router(db: FleetDB) -> APIRouter:
@@ -26,6 +33,27 @@ def dashboard_router(db: FleetDB) -> APIRouter:
         Every threshold can be overridden per request, e.g. ``?offline_after_s=60&max_error_rate=0.01``.
         """
         return [alert.to_dict() for alert in compute_alerts(db, thresholds)]
+
+    @router.get("/devices/{device_id}/telemetry/rollups", tags=["telemetry"])
+    def device_rollups(
+        device_id: str, resolution: Resolution = _RESOLUTION, since: datetime | None = _SINCE, limit: int = _LIMIT
+    ) -> list[dict[str, Any]]:
+        """A device's telemetry per minute or hour, newest first: reports, inferences, errors, error rate,
+        mean latency (per inference), mean CPU, and the maxima of latency, p95, RSS, temperature, drift.
+
+        E.g. ``?resolution=hour&since=2026-01-01T00:00:00Z&limit=48``. A device with no telemetry has no buckets.
+        """
+        return db.telemetry_rollups(device_id, resolution, since=since, limit=limit)
+
+    @router.get("/telemetry/rollups", tags=["telemetry"])
+    def fleet_rollups(
+        resolution: Resolution = _RESOLUTION,
+        since: datetime | None = _SINCE,
+        limit: int = _LIMIT,
+        device_class: str | None = Query(None, max_length=128, description="Only the devices of this class."),
+    ) -> list[dict[str, Any]]:
+        """The same buckets summed over the fleet, or over one device class, with the number of devices reporting."""
+        return db.fleet_rollups(resolution, device_class=device_class, since=since, limit=limit)
 
     return router
 

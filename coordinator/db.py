@@ -1,4 +1,4 @@
-"""The coordinator's SQLite store (sqlite-utils): bundles, devices, desired state and telemetry.
+"""The coordinator's SQLite store (sqlite-utils): bundles, devices, desired state, telemetry and its rollups.
 
 One connection guarded by a lock: FastAPI's worker threads and the MQTT thread share it.
 """
@@ -10,13 +10,23 @@ import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import sqlite_utils
 from sqlite_utils.db import Table
 
+from coordinator.rollups import (
+    RESOLUTIONS,
+    ROLLUP_SCHEMA,
+    Resolution,
+    RollupBatch,
+    bucket_start,
+    fleet_rollup_sql,
+    rollup_table,
+    rollup_view,
+)
 from protocol.messages import Availability, Command, CommandResult, ReportedState, Telemetry
 
 __all__ = ["FleetDB"]
@@ -27,7 +37,7 @@ def _now() -> str:
 
 
 class FleetDB:
-    SCHEMA_VERSION = 3  # the number of migrations in _migrate
+    SCHEMA_VERSION = 5  # the number of migrations in _migrate
 
     def __init__(self, path: Path | str) -> None:
         conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
@@ -39,7 +49,7 @@ class FleetDB:
 
     def _migrate(self) -> None:
         """Apply, in order, every schema migration newer than the file's ``user_version``."""
-        migrations = [self._schema_1, self._schema_2, self._schema_3]
+        migrations = [self._schema_1, self._schema_2, self._schema_3, self._schema_4, self._schema_5]
         assert len(migrations) == self.SCHEMA_VERSION
         with self.locked() as db:
             current = db.execute("pragma user_version").fetchone()[0]
@@ -54,6 +64,34 @@ class FleetDB:
                 # idempotent: one interrupted half way simply runs again at the next start.
                 migration(db)
                 db.execute(f"pragma user_version = {version}")
+
+    @staticmethod
+    def _schema_5(db: sqlite_utils.Database) -> None:
+        """Federated campaigns and their per-round records."""
+        Table(db, "campaigns").create(
+            {
+                "id": str, "model": str, "base_version": str, "status": str, "spec": str, "target": str,
+                "devices": str, "round": int, "epsilon": float, "evaluation": str, "privacy": str,
+                "result_version": str, "result_digests": str, "reason": str, "abort_requested": int,
+                "created_at": str, "started_at": str, "finished_at": str,
+            },
+            pk="id",
+            if_not_exists=True,
+        )  # fmt: skip
+        Table(db, "campaign_rounds").create(
+            {"campaign_id": str, "round": int, "status": str, "record": str, "at": str},
+            pk=("campaign_id", "round"),
+            if_not_exists=True,
+        )
+
+    @staticmethod
+    def _schema_4(db: sqlite_utils.Database) -> None:
+        """Per-device telemetry rollups by minute and by hour; raw telemetry indexed by arrival for pruning."""
+        for resolution in RESOLUTIONS:
+            table = Table(db, rollup_table(resolution))
+            table.create(ROLLUP_SCHEMA, pk=("device_id", "bucket_start"), if_not_exists=True)
+            table.create_index(["bucket_start"], if_not_exists=True)  # retention and fleet-wide reads
+        Table(db, "telemetry").create_index(["received_at"], if_not_exists=True)
 
     @staticmethod
     def _schema_3(db: sqlite_utils.Database) -> None:
@@ -292,17 +330,37 @@ class FleetDB:
         return self.add_telemetry_batch([message]) == 1
 
     def add_telemetry_batch(self, messages: list[Telemetry]) -> int:
-        """Insert many in one transaction, each once per message id; return how many were new."""
-        now = _now()
+        """Insert many in one transaction, each once per message id, and fold the new ones into the
+        rollups in that same transaction; return how many were new."""
+        if not messages:
+            return 0
+        received = datetime.now(UTC)
+        now = received.isoformat()
         rows = []
         for message in messages:
             row = message.model_dump(mode="json", exclude={"schema_version"})
             row["received_at"] = now
             rows.append(row)
         with self.locked() as db:
-            before = db.execute("select total_changes()").fetchone()[0]
-            Table(db, "telemetry").insert_all(rows, pk="message_id", ignore=True, batch_size=500)
-            return int(db.execute("select total_changes()").fetchone()[0] - before)
+            conn = db.conn
+            # Explicit, because sqlite-utils' own writers commit after every chunk: the raw rows and
+            # the rollups they feed are stored together or not at all.
+            conn.execute("begin immediate")
+            try:
+                new_ids = _insert_telemetry(conn, rows)
+                inserted = len(new_ids)
+                rollups = RollupBatch()
+                for message in messages:
+                    if message.message_id in new_ids:  # a duplicate delivery is folded in once, or never
+                        new_ids.discard(message.message_id)
+                        rollups.add(message, received)
+                rollups.write(conn)
+                conn.execute("commit")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("rollback")
+                raise
+        return inserted
 
     def telemetry(self, device_id: str, limit: int = 100) -> list[dict[str, Any]]:
         with self.locked() as db:
@@ -311,3 +369,92 @@ class FleetDB:
                     "device_id = ?", [device_id], order_by="received_at desc", limit=limit
                 )
             )
+
+    def telemetry_rollups(
+        self, device_id: str, resolution: Resolution, *, since: datetime | None = None, limit: int = 120
+    ) -> list[dict[str, Any]]:
+        """A device's buckets from ``since`` on (the bucket holding it included), newest first."""
+        start = bucket_start(since, RESOLUTIONS[resolution]) if since else ""
+        with self.locked() as db:
+            rows = list(
+                Table(db, rollup_table(resolution)).rows_where(
+                    "device_id = ? and bucket_start >= ?", [device_id, start], order_by="bucket_start desc", limit=limit
+                )
+            )
+        return [rollup_view(row) for row in rows]
+
+    def fleet_rollups(
+        self,
+        resolution: Resolution,
+        *,
+        device_class: str | None = None,
+        since: datetime | None = None,
+        limit: int = 120,
+    ) -> list[dict[str, Any]]:
+        """Buckets summed over every device, or over the devices of one class, newest first."""
+        start = bucket_start(since, RESOLUTIONS[resolution]) if since else ""
+        sql = fleet_rollup_sql(resolution, device_class=device_class is not None)
+        with self.locked() as db:
+            rows = list(db.query(sql, {"since": start, "limit": limit, "device_class": device_class}))
+        return [rollup_view(row) for row in rows]
+
+    def prune_telemetry(
+        self,
+        *,
+        now: datetime | None = None,
+        raw_days: float = 7,
+        minute_days: float = 30,
+        hour_days: float = 365,
+        chunk: int = 5000,
+        stop: threading.Event | None = None,
+    ) -> dict[str, int]:
+        """Delete raw telemetry received before ``now - raw_days``, and minute and hour buckets that
+        end before ``now - minute_days`` and ``now - hour_days``; return the rows deleted per table.
+
+        Deletes ``chunk`` rows per transaction, taking the lock anew each time, so ingest is never held
+        up for long; ``stop`` ends a large prune between chunks (the rest goes next time).
+        """
+        now = datetime.now(UTC) if now is None else now.astimezone(UTC) if now.tzinfo else now.replace(tzinfo=UTC)
+        targets = [("telemetry", "received_at", (now - timedelta(days=raw_days)).isoformat())]
+        rollup_days: dict[Resolution, float] = {"minute": minute_days, "hour": hour_days}
+        for resolution, days in rollup_days.items():
+            # A bucket is past retention once all of it is: it starts before the bucket the cutoff is in.
+            cutoff = bucket_start(now - timedelta(days=days), RESOLUTIONS[resolution])
+            targets.append((rollup_table(resolution), "bucket_start", cutoff))
+        deleted: dict[str, int] = {}
+        for table, column, cutoff in targets:
+            deleted[table] = 0
+            while stop is None or not stop.is_set():
+                with self.locked() as db:
+                    cursor = db.execute(
+                        f"delete from {table} where rowid in (select rowid from {table} where {column} < ? limit ?)",
+                        [cutoff, chunk],
+                    )
+                deleted[table] += cursor.rowcount
+                if cursor.rowcount < chunk:
+                    break
+        return deleted
+
+
+def _insert_telemetry(conn: sqlite3.Connection, rows: list[dict[str, Any]]) -> set[str]:
+    """Insert the rows whose message id is new; return those ids (a repeated id within ``rows`` once)."""
+    columns = list(rows[0])  # every row is a dumped Telemetry: the same keys in the same order
+    per_statement = max(1, 999 // len(columns))  # SQLite's most conservative limit on bound parameters
+    placeholders = "(" + ", ".join("?" * len(columns)) + ")"
+    names = ", ".join(f'"{c}"' for c in columns)
+    new: set[str] = set()
+    for start in range(0, len(rows), per_statement):
+        chunk = rows[start : start + per_statement]
+        # As sqlite-utils stores them: lists and dicts as JSON text.
+        params = [
+            json.dumps(v, ensure_ascii=False) if isinstance(v, dict | list) else v
+            for row in chunk
+            for v in row.values()
+        ]
+        cursor = conn.execute(
+            f"insert or ignore into telemetry ({names}) values {', '.join([placeholders] * len(chunk))}"
+            " returning message_id",
+            params,
+        )
+        new.update(message_id for (message_id,) in cursor.fetchall())
+    return new

@@ -19,6 +19,7 @@ from coordinator.registry import Registry
 from protocol.errors import ProtocolError
 from protocol.messages import (
     Availability,
+    CampaignAssignment,
     ChunkHeader,
     ChunkRequest,
     CommandResult,
@@ -71,6 +72,13 @@ class CoordinatorLink:
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             # paho queues QoS 1 messages while disconnected; other codes mean it did not take it.
             log.warning("desired state for %s not queued: %s", desired.device_id, mqtt.error_string(info.rc))
+
+    def publish_campaign(self, assignment: CampaignAssignment) -> None:
+        """Retained QoS 1, like the desired state: which campaign's SuperNode the device runs."""
+        payload = assignment.to_bytes()
+        info = self.client.publish(topic(assignment.device_id, Channel.CAMPAIGN), payload, qos=1, retain=True)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            log.warning("campaign assignment for %s not queued: %s", assignment.device_id, mqtt.error_string(info.rc))
 
     # -- paho callbacks (network thread) -------------------------------------------------
     def _on_connect(self, client: mqtt.Client, _ud: Any, _flags: Any, reason: Any, _props: Any) -> None:

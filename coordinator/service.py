@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from coordinator.config import CoordinatorConfig
 from coordinator.db import FleetDB
@@ -12,8 +12,12 @@ from coordinator.link import CoordinatorLink
 from coordinator.model_registry import ModelRegistry
 from coordinator.registry import Registry
 from coordinator.rollouts import RolloutEngine
+from coordinator.rollups import TelemetryPruner
 from protocol.messages import BundleRef, DesiredState
 from protocol.signing import load_trusted_keys
+
+if TYPE_CHECKING:
+    from coordinator.campaigns import CampaignManager
 
 __all__ = ["Coordinator"]
 
@@ -30,14 +34,40 @@ class Coordinator:
         self.link.on_connected = self.republish_desired
         self.models = ModelRegistry(self.db)
         self.rollouts = RolloutEngine(self.db, self.deploy, resolve_version=self.models.resolve)
+        self.pruner = TelemetryPruner(self.db, config.retention)
+        self.campaigns = self._campaigns(config)
 
     def start(self) -> None:
         self.link.start()
         self.rollouts.start()
+        self.pruner.start()
 
     def stop(self) -> None:
+        if self.campaigns is not None:
+            self.campaigns.stop()
+        self.pruner.stop()
         self.rollouts.stop()
         self.link.stop()
+
+    def _campaigns(self, config: CoordinatorConfig) -> CampaignManager | None:
+        """Campaigns need the federated extra; without it the API says so instead of failing to start."""
+        try:
+            from coordinator.campaign_engines import DeploymentEngine
+            from coordinator.campaigns import CampaignManager
+        except ImportError as exc:
+            log.info("federated campaigns are off: %s (pip install edgefleet[federated])", exc)
+            return None
+        settings = config.campaigns
+        engine = None
+        if settings.engine == "deployment":
+            engine = DeploymentEngine(
+                config.data_dir / "campaigns",
+                config.data_dir / "fleet.db",
+                self.link.publish_campaign,
+                bind_host=settings.superlink_bind_host,
+                advertise_host=settings.superlink_advertise_host,
+            )
+        return CampaignManager(self.db, self.models, self.registry, signing_key=settings.signing_key, engine=engine)
 
     def republish_desired(self) -> None:
         """After (re)connecting, publish every desired state again, in case the broker lost retained ones."""

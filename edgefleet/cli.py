@@ -7,6 +7,7 @@ import typer
 from agent.cli import app as agent_app
 from compression.cli import bundle_app, keys_app
 from compression.compress_cli import compress_command
+from coordinator.campaign_cli import app as campaign_app
 from coordinator.cli import app as coordinator_app
 from coordinator.rollout_cli import app as rollout_app
 from edgefleet.exit_codes import HELP
@@ -22,6 +23,7 @@ app.add_typer(coordinator_app, name="coordinator")
 app.add_typer(bundle_app, name="bundle")
 app.add_typer(keys_app, name="keys")
 app.add_typer(rollout_app, name="rollout")
+app.add_typer(campaign_app, name="campaign")
 app.command("compress")(compress_command)
 
 

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from protocol.errors import BundleError, UnsafeArchive, describe_errors
-from protocol.model_card import InputStats, Lineage, PreprocessingStep, Recipe
+from protocol.model_card import InputStats, Lineage, PreprocessingStep, PrivacyReport, Recipe
 from protocol.signing import TrustedKeys, key_id, sign_bytes, verify_bytes
 from protocol.tensors import TensorData, TensorSpec
 
@@ -100,6 +100,7 @@ class Manifest(BaseModel):
     recipe: Recipe | None = None
     metrics: dict[str, float] = Field(default_factory=dict, description="Measured at build time: metric, latency...")
     lineage: Lineage | None = None
+    privacy: PrivacyReport | None = Field(default=None, description="DP guarantee of a federated model.")
 
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:

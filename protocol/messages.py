@@ -8,7 +8,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from protocol.errors import InvalidMessage, describe_errors
 
@@ -17,6 +17,7 @@ __all__ = [
     "MAX_CONTROL_BYTES",
     "Availability",
     "BundleRef",
+    "CampaignAssignment",
     "ChunkHeader",
     "ChunkRequest",
     "Command",
@@ -82,6 +83,27 @@ class DesiredState(Message):
     bundle: BundleRef | None = None
 
 
+class CampaignAssignment(Message):
+    """The federated campaign a device takes part in (retained). ``campaign_id`` None: take part in none.
+
+    The device runs a Flower SuperNode against ``superlink`` (host:port of the SuperLink's Fleet API)
+    that trains on its labelled samples while the assignment stands.
+    """
+
+    device_id: str
+    campaign_id: str | None = Field(default=None, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    superlink: str | None = Field(default=None, max_length=255, pattern=r"^[A-Za-z0-9_.:\[\]-]+:[0-9]{1,5}$")
+    root_certificate: str | None = Field(
+        default=None, max_length=16_384, description="PEM CA of the SuperLink's TLS; None: insecure (loopback/VPN)."
+    )
+
+    @model_validator(mode="after")
+    def _complete(self) -> CampaignAssignment:
+        if self.campaign_id is not None and self.superlink is None:
+            raise ValueError("a campaign assignment needs the SuperLink address")
+        return self
+
+
 class ReportedState(Message):
     """What the device runs and how it got there. Retained."""
 
@@ -96,6 +118,8 @@ class ReportedState(Message):
     runtime_skipped: list[str] = Field(default_factory=list, description="Why each earlier runtime was passed over.")
     last_error: ErrorInfo | None = None
     rejected_messages: int = 0
+    training_samples: int | None = Field(default=None, ge=0, description="Labelled samples stored for campaigns.")
+    campaign: str | None = Field(default=None, description="Campaign whose SuperNode runs now, if any.")
     started_at: datetime
 
 

@@ -1,12 +1,14 @@
 """What a bundle's manifest says about its model beyond the tensors: preprocessing, labels,
 reference input statistics (for drift detection on the device), the compression recipe, measured
-metrics and lineage."""
+metrics, lineage and, for a model trained by a federated campaign, its privacy guarantee."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-__all__ = ["InputStats", "Lineage", "PreprocessingStep", "Recipe"]
+__all__ = ["InputStats", "Lineage", "PreprocessingStep", "PrivacyReport", "Recipe"]
 
 Param = str | int | float | bool | list[float] | list[int] | list[str]
 
@@ -58,3 +60,21 @@ class Lineage(BaseModel):
     parent_version: str | None = Field(default=None, description="Model version this bundle derives from.")
     parent_digest: str | None = Field(default=None, description="Digest of the reference model file.")
     campaign: str | None = Field(default=None, description="Federated campaign that produced it.")
+
+
+class PrivacyReport(BaseModel):
+    """The differential privacy guarantee of a model trained by a federated campaign."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["none", "local", "central"] = Field(description="local: DP-SGD on devices; central: server noise.")
+    epsilon: float | None = Field(default=None, ge=0, description="Cumulative epsilon; local: the largest client's.")
+    delta: float | None = Field(default=None, gt=0, lt=1)
+    accountant: str | None = Field(default=None, description="e.g. opacus-rdp, opacus-prv.")
+    noise_multiplier: float | None = Field(default=None, ge=0)
+    clip_norm: float | None = Field(default=None, gt=0)
+    rounds: int = Field(ge=0, description="Rounds whose updates went into the model.")
+    clients: int = Field(ge=0, description="Distinct devices that contributed.")
+    unit: Literal["sample", "client"] | None = Field(
+        default=None, description="What a neighbouring dataset differs by: one sample (local) or one client (central)."
+    )

@@ -39,10 +39,11 @@ class Channel(StrEnum):
     COMMAND_RESULTS = "command_results"  # device -> coordinator
     CHUNK_REQUESTS = "chunks/request"  # device -> coordinator
     CHUNKS = "chunks/data"  # coordinator -> device
+    CAMPAIGN = "campaign"  # coordinator -> device, retained: the federated campaign the device serves
 
 
 # Which side publishes each channel, and whether the broker keeps the last message.
-RETAINED = frozenset({Channel.DESIRED, Channel.REPORTED, Channel.AVAILABILITY})
+RETAINED = frozenset({Channel.DESIRED, Channel.REPORTED, Channel.AVAILABILITY, Channel.CAMPAIGN})
 FROM_DEVICE = frozenset(
     {
         Channel.REPORTED,
@@ -52,7 +53,7 @@ FROM_DEVICE = frozenset(
         Channel.CHUNK_REQUESTS,
     }
 )
-TO_DEVICE = frozenset({Channel.DESIRED, Channel.COMMANDS, Channel.CHUNKS})
+TO_DEVICE = frozenset({Channel.DESIRED, Channel.COMMANDS, Channel.CHUNKS, Channel.CAMPAIGN})
 
 
 def validate_device_id(device_id: str) -> str:

@@ -1,0 +1,240 @@
+"""Telemetry rollups: per-device minute and hour buckets kept current at ingest, read back, and pruned.
+
+A bucket stores sums, counts and maxima only, never a mean: means are derived on read, so they stay
+exact however many reports (and ingest batches) land in one bucket, and buckets of several devices
+add up exactly into fleet or device-class figures.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sqlite3
+import threading
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Literal
+
+from protocol.messages import Telemetry
+
+if TYPE_CHECKING:
+    from coordinator.config import TelemetryRetentionConfig
+    from coordinator.db import FleetDB
+
+__all__ = [
+    "RESOLUTIONS",
+    "ROLLUP_SCHEMA",
+    "Resolution",
+    "RollupBatch",
+    "TelemetryPruner",
+    "bucket_start",
+    "fleet_rollup_sql",
+    "rollup_table",
+    "rollup_view",
+]
+
+log = logging.getLogger(__name__)
+
+Resolution = Literal["minute", "hour"]
+RESOLUTIONS: dict[Resolution, int] = {"minute": 60, "hour": 3600}  # bucket width in seconds
+
+# Added up when reports meet in a bucket.
+_SUMS = (
+    "reports",
+    "inference_count",
+    "error_count",
+    "window_s",
+    "latency_ms_weighted_sum",  # latency_ms_mean * inference_count: the mean is per inference, not per report
+    "latency_ms_weight",  # inference_count of the reports that carry a latency_ms_mean
+    "cpu_percent_sum",
+    "cpu_percent_reports",
+    "drift_alerts",
+)
+# The larger one is kept; NULL where no report had the value.
+_MAXES = (
+    "latency_ms_mean_max",
+    "latency_ms_p95_max",
+    "rss_bytes_max",
+    "soc_temp_c_max",
+    "drift_score_max",
+    "outbox_pending_max",
+)
+_N_SUMS = len(_SUMS)
+_TYPES: dict[str, type] = {
+    "reports": int, "inference_count": int, "error_count": int, "window_s": float,
+    "latency_ms_weighted_sum": float, "latency_ms_weight": int, "cpu_percent_sum": float,
+    "cpu_percent_reports": int, "drift_alerts": int, "latency_ms_mean_max": float, "latency_ms_p95_max": float,
+    "rss_bytes_max": int, "soc_temp_c_max": float, "drift_score_max": float, "outbox_pending_max": int,
+}  # fmt: skip
+ROLLUP_SCHEMA: dict[str, type] = {"device_id": str, "bucket_start": str} | {c: _TYPES[c] for c in _SUMS + _MAXES}
+
+
+def rollup_table(resolution: Resolution) -> str:
+    return f"telemetry_{resolution}"
+
+
+_FIRST_S = datetime.min.replace(tzinfo=UTC).timestamp()
+_LAST_S = datetime(9999, 12, 31, 23, tzinfo=UTC).timestamp()  # the last start of a minute and of an hour
+
+
+def bucket_start(at: datetime, width_s: int) -> str:
+    """The start of the bucket holding ``at``, as ISO 8601 UTC (the format of every time in the store).
+
+    Times whose UTC falls outside the years 1-9999 (a query's ``since``, a device's bogus clock) are
+    clamped to those ends rather than failing.
+    """
+    at = at if at.tzinfo else at.replace(tzinfo=UTC)
+    return _iso(math.floor(at.timestamp() / width_s) * width_s)
+
+
+def _iso(epoch_s: float) -> str:
+    return datetime.fromtimestamp(min(max(epoch_s, _FIRST_S), _LAST_S), UTC).isoformat()
+
+
+def _upsert_sql(resolution: Resolution) -> str:
+    columns = ("device_id", "bucket_start", *_SUMS, *_MAXES)
+    updates = [f"{c} = {c} + excluded.{c}" for c in _SUMS]
+    # SQLite's two-argument max() is NULL if either side is; fall back to whichever side has a value.
+    updates += [f"{c} = coalesce(max({c}, excluded.{c}), {c}, excluded.{c})" for c in _MAXES]
+    return (
+        f"insert into {rollup_table(resolution)} ({', '.join(columns)}) values ({', '.join('?' * len(columns))})"
+        f" on conflict (device_id, bucket_start) do update set {', '.join(updates)}"
+    )
+
+
+_UPSERT = {resolution: _upsert_sql(resolution) for resolution in RESOLUTIONS}
+
+
+def _max(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else max(a, b)
+
+
+def _finite(value: float | None) -> float | None:
+    # json.loads takes NaN and Infinity: one such report must not poison a bucket (NaN is NULL in
+    # SQLite, and NULL + x stays NULL) nor make it unserialisable as JSON.
+    return value if value is None or math.isfinite(value) else None
+
+
+def _values(message: Telemetry) -> list[Any]:
+    """One report's contribution, in the order of ``_SUMS`` then ``_MAXES``; a non-finite value counts as absent."""
+    m = message
+    latency, cpu = _finite(m.latency_ms_mean), _finite(m.cpu_percent)
+    return [
+        1, m.inference_count, m.error_count, _finite(m.window_s) or 0.0,
+        0.0 if latency is None else latency * m.inference_count, 0 if latency is None else m.inference_count,
+        cpu or 0.0, 0 if cpu is None else 1, int(m.drift_alert),
+        latency, _finite(m.latency_ms_p95), m.rss_bytes, _finite(m.soc_temp_c), _finite(m.drift_score),
+        m.outbox_pending,
+    ]  # fmt: skip
+
+
+def _merge(into: list[Any], values: list[Any]) -> None:
+    for i in range(_N_SUMS):
+        into[i] += values[i]
+    for i in range(_N_SUMS, len(values)):
+        into[i] = _max(into[i], values[i])
+
+
+class RollupBatch:
+    """The rollup changes of one ingest batch, merged per device and bucket before writing.
+
+    Reports are merged into minutes, and the hours made from those minutes, so each report is
+    handled once whatever the number of resolutions.
+    """
+
+    def __init__(self) -> None:
+        self._minutes: dict[tuple[str, int], list[Any]] = {}  # (device_id, minute start, epoch s)
+
+    def add(self, message: Telemetry, received_at: datetime) -> None:
+        # Bucketed by when the device closed the window, so an outbox replayed after an outage lands
+        # where it happened; a device clock running ahead cannot make buckets in the future.
+        sent = message.sent_at if message.sent_at.tzinfo else message.sent_at.replace(tzinfo=UTC)
+        key = (message.device_id, math.floor(min(sent, received_at).timestamp() / 60) * 60)
+        current = self._minutes.get(key)
+        if current is None:
+            self._minutes[key] = _values(message)
+        else:
+            _merge(current, _values(message))
+
+    def write(self, conn: sqlite3.Connection) -> None:
+        """Upsert every bucket; the caller holds the transaction the raw rows went in with."""
+        hours: dict[tuple[str, int], list[Any]] = {}
+        for (device_id, minute), values in self._minutes.items():
+            key = (device_id, minute // 3600 * 3600)
+            current = hours.get(key)
+            if current is None:
+                hours[key] = list(values)
+            else:
+                _merge(current, values)
+        for sql, buckets in ((_UPSERT["minute"], self._minutes), (_UPSERT["hour"], hours)):
+            rows = [(device_id, _iso(start), *values) for (device_id, start), values in buckets.items()]
+            if rows:
+                conn.executemany(sql, rows)
+
+
+def rollup_view(row: dict[str, Any]) -> dict[str, Any]:
+    """A stored bucket (or a sum of buckets) as the API shows it: counts, rates, means and maxima."""
+    served = row["inference_count"] + row["error_count"]
+    view = {
+        "bucket_start": row["bucket_start"],
+        "reports": row["reports"],
+        "inference_count": row["inference_count"],
+        "error_count": row["error_count"],
+        "error_rate": row["error_count"] / served if served else None,  # as the alerts compute it
+        "window_s": row["window_s"],
+        "latency_ms_mean": row["latency_ms_weighted_sum"] / row["latency_ms_weight"]
+        if row["latency_ms_weight"]
+        else None,
+        "cpu_percent_mean": row["cpu_percent_sum"] / row["cpu_percent_reports"] if row["cpu_percent_reports"] else None,
+        "drift_alerts": row["drift_alerts"],
+    }
+    view |= {column: row[column] for column in _MAXES}
+    if "devices" in row:
+        view["devices"] = row["devices"]
+    return view
+
+
+def fleet_rollup_sql(resolution: Resolution, *, device_class: bool) -> str:
+    """Buckets summed over devices (optionally of one class): exact, since buckets hold only sums and maxima."""
+    aggregates = [f"sum(r.{c}) as {c}" for c in _SUMS] + [f"max(r.{c}) as {c}" for c in _MAXES]
+    join = " join devices d on d.device_id = r.device_id and d.device_class = :device_class" if device_class else ""
+    return (
+        f"select r.bucket_start, count(distinct r.device_id) as devices, {', '.join(aggregates)}"
+        f" from {rollup_table(resolution)} r{join} where r.bucket_start >= :since"
+        " group by r.bucket_start order by r.bucket_start desc limit :limit"
+    )
+
+
+class TelemetryPruner:
+    """Deletes telemetry past retention at start and then every ``interval_s``, until stopped."""
+
+    def __init__(self, db: FleetDB, retention: TelemetryRetentionConfig) -> None:
+        self.db = db
+        self.retention = retention
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="telemetry-pruner", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def prune_once(self) -> dict[str, int]:
+        r = self.retention
+        deleted = self.db.prune_telemetry(
+            raw_days=r.raw_days, minute_days=r.minute_days, hour_days=r.hour_days, stop=self._stop
+        )
+        if any(deleted.values()):
+            log.info("telemetry pruned: %s", ", ".join(f"{table} {n}" for table, n in deleted.items()))
+        return deleted
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.prune_once()
+            except Exception:  # a failed prune is retried at the next interval; ingest goes on
+                log.exception("telemetry prune failed")
+            self._stop.wait(self.retention.prune_interval_s)

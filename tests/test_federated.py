@@ -1,0 +1,302 @@
+"""Federated core on real parts: Opacus DP-SGD with cumulative accounting, the budget stop, fresh noise,
+FedProx's term, Flower strategies and dropout tolerance, through the in-process Grid."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+from opacus.accountants import RDPAccountant
+
+from compression.digits import load_digits_data
+from federated.client_app import BUDGET_EXHAUSTED, NO_DATA
+from federated.client_app import app as client_app
+from federated.data import dirichlet_split, fill_sample_store, load_samples
+from federated.errors import BudgetExhausted, LocalDataError
+from federated.inprocess import InProcessGrid, InProcessNode
+from federated.models import build_model
+from federated.privacy import PrivacyLedger, central_epsilon, epsilon_of
+from federated.rounds import run_rounds
+from federated.spec import CampaignSpec
+from federated.strategies import build_strategy
+from federated.training import LocalData, TrainConfig, evaluate, train
+from federated.weights import arrays_to_model, model_to_arrays
+
+
+@pytest.fixture(scope="module")
+def digits():  # type: ignore[no-untyped-def]
+    return load_digits_data()
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory: pytest.TempPathFactory, digits) -> list[Path]:  # type: ignore[no-untyped-def]
+    """Four agent sample stores holding a non-IID split of the digits training set."""
+    root = tmp_path_factory.mktemp("stores")
+    paths = []
+    for i, idx in enumerate(dirichlet_split(digits.y_train, 4, alpha=1.0, seed=1)):
+        fill_sample_store(root / f"d{i}.sqlite", digits.x_train[idx], digits.y_train[idx])
+        paths.append(root / f"d{i}.sqlite")
+    return paths
+
+
+def _nodes(stores: list[Path], state: Path) -> list[InProcessNode]:
+    return [
+        InProcessNode(client_app, {"samples-db": str(p), "state-dir": str(state / f"n{i}"), "device-id": f"dev-{i}"})
+        for i, p in enumerate(stores)
+    ]
+
+
+def _evaluator(digits):  # type: ignore[no-untyped-def]
+    test = LocalData(digits.x_test, digits.y_test)
+
+    def evaluate_fn(_round: int, arrays) -> dict[str, float]:  # type: ignore[no-untyped-def]
+        _, accuracy = evaluate(arrays_to_model(build_model("mlp"), arrays), test)
+        return {"accuracy": float(accuracy or 0.0)}
+
+    return evaluate_fn
+
+
+def _data(digits, n: int = 300) -> LocalData:  # type: ignore[no-untyped-def]
+    return LocalData(digits.x_train[:n], digits.y_train[:n])
+
+
+# -- privacy accounting -------------------------------------------------------------------------
+
+
+def test_cumulative_epsilon_matches_opacus_accountant_and_survives_restart(tmp_path: Path, digits) -> None:  # type: ignore[no-untyped-def]
+    # Prepare
+    ledger = PrivacyLedger.open(tmp_path, "camp-1", accountant="rdp", delta=1e-5)
+    cfg = TrainConfig(epochs=1, batch_size=30, learning_rate=0.1, noise_multiplier=1.1, clip_norm=1.0)
+    reference = RDPAccountant()
+    per_round = []
+    # Execute: three DP rounds, each from a fresh model as a ClientApp would start
+    for server_round in (1, 2, 3):
+        result = train(build_model("mlp"), _data(digits), cfg, ledger=ledger, server_round=server_round)
+        for _ in range(result.steps):
+            reference.step(noise_multiplier=1.1, sample_rate=result.sample_rate)
+        per_round.append(epsilon_of([(1.1, result.sample_rate or 0.0, result.steps)], 1e-5))
+        # Assert: the ledger equals Opacus's accountant stepped through every round so far
+        assert result.epsilon == pytest.approx(reference.get_epsilon(1e-5), rel=1e-9)
+    assert ledger.history == [(1.1, pytest.approx(1 / 10), 30)]
+    # The cumulative figure is what one round alone (Flower's example's figure) understates.
+    assert ledger.epsilon > 1.3 * per_round[-1]
+    reopened = PrivacyLedger.open(tmp_path, "camp-1", accountant="rdp", delta=1e-5)
+    assert reopened.epsilon == pytest.approx(ledger.epsilon)
+    assert [r["round"] for r in reopened.rounds] == [1, 2, 3]
+
+
+def test_ledger_refuses_a_damaged_file_or_a_changed_delta(tmp_path: Path) -> None:
+    ledger = PrivacyLedger.open(tmp_path, "c", accountant="rdp", delta=1e-5)
+    ledger.record((1.0, 0.1, 10), 1)
+    with pytest.raises(LocalDataError, match="delta"):
+        PrivacyLedger.open(tmp_path, "c", accountant="rdp", delta=1e-3)
+    ledger.path.write_text("{not json")
+    with pytest.raises(LocalDataError, match="unreadable"):
+        PrivacyLedger.open(tmp_path, "c", accountant="rdp", delta=1e-5)
+
+
+def test_budget_stop_declines_before_training_and_spends_nothing(tmp_path: Path, digits) -> None:  # type: ignore[no-untyped-def]
+    # Prepare: a budget that admits one round but not two
+    ledger = PrivacyLedger.open(tmp_path, "camp", accountant="rdp", delta=1e-5)
+    one_round = epsilon_of([(1.1, 0.1, 10)], 1e-5)
+    cfg = TrainConfig(batch_size=30, noise_multiplier=1.1, max_epsilon=one_round * 1.2)
+    train(build_model("mlp"), _data(digits), cfg, ledger=ledger, server_round=1)
+    model = build_model("mlp")
+    before = [p.detach().clone() for p in model.parameters()]
+    # Execute
+    with pytest.raises(BudgetExhausted) as info:
+        train(model, _data(digits), cfg, ledger=ledger, server_round=2)
+    # Assert
+    assert info.value.projected > cfg.max_epsilon >= info.value.spent
+    assert "declining to train" in info.value.reason
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    assert ledger.epsilon == pytest.approx(one_round)
+    assert len(PrivacyLedger.open(tmp_path, "camp", accountant="rdp", delta=1e-5).rounds) == 1
+
+
+def test_target_epsilon_spreads_the_budget_over_all_rounds(tmp_path: Path, digits) -> None:  # type: ignore[no-untyped-def]
+    ledger = PrivacyLedger.open(tmp_path, "t", accountant="rdp", delta=1e-5)
+    cfg = TrainConfig(batch_size=30, target_epsilon=2.0, rounds=4, max_epsilon=2.5)
+    for server_round in range(1, 5):
+        result = train(build_model("mlp"), _data(digits), cfg, ledger=ledger, server_round=server_round)
+    assert result.epsilon == pytest.approx(2.0, abs=0.05)  # noise chosen at round one for all four
+    assert ledger.noise_multiplier is not None
+
+
+def test_dp_noise_never_repeats_even_with_the_same_seed(digits) -> None:  # type: ignore[no-untyped-def]
+    # Prepare: identical start, data and torch seed (so Poisson sampling draws the same batches)
+    start = model_to_arrays(build_model("mlp"))
+    cfg = TrainConfig(batch_size=30, noise_multiplier=1.0)
+    updates = []
+    for i in range(2):
+        torch.manual_seed(0)
+        model = arrays_to_model(build_model("mlp"), start)
+        ledger = PrivacyLedger.open(Path(f"/tmp/noise-{time.time_ns()}-{i}"), "n", accountant="rdp", delta=1e-5)
+        train(model, _data(digits), cfg, ledger=ledger, server_round=1)
+        updates.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    # Assert: only the noise can differ, and it does
+    assert not torch.allclose(updates[0], updates[1])
+
+
+# -- FedProx ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dp", [False, True])
+def test_fedprox_term_keeps_the_local_model_near_the_global_one(tmp_path: Path, digits, dp: bool) -> None:  # type: ignore[no-untyped-def]
+    start = model_to_arrays(build_model("mlp"))
+    global_params = torch.cat([p.flatten() for p in arrays_to_model(build_model("mlp"), start).parameters()])
+    drift = {}
+    for mu in (0.0, 5.0):
+        torch.manual_seed(0)
+        model = arrays_to_model(build_model("mlp"), start)
+        cfg = TrainConfig(epochs=3, batch_size=30, learning_rate=0.1, proximal_mu=mu,
+                          noise_multiplier=0.5 if dp else None)  # fmt: skip
+        ledger = PrivacyLedger.open(tmp_path / f"{mu}", "p", accountant="rdp", delta=1e-5) if dp else None
+        train(model, _data(digits), cfg, ledger=ledger, server_round=1)
+        drift[mu] = float((torch.cat([p.detach().flatten() for p in model.parameters()]) - global_params).norm())
+    assert drift[5.0] < 0.6 * drift[0.0]
+
+
+# -- the ClientApp ------------------------------------------------------------------------------
+
+
+def _train_message(spec: CampaignSpec, arrays, server_round: int = 1) -> Message:  # type: ignore[no-untyped-def]
+    config = ConfigRecord({"campaign-id": "c-test", "campaign": spec.model_dump_json(), "server-round": server_round})
+    message = Message(RecordDict({"arrays": arrays, "config": config}), dst_node_id=7, message_type="train")
+    message.metadata.__dict__["_message_id"] = "m1"
+    return message
+
+
+def test_client_app_declines_with_a_reason(tmp_path: Path, stores: list[Path]) -> None:
+    InProcessGrid([])  # sets Flower's task identity for building messages here
+    spec = CampaignSpec(model="digits", min_samples=10)
+    arrays = model_to_arrays(build_model("mlp"))
+    empty = Context(1, 7, {"samples-db": str(tmp_path / "none.sqlite"), "device-id": "d"}, RecordDict(), {})
+    reply = client_app(_train_message(spec, arrays), empty)
+    assert reply.has_error() and reply.error.code == NO_DATA and "no sample store" in (reply.error.reason or "")
+    bad = _train_message(spec, arrays)
+    bad.content["config"]["campaign"] = '{"model": "x", "rounds": -1}'
+    ok_context = Context(1, 7, {"samples-db": str(stores[0]), "device-id": "d"}, RecordDict(), {})
+    assert "bad campaign task" in (client_app(bad, ok_context).error.reason or "")
+    wrong = CampaignSpec(model="digits", architecture="mlp", architecture_args={"sizes": [64, 32, 10]})
+    reply = client_app(_train_message(wrong, arrays), ok_context)
+    assert (reply.has_error() and "do not fit" in (reply.error.reason or "")) or "shape" in (reply.error.reason or "")
+
+
+def test_sample_store_errors_are_clear(tmp_path: Path, digits) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "s.sqlite"
+    fill_sample_store(path, digits.x_train[:5], digits.y_train[:5], input_name="pixels")
+    with pytest.raises(LocalDataError, match="needs input 'image'"):
+        load_samples(path, input_name="image", label_name="label")
+    with pytest.raises(LocalDataError, match="needs 'target'"):
+        load_samples(path, input_name=None, label_name="target")
+    data = load_samples(path, input_name=None, label_name="label")
+    assert data.x.shape == (5, 64) and list(data.y) == list(digits.y_train[:5])
+
+
+# -- campaigns through the Grid -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("strategy", ["fedavg", "fedprox", "fedadam", "fedmedian", "krum"])
+def test_every_strategy_trains_the_model(tmp_path: Path, stores: list[Path], digits, strategy: str) -> None:  # type: ignore[no-untyped-def]
+    spec = CampaignSpec(model="digits", strategy=strategy, rounds=4, min_clients=4, max_clients=4, local_epochs=2,
+                        learning_rate=0.1, server_learning_rate=0.05, proximal_mu=0.01)  # fmt: skip
+    grid = InProcessGrid(_nodes(stores, tmp_path))
+    try:
+        outcome = run_rounds(grid, build_strategy(spec), spec, model_to_arrays(build_model("mlp")),
+                             campaign_id="s", evaluate_fn=_evaluator(digits))  # fmt: skip
+    finally:
+        grid.close()
+    assert outcome.status == "completed", outcome.reason
+    assert [r.status for r in outcome.rounds] == ["ok"] * 4
+    assert {p["device"] for p in outcome.rounds[0].participants} == {f"dev-{i}" for i in range(4)}
+    assert outcome.rounds[-1].evaluation["accuracy"] > outcome.initial_evaluation["accuracy"] + 0.15
+
+
+def test_dropouts_and_slow_devices_never_hang_a_round(tmp_path: Path, stores: list[Path]) -> None:
+    # Prepare: one device raises, one is slower than the round timeout, two answer
+    def slow(message, context):  # type: ignore[no-untyped-def]
+        time.sleep(3.0)
+        return client_app(message, context)
+
+    def broken(_message, _context):  # type: ignore[no-untyped-def]
+        raise RuntimeError("device lost power")
+
+    nodes = _nodes(stores, tmp_path)
+    nodes[1].app, nodes[2].app = slow, broken
+    spec = CampaignSpec(model="digits", rounds=2, min_clients=2, max_clients=4, round_timeout_s=1.5, node_wait_s=0)
+    grid = InProcessGrid(nodes)
+    # Execute
+    started = time.monotonic()
+    try:
+        outcome = run_rounds(grid, build_strategy(spec), spec, model_to_arrays(build_model("mlp")), campaign_id="d")
+    finally:
+        elapsed = time.monotonic() - started
+        grid.close()
+    # Assert: both rounds complete with the two that answered, each within its timeout
+    assert outcome.status == "completed"
+    for record in outcome.rounds:
+        assert record.status == "ok" and record.sampled == 4 and record.missing == 1
+        assert {p["device"] for p in record.participants} == {"dev-0", "dev-3"}
+        assert "device lost power" in record.declined[0]["reason"]
+    assert elapsed < 2 * 1.5 + 2.0
+
+
+def test_a_round_below_the_minimum_fails_and_the_campaign_ends(tmp_path: Path, stores: list[Path]) -> None:
+    grid = InProcessGrid(_nodes(stores[:3], tmp_path))
+    grid.disconnect(1001)
+    grid.disconnect(1002)
+    spec = CampaignSpec(model="digits", rounds=5, min_clients=2, max_clients=3, node_wait_s=0.5, max_failed_rounds=2)
+    try:
+        outcome = run_rounds(grid, build_strategy(spec), spec, model_to_arrays(build_model("mlp")), campaign_id="f")
+    finally:
+        grid.close()
+    assert outcome.status == "failed"
+    assert [r.status for r in outcome.rounds] == ["failed", "failed"]
+    assert "1 clients connected, the round needs 2" in outcome.rounds[0].reason
+
+
+def test_local_dp_campaign_stops_when_every_client_is_out_of_budget(tmp_path: Path, stores: list[Path]) -> None:
+    spec = CampaignSpec(model="digits", rounds=10, min_clients=2, max_clients=4, batch_size=32,
+                        privacy={"mode": "local", "noise_multiplier": 1.0, "max_epsilon": 4.0})  # fmt: skip
+    grid = InProcessGrid(_nodes(stores, tmp_path))
+    try:
+        outcome = run_rounds(grid, build_strategy(spec), spec, model_to_arrays(build_model("mlp")), campaign_id="b")
+    finally:
+        grid.close()
+    assert outcome.status == "budget_exhausted", outcome.reason
+    assert 0 < max(outcome.client_epsilon.values()) <= 4.0
+    codes = {d["code"] for r in outcome.rounds for d in r.declined}
+    assert codes == {BUDGET_EXHAUSTED}
+    # Every client's reported figure is its ledger's, composed over all the rounds it trained in.
+    for i in range(4):
+        ledger = PrivacyLedger.open(tmp_path / f"n{i}", "b", accountant="rdp", delta=1e-5)
+        if ledger.history:
+            assert outcome.client_epsilon[f"dev-{i}"] == pytest.approx(ledger.epsilon)
+
+
+def test_central_dp_accounts_every_release_and_stops_at_the_budget(tmp_path: Path, stores: list[Path]) -> None:
+    per_round = central_epsilon(2.0, 1.0, 1, 1e-5)
+    spec = CampaignSpec(model="digits", rounds=10, min_clients=4, max_clients=4,
+                        privacy={"mode": "central", "noise_multiplier": 2.0, "clip_norm": 0.5,
+                                 "max_epsilon": central_epsilon(2.0, 1.0, 3, 1e-5) + 1e-6})  # fmt: skip
+    grid = InProcessGrid(_nodes(stores, tmp_path))
+    try:
+        outcome = run_rounds(grid, build_strategy(spec), spec, model_to_arrays(build_model("mlp")), campaign_id="cdp")
+    finally:
+        grid.close()
+    assert outcome.status == "budget_exhausted"
+    assert [r.status for r in outcome.rounds[:3]] == ["ok"] * 3
+    assert outcome.central_epsilon == pytest.approx(central_epsilon(2.0, 1.0, 3, 1e-5))
+    assert outcome.rounds[0].central_epsilon == pytest.approx(per_round)
+
+
+def test_dirichlet_split_is_skewed_and_complete(digits) -> None:  # type: ignore[no-untyped-def]
+    parts = dirichlet_split(digits.y_train, 10, alpha=0.3, seed=0)
+    assert sorted(np.concatenate(parts).tolist()) == list(range(len(digits.y_train)))
+    dominant = [np.bincount(digits.y_train[p], minlength=10).max() / len(p) for p in parts]
+    assert np.mean(dominant) > 0.3  # IID would be ~0.1

@@ -1,0 +1,263 @@
+"""Telemetry rollups kept at ingest, their retention, their REST routes and their migration, on real SQLite files."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlite_utils
+from fastapi.testclient import TestClient
+
+from coordinator.config import TelemetryRetentionConfig
+from coordinator.db import FleetDB
+from coordinator.rollups import TelemetryPruner
+from edgefleet.fleet import wait_until
+from protocol.messages import ReportedState, Telemetry, parse
+
+T0 = datetime(2026, 3, 1, 10, 0, tzinfo=UTC)
+TOKEN = "rollups-token-0123456789"
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> FleetDB:
+    return FleetDB(tmp_path / "fleet.db")
+
+
+def _report(device_id: str = "gw-1", at: datetime = T0, **fields: Any) -> Telemetry:
+    values: dict[str, Any] = {"window_s": 10.0, "inference_count": 10, "error_count": 0} | fields
+    return Telemetry(device_id=device_id, sent_at=at, **values)
+
+
+def _by_start(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {row["bucket_start"]: row for row in rows}
+
+
+def _count(path: Path, table: str) -> int:
+    return int(sqlite3.connect(path).execute(f"select count(*) from {table}").fetchone()[0])
+
+
+def test_reports_in_one_bucket_add_up_and_means_are_derived_on_read(db: FleetDB) -> None:
+    first = _report(at=T0 + timedelta(seconds=5), inference_count=10, error_count=0, latency_ms_mean=2.0,
+                    latency_ms_p95=3.0, cpu_percent=10.0, rss_bytes=100, soc_temp_c=50.0, drift_score=0.1)  # fmt: skip
+    second = _report(at=T0 + timedelta(seconds=40), inference_count=30, error_count=2, latency_ms_mean=4.0,
+                     latency_ms_p95=8.0, cpu_percent=30.0, rss_bytes=300, soc_temp_c=55.0, drift_score=0.3,
+                     drift_alert=True, outbox_pending=4)  # fmt: skip
+    bare = _report(at=T0 + timedelta(minutes=1, seconds=10), inference_count=5)  # no latency, cpu, temperature
+    later = _report(at=T0 + timedelta(hours=1, minutes=30), inference_count=1, error_count=1, latency_ms_mean=9.0)
+    assert db.add_telemetry_batch([first, bare]) == 2
+    assert db.add_telemetry_batch([second, later]) == 2  # a second batch lands in buckets the first made
+
+    minutes = _by_start(db.telemetry_rollups("gw-1", "minute"))
+    hours = _by_start(db.telemetry_rollups("gw-1", "hour"))
+
+    assert list(minutes) == ["2026-03-01T11:30:00+00:00", "2026-03-01T10:01:00+00:00", "2026-03-01T10:00:00+00:00"]
+    m = minutes["2026-03-01T10:00:00+00:00"]
+    assert (m["reports"], m["inference_count"], m["error_count"], m["window_s"]) == (2, 40, 2, 20.0)
+    assert m["error_rate"] == pytest.approx(2 / 42)
+    assert m["latency_ms_mean"] == pytest.approx((2.0 * 10 + 4.0 * 30) / 40)  # per inference, not per report
+    assert m["cpu_percent_mean"] == pytest.approx(20.0)
+    assert (m["latency_ms_mean_max"], m["latency_ms_p95_max"], m["rss_bytes_max"]) == (4.0, 8.0, 300)
+    assert (m["soc_temp_c_max"], m["drift_score_max"], m["drift_alerts"], m["outbox_pending_max"]) == (55.0, 0.3, 1, 4)
+    empty = minutes["2026-03-01T10:01:00+00:00"]
+    assert (empty["reports"], empty["inference_count"], empty["error_rate"]) == (1, 5, 0.0)
+    assert empty["latency_ms_mean"] is None and empty["cpu_percent_mean"] is None and empty["soc_temp_c_max"] is None
+    assert list(hours) == ["2026-03-01T11:00:00+00:00", "2026-03-01T10:00:00+00:00"]
+    h = hours["2026-03-01T10:00:00+00:00"]
+    assert (h["reports"], h["inference_count"], h["error_count"]) == (3, 45, 2)
+    assert h["latency_ms_mean"] == pytest.approx(3.5)  # the report without latency adds no weight
+    assert h["cpu_percent_mean"] == pytest.approx(20.0)
+    assert hours["2026-03-01T11:00:00+00:00"]["error_rate"] == pytest.approx(0.5)
+
+
+def test_since_and_limit_select_the_newest_buckets(db: FleetDB) -> None:
+    db.add_telemetry_batch([_report(at=T0 + timedelta(minutes=i)) for i in range(5)])
+
+    starts = lambda **kw: [r["bucket_start"][11:16] for r in db.telemetry_rollups("gw-1", "minute", **kw)]  # noqa: E731
+
+    assert starts() == ["10:04", "10:03", "10:02", "10:01", "10:00"]
+    assert starts(limit=2) == ["10:04", "10:03"]
+    assert starts(since=T0 + timedelta(minutes=2, seconds=30)) == ["10:04", "10:03", "10:02"]  # its bucket included
+    assert db.telemetry_rollups("gw-2", "minute") == []
+
+
+def test_a_duplicate_delivery_is_counted_once(tmp_path: Path, db: FleetDB) -> None:
+    message = _report(inference_count=7)
+    assert db.add_telemetry_batch([message, message]) == 1  # twice in one batch
+    assert not db.add_telemetry(message)  # and again later
+
+    [minute] = db.telemetry_rollups("gw-1", "minute")
+    [hour] = db.telemetry_rollups("gw-1", "hour")
+
+    assert (minute["reports"], minute["inference_count"]) == (1, 7)
+    assert (hour["reports"], hour["inference_count"]) == (1, 7)
+    assert _count(tmp_path / "fleet.db", "telemetry") == 1
+
+
+def test_raw_rows_and_rollups_are_stored_together_or_not_at_all(tmp_path: Path, db: FleetDB) -> None:
+    with sqlite3.connect(tmp_path / "fleet.db") as other:  # a fault in the rollup write, after the raw insert
+        other.execute("alter table telemetry_hour rename to telemetry_hour_away")
+
+    with pytest.raises(sqlite3.OperationalError, match="telemetry_hour"):
+        db.add_telemetry_batch([_report(), _report(at=T0 + timedelta(minutes=1))])
+
+    assert _count(tmp_path / "fleet.db", "telemetry") == 0
+    assert _count(tmp_path / "fleet.db", "telemetry_minute") == 0
+
+
+def test_a_device_clock_ahead_cannot_make_future_buckets(db: FleetDB) -> None:
+    before = datetime.now(UTC).replace(second=0, microsecond=0)
+    db.add_telemetry(_report(at=datetime.now(UTC) + timedelta(days=3)))
+
+    [minute] = db.telemetry_rollups("gw-1", "minute")
+
+    assert before <= datetime.fromisoformat(minute["bucket_start"]) <= datetime.now(UTC)
+
+
+def test_a_non_finite_value_counts_as_absent(db: FleetDB) -> None:
+    payload = (
+        b'{"device_id": "gw-1", "sent_at": "2026-03-01T10:00:00Z", "window_s": 10, "inference_count": 4,'
+        b' "error_count": 0, "cpu_percent": NaN, "soc_temp_c": Infinity, "latency_ms_mean": 2.0}'
+    )
+    db.add_telemetry_batch([parse(Telemetry, payload), _report(at=T0, cpu_percent=30.0)])
+
+    [minute] = db.telemetry_rollups("gw-1", "minute")
+
+    assert (minute["reports"], minute["cpu_percent_mean"], minute["soc_temp_c_max"]) == (2, 30.0, None)
+
+
+def test_fleet_rollups_sum_devices_and_filter_by_class(db: FleetDB) -> None:
+    for device_id, device_class in (("pi-1", "rpi4"), ("pi-2", "rpi4"), ("gw-1", "x86-gateway")):
+        db.record_reported(
+            ReportedState(
+                device_id=device_id, device_class=device_class, agent_version="t", status="ready", started_at=T0
+            )
+        )
+    db.add_telemetry_batch([
+        _report("pi-1", inference_count=10, latency_ms_mean=1.0, soc_temp_c=60.0),
+        _report("pi-2", inference_count=30, latency_ms_mean=3.0, soc_temp_c=70.0),
+        _report("gw-1", inference_count=60, latency_ms_mean=10.0, soc_temp_c=40.0),
+    ])  # fmt: skip
+
+    [fleet] = db.fleet_rollups("minute")
+    [rpi4] = db.fleet_rollups("minute", device_class="rpi4")
+
+    assert (fleet["devices"], fleet["reports"], fleet["inference_count"]) == (3, 3, 100)
+    assert fleet["latency_ms_mean"] == pytest.approx((10 + 90 + 600) / 100)
+    assert (rpi4["devices"], rpi4["inference_count"], rpi4["soc_temp_c_max"]) == (2, 40, 70.0)
+    assert rpi4["latency_ms_mean"] == pytest.approx(2.5)
+    assert db.fleet_rollups("minute", device_class="jetson") == []
+
+
+def test_prune_deletes_exactly_what_is_past_retention(tmp_path: Path, db: FleetDB) -> None:
+    now = datetime(2026, 6, 1, 12, 0, 30, tzinfo=UTC)
+    minute_cutoff, hour_cutoff = now - timedelta(days=30), now - timedelta(days=365)
+    db.add_telemetry_batch([
+        _report(at=minute_cutoff - timedelta(seconds=31)),  # minute 11:59, ends at 12:00 <= cutoff: goes
+        _report(at=minute_cutoff - timedelta(seconds=29)),  # minute 12:00 holds the cutoff: stays
+        _report(at=hour_cutoff - timedelta(minutes=1)),  # hour 11:00 ends at 12:00 <= cutoff: goes
+        _report(at=hour_cutoff),  # hour 12:00 holds the cutoff: stays
+    ])  # fmt: skip
+    path = tmp_path / "fleet.db"
+    with sqlite3.connect(path) as conn:  # arrival times a week back, as if received then
+        ids = [row[0] for row in conn.execute("select message_id from telemetry order by sent_at")]
+        for message_id, age in zip(
+            ids, (timedelta(days=7, seconds=1), timedelta(days=7), timedelta(days=6), timedelta(0)), strict=True
+        ):
+            conn.execute(
+                "update telemetry set received_at = ? where message_id = ?", [(now - age).isoformat(), message_id]
+            )
+    minutes_before = {r["bucket_start"] for r in db.telemetry_rollups("gw-1", "minute", limit=100)}
+    hours_before = {r["bucket_start"] for r in db.telemetry_rollups("gw-1", "hour", limit=100)}
+
+    deleted = db.prune_telemetry(now=now, raw_days=7, minute_days=30, hour_days=365, chunk=1)
+
+    assert deleted == {"telemetry": 1, "telemetry_minute": 3, "telemetry_hour": 1}
+    assert _count(path, "telemetry") == 3  # the row received exactly 7 days ago is not older than 7 days
+    minutes = {r["bucket_start"] for r in db.telemetry_rollups("gw-1", "minute", limit=100)}
+    hours = {r["bucket_start"] for r in db.telemetry_rollups("gw-1", "hour", limit=100)}
+    assert minutes_before - minutes == {
+        "2025-06-01T11:59:00+00:00", "2025-06-01T12:00:00+00:00", "2026-05-02T11:59:00+00:00",
+    }  # fmt: skip
+    assert minutes == {"2026-05-02T12:00:00+00:00"}
+    assert hours_before - hours == {"2025-06-01T11:00:00+00:00"}
+    assert db.prune_telemetry(now=now) == {"telemetry": 0, "telemetry_minute": 0, "telemetry_hour": 0}
+
+
+def test_the_pruner_prunes_at_start_and_stops_on_request(tmp_path: Path, db: FleetDB) -> None:
+    db.add_telemetry(_report(at=datetime.now(UTC) - timedelta(days=40)))
+    pruner = TelemetryPruner(db, TelemetryRetentionConfig(minute_days=30, prune_interval_s=3600))
+
+    pruner.start()
+    wait_until(lambda: db.telemetry_rollups("gw-1", "minute") == [], timeout=10, what="the first prune")
+    pruner.stop()
+
+    assert pruner._thread is not None and not pruner._thread.is_alive()
+    assert len(db.telemetry_rollups("gw-1", "hour")) == 1  # within the year
+    assert _count(tmp_path / "fleet.db", "telemetry") == 1  # received just now
+
+
+def test_retention_config_has_defaults_and_forbids_unknown_keys() -> None:
+    from pydantic import ValidationError
+
+    assert TelemetryRetentionConfig() == TelemetryRetentionConfig(raw_days=7, minute_days=30, hour_days=365)
+    with pytest.raises(ValidationError):
+        TelemetryRetentionConfig(raw_dys=3)  # type: ignore[call-arg]
+    with pytest.raises(ValidationError):
+        TelemetryRetentionConfig(raw_days=0)
+
+
+def test_rollup_endpoints_need_a_token_and_are_bounded(tmp_path: Path) -> None:
+    from coordinator.api import create_app
+    from coordinator.config import BrokerConfig, CoordinatorConfig
+    from coordinator.service import Coordinator
+    from protocol.signing import generate_keypair
+
+    (tmp_path / "k.pub").write_bytes(generate_keypair()[1])
+    config = CoordinatorConfig(data_dir=tmp_path / "c", trusted_keys=[tmp_path / "k.pub"], broker=BrokerConfig())
+    coordinator = Coordinator(config)
+    coordinator.db.add_telemetry_batch([
+        _report(at=T0, inference_count=10, error_count=10, latency_ms_mean=2.0),
+        _report(at=T0 + timedelta(seconds=30), inference_count=30, latency_ms_mean=6.0),
+        _report(at=T0 + timedelta(hours=2), inference_count=1),
+    ])  # fmt: skip
+    http = TestClient(create_app(coordinator, token=TOKEN))  # no lifespan: no broker needed
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    url = "/api/v1/devices/gw-1/telemetry/rollups"
+
+    assert http.get(url).status_code == 401
+    minutes = http.get(url, headers=auth)
+    hours = http.get(url, params={"resolution": "hour", "since": "2026-03-01T11:00:00Z"}, headers=auth)
+    fleet = http.get("/api/v1/telemetry/rollups", params={"limit": 1}, headers=auth)
+
+    assert minutes.status_code == 200
+    assert [b["bucket_start"] for b in minutes.json()] == ["2026-03-01T12:00:00+00:00", "2026-03-01T10:00:00+00:00"]
+    bucket = minutes.json()[1]
+    assert (bucket["reports"], bucket["inference_count"], bucket["error_count"]) == (2, 40, 10)
+    assert bucket["error_rate"] == pytest.approx(0.2)
+    assert bucket["latency_ms_mean"] == pytest.approx(5.0)
+    assert [b["bucket_start"] for b in hours.json()] == ["2026-03-01T12:00:00+00:00"]
+    assert [(b["devices"], b["inference_count"]) for b in fleet.json()] == [(1, 1)]
+    for bad in ({"resolution": "day"}, {"limit": 0}, {"limit": 10**6}, {"since": "yesterday"}):
+        assert http.get(url, params=bad, headers=auth).status_code == 422, bad
+
+
+def test_a_version_3_database_gets_the_rollup_tables_on_open(tmp_path: Path) -> None:
+    path = tmp_path / "fleet.db"
+    old = sqlite_utils.Database(path)
+    for migration in (FleetDB._schema_1, FleetDB._schema_2, FleetDB._schema_3):
+        migration(old)
+    old.execute("pragma user_version = 3")
+    old.conn.close()
+
+    db = FleetDB(path)
+    db.add_telemetry(_report())
+
+    conn = sqlite3.connect(path)
+    tables = {row[0] for row in conn.execute("select name from sqlite_master where type = 'table'")}
+    assert {"telemetry_minute", "telemetry_hour"} <= tables
+    assert conn.execute("pragma user_version").fetchone()[0] == FleetDB.SCHEMA_VERSION == 4
+    assert [r["reports"] for r in db.telemetry_rollups("gw-1", "hour")] == [1]
+    FleetDB(path)  # opening again at the current version changes nothing
