@@ -138,7 +138,11 @@ class CampaignManager:
         return self.status(campaign_id)
 
     def stop(self) -> None:
+        """End running campaigns after their current round (a deployment run reads the abort from the DB)."""
         self._stop.set()
+        for campaign_id, thread in self._threads.items():
+            if thread.is_alive():
+                self.store.request_abort(campaign_id)
         for thread in self._threads.values():
             thread.join(timeout=30)
 

@@ -105,7 +105,8 @@ class LocalFleet:
         log.close()
         return proc
 
-    def start_coordinator(self, trusted_keys: list[Path] | None = None) -> str:
+    def start_coordinator(self, trusted_keys: list[Path] | None = None, **settings: Any) -> str:
+        """Start ``edgefleet coordinator serve``; ``settings`` are extra config tables (e.g. campaigns=...)."""
         folder = self.workdir / "coordinator"
         folder.mkdir(parents=True, exist_ok=True)
         self.api_port = self.api_port or free_port()
@@ -116,7 +117,8 @@ class LocalFleet:
                 "trusted_keys": [str(p) for p in (trusted_keys or self.trusted_keys)],
                 "broker": {"url": self.broker_url},
                 "api": {"host": "127.0.0.1", "port": self.api_port, "token": self.token},
-            },
+            }
+            | settings,
         )
         self.coordinator = self._spawn(["coordinator", "serve", "--config", str(config)], "coordinator.log")
         wait_for_port(self.api_port, timeout=30, proc=self.coordinator)

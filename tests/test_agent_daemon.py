@@ -7,11 +7,15 @@ import signal
 import socket
 from pathlib import Path
 
+import paho.mqtt.publish as publish
 import pytest
 
 from agent.client import InferenceClient
+from edgefleet.broker import LocalBroker, free_port
 from edgefleet.fleet import LocalFleet, wait_until
 from protocol.grpc_gen import inference_pb2, inference_pb2_grpc
+from protocol.messages import CampaignAssignment
+from protocol.topics import Channel, topic
 from tests.conftest import DigitsModels, Keys, build
 
 pytestmark = pytest.mark.slow
@@ -124,3 +128,23 @@ def test_under_systemd_the_agent_notifies_ready(
     assert messages[0].startswith("READY=1\nSTATUS=serving no model")
     assert "WATCHDOG=1" in messages[1:]
     assert os.environ.get("NOTIFY_SOCKET") == str(path)
+
+
+def test_a_campaign_assignment_runs_a_supernode_and_reports_why_it_could_not(
+    fleet: LocalFleet, mosquitto: LocalBroker
+) -> None:
+    # Prepare: an agent, and a campaign whose SuperLink address answers nothing
+    _start(fleet, "gw-1", federated={"startup_timeout_s": 5, "max_restarts": 0})
+    assert _reported(fleet, "gw-1")["training_samples"] == 0
+    assignment = CampaignAssignment(device_id="gw-1", campaign_id="c1", superlink=f"127.0.0.1:{free_port()}")
+    # Execute: the coordinator's retained assignment
+    publish.single(topic("gw-1", Channel.CAMPAIGN), assignment.to_bytes(), qos=1, retain=True,
+                   hostname="127.0.0.1", port=mosquitto.port)  # fmt: skip
+    # Assert: the agent tried, gave up after its startup timeout and says why; it still serves
+    wait_until(
+        lambda: "SuperNode did not start" in ((_reported(fleet, "gw-1").get("last_error") or {}).get("reason") or ""),
+        timeout=60,
+        what="the failed SuperNode reported",
+    )
+    assert _reported(fleet, "gw-1")["campaign"] is None
+    assert _reported(fleet, "gw-1")["status"] in ("idle", "ready")

@@ -3,10 +3,13 @@ each device's FederatedParticipant, the campaign ServerApp and ClientApps in the
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+from typer.testing import CliRunner
 
 from agent.config import FederatedConfig
 from agent.federated_node import FederatedParticipant
@@ -16,12 +19,16 @@ from coordinator.campaigns import CampaignManager
 from coordinator.db import FleetDB
 from coordinator.model_registry import ModelRegistry
 from coordinator.registry import Registry
+from edgefleet.cli import app
+from edgefleet.fleet import LocalFleet, wait_until
 from federated.data import dirichlet_split, fill_sample_store
 from federated.privacy import PrivacyLedger
 from federated.spec import CampaignSpec
 from protocol.messages import Availability, ReportedState
 from protocol.signing import load_trusted_keys
 from tests.conftest import DigitsModels, Keys, build
+
+runner = CliRunner()
 
 
 @pytest.mark.slow
@@ -83,3 +90,52 @@ def test_campaign_runs_on_a_superlink_with_two_supernodes(tmp_path: Path, keys: 
         )
         assert [r["round"] for r in ledger.rounds] == [1, 2]
         assert participants[device].campaign_id is None
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_campaign_from_the_cli_runs_on_real_agents(
+    tmp_path: Path, fleet: LocalFleet, keys: Keys, digits: DigitsModels
+) -> None:
+    # Prepare: a coordinator process that runs campaigns, two agent processes serving the base model,
+    # each with labelled samples in its own store (as the Feedback API leaves them)
+    data = load_digits_data()
+    url = fleet.start_coordinator(campaigns={"signing_key": str(keys.private)})
+    for device, idx in zip(("pi-a", "pi-b"), dirichlet_split(data.y_train, 2, alpha=1.0, seed=4), strict=True):
+        agent = fleet.add_agent(device, device_class="rpi5")
+        agent.data_dir.mkdir(parents=True, exist_ok=True)
+        fill_sample_store(agent.data_dir / "samples.db", data.x_train[idx], data.y_train[idx], input_name="pixels")
+    fleet.start_agents(["pi-a", "pi-b"])
+    base, digest = build(digits.v1, tmp_path / "base.bundle", keys, version="1.0", device_class="rpi5")
+    fleet.upload(base)
+    fleet.deploy(digest)
+    fleet.wait_active(digest, ["pi-a", "pi-b"])
+    validation = tmp_path / "holdout.npz"
+    np.savez(validation, pixels=data.x_test, label=data.y_test)
+    spec = tmp_path / "campaign.toml"
+    spec.write_text(
+        'model = "digits"\nbase_version = "1.0"\narchitecture = "mlp"\narchitecture_args = { sizes = [64, 32, 10] }\n'
+        'input_name = "pixels"\nrounds = 2\nmin_clients = 2\nmax_clients = 2\nlearning_rate = 0.1\n'
+        f'node_wait_s = 90\nvalidation_data = "{validation}"\n'
+        '[privacy]\nmode = "local"\ntarget_epsilon = 4.0\nmax_epsilon = 4.0\n'
+    )
+    auth = ["--url", url, "--token", fleet.token]
+    # Execute
+    created = runner.invoke(app, ["campaign", "create", str(spec), "--target", "class=rpi5", "--start",
+                                  *auth, "--format", "json"])  # fmt: skip
+    assert created.exit_code == 0, created.output
+    campaign_id = json.loads(created.output)["id"]
+    watched = runner.invoke(app, ["campaign", "status", campaign_id, "--watch", *auth])
+    # Assert
+    assert watched.exit_code == 0, watched.output
+    assert "round 1 ok: 2 trained, 0 declined" in watched.output and "round 2 ok" in watched.output
+    final = fleet.get(f"/api/v1/campaigns/{campaign_id}")
+    assert final["status"] == "completed" and final["result_version"] == f"1.0+fl.{campaign_id}"
+    assert final["privacy"]["epsilon"] == pytest.approx(4.0, abs=0.1)  # the whole budget, spread over both rounds
+    staged = [v for v in fleet.get("/api/v1/models/digits")["versions"] if v["version"] == final["result_version"]]
+    assert staged and staged[0]["stage"] == "staging"
+    listed = runner.invoke(app, ["campaign", "list", *auth, "--format", "json"])
+    assert [c["id"] for c in json.loads(listed.output)] == [campaign_id]
+    # The agents left the campaign: no SuperNode runs any more, and they say so.
+    wait_until(lambda: all(fleet.device(d)["reported"]["campaign"] is None for d in ("pi-a", "pi-b")), timeout=30,
+               what="agents out of the campaign")  # fmt: skip

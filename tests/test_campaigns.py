@@ -103,7 +103,9 @@ def _spec(validation: Path, **over: Any) -> dict[str, Any]:
 
 def _wait_final(http: TestClient, campaign_id: str, timeout: float = 120) -> dict[str, Any]:
     final = {"completed", "failed", "aborted", "budget_exhausted"}
-    wait_until(lambda: http.get(f"/api/v1/campaigns/{campaign_id}").json()["status"] in final, timeout, what="campaign end")
+    wait_until(
+        lambda: http.get(f"/api/v1/campaigns/{campaign_id}").json()["status"] in final, timeout, what="campaign end"
+    )
     return dict(http.get(f"/api/v1/campaigns/{campaign_id}").json())
 
 

@@ -70,3 +70,15 @@ def test_the_console_script_runs_as_a_module() -> None:
     assert result.returncode == 0
     for group in ("agent", "coordinator", "bundle", "keys", "demo"):
         assert group in result.stdout
+
+
+def test_campaign_cli_explains_bad_input_before_calling_the_coordinator(tmp_path: Path) -> None:
+    spec = tmp_path / "spec.toml"
+    spec.write_text('model = "digits"\nrounds = [\n')
+    result = runner.invoke(app, ["campaign", "create", str(spec)])
+    assert result.exit_code == ExitCode.CONFIG_INVALID and "spec.toml" in result.output
+    spec.write_text('model = "digits"\nrounds = 3\n')
+    result = runner.invoke(app, ["campaign", "create", str(spec), "--target", "room=5"])
+    assert result.exit_code == ExitCode.USAGE and "--target" in result.output
+    result = runner.invoke(app, ["campaign", "create", str(spec), "--url", "http://127.0.0.1:9"])
+    assert result.exit_code == ExitCode.UNREACHABLE

@@ -73,7 +73,7 @@ def test_rollout_reaches_both_agents_and_a_second_version_replaces_the_first(
     # Telemetry of those inferences reaches the coordinator.
     rows = wait_until(
         lambda: [r for r in fleet.get("/api/v1/devices/gw-1/telemetry") if r["inference_count"] > 0],
-        timeout=15,
+        timeout=30,
         what="telemetry with inferences",
     )
     assert rows[0]["latency_ms_p50"] > 0

@@ -300,3 +300,32 @@ def test_dirichlet_split_is_skewed_and_complete(digits) -> None:  # type: ignore
     assert sorted(np.concatenate(parts).tolist()) == list(range(len(digits.y_train)))
     dominant = [np.bincount(digits.y_train[p], minlength=10).max() / len(p) for p in parts]
     assert np.mean(dominant) > 0.3  # IID would be ~0.1
+
+
+def test_the_server_app_runs_in_process_and_records_rounds_in_the_fleet_db(tmp_path: Path, stores: list[Path]) -> None:
+    # Prepare: what the deployment engine hands the ServerApp: starting weights, run config, fleet DB
+    from coordinator.campaign_store import CampaignStore
+    from coordinator.db import FleetDB
+    from federated.server_app import app as server_app
+    from federated.server_app import load_outcome, write_arrays
+
+    fleet_db = tmp_path / "fleet.db"
+    store = CampaignStore(FleetDB(fleet_db))
+    spec = CampaignSpec(model="digits", rounds=2, min_clients=3, max_clients=3)
+    store.create({"id": "cs", "model": "digits", "base_version": "1", "spec": spec.model_dump(), "abort_requested": 0})
+    write_arrays(tmp_path / "initial.npz", model_to_arrays(build_model("mlp")))
+    run_config = {"campaign-id": "cs", "campaign": spec.model_dump_json(), "work-dir": str(tmp_path),
+                  "fleet-db": str(fleet_db)}  # fmt: skip
+    grid = InProcessGrid(_nodes(stores[:3], tmp_path))
+    # Execute
+    try:
+        server_app(grid, Context(1, 0, {}, RecordDict(), run_config))
+    finally:
+        grid.close()
+    # Assert
+    outcome = load_outcome(tmp_path)
+    assert outcome.status == "completed" and len(outcome.rounds) == 2
+    assert [r["round"] for r in store.rounds("cs")] == [1, 2]
+    assert store.get("cs")["round"] == 2
+    start = arrays_to_model(build_model("mlp"), model_to_arrays(build_model("mlp")))
+    assert set(outcome.arrays.keys()) == set(start.state_dict())

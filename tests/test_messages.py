@@ -80,3 +80,19 @@ def test_chunk_with_error_and_data_is_rejected() -> None:
     header = ChunkHeader(request_id="b" * 32, kind="file", digest=DIGEST, offset=0, total_size=0, error="gone")
     with pytest.raises(InvalidMessage, match="both"):
         decode_chunk(encode_chunk(header, b"x"))
+
+
+def test_campaign_assignment_needs_a_superlink_and_a_clean_campaign_id() -> None:
+    from protocol.messages import CampaignAssignment
+
+    joined = parse(
+        CampaignAssignment, CampaignAssignment(device_id="a", campaign_id="c1", superlink="h:9092").to_bytes()
+    )
+    assert joined.superlink == "h:9092"
+    assert parse(CampaignAssignment, b'{"device_id": "a"}').campaign_id is None  # leave every campaign
+    for bad in (
+        b'{"device_id": "a", "campaign_id": "c1"}',
+        b'{"device_id": "a", "campaign_id": "../x", "superlink": "h:1"}',
+    ):
+        with pytest.raises(InvalidMessage):
+            parse(CampaignAssignment, bad)
