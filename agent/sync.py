@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import paho.mqtt.client as mqtt
 
@@ -30,6 +30,8 @@ from protocol.messages import (
 from protocol.topics import RETAINED, Channel, device_subscriptions, parse_topic, topic
 
 __all__ = ["AgentLink", "Handlers"]
+
+M = TypeVar("M", DesiredState, CampaignAssignment)
 
 log = logging.getLogger(__name__)
 
@@ -116,31 +118,31 @@ class AgentLink:
         self.connected.clear()
         log.warning("disconnected from broker (%s); reconnecting in the background", reason)
 
+    def _own(self, model: type[M], msg: mqtt.MQTTMessage) -> M:
+        """A valid message of ``model`` that names this device (a retained one may be stale or misrouted)."""
+        message = parse(model, msg.payload, topic=msg.topic)
+        named = getattr(message, "device_id", None)
+        if named != self.device_id:
+            raise ProtocolError(f"{model.__name__} names device {named!r}", topic=msg.topic)
+        return message
+
     def _on_message(self, _c: mqtt.Client, _ud: Any, msg: mqtt.MQTTMessage) -> None:
         try:
             dest = parse_topic(msg.topic)
             if dest.device_id != self.device_id:
                 raise ProtocolError(f"message for device {dest.device_id!r}", topic=msg.topic)
+            if dest.channel in (Channel.DESIRED, Channel.CAMPAIGN) and not msg.payload:
+                return  # a cleared retained message
             if dest.channel is Channel.DESIRED:
-                if not msg.payload:  # a cleared retained message
-                    return
-                desired = parse(DesiredState, msg.payload, topic=msg.topic)
-                if desired.device_id != self.device_id:
-                    raise ProtocolError(f"desired state names device {desired.device_id!r}", topic=msg.topic)
-                self.handlers.on_desired(desired)
+                self.handlers.on_desired(self._own(DesiredState, msg))
             elif dest.channel is Channel.CHUNKS:
                 self.handlers.on_chunk(*decode_chunk(msg.payload, topic=msg.topic))
             elif dest.channel is Channel.COMMANDS:
                 self.handlers.on_command(self.commands.verify(msg.payload, topic=msg.topic))
             elif dest.channel is Channel.CAMPAIGN:
-                if not msg.payload:  # a cleared retained message
-                    return
-                assignment = parse(CampaignAssignment, msg.payload, topic=msg.topic)
-                if assignment.device_id != self.device_id:
-                    raise ProtocolError(f"campaign assignment names device {assignment.device_id!r}", topic=msg.topic)
                 if self.handlers.on_campaign is None:
                     raise ProtocolError("this agent takes part in no campaigns", topic=msg.topic)
-                self.handlers.on_campaign(assignment)
+                self.handlers.on_campaign(self._own(CampaignAssignment, msg))
             else:
                 raise ProtocolError(f"unexpected channel {dest.channel.value}", topic=msg.topic)
         except ProtocolError as exc:
