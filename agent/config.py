@@ -76,6 +76,28 @@ class FetchConfig(_Strict):
     retries: int = Field(default=5, ge=0, description="Requests of one chunk before the download pauses.")
     window: int = Field(default=8, ge=1, le=64, description="Chunk requests in flight at once.")
     retry_backoff_s: float = Field(default=5.0, gt=0, description="Pause before a failed download resumes.")
+    http_mirror: str | None = Field(
+        default=None,
+        title="HTTP artifact mirror",
+        description="http(s)://host:port of a mirror of /api/v1/artifacts/{manifest|file}/{digest}, such as "
+        "the coordinator's API. Manifests and files are downloaded from it first (resuming with Range "
+        "requests) and over MQTT chunks when it fails; its bytes are trusted only after the hash checks.",
+    )
+    http_ca_file: Path | None = Field(default=None, description="CA bundle to verify the mirror's TLS certificate.")
+    http_token_file: Path | None = Field(
+        default=None, description="File holding a bearer token (e.g. read-only) the mirror requires."
+    )
+    http_timeout_s: float = Field(default=10.0, gt=0, description="Wait for the mirror to connect or send data.")
+
+    @field_validator("http_mirror")
+    @classmethod
+    def _check_mirror(cls, url: str | None) -> str | None:
+        if url is None:
+            return None
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+            raise ValueError("expected http://host:port or https://host:port")
+        return url.rstrip("/")
 
 
 class StoreConfig(_Strict):
@@ -170,6 +192,12 @@ def _resolve_paths(config: AgentConfig, base: Path) -> AgentConfig:
         }
     )
     api = config.api.model_copy(update={"socket": absolute(config.api.socket)})
+    fetch = config.fetch.model_copy(
+        update={
+            "http_ca_file": absolute(config.fetch.http_ca_file),
+            "http_token_file": absolute(config.fetch.http_token_file),
+        }
+    )
     return config.model_copy(
         update={
             "data_dir": absolute(config.data_dir),
@@ -178,5 +206,6 @@ def _resolve_paths(config: AgentConfig, base: Path) -> AgentConfig:
             "command_keys": [absolute(p) for p in config.command_keys],
             "broker": broker,
             "api": api,
+            "fetch": fetch,
         }
     )

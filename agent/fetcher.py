@@ -1,27 +1,42 @@
-"""Resumable, verified download of manifests and files in chunks over MQTT.
+"""Resumable, verified download of manifests and files: from an HTTP mirror if one is set, else in
+chunks over MQTT.
 
 Up to ``window`` chunk requests are in flight at once, so a link with a long round trip (a cloud
 broker, a cellular modem) still moves data at its bandwidth. Chunks that arrive out of order wait
 in memory; only the contiguous prefix is appended to the partial file in the store, so a download
 interrupted by a restart or an outage resumes exactly where it stopped.
+
+An HTTP mirror writes into the same partial file (resuming it with a Range request) and hands the
+result on only once it hashes to the digest asked for. When the mirror fails for any reason the
+artifact comes over MQTT instead; a prefix the mirror left behind is kept, but checked once the
+chunks complete it, and the artifact is fetched again whole over MQTT if it does not verify.
 """
 
 from __future__ import annotations
 
+import http.client
 import logging
 import os
 import queue
+import re
+import ssl
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import TYPE_CHECKING, BinaryIO, Literal
 
 from agent.errors import FetchError
+from protocol.bundle import BundleError, SignedManifest, sha256_file
 from protocol.messages import ChunkHeader, ChunkRequest
 
-__all__ = ["ChunkFetcher"]
+if TYPE_CHECKING:
+    from agent.config import FetchConfig
+
+__all__ = ["ChunkFetcher", "HttpMirror", "MirrorError", "verify_artifact"]
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +50,116 @@ class _InFlight:
     attempts: int
 
 
+def verify_artifact(kind: Kind, digest: str, path: Path) -> str | None:
+    """Why the bytes at ``path`` are not the artifact ``digest`` names, or None when they are.
+
+    A file's digest is the sha256 of its bytes; a manifest's is the sha256 of the manifest text
+    inside the signed envelope (protocol/bundle.py), so the envelope is parsed to check it.
+    """
+    if kind == "file":
+        actual = sha256_file(path)
+    else:
+        try:
+            actual = SignedManifest.from_bytes(path.read_bytes()).digest
+        except BundleError as exc:
+            return exc.reason
+    return None if actual == digest else f"hashes to {actual[:12]}, expected {digest[:12]}"
+
+
+class MirrorError(FetchError):
+    """The HTTP mirror could not deliver an artifact; the fetcher falls back to MQTT chunks."""
+
+
+_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+)$")
+_UNSATISFIED = re.compile(r"^bytes \*/(\d+)$")
+
+
+class HttpMirror:
+    """Downloads artifacts from ``<base_url>/api/v1/artifacts/{kind}/{digest}`` into a partial file."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout_s: float,
+        ca_file: Path | None = None,
+        token_file: Path | None = None,
+        block_bytes: int = 256 * 1024,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout_s = timeout_s
+        self.token_file = token_file
+        self.block_bytes = block_bytes
+        self._context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+        self.bytes_received = 0
+
+    @classmethod
+    def from_config(cls, config: FetchConfig) -> HttpMirror | None:
+        if config.http_mirror is None:
+            return None
+        return cls(
+            config.http_mirror,
+            timeout_s=config.http_timeout_s,
+            ca_file=config.http_ca_file,
+            token_file=config.http_token_file,
+        )
+
+    def fetch(self, kind: Kind, digest: str, partial: Path, stop: threading.Event) -> None:
+        """Complete ``partial`` and verify it; raises MirrorError (partial kept if it may resume)."""
+        url = f"{self.base_url}/api/v1/artifacts/{kind}/{digest}"
+        for _attempt in range(2):  # a second pass only after a stale partial file was discarded
+            start = partial.stat().st_size if partial.exists() else 0
+            try:
+                complete = self._download(url, partial, start, stop)
+            except urllib.error.HTTPError as exc:
+                raise MirrorError(f"{url}: HTTP {exc.code} {exc.reason}") from None
+            except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+                reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+                raise MirrorError(f"{url}: {reason}") from None
+            if complete:
+                break
+        else:
+            raise MirrorError(f"{url}: the mirror keeps refusing the range of a fresh download")
+        problem = verify_artifact(kind, digest, partial)
+        if problem is not None:
+            partial.unlink(missing_ok=True)
+            raise MirrorError(f"{url}: downloaded {kind} {problem}; discarded")
+
+    def _download(self, url: str, partial: Path, start: int, stop: threading.Event) -> bool:
+        """Append the rest of the artifact to ``partial``; False when the partial was stale and discarded."""
+        request = urllib.request.Request(url, headers={"Range": f"bytes={start}-"} if start else {})
+        if self.token_file is not None:  # unredirected: a redirect to another host does not get the token
+            request.add_unredirected_header("Authorization", f"Bearer {self.token_file.read_text().strip()}")
+        try:
+            response = urllib.request.urlopen(request, timeout=self.timeout_s, context=self._context)
+        except urllib.error.HTTPError as exc:
+            if exc.code != 416 or not start:
+                raise
+            exc.close()
+            size = _UNSATISFIED.match(exc.headers.get("Content-Range", ""))
+            if size is not None and int(size.group(1)) == start:
+                return True  # the partial file is complete already (stopped before it was committed)
+            partial.unlink(missing_ok=True)  # longer than the artifact: not a prefix of it
+            return False
+        with response:
+            append = start > 0 and response.status == 206
+            if append:
+                span = _CONTENT_RANGE.match(response.headers.get("Content-Range", ""))
+                if span is None or int(span.group(1)) != start:
+                    raise MirrorError(f"{url}: asked for bytes from {start}, got {response.headers['Content-Range']}")
+            elif response.status != 200:
+                raise MirrorError(f"{url}: unexpected HTTP {response.status}")
+            with open(partial, "ab" if append else "wb") as out:
+                while block := response.read(self.block_bytes):
+                    if stop.is_set():
+                        raise FetchError("stopped")
+                    out.write(block)
+                    self.bytes_received += len(block)
+                out.flush()
+                os.fsync(out.fileno())
+        return True
+
+
 class ChunkFetcher:
     def __init__(
         self,
@@ -45,8 +170,10 @@ class ChunkFetcher:
         timeout_s: float,
         retries: int,
         window: int = 8,
+        mirror: HttpMirror | None = None,
     ) -> None:
         self.device_id = device_id
+        self.mirror = mirror
         self._publish = publish
         self.chunk_bytes = chunk_bytes
         self.timeout_s = timeout_s
@@ -71,6 +198,32 @@ class ChunkFetcher:
         The caller checks the hash of the result. Raises FetchError when the coordinator answers
         with an error or stops answering.
         """
+        started = time.monotonic()
+        untrusted_prefix = False
+        if self.mirror is not None:
+            try:
+                self.mirror.fetch(kind, digest, partial, stop)
+            except MirrorError as exc:
+                log.warning("HTTP mirror failed for %s %s, fetching it over MQTT: %s", kind, digest[:12], exc.reason)
+                untrusted_prefix = partial.exists() and partial.stat().st_size > 0
+            else:
+                log.info(
+                    "fetched %s %s over HTTP: %d bytes in %.2fs",
+                    kind, digest[:12], partial.stat().st_size, time.monotonic() - started,
+                )  # fmt: skip
+                return partial
+        self._fetch_chunks(kind, digest, partial, stop)
+        if untrusted_prefix and verify_artifact(kind, digest, partial) is not None:
+            log.warning("%s %s did not verify after the mirror failed; fetching it whole over MQTT", kind, digest[:12])
+            partial.unlink()
+            self._fetch_chunks(kind, digest, partial, stop)
+        log.info(
+            "fetched %s %s over MQTT: %d bytes in %.2fs",
+            kind, digest[:12], partial.stat().st_size, time.monotonic() - started,
+        )  # fmt: skip
+        return partial
+
+    def _fetch_chunks(self, kind: Kind, digest: str, partial: Path, stop: threading.Event) -> None:
         inbox: queue.Queue[tuple[ChunkHeader, bytes]] = queue.Queue()
         with self._lock:
             self._inbox = inbox
@@ -82,7 +235,6 @@ class ChunkFetcher:
         finally:
             with self._lock:
                 self._inbox = None
-        return partial
 
     def _download(
         self,

@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
+from coordinator.artifact_api import artifact_router
 from coordinator.auth import Forbidden, Unauthorized
 from coordinator.broker_auth import BrokerAuthError
 from coordinator.campaign_api import campaign_router
@@ -155,6 +156,8 @@ def create_app(coordinator: Coordinator, *, token: str | None) -> FastAPI:
         return coordinator.db.telemetry(device_id, limit=min(limit, 1000))
 
     app.include_router(rollout_router(coordinator.rollouts), dependencies=[api])
+    public = coordinator.config.api.public_artifacts  # bytes by hash, verified by signature on the device
+    app.include_router(artifact_router(coordinator.registry), dependencies=[] if public else [api])
     app.include_router(registry_router(coordinator.models), dependencies=[api])
     app.include_router(security_router(security))
     app.include_router(dashboard_router(coordinator.db), dependencies=[api])

@@ -30,6 +30,15 @@ class ApiServerConfig(BaseModel):
     port: int = Field(default=8080, ge=0, le=65535, description="REST API port.")
     token: str | None = Field(default=None, min_length=16, description="Bearer token the API requires.")
     token_file: Path | None = Field(default=None, description="File holding the bearer token.")
+    public_artifacts: bool = Field(
+        default=False,
+        title="Public artifact downloads",
+        description="Serve GET /api/v1/artifacts/{manifest|file}/{digest} without a token, so devices can use "
+        "the API as an HTTP mirror with no API token of their own. Devices verify every byte by hash and "
+        "signature, so this cannot make them run anything unsigned; but anyone who reaches the API can then "
+        "download any bundle (its model weights) whose digest they know, and use the bandwidth. Leave it off "
+        "where models are confidential and give devices a read-only token instead.",
+    )
 
     def resolved_token(self) -> str | None:
         return self.token_file.read_text().strip() if self.token_file else self.token

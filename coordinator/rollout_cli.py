@@ -26,6 +26,12 @@ def create(
     wave_timeout: float = typer.Option(600.0, help="Seconds to wait for a wave's online devices."),
     max_error_rate: float = typer.Option(0.05, help="Gate: inference error rate on the new bundle."),
     max_p95_ratio: float = typer.Option(2.0, help="Gate: new p95 latency / previous p95 latency."),
+    max_drift_alert_fraction: float | None = typer.Option(
+        None,
+        min=0.0,
+        max=1.0,
+        help="Gate: share of the devices on the new bundle that may report input drift during a soak (off if unset).",
+    ),
     wait: bool = typer.Option(False, "--wait", help="Follow the rollout until it ends."),
     url: str = UrlOption,
     token: str | None = TokenOption,
@@ -34,6 +40,8 @@ def create(
     """Start a rollout.
 
     Example: edgefleet rollout create digits:2.0.0 --target class=rpi4 --waves 1%,10%,50%,100% --soak 300 --wait
+
+    Example: edgefleet rollout create digits:3.0.0 --max-drift-alert-fraction 0.1
     """
     name, sep, version = model.partition(":")
     if not sep or not name or not version:
@@ -44,7 +52,11 @@ def create(
         "waves": [w.strip() for w in waves.split(",") if w.strip()],
         "soak_s": soak,
         "wave_timeout_s": wave_timeout,
-        "gates": {"max_error_rate": max_error_rate, "max_p95_latency_ratio": max_p95_ratio},
+        "gates": {
+            "max_error_rate": max_error_rate,
+            "max_p95_latency_ratio": max_p95_ratio,
+            "max_drift_alert_fraction": max_drift_alert_fraction,
+        },
     }
     kind, _, value = target.partition("=")
     if kind == "class" and value:

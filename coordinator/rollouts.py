@@ -4,7 +4,8 @@ A rollout never pushes steps to devices; it only writes desired state (through `
 reads what devices report. A background ticker advances every running rollout:
 
   assign the wave -> wait until its online devices run the bundle (or fail, or time out)
-  -> soak -> check gates (activation failures, error rate, p95 latency vs the previous bundle)
+  -> soak -> check gates (activation failures, error rate, p95 latency vs the previous bundle,
+     devices reporting input drift on the new bundle)
   -> next wave, or halt and set every touched device's desired bundle back to what it ran before.
 
 Offline devices keep their new desired state and converge when they return.
@@ -45,7 +46,16 @@ class Gates(BaseModel):
         default=0.05, ge=0, le=1, description="Inference errors / requests on the new bundle."
     )
     max_p95_latency_ratio: float = Field(default=2.0, gt=0, description="New p95 latency / previous p95.")
-    min_inferences: int = Field(default=20, ge=0, description="Telemetry gates apply once this many were served.")
+    min_inferences: int = Field(
+        default=20, ge=0, description="Error-rate and latency gates apply once this many were served."
+    )
+    max_drift_alert_fraction: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="Devices running the new bundle that may report an input drift alert on it during the "
+        "soak, as a fraction of them; more halts and rolls back. None: drift does not gate.",
+    )
 
 
 class RolloutSpec(BaseModel):
@@ -355,6 +365,14 @@ class RolloutEngine:
         with self.db.locked() as d:
             new = self._window(d, active, "to_digest", since_iso)
             old = self._window(d, active, "from_digest", None)
+            drifting = self._drifting(d, active, since_iso)
+        # Drift does not wait for min_inferences: an alert already summarises a window of inputs.
+        if gates.max_drift_alert_fraction is not None and len(drifting) / len(active) > gates.max_drift_alert_fraction:
+            names = ", ".join(sorted(drifting)[:5])
+            return (
+                f"input drift alerts from {len(drifting)} of {len(active)} devices on the new bundle "
+                f"({names}) exceed the limit of {gates.max_drift_alert_fraction:.0%}"
+            )
         served = new["inferences"] + new["errors"]
         if served < gates.min_inferences:
             return None
@@ -367,6 +385,19 @@ class RolloutEngine:
                 f"{old['p95']:.2f} ms (limit {gates.max_p95_latency_ratio}x)"
             )
         return None
+
+    @staticmethod
+    def _drifting(d: Any, members: list[dict[str, Any]], since: str) -> set[str]:
+        """Devices that reported a drift alert while running their new bundle since ``since``."""
+        return {
+            member["device_id"]
+            for member in members
+            if d.execute(
+                "select 1 from telemetry where device_id = ? and bundle_digest = ? and received_at >= ? "
+                "and drift_alert = 1 limit 1",
+                [member["device_id"], member["to_digest"], since],
+            ).fetchone()
+        }
 
     @staticmethod
     def _window(d: Any, members: list[dict[str, Any]], column: str, since: str | None) -> dict[str, float]:

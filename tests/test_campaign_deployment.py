@@ -4,6 +4,7 @@ each device's FederatedParticipant, the campaign ServerApp and ClientApps in the
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from federated.spec import CampaignSpec
 from protocol.messages import Availability, ReportedState
 from protocol.signing import load_trusted_keys
 from tests.conftest import DigitsModels, Keys, build
+from tests.test_dashboard import CHROMIUM, _chromium
 
 runner = CliRunner()
 
@@ -136,6 +138,14 @@ def test_campaign_from_the_cli_runs_on_real_agents(
     assert staged and staged[0]["stage"] == "staging"
     listed = runner.invoke(app, ["campaign", "list", *auth, "--format", "json"])
     assert [c["id"] for c in json.loads(listed.output)] == [campaign_id]
+    # The dashboard shows the campaign with its per-round accuracy and privacy charts.
+    if CHROMIUM is not None:
+        page = _chromium(
+            tmp_path / "profile", "--dump-dom", f"{url}/dashboard/#token={fleet.token}&/campaigns/{campaign_id}"
+        )
+        assert 'id="error"' not in page and f'data-campaign="{campaign_id}"' in page
+        charts = dict(re.findall(r'data-series="(accuracy|epsilon)" data-points="(\d+)"', page))
+        assert charts == {"accuracy": "2", "epsilon": "2"}, page
     # The agents left the campaign: no SuperNode runs any more, and they say so.
     wait_until(lambda: all(fleet.device(d)["reported"]["campaign"] is None for d in ("pi-a", "pi-b")), timeout=30,
                what="agents out of the campaign")  # fmt: skip

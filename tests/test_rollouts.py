@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from agent.client import InferenceClient
+from compression.stats import input_stats
 from coordinator.rollouts import parse_waves
 from edgefleet.fleet import LocalFleet, wait_until
 from protocol.bundle import Manifest, extract_bundle, pack_bundle, sign_manifest
@@ -151,3 +154,47 @@ def test_offline_devices_do_not_block_a_rollout_and_converge_when_they_return(
     )
     fleet.start_agents(offline)
     fleet.wait_active(d2, offline, timeout=30)
+
+
+@pytest.mark.slow
+def test_drift_alerts_on_the_new_bundle_halt_the_rollout_and_roll_back(
+    tmp_path: Path, fleet: LocalFleet, keys: Keys, digits: DigitsModels
+) -> None:
+    ids = ["gw-1", "gw-2"]
+    fleet.start_coordinator()
+    for device_id in ids:
+        fleet.add_agent(device_id, "x86-gateway", telemetry_interval_s=1.0)
+    fleet.start_agents(ids)
+    wait_until(lambda: len(fleet.get("/api/v1/devices")) == 2, timeout=60, what="agents registered")
+    v1, d1 = build(digits.v1, tmp_path / "v1.bundle", keys, version="1.0.0")
+    fleet.upload(v1)
+    fleet.deploy(d1)
+    fleet.wait_active(d1, ids)
+    # v2 carries the reference distribution of its inputs, so agents running it score drift.
+    stats, _ = input_stats({"pixels": digits.x_test})
+    v2, d2 = build(digits.v2, tmp_path / "v2.bundle", keys, version="2.0.0", reference_stats=stats)
+    fleet.upload(v2)
+
+    rollout = _rollout(
+        fleet,
+        {
+            "model": "digits", "version": "2.0.0", "waves": ["1", "100%"], "soak_s": 6,
+            "gates": {"max_drift_alert_fraction": 0.5},
+        },
+    )  # fmt: skip
+    canary = next(d["device_id"] for d in rollout["device_states"] if d["wave"] == 0)
+    fleet.wait_active(d2, [canary])
+    # The canary's traffic moves far outside the reference: every pixel lands above the top decile.
+    shifted = digits.x_test + 100.0
+    with InferenceClient(fleet.agents[canary].target) as client:
+        while fleet.get(f"/api/v1/rollouts/{rollout['id']}")["status"] == "running":
+            client.predict({"pixels": shifted})
+            time.sleep(0.5)
+    halted = _wait_status(fleet, rollout["id"], {"halted", "completed"}, timeout=5)
+
+    assert halted["status"] == "halted", halted
+    assert "drift" in halted["reason"] and canary in halted["reason"], halted["reason"]
+    assert halted["wave"] == 0, "halted after the canary wave"
+    states = {d["device_id"]: d["state"] for d in halted["device_states"]}
+    assert states[canary] == "rolled_back" and all(states[d] == "pending" for d in ids if d != canary)
+    fleet.wait_active(d1, ids, timeout=30)

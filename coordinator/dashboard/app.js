@@ -202,10 +202,57 @@ async function rollouts() {
   ];
 }
 
-function campaigns() {
-  return [h("h2", {}, "Federated campaigns"),
-    h("div", { class: "notice", id: "no-campaigns" }, "No campaigns (federated training not available yet). ",
-      "Campaign progress and privacy spent will appear here once the coordinator runs federated training.")];
+// Campaigns: the list everywhere, per-round accuracy and privacy spent on #/campaigns.
+async function campaignList() {
+  try {
+    return { list: await api("/campaigns") };
+  } catch (err) {
+    // 409: this coordinator runs without the federated extra; say so instead of failing the page.
+    if (String(err.message).includes("HTTP 409")) return { off: String(err.message) };
+    throw err;
+  }
+}
+
+function campaignRow(c) {
+  const spec = c.spec || {};
+  return h("tr", { "data-campaign": c.id },
+    h("td", {}, h("a", { href: `#/campaigns/${encodeURIComponent(c.id)}` }, c.id)), h("td", {}, `${c.model} ${c.base_version}`),
+    h("td", {}, pill(c.status)), h("td", { class: "num" }, `${c.round || 0}/${spec.rounds || "?"}`),
+    h("td", {}, spec.strategy || "–"), h("td", {}, (spec.privacy && spec.privacy.mode) || "none"),
+    h("td", { class: "num" }, fmt(c.epsilon)), h("td", { class: "num" }, fmt(c.evaluation && c.evaluation.accuracy, 3)),
+    h("td", {}, c.result_version || "–"), h("td", {}, c.reason || ""));
+}
+
+async function campaigns(detailId) {
+  const { list, off } = await campaignList();
+  const head = h("h2", {}, "Federated campaigns");
+  if (off) return [head, h("div", { class: "notice", id: "no-campaigns" }, "Federated campaigns are off: " + off)];
+  if (!list.length) return [head, h("p", { class: "muted", id: "no-campaigns" }, "No campaigns yet.")];
+  const rows = table(["Campaign", "Base", "Status", "Round", "Strategy", "DP", "Epsilon", "Accuracy", "Result", "Reason"],
+    list.map(campaignRow));
+  if (detailId === undefined) return [head, rows];
+  const shown = detailId ? list.filter((c) => c.id === detailId) : list.slice(0, 3);
+  const details = await Promise.all(shown.map((c) => api(`/campaigns/${encodeURIComponent(c.id)}`)));
+  const blocks = details.map((c) => {
+    const history = c.history || [];
+    const at = (r) => (r.started_at + r.duration_s) * 1000;
+    const maxEps = (r) => {
+      const eps = (r.participants || []).filter((p) => p.epsilon !== undefined).map((p) => p.epsilon);
+      return r.central_epsilon !== null && r.central_epsilon !== undefined ? r.central_epsilon : eps.length ? Math.max(...eps) : null;
+    };
+    return h("div", { class: "campaign", "data-campaign-detail": c.id },
+      h("div", {}, h("strong", {}, `${c.id}: ${c.model} ${c.base_version}`), " ", pill(c.status)),
+      c.privacy ? h("div", { class: "muted" }, `privacy: ${c.privacy.mode}, epsilon ${fmt(c.privacy.epsilon)} at delta ${c.privacy.delta ?? "–"} (${c.privacy.accountant || "–"}), ${c.privacy.rounds} rounds, ${c.privacy.clients} clients`) : null,
+      h("div", { class: "charts" },
+        lineChart("Accuracy", "held-out, after each round", [{ name: "accuracy", points: history.map((r) => [at(r), r.evaluation && r.evaluation.accuracy]) }]),
+        lineChart("Privacy spent", "largest cumulative epsilon", [{ name: "epsilon", points: history.map((r) => [at(r), maxEps(r)]) }])),
+      table(["Round", "Status", "Trained", "Declined", "Missing", "Seconds", "Reason"], history.map((r) => h("tr", {},
+        h("td", { class: "num" }, r.round), h("td", {}, pill(r.status === "ok" ? "ready" : "error")),
+        h("td", {}, (r.participants || []).map((p) => p.device).join(", ")),
+        h("td", {}, (r.declined || []).map((d) => d.reason).join("; ")), h("td", { class: "num" }, r.missing),
+        h("td", { class: "num" }, fmt(r.duration_s, 1)), h("td", {}, r.reason || "")))));
+  });
+  return [head, rows, ...blocks];
 }
 
 // -- main loop -----------------------------------------------------------------------------------
@@ -222,8 +269,8 @@ async function render() {
     if (view === "device" && arg) content = await device(decodeURIComponent(arg));
     else if (view === "rollouts") content = await rollouts();
     else if (view === "alerts") content = await alertsView();
-    else if (view === "campaigns") content = campaigns();
-    else content = [...(await overview()), ...campaigns()];
+    else if (view === "campaigns") content = await campaigns(arg ? decodeURIComponent(arg) : null);
+    else content = [...(await overview()), ...(await campaigns())];
     document.getElementById("updated").textContent = "updated " + new Date().toLocaleTimeString();
   } catch (err) {
     content = [h("div", { class: "banner", id: "error" }, String(err.message || err))];
