@@ -100,9 +100,15 @@ class FederatedParticipant:
             "samples-db": str(self.samples_path),
             "state-dir": str(self.data_dir / "federated" / "privacy"),
         }
+        ca = None
+        if self._wanted.root_certificate:  # TLS: verify the SuperLink against the CA the coordinator sent
+            work.mkdir(parents=True, exist_ok=True)
+            ca = work / "superlink-ca.pem"
+            ca.write_text(self._wanted.root_certificate)
         node = SuperNodeProcess(
-            self._wanted.superlink, node_config, work, startup_timeout_s=self.config.startup_timeout_s
-        )
+            self._wanted.superlink, node_config, work, root_certificates=ca,
+            startup_timeout_s=self.config.startup_timeout_s,
+        )  # fmt: skip
         try:
             self._node = node.start()
             log.info("campaign %s: SuperNode %s joined %s", campaign_id, node.node_id, self._wanted.superlink)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from coordinator.campaigns import CampaignRun
 from federated.client_app import app as client_app
+from federated.flower_processes import TlsFiles
 from federated.inprocess import InProcessGrid, InProcessNode
 from federated.rounds import CampaignOutcome, run_rounds
 from federated.strategies import build_strategy
@@ -65,8 +66,10 @@ class DeploymentEngine:
         *,
         bind_host: str = "127.0.0.1",
         advertise_host: str | None = None,
+        tls: TlsFiles | None = None,
         run_margin_s: float = 300.0,
     ) -> None:
+        self.tls = tls
         self.work_root, self.fleet_db, self.notify = work_root, fleet_db, notify
         self.bind_host, self.advertise_host, self.run_margin_s = bind_host, advertise_host, run_margin_s
 
@@ -79,15 +82,23 @@ class DeploymentEngine:
         work = self.work_root / run.campaign_id
         work.mkdir(parents=True, exist_ok=True)
         write_arrays(work / "initial.npz", run.initial)
-        link = SuperLinkProcess(work / "superlink", host=self.bind_host).start()
+        link = SuperLinkProcess(work / "superlink", host=self.bind_host, tls=self.tls).start()
+        ca = link.root_certificates
         try:
             address = f"{self.advertise_host or link.addresses.fleet.rsplit(':', 1)[0]}:{link.port}"
             for device_id in run.devices:
-                self.notify(CampaignAssignment(device_id=device_id, campaign_id=run.campaign_id, superlink=address))
+                self.notify(
+                    CampaignAssignment(
+                        device_id=device_id,
+                        campaign_id=run.campaign_id,
+                        superlink=address,
+                        root_certificate=ca.decode() if ca else None,
+                    )
+                )
             budget = spec.rounds * (spec.round_timeout_s + spec.node_wait_s) + self.run_margin_s
             config = {"campaign-id": run.campaign_id, "campaign": spec.model_dump_json(), "work-dir": str(work),
                       "fleet-db": str(self.fleet_db)}  # fmt: skip
-            result = submit_run(APP_DIR, link.addresses.control, config, timeout_s=budget)
+            result = submit_run(APP_DIR, link.addresses.control, config, timeout_s=budget, root_certificates=ca)
             if not result.succeeded or not (work / "outcome.json").is_file():
                 tail = result.log.strip().splitlines()[-5:]
                 reason = f"the campaign's ServerApp run {result.status}:{result.sub_status}: {' | '.join(tail)}"

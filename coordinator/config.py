@@ -129,6 +129,18 @@ class CampaignsConfig(BaseModel):
     superlink_advertise_host: str | None = Field(
         default=None, description="Address devices reach the SuperLinks at; default: the bind address."
     )
+    superlink_certfile: Path | None = Field(default=None, description="TLS certificate (PEM) of the SuperLinks.")
+    superlink_keyfile: Path | None = Field(default=None, description="Its private key (PEM).")
+    superlink_ca_file: Path | None = Field(
+        default=None, description="CA (PEM) that signed it; handed to devices, which then refuse any other SuperLink."
+    )
+
+    @model_validator(mode="after")
+    def _tls_complete(self) -> CampaignsConfig:
+        given = [self.superlink_certfile, self.superlink_keyfile, self.superlink_ca_file]
+        if any(given) and not all(given):
+            raise ValueError("superlink TLS needs all of superlink_certfile, superlink_keyfile and superlink_ca_file")
+        return self
 
 
 class CoordinatorConfig(BaseModel):
@@ -209,7 +221,10 @@ def load_config(path: Path) -> CoordinatorConfig:
             ),
             "command_key": absolute(config.command_key) or config.command_key,
             "campaigns": config.campaigns.model_copy(
-                update={"signing_key": absolute(config.campaigns.signing_key) or config.campaigns.signing_key}
+                update={
+                    key: absolute(getattr(config.campaigns, key)) or getattr(config.campaigns, key)
+                    for key in ("signing_key", "superlink_certfile", "superlink_keyfile", "superlink_ca_file")
+                }
             ),
         }
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from coordinator.config import CoordinatorConfig
+from coordinator.config import CampaignsConfig, CoordinatorConfig
 from coordinator.db import FleetDB
 from coordinator.errors import Conflict, NotFound
 from coordinator.link import CoordinatorLink
@@ -18,6 +18,7 @@ from protocol.signing import load_trusted_keys
 
 if TYPE_CHECKING:
     from coordinator.campaigns import CampaignManager
+    from federated.flower_processes import TlsFiles
 
 __all__ = ["Coordinator"]
 
@@ -66,6 +67,7 @@ class Coordinator:
                 self.link.publish_campaign,
                 bind_host=settings.superlink_bind_host,
                 advertise_host=settings.superlink_advertise_host,
+                tls=_superlink_tls(settings),
             )
         return CampaignManager(self.db, self.models, self.registry, signing_key=settings.signing_key, engine=engine)
 
@@ -112,3 +114,11 @@ class Coordinator:
             results.append({"device_id": device_id, "revision": revision, "bundle_digest": digest})
         log.info("deployed %s %s to %d device(s)", bundle["name"], bundle["version"], len(results))
         return results
+
+
+def _superlink_tls(settings: CampaignsConfig) -> TlsFiles | None:
+    from federated.flower_processes import TlsFiles
+
+    if settings.superlink_certfile and settings.superlink_keyfile and settings.superlink_ca_file:
+        return TlsFiles(settings.superlink_certfile, settings.superlink_keyfile, settings.superlink_ca_file)
+    return None

@@ -93,6 +93,7 @@ def submit_run(
     superlink_control_address: str,
     run_config: Mapping[str, NodeConfigValue] | None = None,
     timeout_s: float = 300.0,
+    root_certificates: bytes | None = None,
 ) -> RunResult:
     """Build the app's FAB, start a run with run_config overrides, wait for it to finish.
 
@@ -117,7 +118,7 @@ def submit_run(
 
     started = time.monotonic()
     try:
-        with control_client(superlink_control_address) as client:
+        with control_client(superlink_control_address, root_certificates) as client:
             response = client.StartRun(
                 StartRunRequest(
                     fab=fab_to_proto(Fab(fab_hash, fab_bytes, {})),

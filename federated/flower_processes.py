@@ -12,6 +12,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -35,6 +36,7 @@ __all__ = [
     "SuperLinkAddresses",
     "SuperLinkProcess",
     "SuperNodeProcess",
+    "TlsFiles",
     "control_client",
     "flwr_script",
     "format_node_config",
@@ -133,9 +135,10 @@ def _read_tail(path: Path, chars: int = _LOG_TAIL_CHARS) -> str:
         return ""
 
 
-def _http_ok(url: str) -> bool:
+def _http_ok(url: str, ca_file: Path | None = None) -> bool:
+    context = ssl.create_default_context(cafile=str(ca_file)) if ca_file else None
     try:
-        with urllib.request.urlopen(url, timeout=1.0) as response:
+        with urllib.request.urlopen(url, timeout=1.0, context=context) as response:
             return bool(response.status == 200)
     except (urllib.error.URLError, OSError):
         return False
@@ -254,6 +257,15 @@ class _ChildProcess:
 
 
 @dataclass(frozen=True)
+class TlsFiles:
+    """The SuperLink's certificate, its key and the CA that signed it (PEM files)."""
+
+    certfile: Path
+    keyfile: Path
+    ca_file: Path
+
+
+@dataclass(frozen=True)
 class SuperLinkAddresses:
     """Where a SuperLink listens. In flwr 1.40 all three APIs share one HTTP port."""
 
@@ -278,12 +290,14 @@ class SuperLinkProcess(_ChildProcess):
         *,
         host: str = LOOPBACK,
         port: int | None = None,
+        tls: TlsFiles | None = None,
         startup_timeout_s: float = 30.0,
         stop_timeout_s: float = 10.0,
         extra_args: Iterable[str] = (),
     ) -> None:
         super().__init__(workdir, stop_timeout_s)
         self.host = host
+        self.tls = tls
         self.port = port
         self.startup_timeout_s = startup_timeout_s
         self.extra_args = list(extra_args)
@@ -303,7 +317,7 @@ class SuperLinkProcess(_ChildProcess):
         self._spawn(
             [
                 str(flwr_script("flower-superlink")),
-                "--insecure",
+                *self._security_args(),
                 "--host",
                 self.host,
                 "--port",
@@ -315,16 +329,29 @@ class SuperLinkProcess(_ChildProcess):
                 *self.extra_args,
             ]
         )
-        health = f"http://{self.addresses.control}/health"
-        self._wait_until(lambda: _http_ok(health), "serving /health", self.startup_timeout_s)
+        scheme = "https" if self.tls else "http"
+        health = f"{scheme}://{self.addresses.control}/health"
+        ca_file = self.tls.ca_file if self.tls else None
+        self._wait_until(lambda: _http_ok(health, ca_file), "serving /health", self.startup_timeout_s)
         logger.info("superlink ready on %s (pid %s)", self.addresses.control, self.pid)
         return self
+
+    def _security_args(self) -> list[str]:
+        if self.tls is None:
+            return ["--insecure"]
+        return ["--ssl-certfile", str(self.tls.certfile), "--ssl-keyfile", str(self.tls.keyfile),
+                "--ssl-ca-certfile", str(self.tls.ca_file)]  # fmt: skip
+
+    @property
+    def root_certificates(self) -> bytes | None:
+        """The CA (PEM) a client verifies this SuperLink with; None when it runs without TLS."""
+        return self.tls.ca_file.read_bytes() if self.tls else None
 
     def online_node_ids(self) -> set[int]:
         """Node ids the SuperLink currently lists as online (Control API ListNodes)."""
         from flwr.proto.control_pb2 import ListNodesRequest
 
-        with control_client(self.addresses.control) as client:
+        with control_client(self.addresses.control, self.root_certificates) as client:
             response = client.ListNodes(ListNodesRequest())
         return {info.node_id for info in response.nodes_info if info.status == "online"}
 
@@ -349,6 +376,7 @@ class SuperNodeProcess(_ChildProcess):
         node_config: Mapping[str, NodeConfigValue],
         workdir: Path,
         *,
+        root_certificates: Path | None = None,
         port: int | None = None,
         startup_timeout_s: float = 30.0,
         stop_timeout_s: float = 10.0,
@@ -357,6 +385,7 @@ class SuperNodeProcess(_ChildProcess):
         super().__init__(workdir, stop_timeout_s)
         self.superlink_fleet_address = superlink_fleet_address
         self.node_config = dict(node_config)
+        self.root_certificates = root_certificates
         self._node_config_arg = format_node_config(self.node_config)  # fail before spawning
         self.port = port
         self.startup_timeout_s = startup_timeout_s
@@ -370,7 +399,7 @@ class SuperNodeProcess(_ChildProcess):
         self._spawn(
             [
                 str(flwr_script("flower-supernode")),
-                "--insecure",
+                *(["--root-certificates", str(self.root_certificates)] if self.root_certificates else ["--insecure"]),
                 "--superlink",
                 self.superlink_fleet_address,
                 "--node-config",
@@ -395,11 +424,11 @@ class SuperNodeProcess(_ChildProcess):
         return match is not None
 
 
-def control_client(control_address: str) -> ControlHttpClient:
+def control_client(control_address: str, root_certificates: bytes | None = None) -> ControlHttpClient:
     from flwr.supercore.control import ControlHttpClient
 
     return ControlHttpClient.from_server_address(
-        control_address, insecure=True, root_certificates=None, interceptors=[]
+        control_address, insecure=root_certificates is None, root_certificates=root_certificates, interceptors=[]
     )
 
 

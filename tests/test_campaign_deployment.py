@@ -23,19 +23,21 @@ from coordinator.registry import Registry
 from edgefleet.cli import app
 from edgefleet.fleet import LocalFleet, wait_until
 from federated.data import dirichlet_split, fill_sample_store
+from federated.flower_processes import TlsFiles
 from federated.privacy import PrivacyLedger
 from federated.spec import CampaignSpec
 from protocol.messages import Availability, ReportedState
 from protocol.signing import load_trusted_keys
 from tests.conftest import DigitsModels, Keys, build
 from tests.test_dashboard import CHROMIUM, _chromium
+from tests.test_tls import _ca, _server_cert
 
 runner = CliRunner()
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(420)
-def test_campaign_runs_on_a_superlink_with_two_supernodes(tmp_path: Path, keys: Keys, digits: DigitsModels) -> None:
+def test_campaign_runs_on_a_tls_superlink_with_two_supernodes(tmp_path: Path, keys: Keys, digits: DigitsModels) -> None:
     # Prepare: registry with the base version, two online devices with samples, their participants
     data = load_digits_data()
     root = tmp_path / "coordinator"
@@ -61,7 +63,11 @@ def test_campaign_runs_on_a_superlink_with_two_supernodes(tmp_path: Path, keys: 
         notified.append((assignment.device_id, assignment.campaign_id))
         participants[assignment.device_id].assign(assignment)
 
-    engine = DeploymentEngine(root / "campaigns", root / "fleet.db", notify)
+    # The SuperLink speaks TLS; devices get its CA with the assignment and verify it.
+    (tmp_path / "tls").mkdir()
+    ca_key, ca_cert, ca_file = _ca(tmp_path / "tls", "edgefleet campaigns CA")
+    cert, key = _server_cert(tmp_path / "tls", ca_key, ca_cert)
+    engine = DeploymentEngine(root / "campaigns", root / "fleet.db", notify, tls=TlsFiles(cert, key, ca_file))
     manager = CampaignManager(db, models, registry, signing_key=keys.private, engine=engine)
     spec = CampaignSpec.model_validate(
         {
@@ -86,6 +92,8 @@ def test_campaign_runs_on_a_superlink_with_two_supernodes(tmp_path: Path, keys: 
     assert result["result_version"] == f"1.0+fl.{campaign_id}"
     assert result["privacy"]["mode"] == "local" and 0 < result["privacy"]["epsilon"] <= 10.0
     assert ("a", campaign_id) in notified and ("a", None) in notified  # joined, then released
+    # Nodes were started with the CA from the assignment (no --insecure: TLS was verified end to end).
+    assert (tmp_path / "a" / "federated" / campaign_id / "superlink-ca.pem").read_bytes() == ca_file.read_bytes()
     for device in ("a", "b"):
         ledger = PrivacyLedger.open(
             tmp_path / device / "federated" / "privacy", campaign_id, accountant="rdp", delta=1e-5
