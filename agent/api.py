@@ -74,6 +74,7 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
         """One request; raises _Failure with the status it deserves."""
         model = self._current()
         if model is None:
+            self._stats.record_error("unavailable")
             raise _Failure(grpc.StatusCode.UNAVAILABLE, "no model is active on this device yet")
         try:
             inputs = {name: array_from_bytes(t.data, t.dtype, list(t.shape)) for name, t in request.inputs.items()}
@@ -85,10 +86,10 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
                 outputs = model.predict(inputs, names)
             latency_ms = (time.perf_counter() - started) * 1000
         except (ProtocolError, InputError) as exc:
-            self._stats.record_error()
+            self._stats.record_error("invalid_argument")
             raise _Failure(grpc.StatusCode.INVALID_ARGUMENT, exc.reason) from None
         except Exception as exc:  # a runtime failure on valid input: report it, keep serving
-            self._stats.record_error()
+            self._stats.record_error("runtime")
             log.exception("inference failed on bundle %s", model.digest[:12])
             raise _Failure(grpc.StatusCode.INTERNAL, f"inference failed: {exc}") from None
         self._stats.record(latency_ms)
@@ -125,6 +126,7 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
         self, request: inference_pb2.PredictBatchRequest, context: grpc.ServicerContext
     ) -> inference_pb2.PredictBatchResponse:
         if len(request.requests) > MAX_BATCH_REQUESTS:
+            self._stats.record_error("resource_exhausted")
             _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, f"at most {MAX_BATCH_REQUESTS} requests per batch")
         return inference_pb2.PredictBatchResponse(responses=[self._infer_or_error(r) for r in request.requests])
 

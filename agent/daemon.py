@@ -19,7 +19,7 @@ from agent.config import AgentConfig
 from agent.device_class import DeviceClass, load_device_class
 from agent.errors import ActivationError
 from agent.federated_node import FederatedParticipant
-from agent.fetcher import ChunkFetcher
+from agent.fetcher import ChunkFetcher, HttpMirror
 from agent.model import LoadedModel, load_model
 from agent.outbox import Outbox, OutboxError
 from agent.outbox_sender import OutboxSender
@@ -85,6 +85,7 @@ class Agent:
                 on_campaign=lambda assignment: self.federated.assign(assignment),
             ),
             self.commands,
+            coordinator_marker=config.data_dir / "coordinator-announces",
         )
         self.fetcher = ChunkFetcher(
             config.device_id,
@@ -93,6 +94,7 @@ class Agent:
             timeout_s=config.fetch.chunk_timeout_s,
             retries=config.fetch.retries,
             window=config.fetch.window,
+            mirror=HttpMirror.from_config(config.fetch),
         )
         self.reconciler = Reconciler(
             device_class=config.device_class,
@@ -107,7 +109,8 @@ class Agent:
             retry_backoff_s=lambda: self.config.fetch.retry_backoff_s,
             stop=self._stop,
         )
-        self.sender = OutboxSender(self.outbox, self.link.publish_raw, self.link.connected)
+        self.sender = OutboxSender(self.outbox, self.link.publish_raw, self.link.gate)
+        self.link.gate.on_open = self.sender.wake
         batching = self.device_class.batching
         self.batcher = MicroBatcher(max_batch_size=batching.max_batch_size, max_delay_ms=batching.max_delay_ms)
         feedback = config.feedback
@@ -331,10 +334,12 @@ class Agent:
     def _telemetry_loop(self) -> None:
         while not self._stop.wait(self.telemetry_interval_s):
             model = self.model
-            telemetry = (
-                self.stats.take(self.config.device_id, model.digest, model.runtime.key, model.skipped_runtimes)
-                if model
-                else self.stats.take(self.config.device_id, None)
+            telemetry = self.stats.take(
+                self.config.device_id,
+                model.digest if model else None,
+                model.runtime.key if model else None,
+                model.skipped_runtimes if model else None,
+                data_dir=self.config.data_dir,
             )
             if model is not None and model.drift is not None:
                 score, features = model.drift.score()

@@ -6,6 +6,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 import paho.mqtt.client as mqtt
 
@@ -17,6 +18,12 @@ __all__ = ["OutboxSender", "Publish"]
 log = logging.getLogger(__name__)
 
 Publish = Callable[[Channel, bytes], mqtt.MQTTMessageInfo | None]
+
+
+class Gate(Protocol):
+    """When sending may happen: a threading.Event, or the agent link's SendGate."""
+
+    def is_set(self) -> bool: ...
 
 
 class OutboxSender:
@@ -32,7 +39,7 @@ class OutboxSender:
         self,
         outbox: Outbox,
         publish: Publish,
-        connected: threading.Event,
+        connected: Gate,
         *,
         batch: int = 50,
         ack_timeout_s: float = 10.0,

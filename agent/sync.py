@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import paho.mqtt.client as mqtt
@@ -22,14 +23,15 @@ from protocol.messages import (
     CampaignAssignment,
     ChunkHeader,
     Command,
+    CoordinatorStatus,
     DesiredState,
     Message,
     decode_chunk,
     parse,
 )
-from protocol.topics import RETAINED, Channel, device_subscriptions, parse_topic, topic
+from protocol.topics import COORDINATOR_STATUS, RETAINED, Channel, device_subscriptions, parse_topic, topic
 
-__all__ = ["AgentLink", "Handlers"]
+__all__ = ["AgentLink", "Handlers", "SendGate"]
 
 M = TypeVar("M", DesiredState, CampaignAssignment)
 
@@ -54,14 +56,53 @@ class Handlers:
         self.on_campaign = on_campaign
 
 
+class SendGate:
+    """Whether the outbox may send now: connected, and the coordinator is online.
+
+    A coordinator that announces itself (retained status with an "offline" last will) is waited for
+    after every (re)connect, so that nothing is published while nobody subscribes: a broker that
+    restarted without persistence acknowledges such messages and drops them, and the outbox would
+    then delete them. Once a coordinator has announced itself, the agent remembers that (a marker
+    file) and keeps waiting for it across restarts; with a coordinator that never announces (an old
+    one, or a plain subscriber in tests) the gate is just "connected".
+    """
+
+    def __init__(self, connected: threading.Event, marker: Path | None) -> None:
+        self.connected = connected
+        self.coordinator_online = threading.Event()
+        self._marker = marker
+        self.announces = marker is not None and marker.exists()
+        self.on_open: Callable[[], None] = lambda: None
+
+    def is_set(self) -> bool:
+        return self.connected.is_set() and (self.coordinator_online.is_set() or not self.announces)
+
+    def reconnected(self) -> None:
+        self.coordinator_online.clear()  # wait for the coordinator's status again (retained or fresh)
+
+    def status(self, status: CoordinatorStatus) -> None:
+        if status.state == "online":
+            if not self.announces and self._marker is not None:
+                self._marker.parent.mkdir(parents=True, exist_ok=True)
+                self._marker.touch()
+            self.announces = True
+            self.coordinator_online.set()
+            self.on_open()
+        else:
+            self.coordinator_online.clear()
+            log.warning("the coordinator is offline; the outbox holds messages until it is back")
+
+
 class AgentLink:
-    def __init__(self, device_id: str, broker: BrokerConfig, handlers: Handlers, commands: CommandVerifier) -> None:
+    def __init__(self, device_id: str, broker: BrokerConfig, handlers: Handlers, commands: CommandVerifier,
+                 *, coordinator_marker: Path | None = None) -> None:  # fmt: skip
         self.device_id = device_id
         self.commands = commands
         self.broker = broker
         self.handlers = handlers
         self.rejected = 0
         self.connected = threading.Event()
+        self.gate = SendGate(self.connected, coordinator_marker)
         # A persistent session: the broker keeps our subscriptions and QoS 1 messages while we are away.
         self.client = make_client(broker, f"edgefleet-agent-{device_id}", clean_session=False)
         self.client.will_set(
@@ -109,6 +150,7 @@ class AgentLink:
             log.error("broker %s refused the connection: %s", self.broker.url, reason)
             return
         log.info("connected to %s as %s", self.broker.url, self.device_id)
+        self.gate.reconnected()
         self.connected.set()
         client.subscribe([(t, 1) for t in device_subscriptions(self.device_id)])
         self.publish(Channel.AVAILABILITY, Availability(device_id=self.device_id, state="online"))
@@ -128,6 +170,10 @@ class AgentLink:
 
     def _on_message(self, _c: mqtt.Client, _ud: Any, msg: mqtt.MQTTMessage) -> None:
         try:
+            if msg.topic == COORDINATOR_STATUS:
+                if msg.payload:
+                    self.gate.status(parse(CoordinatorStatus, msg.payload, topic=msg.topic))
+                return
             dest = parse_topic(msg.topic)
             if dest.device_id != self.device_id:
                 raise ProtocolError(f"message for device {dest.device_id!r}", topic=msg.topic)

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import glob
+import logging
 import threading
 import time
+from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import psutil
 
-from protocol.messages import Telemetry
+from protocol.messages import MAX_ERROR_KINDS, Telemetry
 
-__all__ = ["InferenceStats", "soc_temperature_c"]
+__all__ = ["OTHER_ERROR_KIND", "InferenceStats", "disk_usage", "soc_temperature_c"]
+
+log = logging.getLogger(__name__)
+
+OTHER_ERROR_KIND = "other"  # where kinds beyond MAX_ERROR_KINDS in one window are counted
 
 
 def soc_temperature_c(pattern: str = "/sys/class/thermal/thermal_zone*/temp") -> float | None:
@@ -24,6 +31,16 @@ def soc_temperature_c(pattern: str = "/sys/class/thermal/thermal_zone*/temp") ->
         except (OSError, ValueError):
             continue
     return max(readings) if readings else None
+
+
+def disk_usage(path: Path) -> tuple[int, float] | None:
+    """Free bytes and used percent of the filesystem holding ``path``, or None where it cannot be read."""
+    try:
+        usage = psutil.disk_usage(str(path))
+    except OSError as exc:
+        log.warning("disk usage of %s unavailable: %s", path, exc)
+        return None
+    return usage.free, usage.percent
 
 
 class InferenceStats:
@@ -39,7 +56,7 @@ class InferenceStats:
     def _reset(self, now: float) -> None:
         self._window_start = now
         self._count = 0
-        self._errors = 0
+        self._errors: Counter[str] = Counter()
         self._latencies: list[float] = []
 
     def record(self, latency_ms: float) -> None:
@@ -49,20 +66,33 @@ class InferenceStats:
             if len(self._latencies) < self._max:
                 self._latencies.append(latency_ms)
 
-    def record_error(self) -> None:
+    def record_error(self, kind: str) -> None:
+        """Count one failed request; ``kind`` names the failure (a gRPC status in snake case, or ``runtime``)."""
         with self._lock:
-            self._errors += 1
+            # A window holds at most MAX_ERROR_KINDS kinds, the message's limit; later new kinds share one.
+            kind = kind[:64]
+            if kind not in self._errors and len(self._errors) >= MAX_ERROR_KINDS - 1:
+                kind = OTHER_ERROR_KIND
+            self._errors[kind] += 1
             self.total_errors += 1
 
     def take(
-        self, device_id: str, bundle_digest: str | None, runtime: str | None = None, skipped: list[str] | None = None
+        self,
+        device_id: str,
+        bundle_digest: str | None,
+        runtime: str | None = None,
+        skipped: list[str] | None = None,
+        *,
+        data_dir: Path | None = None,
     ) -> Telemetry:
-        """Close the current window and describe it."""
+        """Close the current window and describe it; ``data_dir``: report the free space of its filesystem."""
         now = time.monotonic()
         with self._lock:
             count, errors, latencies, start = self._count, self._errors, self._latencies, self._window_start
             self._reset(now)
         lat = np.asarray(latencies) if latencies else None
+        p50, p95, p99 = (None, None, None) if lat is None else (float(p) for p in np.percentile(lat, (50, 95, 99)))
+        disk = disk_usage(data_dir) if data_dir is not None else None
         return Telemetry(
             device_id=device_id,
             window_s=round(now - start, 3),
@@ -70,10 +100,14 @@ class InferenceStats:
             runtime=runtime,
             runtime_skipped=skipped or [],
             inference_count=count,
-            error_count=errors,
+            error_count=errors.total(),
+            errors_by_kind=dict(errors),
             latency_ms_mean=None if lat is None else float(lat.mean()),
-            latency_ms_p50=None if lat is None else float(np.percentile(lat, 50)),
-            latency_ms_p95=None if lat is None else float(np.percentile(lat, 95)),
+            latency_ms_p50=p50,
+            latency_ms_p95=p95,
+            latency_ms_p99=p99,
+            disk_free_bytes=None if disk is None else disk[0],
+            disk_used_percent=None if disk is None else disk[1],
             cpu_percent=self._process.cpu_percent(None),
             rss_bytes=self._process.memory_info().rss,
             soc_temp_c=soc_temperature_c(),

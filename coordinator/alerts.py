@@ -1,4 +1,4 @@
-"""Fleet alerts computed from the store: offline devices, input drift, error rate, latency regression.
+"""Fleet alerts computed from the store: offline devices, input drift, error rate, latency regression, full disks.
 
 Alerts are derived on request from devices and telemetry rather than stored, so they can never
 disagree with the data they describe and need no clearing: an alert ends when its cause does.
@@ -19,7 +19,7 @@ from coordinator.db import FleetDB
 __all__ = ["Alert", "AlertThresholds", "compute_alerts"]
 
 Severity = Literal["critical", "warning"]
-AlertKind = Literal["offline", "drift", "error_rate", "latency_regression"]
+AlertKind = Literal["offline", "drift", "error_rate", "latency_regression", "disk_full"]
 _YEAR_S = 365 * 86400.0  # bounds the windows so that "now - window" stays a valid date
 
 
@@ -46,6 +46,13 @@ class AlertThresholds(BaseModel):
     )
     max_p95_latency_ratio: float = Field(
         default=1.5, gt=0, title="Latency ratio", description="Active bundle's p95 / previous bundle's p95."
+    )
+    max_disk_used_percent: float = Field(
+        default=90.0,
+        ge=0,
+        le=100,
+        title="Disk usage",
+        description="Used percent of the agent's data filesystem, in its latest report, above which the disk is full.",
     )
 
 
@@ -97,6 +104,7 @@ def compute_alerts(
             device_id = device["device_id"]
             alerts += _offline(device, latest.get(device_id), limits, now)
             alerts += _drift(conn, device_id, latest.get(device_id))
+            alerts += _disk_full(conn, device_id, latest.get(device_id), limits)
             alerts += _error_rate(device_id, recent.get(device_id, []), limits)
             alerts += _latency_regression(conn, device, limits)
     return sorted(alerts, key=lambda a: (a.severity != "critical", a.device_id, a.kind))
@@ -135,6 +143,30 @@ def _drift(conn: Any, device_id: str, latest: dict[str, Any] | None) -> list[Ale
     score = latest.get("drift_score")
     detail = f"drift score {score:.3f}" if score is not None else "drift alert"
     return [Alert("drift", device_id, "warning", since, detail + (f" (most drifted: {top})" if top else ""))]
+
+
+def _disk_full(conn: Any, device_id: str, latest: dict[str, Any] | None, limits: AlertThresholds) -> list[Alert]:
+    used = latest.get("disk_used_percent") if latest else None
+    if latest is None or used is None or used <= limits.max_disk_used_percent:
+        return []
+    # The alert began with the first report of the unbroken run over the limit that ends now; a report
+    # without the figure (an older agent) neither breaks nor extends the run.
+    since = latest["received_at"]
+    for row in Table(conn, "telemetry").rows_where(
+        "device_id = ? and disk_used_percent is not null",
+        [device_id],
+        order_by="received_at desc",
+        select="received_at, disk_used_percent",
+        limit=1000,
+    ):
+        if row["disk_used_percent"] <= limits.max_disk_used_percent:
+            break
+        since = row["received_at"]
+    free = latest.get("disk_free_bytes")
+    detail = f"data disk {used:.1f}% used (limit {limits.max_disk_used_percent:g}%)" + (
+        f", {free / 2**20:.0f} MiB free" if free is not None else ""
+    )
+    return [Alert("disk_full", device_id, "warning", since, detail)]
 
 
 def _error_rate(device_id: str, rows: list[dict[str, Any]], limits: AlertThresholds) -> list[Alert]:

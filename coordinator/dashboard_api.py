@@ -28,7 +28,8 @@ def dashboard_router(db: FleetDB) -> APIRouter:
 
     @router.get("/alerts")
     def alerts(thresholds: AlertThresholds = Depends()) -> list[dict[str, Any]]:
-        """Alerts that hold now: offline devices, drift, error rate, p95 latency regression vs the previous bundle.
+        """Alerts that hold now: offline devices, drift, error rate, p95 latency regression vs the previous bundle,
+        a nearly full data disk.
 
         Every threshold can be overridden per request, e.g. ``?offline_after_s=60&max_error_rate=0.01``.
         """
@@ -39,7 +40,8 @@ def dashboard_router(db: FleetDB) -> APIRouter:
         device_id: str, resolution: Resolution = _RESOLUTION, since: datetime | None = _SINCE, limit: int = _LIMIT
     ) -> list[dict[str, Any]]:
         """A device's telemetry per minute or hour, newest first: reports, inferences, errors, error rate,
-        mean latency (per inference), mean CPU, and the maxima of latency, p95, RSS, temperature, drift.
+        errors by kind, mean latency (per inference), mean CPU, the maxima of latency, p95, p99, RSS,
+        temperature, drift and disk used percent, and the least free disk space.
 
         E.g. ``?resolution=hour&since=2026-01-01T00:00:00Z&limit=48``. A device with no telemetry has no buckets.
         """
@@ -52,7 +54,8 @@ def dashboard_router(db: FleetDB) -> APIRouter:
         limit: int = _LIMIT,
         device_class: str | None = Query(None, max_length=128, description="Only the devices of this class."),
     ) -> list[dict[str, Any]]:
-        """The same buckets summed over the fleet, or over one device class, with the number of devices reporting."""
+        """The same buckets summed over the fleet, or over one device class, with the number of devices reporting;
+        error kinds are added up over the devices, maxima and minima taken over them."""
         return db.fleet_rollups(resolution, device_class=device_class, since=since, limit=limit)
 
     return router

@@ -19,6 +19,7 @@ from sqlite_utils.db import Table
 
 from coordinator.rollups import (
     RESOLUTIONS,
+    ROLLUP_COLUMNS_6,
     ROLLUP_SCHEMA,
     Resolution,
     RollupBatch,
@@ -37,7 +38,7 @@ def _now() -> str:
 
 
 class FleetDB:
-    SCHEMA_VERSION = 5  # the number of migrations in _migrate
+    SCHEMA_VERSION = 6  # the number of migrations in _migrate
 
     def __init__(self, path: Path | str) -> None:
         conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
@@ -49,7 +50,7 @@ class FleetDB:
 
     def _migrate(self) -> None:
         """Apply, in order, every schema migration newer than the file's ``user_version``."""
-        migrations = [self._schema_1, self._schema_2, self._schema_3, self._schema_4, self._schema_5]
+        migrations = [self._schema_1, self._schema_2, self._schema_3, self._schema_4, self._schema_5, self._schema_6]
         assert len(migrations) == self.SCHEMA_VERSION
         with self.locked() as db:
             current = db.execute("pragma user_version").fetchone()[0]
@@ -64,6 +65,22 @@ class FleetDB:
                 # idempotent: one interrupted half way simply runs again at the next start.
                 migration(db)
                 db.execute(f"pragma user_version = {version}")
+
+    @staticmethod
+    def _schema_6(db: sqlite_utils.Database) -> None:
+        """p99 latency, disk usage and failures by kind: in raw telemetry and in the rollups."""
+        telemetry = Table(db, "telemetry")
+        added: dict[str, type] = {
+            "latency_ms_p99": float, "errors_by_kind": str, "disk_free_bytes": int, "disk_used_percent": float,
+        }  # fmt: skip
+        for column, kind in added.items():
+            if column not in telemetry.columns_dict:
+                telemetry.add_column(column, kind)
+        for resolution in RESOLUTIONS:
+            table = Table(db, rollup_table(resolution))
+            for column, kind in ROLLUP_COLUMNS_6.items():
+                if column not in table.columns_dict:
+                    table.add_column(column, kind)
 
     @staticmethod
     def _schema_5(db: sqlite_utils.Database) -> None:

@@ -23,13 +23,14 @@ from protocol.messages import (
     ChunkHeader,
     ChunkRequest,
     CommandResult,
+    CoordinatorStatus,
     DesiredState,
     ReportedState,
     Telemetry,
     encode_chunk,
     parse,
 )
-from protocol.topics import Channel, coordinator_subscriptions, parse_topic, topic
+from protocol.topics import COORDINATOR_STATUS, Channel, coordinator_subscriptions, parse_topic, topic
 
 __all__ = ["CoordinatorLink"]
 
@@ -52,9 +53,13 @@ class CoordinatorLink:
         self.client = make_client(broker, client_id, clean_session=True)
         # Chunks are answered on the network thread; allow a burst of them in flight.
         self.client.max_inflight_messages_set(64)
+        # Devices send their outbox only while this says "online" (see protocol.topics.COORDINATOR_STATUS).
+        self.client.will_set(COORDINATOR_STATUS, CoordinatorStatus(state="offline").to_bytes(), qos=1, retain=True)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
+        self.client.on_subscribe = self._on_subscribe
+        self._subscribe_mid: int | None = None
 
     def start(self) -> None:
         self.ingest.start()
@@ -62,6 +67,14 @@ class CoordinatorLink:
         self.client.loop_start()
 
     def stop(self) -> None:
+        if self.connected.is_set():
+            info = self.client.publish(
+                COORDINATOR_STATUS, CoordinatorStatus(state="offline").to_bytes(), qos=1, retain=True
+            )
+            try:
+                info.wait_for_publish(timeout=2.0)
+            except RuntimeError as exc:
+                log.warning("could not publish the coordinator's offline status: %s", exc)
         self.client.disconnect()
         self.client.loop_stop()
         self.ingest.stop()
@@ -85,10 +98,15 @@ class CoordinatorLink:
         if reason.is_failure:
             log.error("broker %s refused the coordinator: %s", self.broker.url, reason)
             return
-        client.subscribe([(t, 1) for t in coordinator_subscriptions()])
+        _, self._subscribe_mid = client.subscribe([(t, 1) for t in coordinator_subscriptions()])
         self.connected.set()
         log.info("coordinator connected to %s", self.broker.url)
         self.on_connected()
+
+    def _on_subscribe(self, client: mqtt.Client, _ud: Any, mid: int, _codes: Any, _props: Any) -> None:
+        # Only once the broker confirmed our subscriptions may devices send: nothing they send is dropped.
+        if mid == self._subscribe_mid:
+            client.publish(COORDINATOR_STATUS, CoordinatorStatus(state="online").to_bytes(), qos=1, retain=True)
 
     def _on_disconnect(self, _c: mqtt.Client, _ud: Any, _flags: Any, reason: Any, _props: Any) -> None:
         self.connected.clear()

@@ -1,16 +1,18 @@
 """Telemetry rollups: per-device minute and hour buckets kept current at ingest, read back, and pruned.
 
-A bucket stores sums, counts and maxima only, never a mean: means are derived on read, so they stay
-exact however many reports (and ingest batches) land in one bucket, and buckets of several devices
-add up exactly into fleet or device-class figures.
+A bucket stores sums, counts, maxima and minima only (failures per kind as counts added up), never a
+mean: means are derived on read, so they stay exact however many reports (and ingest batches) land in
+one bucket, and buckets of several devices add up exactly into fleet or device-class figures.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import sqlite3
 import threading
+from collections import Counter
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -21,7 +23,9 @@ if TYPE_CHECKING:
     from coordinator.db import FleetDB
 
 __all__ = [
+    "MAX_BUCKET_ERROR_KINDS",
     "RESOLUTIONS",
+    "ROLLUP_COLUMNS_6",
     "ROLLUP_SCHEMA",
     "Resolution",
     "RollupBatch",
@@ -57,15 +61,29 @@ _MAXES = (
     "soc_temp_c_max",
     "drift_score_max",
     "outbox_pending_max",
+    "latency_ms_p99_max",
+    "disk_used_percent_max",
 )
-_N_SUMS = len(_SUMS)
+# The smaller one is kept; NULL where no report had the value.
+_MINS = ("disk_free_bytes_min",)
+# Failed requests per kind, as a JSON object whose counts are added up; NULL where no report had errors.
+_ERRORS = "errors_by_kind"
+MAX_BUCKET_ERROR_KINDS = 32  # a bucket keeps the most frequent kinds, so a device cannot grow it without end
+_N_SUMS, _N_MAXES = len(_SUMS), len(_MAXES)
 _TYPES: dict[str, type] = {
     "reports": int, "inference_count": int, "error_count": int, "window_s": float,
     "latency_ms_weighted_sum": float, "latency_ms_weight": int, "cpu_percent_sum": float,
     "cpu_percent_reports": int, "drift_alerts": int, "latency_ms_mean_max": float, "latency_ms_p95_max": float,
     "rss_bytes_max": int, "soc_temp_c_max": float, "drift_score_max": float, "outbox_pending_max": int,
+    "latency_ms_p99_max": float, "disk_used_percent_max": float, "disk_free_bytes_min": int, _ERRORS: str,
 }  # fmt: skip
-ROLLUP_SCHEMA: dict[str, type] = {"device_id": str, "bucket_start": str} | {c: _TYPES[c] for c in _SUMS + _MAXES}
+# The columns each migration gave the rollup tables: schema 4 created them, schema 6 added p99, disk and error kinds.
+ROLLUP_COLUMNS_6: dict[str, type] = {
+    c: _TYPES[c] for c in ("latency_ms_p99_max", "disk_used_percent_max", "disk_free_bytes_min", _ERRORS)
+}
+ROLLUP_SCHEMA: dict[str, type] = {"device_id": str, "bucket_start": str} | {
+    c: _TYPES[c] for c in _SUMS + _MAXES if c not in ROLLUP_COLUMNS_6
+}
 
 
 def rollup_table(resolution: Resolution) -> str:
@@ -91,12 +109,24 @@ def _iso(epoch_s: float) -> str:
 
 
 def _upsert_sql(resolution: Resolution) -> str:
-    columns = ("device_id", "bucket_start", *_SUMS, *_MAXES)
+    table = rollup_table(resolution)
+    columns = ("device_id", "bucket_start", *_SUMS, *_MAXES, *_MINS, _ERRORS)
     updates = [f"{c} = {c} + excluded.{c}" for c in _SUMS]
     # SQLite's two-argument max() is NULL if either side is; fall back to whichever side has a value.
     updates += [f"{c} = coalesce(max({c}, excluded.{c}), {c}, excluded.{c})" for c in _MAXES]
+    updates += [f"{c} = coalesce(min({c}, excluded.{c}), {c}, excluded.{c})" for c in _MINS]
+    # Both sides' counts added per kind; only a bucket that already had errors and gets more pays for the
+    # JSON work, and the limit keeps the most frequent kinds.
+    updates.append(
+        f"{_ERRORS} = case when excluded.{_ERRORS} is null then {table}.{_ERRORS}"
+        f" when {table}.{_ERRORS} is null then excluded.{_ERRORS}"
+        " else (select json_group_object(key, n) from (select key, sum(value) as n from ("
+        f"select key, value from json_each({table}.{_ERRORS})"
+        f" union all select key, value from json_each(excluded.{_ERRORS}))"
+        f" group by key order by n desc, key limit {MAX_BUCKET_ERROR_KINDS})) end"
+    )
     return (
-        f"insert into {rollup_table(resolution)} ({', '.join(columns)}) values ({', '.join('?' * len(columns))})"
+        f"insert into {table} ({', '.join(columns)}) values ({', '.join('?' * len(columns))})"
         f" on conflict (device_id, bucket_start) do update set {', '.join(updates)}"
     )
 
@@ -108,6 +138,16 @@ def _max(a: float | None, b: float | None) -> float | None:
     return b if a is None else a if b is None else max(a, b)
 
 
+def _min(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else min(a, b)
+
+
+def _error_kinds_json(counts: Counter[str]) -> str | None:
+    """The stored form of a bucket's error kinds: the most frequent first, NULL for none."""
+    kept = sorted(((k, n) for k, n in counts.items() if n > 0), key=lambda kn: (-kn[1], kn[0]))
+    return json.dumps(dict(kept[:MAX_BUCKET_ERROR_KINDS])) if kept else None
+
+
 def _finite(value: float | None) -> float | None:
     # json.loads takes NaN and Infinity: one such report must not poison a bucket (NaN is NULL in
     # SQLite, and NULL + x stays NULL) nor make it unserialisable as JSON.
@@ -115,7 +155,8 @@ def _finite(value: float | None) -> float | None:
 
 
 def _values(message: Telemetry) -> list[Any]:
-    """One report's contribution, in the order of ``_SUMS`` then ``_MAXES``; a non-finite value counts as absent."""
+    """One report's contribution, in the order of ``_SUMS``, ``_MAXES``, ``_MINS``, then its error kinds
+    (a Counter); a non-finite value counts as absent."""
     m = message
     latency, cpu = _finite(m.latency_ms_mean), _finite(m.cpu_percent)
     return [
@@ -123,15 +164,20 @@ def _values(message: Telemetry) -> list[Any]:
         0.0 if latency is None else latency * m.inference_count, 0 if latency is None else m.inference_count,
         cpu or 0.0, 0 if cpu is None else 1, int(m.drift_alert),
         latency, _finite(m.latency_ms_p95), m.rss_bytes, _finite(m.soc_temp_c), _finite(m.drift_score),
-        m.outbox_pending,
+        m.outbox_pending, _finite(m.latency_ms_p99), _finite(m.disk_used_percent),
+        m.disk_free_bytes,
+        Counter(m.errors_by_kind),
     ]  # fmt: skip
 
 
 def _merge(into: list[Any], values: list[Any]) -> None:
     for i in range(_N_SUMS):
         into[i] += values[i]
-    for i in range(_N_SUMS, len(values)):
+    for i in range(_N_SUMS, _N_SUMS + _N_MAXES):
         into[i] = _max(into[i], values[i])
+    for i in range(_N_SUMS + _N_MAXES, len(values) - 1):
+        into[i] = _min(into[i], values[i])
+    into[-1] = into[-1] + values[-1]  # a new Counter: the one in ``into`` may be shared with a minute
 
 
 class RollupBatch:
@@ -162,11 +208,14 @@ class RollupBatch:
             key = (device_id, minute // 3600 * 3600)
             current = hours.get(key)
             if current is None:
-                hours[key] = list(values)
+                hours[key] = list(values)  # the Counter stays shared until a merge replaces it
             else:
                 _merge(current, values)
         for sql, buckets in ((_UPSERT["minute"], self._minutes), (_UPSERT["hour"], hours)):
-            rows = [(device_id, _iso(start), *values) for (device_id, start), values in buckets.items()]
+            rows = [
+                (device_id, _iso(start), *values[:-1], _error_kinds_json(values[-1]))
+                for (device_id, start), values in buckets.items()
+            ]
             if rows:
                 conn.executemany(sql, rows)
 
@@ -186,16 +235,31 @@ def rollup_view(row: dict[str, Any]) -> dict[str, Any]:
         else None,
         "cpu_percent_mean": row["cpu_percent_sum"] / row["cpu_percent_reports"] if row["cpu_percent_reports"] else None,
         "drift_alerts": row["drift_alerts"],
+        "errors_by_kind": _error_kinds(row),
     }
-    view |= {column: row[column] for column in _MAXES}
+    view |= {column: row[column] for column in _MAXES + _MINS}
     if "devices" in row:
         view["devices"] = row["devices"]
     return view
 
 
+def _error_kinds(row: dict[str, Any]) -> dict[str, int]:
+    """A bucket's error kinds, or (for a sum of buckets) the kinds of every bucket added up, the most frequent first."""
+    if "errors_by_kind_list" in row:  # a fleet bucket: a JSON array of each device's object
+        total: Counter[str] = Counter()
+        for kinds in json.loads(row["errors_by_kind_list"] or "[]"):
+            total.update(kinds)
+        return dict(total.most_common())
+    return json.loads(row[_ERRORS]) if row.get(_ERRORS) else {}
+
+
 def fleet_rollup_sql(resolution: Resolution, *, device_class: bool) -> str:
-    """Buckets summed over devices (optionally of one class): exact, since buckets hold only sums and maxima."""
+    """Buckets summed over devices (optionally of one class): exact, since buckets hold only sums, minima and maxima."""
     aggregates = [f"sum(r.{c}) as {c}" for c in _SUMS] + [f"max(r.{c}) as {c}" for c in _MAXES]
+    aggregates += [f"min(r.{c}) as {c}" for c in _MINS]
+    aggregates.append(
+        f"json_group_array(json(r.{_ERRORS})) filter (where r.{_ERRORS} is not null) as errors_by_kind_list"
+    )
     join = " join devices d on d.device_id = r.device_id and d.device_class = :device_class" if device_class else ""
     return (
         f"select r.bucket_start, count(distinct r.device_id) as devices, {', '.join(aggregates)}"

@@ -6,15 +6,16 @@ import json
 import struct
 import uuid
 from datetime import UTC, datetime
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
 from protocol.errors import InvalidMessage, describe_errors
 
 __all__ = [
     "MAX_CHUNK_BYTES",
     "MAX_CONTROL_BYTES",
+    "MAX_ERROR_KINDS",
     "Availability",
     "BundleRef",
     "CampaignAssignment",
@@ -22,6 +23,7 @@ __all__ = [
     "ChunkRequest",
     "Command",
     "CommandResult",
+    "CoordinatorStatus",
     "DesiredState",
     "ErrorInfo",
     "Message",
@@ -36,6 +38,8 @@ SCHEMA_VERSION: Literal[1] = 1
 MAX_CONTROL_BYTES = 64 * 1024  # any JSON message
 MAX_CHUNK_BYTES = 256 * 1024  # data in one chunk; well under Mosquitto's 2 MB and AWS IoT's 128 KB at default 64 KiB
 SHA256 = r"^[0-9a-f]{64}$"
+MAX_ERROR_KINDS = 16  # distinct error kinds in one telemetry window
+ErrorKind = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 
 
 def _now() -> datetime:
@@ -104,6 +108,12 @@ class CampaignAssignment(Message):
         return self
 
 
+class CoordinatorStatus(Message):
+    """Whether the coordinator is connected and subscribed (retained; its last will says offline)."""
+
+    state: Literal["online", "offline"]
+
+
 class ReportedState(Message):
     """What the device runs and how it got there. Retained."""
 
@@ -143,6 +153,16 @@ class Telemetry(Message):
     latency_ms_mean: float | None = None
     latency_ms_p50: float | None = None
     latency_ms_p95: float | None = None
+    latency_ms_p99: float | None = Field(default=None, description="99th percentile latency of the window, in ms.")
+    errors_by_kind: dict[ErrorKind, Annotated[int, Field(ge=0)]] = Field(
+        default_factory=dict,
+        max_length=MAX_ERROR_KINDS,
+        description="Failed requests per kind (e.g. invalid_argument, unavailable, runtime); adds up to error_count.",
+    )
+    disk_free_bytes: int | None = Field(default=None, ge=0, description="Free bytes on the data dir's filesystem.")
+    disk_used_percent: float | None = Field(
+        default=None, ge=0, le=100, description="Used share of the data dir's filesystem, in percent."
+    )
     cpu_percent: float | None = None
     rss_bytes: int | None = None
     soc_temp_c: float | None = None

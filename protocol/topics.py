@@ -13,6 +13,7 @@ from enum import StrEnum
 from protocol.errors import InvalidMessage
 
 __all__ = [
+    "COORDINATOR_STATUS",
     "PREFIX",
     "Channel",
     "DeviceTopic",
@@ -25,6 +26,9 @@ __all__ = [
 ]
 
 PREFIX = "edgefleet/v1"
+# Retained, with the coordinator's last will: devices hold their outbox while it is not "online"
+# (a broker that restarted without persistence would otherwise take messages nobody subscribes to).
+COORDINATOR_STATUS = f"{PREFIX}/coordinator/status"
 _DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -91,7 +95,7 @@ def parse_topic(name: str) -> DeviceTopic:
 
 def device_subscriptions(device_id: str) -> list[str]:
     """What an agent subscribes to."""
-    return [topic(device_id, c) for c in sorted(TO_DEVICE)]
+    return [topic(device_id, c) for c in sorted(TO_DEVICE)] + [COORDINATOR_STATUS]
 
 
 def coordinator_subscriptions() -> list[str]:
@@ -106,4 +110,5 @@ def device_acl_patterns() -> list[tuple[str, str]]:
     """
     rules = [("write", f"{PREFIX}/devices/%u/{c.value}") for c in sorted(FROM_DEVICE)]
     rules += [("read", f"{PREFIX}/devices/%u/{c.value}") for c in sorted(TO_DEVICE)]
+    rules.append(("read", COORDINATOR_STATUS))
     return rules

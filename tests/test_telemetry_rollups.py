@@ -219,8 +219,9 @@ def test_rollup_endpoints_need_a_token_and_are_bounded(tmp_path: Path) -> None:
     config = CoordinatorConfig(data_dir=tmp_path / "c", trusted_keys=[tmp_path / "k.pub"], broker=BrokerConfig())
     coordinator = Coordinator(config)
     coordinator.db.add_telemetry_batch([
-        _report(at=T0, inference_count=10, error_count=10, latency_ms_mean=2.0),
-        _report(at=T0 + timedelta(seconds=30), inference_count=30, latency_ms_mean=6.0),
+        _report(at=T0, inference_count=10, error_count=10, latency_ms_mean=2.0,
+                errors_by_kind={"invalid_argument": 10}, latency_ms_p99=9.0, disk_free_bytes=1000),
+        _report(at=T0 + timedelta(seconds=30), inference_count=30, latency_ms_mean=6.0, disk_used_percent=42.0),
         _report(at=T0 + timedelta(hours=2), inference_count=1),
     ])  # fmt: skip
     http = TestClient(create_app(coordinator, token=TOKEN))  # no lifespan: no broker needed
@@ -238,8 +239,12 @@ def test_rollup_endpoints_need_a_token_and_are_bounded(tmp_path: Path) -> None:
     assert (bucket["reports"], bucket["inference_count"], bucket["error_count"]) == (2, 40, 10)
     assert bucket["error_rate"] == pytest.approx(0.2)
     assert bucket["latency_ms_mean"] == pytest.approx(5.0)
+    assert bucket["errors_by_kind"] == {"invalid_argument": 10}
+    assert (bucket["latency_ms_p99_max"], bucket["disk_free_bytes_min"], bucket["disk_used_percent_max"]) == (
+        9.0, 1000, 42.0,
+    )  # fmt: skip
     assert [b["bucket_start"] for b in hours.json()] == ["2026-03-01T12:00:00+00:00"]
-    assert [(b["devices"], b["inference_count"]) for b in fleet.json()] == [(1, 1)]
+    assert [(b["devices"], b["inference_count"], b["errors_by_kind"]) for b in fleet.json()] == [(1, 1, {})]
     for bad in ({"resolution": "day"}, {"limit": 0}, {"limit": 10**6}, {"since": "yesterday"}):
         assert http.get(url, params=bad, headers=auth).status_code == 422, bad
 
@@ -258,6 +263,127 @@ def test_a_version_3_database_gets_the_rollup_tables_on_open(tmp_path: Path) -> 
     conn = sqlite3.connect(path)
     tables = {row[0] for row in conn.execute("select name from sqlite_master where type = 'table'")}
     assert {"telemetry_minute", "telemetry_hour"} <= tables
-    assert conn.execute("pragma user_version").fetchone()[0] == FleetDB.SCHEMA_VERSION == 4
+    assert conn.execute("pragma user_version").fetchone()[0] == FleetDB.SCHEMA_VERSION == 6
     assert [r["reports"] for r in db.telemetry_rollups("gw-1", "hour")] == [1]
     FleetDB(path)  # opening again at the current version changes nothing
+
+
+def test_p99_disk_and_error_kinds_are_kept_per_bucket(db: FleetDB) -> None:
+    db.add_telemetry_batch([
+        _report(at=T0 + timedelta(seconds=5), error_count=3, errors_by_kind={"invalid_argument": 2, "runtime": 1},
+                latency_ms_p99=7.0, disk_free_bytes=5_000, disk_used_percent=80.0),
+        _report(at=T0 + timedelta(seconds=20), error_count=4, errors_by_kind={"invalid_argument": 4},
+                latency_ms_p99=12.0, disk_free_bytes=4_000, disk_used_percent=85.0),
+    ])  # fmt: skip
+    db.add_telemetry_batch([  # later batches merge into the stored bucket
+        _report(at=T0 + timedelta(seconds=40), error_count=1, errors_by_kind={"unavailable": 1},
+                latency_ms_p99=9.0, disk_free_bytes=4_500, disk_used_percent=82.5),
+    ])  # fmt: skip
+    db.add_telemetry_batch([_report(at=T0 + timedelta(seconds=50))])  # an older agent: none of the new figures
+    db.add_telemetry_batch(
+        [_report(at=T0 + timedelta(minutes=5), error_count=5, errors_by_kind={"runtime": 5}, disk_used_percent=91.0)]
+    )
+
+    minutes = _by_start(db.telemetry_rollups("gw-1", "minute"))
+    [hour] = db.telemetry_rollups("gw-1", "hour")
+
+    m = minutes["2026-03-01T10:00:00+00:00"]
+    assert m["errors_by_kind"] == {"invalid_argument": 6, "runtime": 1, "unavailable": 1}
+    assert sum(m["errors_by_kind"].values()) == m["error_count"] == 8
+    assert (m["latency_ms_p99_max"], m["disk_used_percent_max"], m["disk_free_bytes_min"]) == (12.0, 85.0, 4_000)
+    assert minutes["2026-03-01T10:05:00+00:00"]["disk_free_bytes_min"] is None
+    assert hour["errors_by_kind"] == {"invalid_argument": 6, "runtime": 6, "unavailable": 1}
+    assert (hour["latency_ms_p99_max"], hour["disk_used_percent_max"], hour["disk_free_bytes_min"]) == (
+        12.0, 91.0, 4_000,
+    )  # fmt: skip
+    no_errors = _report(device_id="gw-2")
+    db.add_telemetry(no_errors)
+    [quiet] = db.telemetry_rollups("gw-2", "minute")
+    assert quiet["errors_by_kind"] == {} and quiet["latency_ms_p99_max"] is None
+
+
+def test_a_bucket_keeps_only_the_most_frequent_error_kinds(db: FleetDB) -> None:
+    from coordinator.rollups import MAX_BUCKET_ERROR_KINDS
+
+    kinds = [f"kind_{i:02d}" for i in range(MAX_BUCKET_ERROR_KINDS + 8)]
+    for start in range(0, len(kinds), 10):  # 16 kinds at most per message: several reports and batches
+        chunk = {kind: 100 - i for i, kind in enumerate(kinds) if start <= i < start + 10}
+        db.add_telemetry(_report(at=T0 + timedelta(seconds=start), error_count=sum(chunk.values()),
+                                 errors_by_kind=chunk))  # fmt: skip
+
+    [minute] = db.telemetry_rollups("gw-1", "minute")
+
+    assert list(minute["errors_by_kind"]) == kinds[:MAX_BUCKET_ERROR_KINDS]  # the most frequent first
+
+
+def test_fleet_rollups_add_error_kinds_over_devices(db: FleetDB) -> None:
+    db.add_telemetry_batch([
+        _report("pi-1", error_count=2, errors_by_kind={"invalid_argument": 2}, disk_free_bytes=10, latency_ms_p99=3.0),
+        _report("pi-2", error_count=3, errors_by_kind={"invalid_argument": 1, "runtime": 2}, disk_free_bytes=7),
+        _report("pi-3", disk_used_percent=95.5),
+    ])  # fmt: skip
+
+    [fleet] = db.fleet_rollups("minute")
+
+    assert fleet["errors_by_kind"] == {"invalid_argument": 3, "runtime": 2}
+    assert (fleet["disk_free_bytes_min"], fleet["disk_used_percent_max"], fleet["latency_ms_p99_max"]) == (7, 95.5, 3.0)
+
+
+def test_a_version_5_database_gets_the_new_columns_and_keeps_its_rows(tmp_path: Path) -> None:
+    path = tmp_path / "fleet.db"
+    old = sqlite_utils.Database(path)
+    for migration in (FleetDB._schema_1, FleetDB._schema_2, FleetDB._schema_3, FleetDB._schema_4, FleetDB._schema_5):
+        migration(old)
+    old.execute("pragma user_version = 5")
+    old["telemetry_minute"].insert({"device_id": "gw-1", "bucket_start": T0.isoformat(), "reports": 1,
+                                    "inference_count": 10, "error_count": 2, "window_s": 10.0,
+                                    "latency_ms_weighted_sum": 0.0, "latency_ms_weight": 0, "cpu_percent_sum": 0.0,
+                                    "cpu_percent_reports": 0, "drift_alerts": 0})  # fmt: skip
+    columns = set(old["telemetry_minute"].columns_dict)
+    assert "errors_by_kind" not in columns and "disk_free_bytes_min" not in columns  # as schema 5 left it
+    old.conn.close()
+
+    db = FleetDB(path)
+    db.add_telemetry(_report(at=T0 + timedelta(seconds=30), error_count=1, errors_by_kind={"runtime": 1},
+                             latency_ms_p99=4.0, disk_free_bytes=1 << 30, disk_used_percent=50.0))  # fmt: skip
+
+    conn = sqlite3.connect(path)
+    assert conn.execute("pragma user_version").fetchone()[0] == 6
+    for table, added in (
+        ("telemetry", {"latency_ms_p99", "errors_by_kind", "disk_free_bytes", "disk_used_percent"}),
+        ("telemetry_minute", {"latency_ms_p99_max", "disk_used_percent_max", "disk_free_bytes_min", "errors_by_kind"}),
+        ("telemetry_hour", {"latency_ms_p99_max", "disk_used_percent_max", "disk_free_bytes_min", "errors_by_kind"}),
+    ):
+        assert added <= {row[1] for row in conn.execute(f"pragma table_info({table})")}, table
+    [minute] = db.telemetry_rollups("gw-1", "minute")
+    assert (minute["reports"], minute["error_count"], minute["errors_by_kind"]) == (2, 3, {"runtime": 1})
+    assert (minute["latency_ms_p99_max"], minute["disk_free_bytes_min"]) == (4.0, 1 << 30)
+    FleetDB(path)  # opening again at the current version changes nothing
+
+
+def test_a_nearly_full_data_disk_is_an_alert_from_the_run_of_reports_over_the_limit(
+    tmp_path: Path, db: FleetDB
+) -> None:
+    from coordinator.alerts import AlertThresholds, compute_alerts
+
+    now = datetime.now(UTC)
+    for device_id in ("gw-1", "gw-2", "gw-3"):
+        db.record_reported(
+            ReportedState(device_id=device_id, device_class="x86-gateway", agent_version="t", status="ready",
+                          started_at=now)
+        )  # fmt: skip
+    for used in (95.0, 50.0, 92.0, 93.5):  # gw-1 fell below the limit once; the alert dates from after that
+        db.add_telemetry(_report("gw-1", at=now, disk_used_percent=used, disk_free_bytes=3 << 30))
+    db.add_telemetry(_report("gw-2", at=now, disk_used_percent=89.0))
+    db.add_telemetry(_report("gw-3", at=now))  # an older agent: no disk figures, no alert
+    with sqlite3.connect(tmp_path / "fleet.db") as conn:  # arrival times a second apart, in order
+        ids = [r[0] for r in conn.execute("select message_id from telemetry where device_id = 'gw-1' order by rowid")]
+        received = [(now - timedelta(seconds=10 - i)).isoformat() for i in range(len(ids))]
+        conn.executemany("update telemetry set received_at = ? where message_id = ?", zip(received, ids, strict=True))
+
+    [alert] = [a for a in compute_alerts(db) if a.kind == "disk_full"]
+    strict = [(a.device_id, a.kind) for a in compute_alerts(db, AlertThresholds(max_disk_used_percent=80))]
+
+    assert (alert.device_id, alert.severity, alert.since) == ("gw-1", "warning", received[2])
+    assert "93.5% used" in alert.detail and "3072 MiB free" in alert.detail
+    assert ("gw-2", "disk_full") in strict and ("gw-3", "disk_full") not in strict

@@ -2,6 +2,7 @@ import pytest
 
 from protocol.errors import InvalidMessage
 from protocol.topics import (
+    COORDINATOR_STATUS,
     PREFIX,
     Channel,
     coordinator_subscriptions,
@@ -51,6 +52,8 @@ def test_subscriptions_split_by_direction() -> None:
 
 def test_acl_confines_a_device_to_its_own_subtree() -> None:
     rules = device_acl_patterns()
-    assert all("/devices/%u/" in pattern for _, pattern in rules)
+    # Its own subtree, plus reading (only) the coordinator's status.
+    assert all("/devices/%u/" in pattern for _, pattern in rules if pattern != COORDINATOR_STATUS)
+    assert [access for access, pattern in rules if pattern == COORDINATOR_STATUS] == ["read"]
     assert ("read", f"{PREFIX}/devices/%u/desired") in rules
     assert ("write", f"{PREFIX}/devices/%u/reported") in rules

@@ -1,0 +1,103 @@
+"""The agent's telemetry window: failures by kind as the local API records them, p99 latency, data disk usage."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import psutil
+import pytest
+
+from agent.api import InferenceApi, InferenceService
+from agent.client import InferenceClient
+from agent.model import LoadedModel, load_model
+from agent.telemetry import OTHER_ERROR_KIND, InferenceStats
+from protocol.bundle import Manifest, extract_bundle
+from protocol.errors import InvalidMessage
+from protocol.messages import MAX_ERROR_KINDS, Telemetry, parse
+from tests.conftest import DigitsModels, Keys, build
+
+
+@pytest.fixture
+def served(tmp_path: Path, keys: Keys, digits: DigitsModels) -> Iterator[tuple[Any, ...]]:
+    archive, digest = build(digits.v1, tmp_path / "b.bundle", keys, version="1")
+    signed = extract_bundle(archive, tmp_path / "x")
+    model = load_model(digest, Manifest.model_validate_json(signed.manifest), tmp_path / "x" / "model.onnx")
+    holder: dict[str, LoadedModel | None] = {"model": None}
+    stats = InferenceStats()
+    server = InferenceApi(
+        InferenceService(lambda: holder["model"], stats, "x86-gateway"),
+        socket_path=tmp_path / "api.sock",
+        tcp_port=None,
+        max_message_bytes=1 << 20,
+        workers=2,
+    )
+    server.start()
+    yield server, holder, model, stats
+    server.stop(0)
+
+
+def test_a_predict_with_a_wrong_shape_is_counted_as_invalid_argument(served, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    server, holder, model, stats = served
+    with InferenceClient(f"unix://{server.socket_path}") as client:
+        with pytest.raises(grpc.RpcError) as early:  # no model active yet
+            client.predict({"pixels": np.zeros((1, 64), np.float32)})
+        holder["model"] = model
+        with pytest.raises(grpc.RpcError) as info:
+            client.predict({"pixels": np.zeros((2, 63), np.float32)})
+        for _ in range(3):
+            client.predict({"pixels": np.zeros((1, 64), np.float32)})
+
+    telemetry = stats.take("gw-1", model.digest, data_dir=tmp_path)
+    after = stats.take("gw-1", model.digest)
+
+    assert (early.value.code(), info.value.code()) == (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INVALID_ARGUMENT)
+    assert telemetry.errors_by_kind == {"unavailable": 1, "invalid_argument": 1}
+    assert (telemetry.error_count, telemetry.inference_count) == (2, 3)
+    assert telemetry.latency_ms_p99 is not None and telemetry.latency_ms_p99 >= (telemetry.latency_ms_p95 or 0)
+    assert (after.errors_by_kind, after.error_count) == ({}, 0)  # the next window starts empty
+    assert parse(Telemetry, telemetry.to_bytes()).errors_by_kind == telemetry.errors_by_kind
+
+
+def test_p99_and_the_data_disk_of_a_window(tmp_path: Path) -> None:
+    stats = InferenceStats()
+    for latency_ms in range(1, 101):
+        stats.record(float(latency_ms))
+
+    telemetry = stats.take("gw-1", None, data_dir=tmp_path)
+
+    assert telemetry.latency_ms_p99 == pytest.approx(np.percentile(np.arange(1, 101), 99))
+    usage = psutil.disk_usage(str(tmp_path))
+    assert telemetry.disk_used_percent == pytest.approx(usage.percent, abs=1.0)
+    assert telemetry.disk_free_bytes is not None and abs(telemetry.disk_free_bytes - usage.free) < 256 << 20
+    bare = stats.take("gw-1", None)  # no data dir, no requests: the figures are absent, not zero
+    assert (bare.disk_free_bytes, bare.disk_used_percent, bare.latency_ms_p99) == (None, None, None)
+    missing = stats.take("gw-1", None, data_dir=tmp_path / "gone")  # unreadable: absent, the window still goes out
+    assert missing.disk_free_bytes is None
+
+
+def test_error_kinds_stay_within_the_message_limit() -> None:
+    stats = InferenceStats()
+    for i in range(MAX_ERROR_KINDS + 5):
+        stats.record_error(f"kind_{i}")
+    stats.record_error("kind_0")
+
+    telemetry = stats.take("gw-1", None)
+
+    assert len(telemetry.errors_by_kind) == MAX_ERROR_KINDS
+    assert telemetry.errors_by_kind["kind_0"] == 2
+    assert telemetry.errors_by_kind[OTHER_ERROR_KIND] == 6
+    assert sum(telemetry.errors_by_kind.values()) == telemetry.error_count == MAX_ERROR_KINDS + 6
+
+
+def test_a_telemetry_message_without_the_new_fields_still_parses() -> None:
+    old = b'{"device_id": "gw-1", "window_s": 10, "inference_count": 4, "error_count": 1, "latency_ms_p95": 2.0}'
+
+    telemetry = parse(Telemetry, old)
+
+    assert (telemetry.errors_by_kind, telemetry.latency_ms_p99, telemetry.disk_free_bytes) == ({}, None, None)
+    with pytest.raises(InvalidMessage, match="errors_by_kind"):
+        parse(Telemetry, old[:-1] + b', "errors_by_kind": {"' + b"k" * 65 + b'": 1}}')
