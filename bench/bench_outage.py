@@ -97,22 +97,20 @@ def read_outbox(path: Path) -> tuple[list[str], int]:
     return ids, int(dropped)
 
 
-def stored_rows(db_path: Path) -> list[dict[str, Any]]:
-    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=10)
+def read_store(db_path: Path) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """The stored reports and, from the same snapshot, how many each device's minute rollups count
+    (one read transaction: ingest goes on while the bench reads)."""
+    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=10, isolation_level=None)
     conn.row_factory = sqlite3.Row
     try:
-        return [
+        conn.execute("begin")
+        rows = [
             dict(r)
             for r in conn.execute("select message_id, device_id, sent_at, window_s from telemetry order by sent_at")
         ]
-    finally:
-        conn.close()
-
-
-def stored_rollup_reports(db_path: Path) -> dict[str, int]:
-    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=10)
-    try:
-        return dict(conn.execute("select device_id, sum(reports) from telemetry_minute group by device_id").fetchall())
+        folded = {r[0]: r[1] for r in conn.execute("select device_id, sum(reports) from telemetry_minute group by 1")}
+        conn.execute("commit")
+        return rows, folded
     finally:
         conn.close()
 
@@ -171,7 +169,7 @@ def main() -> None:
                 fleet.add_agent(device_id, telemetry_interval_s=args.interval)
             fleet.start_agents(device_ids)
             wait_until(
-                lambda: {r["device_id"] for r in stored_rows(db_path)} >= set(device_ids),
+                lambda: {r["device_id"] for r in read_store(db_path)[0]} >= set(device_ids),
                 timeout=60,
                 what="telemetry from every agent",
             )
@@ -204,7 +202,7 @@ def main() -> None:
             while time.monotonic() - back < args.drain_timeout and stored_s is None:
                 if sent_s is None and not outage_ids & {i for ids in queued().values() for i in ids}:
                     sent_s = time.monotonic() - back
-                if outage_ids <= {r["message_id"] for r in stored_rows(db_path)}:
+                if outage_ids <= {r["message_id"] for r in read_store(db_path)[0]}:
                     stored_s = time.monotonic() - back
                 elif sent_s is not None and time.monotonic() - back > sent_s + 30:
                     break  # the agents are done; what has not arrived 30 s later will not
@@ -214,8 +212,7 @@ def main() -> None:
             time.sleep(2.0)
             for device_id in device_ids:
                 evicted[device_id] = read_outbox(fleet.agents[device_id].data_dir / "outbox.db")[1]
-            rows = stored_rows(db_path)
-            rollup_reports = stored_rollup_reports(db_path)
+            rows, rollup_reports = read_store(db_path)
         finally:
             fleet.stop()
             tap.stop()

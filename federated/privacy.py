@@ -8,6 +8,7 @@ figure is the composition of all rounds so far, computed by Opacus's own account
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -30,8 +31,15 @@ def epsilon_of(history: list[Step], delta: float, accountant: str = "rdp") -> fl
     """Epsilon at ``delta`` of the composition of ``history``, by Opacus's accountant."""
     if not history:
         return 0.0
+    return _epsilon(tuple((float(s), float(q), int(n)) for s, q, n in history), delta, accountant)
+
+
+@functools.lru_cache(maxsize=256)
+def _epsilon(history: tuple[Step, ...], delta: float, accountant: str) -> float:
+    # One accountant computation costs up to a second of CPU with Poisson sub-sampling; a round asks
+    # for the spend so far, the projected spend and (after training) the same projected figure again.
     acc = create_accountant(accountant)
-    acc.history = [(float(s), float(q), int(n)) for s, q, n in history]
+    acc.history = list(history)
     return float(acc.get_epsilon(delta))
 
 
