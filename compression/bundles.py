@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from compression.builder import build_bundle
 from compression.candidates.base import Candidate
-from compression.evaluate import feed_names, open_runtime_for
+from compression.evaluate import feed_names, fixed_batch, open_runtime_for
 from compression.metrics import Metric
 from compression.source import ReferenceModel
 from protocol.model_card import InputStats, Lineage, PreprocessingStep, Recipe
@@ -76,7 +76,8 @@ def write_bundle(
     runtime, _ = open_runtime_for(candidate, threads=1)
     mapping = feed_names(runtime, spec.reference.input_names)  # converters may rename inputs
     rows = len(next(iter(spec.test_rows.values())))
-    batches = [slice(0, 1), slice(1, min(rows, 5))] if rows > 1 else [slice(0, 1)]
+    step = fixed_batch(runtime) or 4  # a model fixed to batch 1 (TFLite) gets two single rows
+    batches = [slice(0, 1), slice(1, min(rows, 1 + step))] if rows > 1 else [slice(0, 1)]
     test_inputs = [{mapping[n]: np.ascontiguousarray(a[s]) for n, a in spec.test_rows.items()} for s in batches]
     outputs = [s.name for s in runtime.outputs]
     test_outputs = [runtime.run(feeds, outputs) for feeds in test_inputs]

@@ -96,6 +96,13 @@ def compress_command(
         "subprocess", "--memory", help="Peak memory: subprocess, in-process (best effort) or off."
     ),
     finetune_epochs: int = typer.Option(3, "--finetune-epochs", min=0, help="Fine-tuning epochs after pruning."),
+    tflite_python: str | None = typer.Option(
+        None,
+        "--tflite-python",
+        envvar="EDGEFLEET_TFLITE_PYTHON",
+        help="Python of a separate environment with litert-torch for the TFLite candidates "
+        "(scripts/make_tflite_env.sh makes one), e.g. /opt/litert-venv/bin/python.",
+    ),
     distill_epochs: int = typer.Option(30, "--distill-epochs", min=1, help="Distillation epochs."),
     allow_unmet: bool = typer.Option(
         False, "--allow-unmet", help="Exit 0 even when a class has no suitable candidate."
@@ -136,7 +143,12 @@ def compress_command(
             private_key=load_private_key(key) if key is not None else None,
             device_classes=device_class or None,
             techniques=[t.strip() for t in techniques.split(",")] if techniques else None,
-            build=BuildOptions(student=student, finetune_epochs=finetune_epochs, distill_epochs=distill_epochs),
+            build=BuildOptions(
+                student=student,
+                finetune_epochs=finetune_epochs,
+                distill_epochs=distill_epochs,
+                tflite_python=tflite_python,
+            ),
             evaluation=EvalOptions(threads=threads, memory=memory),  # type: ignore[arg-type]
             example=example,
             labels=_labels(labels),

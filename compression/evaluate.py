@@ -29,7 +29,7 @@ from compression.candidates.base import Candidate, Measurement
 from compression.data import EvalData
 from compression.metrics import Metric, cosine_rows
 
-__all__ = ["EvalOptions", "evaluate_candidates", "feed_names", "open_runtime_for", "run_rows"]
+__all__ = ["EvalOptions", "evaluate_candidates", "feed_names", "fixed_batch", "open_runtime_for", "run_rows"]
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +67,16 @@ def feed_names(runtime: Runtime, names: list[str]) -> dict[str, str]:
     return dict(zip(names, own, strict=True))
 
 
+def fixed_batch(runtime: Runtime) -> int | None:
+    """The batch size a model is fixed to (litert-torch exports fixed shapes), or None when it is dynamic."""
+    first = {spec.shape[0] if spec.shape else None for spec in runtime.inputs}
+    return first.pop() if len(first) == 1 and None not in first else None
+
+
 def run_rows(runtime: Runtime, inputs: dict[str, np.ndarray], batch: int, output: str) -> np.ndarray:
-    """One output of ``runtime`` over all rows, in batches of ``batch``."""
+    """One output of ``runtime`` over all rows, in batches of ``batch`` (of its fixed batch, if it has one)."""
     mapping = feed_names(runtime, list(inputs))
+    batch = fixed_batch(runtime) or batch
     rows = len(next(iter(inputs.values())))
     parts = []
     for start in range(0, rows, batch):
@@ -146,7 +153,8 @@ def _measure(
     score = metric.score(outputs, data.labels, ref_outputs)
     if reference is None:
         ref_metric = score
-    n = min(options.batch_n, data.rows)
+    fixed = fixed_batch(runtime)
+    n = fixed if fixed is not None else min(options.batch_n, data.rows)
     batches = {
         "b1": {mapping[k]: np.ascontiguousarray(a[:1]) for k, a in data.inputs.items()},
         "bn": {mapping[k]: np.ascontiguousarray(a[:n]) for k, a in data.inputs.items()},
@@ -158,6 +166,8 @@ def _measure(
     notes = []
     if "gpu" in candidate.targets and "cpu" not in candidate.targets:
         notes.append("latency measured on the CPU here; the class runs it on a GPU")
+    if fixed is not None:
+        notes.append(f"fixed batch of {fixed}: batch-N latency is at batch {fixed}")
     if out_name != output:
         notes.append(f"output {output!r} is {out_name!r} in this candidate")
     peak: float | None = None

@@ -310,3 +310,23 @@ def test_tensorrt_provider_caches_engines_and_asks_for_the_precision(
     assert Path(settings["trt_engine_cache_path"]) == tmp_path / "cache" / "trt"
     assert (tmp_path / "cache" / "trt").is_dir()
     assert {k for k in settings if k in ("trt_fp16_enable", "trt_int8_enable")} == ({flag} if flag else set())
+
+
+def test_a_fixed_batch_litert_model_is_served_at_any_batch_size(tmp_path: Path) -> None:
+    # Prepare: litert-torch's export of the same affine model, with its input fixed to [1, 4]
+    # (made with the export environment of scripts/make_tflite_env.sh; litert-torch converts fixed shapes only)
+    if (reason := skip_reason("litert", "tflite")) is not None:
+        pytest.skip(reason)
+    recorded = np.load(ASSETS / "affine.npz")
+    path = ASSETS / "affine_batch1.tflite"
+    runtime = open_runtime(["litert"], "tflite", path, _options(tmp_path, path))
+    (name,) = [spec.name for spec in runtime.inputs]
+    (output,) = [spec.name for spec in runtime.outputs]
+    # Assert: it declares a dynamic batch, and any batch gives the rows' own results
+    assert runtime.inputs[0].shape == [None, 4] and runtime.outputs[0].shape == [None, 3]
+    for rows in (1, 5):
+        x = _batch(rows, seed=rows)
+        got = runtime.run({name: x}, [output])[output]
+        np.testing.assert_allclose(got, x @ recorded["w"] + recorded["b"], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="at least 1"):
+        runtime.run({name: np.zeros((0, 4), np.float32)}, [output])

@@ -86,6 +86,13 @@ class LiteRtRuntime(Runtime):
         self._shapes = {name: tuple(int(n) for n in d["shape"]) for name, d in inputs.items()}
         self._inputs = [_spec(name, d) for name, d in inputs.items()]
         self._outputs = [_spec(name, d) for name, d in outputs.items()]
+        # litert-torch exports fixed shapes (batch 1): such a model is served as if its batch were
+        # dynamic, one row per invoke, so batched requests and the micro-batcher work with it too.
+        specs = self._inputs + self._outputs
+        self.row_at_a_time = all(spec.shape[:1] == [1] for spec in specs)
+        if self.row_at_a_time:
+            for spec in specs:
+                spec.shape[0] = None
         log.info("litert (%s): loaded %s, signature %s", PACKAGE, model_path.name, self._signature or "none")
 
     @property
@@ -100,6 +107,18 @@ class LiteRtRuntime(Runtime):
         unknown = sorted(set(output_names) - set(self._output_index))
         if unknown:
             raise KeyError(f"unknown outputs {unknown}; the model has {sorted(self._output_index)}")
+        if self.row_at_a_time:
+            rows = {len(a) if a.ndim else 1 for a in feeds.values()}
+            if rows != {1}:
+                if len(rows) != 1 or 0 in rows:
+                    raise ValueError(f"inputs need one batch size of at least 1, got {sorted(rows)}")
+                parts = [
+                    self._run_once({k: v[i : i + 1] for k, v in feeds.items()}, output_names) for i in range(rows.pop())
+                ]
+                return {name: np.concatenate([p[name] for p in parts]) for name in output_names}
+        return self._run_once(feeds, output_names)
+
+    def _run_once(self, feeds: dict[str, np.ndarray], output_names: list[str]) -> dict[str, np.ndarray]:
         with self._lock:
             if self._runner is not None:
                 # Resizes the inputs (a no-op for an unchanged shape), allocates, sets, invokes, copies outputs.

@@ -108,6 +108,8 @@ class BuildOptions:
     batch_size: int = 64
     seed: int = 0
     opset: int = 17
+    tflite_python: str | None = None  # Python of a separate environment with litert-torch (make_tflite_env.sh)
+    tflite_timeout_s: float = 600.0  # for the whole TFLite export in that environment
 
 
 @dataclass

@@ -1,65 +1,63 @@
-"""TFLite candidates (FP32 and INT8) with ``litert-torch``, built only where it is importable.
+"""TFLite candidates (FP32 and dynamic-range INT8) with ``litert-torch``, in this process or in a separate environment.
 
-litert-torch pulls jax, transformers and a newer typer than flwr allows, so it lives in its own
-extra (``edgefleet[tflite-export]``), ideally in a separate environment; where it is missing the
-candidates are listed as not built with that reason. LiteRT (``ai-edge-litert``) runs the results.
+litert-torch pulls jax, transformers and a newer typer than flwr allows, so it usually lives in its own
+environment (``scripts/make_tflite_env.sh``), named by ``BuildOptions.tflite_python`` (``--tflite-python``
+or ``EDGEFLEET_TFLITE_PYTHON``); ``compression.tflite_export`` runs the conversion there. Without one,
+litert-torch is used in this process where it is importable; otherwise, or where the named environment
+is unusable, the candidates are listed as not built with the reason. LiteRT (``ai-edge-litert``) runs
+the results. litert-torch converts fixed shapes only, so the models take one row per call.
 """
 
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from compression.candidates.base import BuildContext, Candidate, not_built, technique, tool_version
+from compression.candidates.base import BuildContext, Candidate, Param, not_built, technique, tool_version
+from compression.tflite_export import EnvExport, TfliteEnvError, probe_env
 
 __all__ = ["INSTALL_HINT", "tflite"]
 
 INSTALL_HINT = "litert-torch not installed (pip install edgefleet[tflite-export])"
+BATCH = 1  # litert-torch 0.10 cannot lower a dynamic batch (google-ai-edge/litert-torch#870)
 
 
-def _samples(ctx: BuildContext) -> tuple[object, ...]:
-    import torch
-
-    return tuple(torch.from_numpy(np.ascontiguousarray(a[:1])) for a in ctx.data.inputs.values())
+def _samples(ctx: BuildContext) -> list[np.ndarray]:
+    return [np.ascontiguousarray(a[:BATCH]) for a in ctx.data.inputs.values()]
 
 
-def _convert_fp32(ctx: BuildContext, out: Path) -> None:
-    import litert_torch
+def _in_process(ctx: BuildContext, variant: str) -> Callable[[Path], None]:
+    def make(out: Path) -> None:
+        import torch
 
-    assert ctx.reference.module is not None
-    litert_torch.convert(ctx.reference.module.eval(), _samples(ctx)).export(str(out))
+        from compression.tflite_worker import convert_fp32, convert_int8
 
+        assert ctx.reference.module is not None
+        module = ctx.reference.module.eval()
+        samples = tuple(torch.from_numpy(a) for a in _samples(ctx))
+        if variant == "fp32":
+            convert_fp32(module, samples, out)
+        else:
+            convert_int8(module, samples, out)
 
-def _convert_int8(ctx: BuildContext, out: Path, rows: int) -> None:
-    """Static INT8 through PT2E: export, insert observers, calibrate on data rows, convert, lower."""
-    import litert_torch
-    import torch
-    from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
-    from litert_torch.quantize.quant_config import QuantConfig
-
-    try:
-        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-    except ImportError:
-        from torch.ao.quantization.quantize_pt2e import convert_pt2e, prepare_pt2e
-
-    assert ctx.reference.module is not None
-    samples = _samples(ctx)
-    quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False))
-    graph = prepare_pt2e(torch.export.export(ctx.reference.module.eval(), samples).module(), quantizer)
-    inputs, _ = ctx.data.calibration()
-    for i in range(min(rows, len(next(iter(inputs.values()))))):
-        graph(*(torch.from_numpy(np.ascontiguousarray(a[i : i + 1])) for a in inputs.values()))
-    quantized = convert_pt2e(graph, fold_quantize=False)
-    litert_torch.convert(quantized, samples, quant_config=QuantConfig(pt2e_quantizer=quantizer)).export(str(out))
+    return make
 
 
 @technique("tflite")
 def tflite(ctx: BuildContext) -> list[Candidate]:
+    python = ctx.options.tflite_python
     reason = None
+    versions: dict[str, str] = {}
     if ctx.reference.module is None:
         reason = "TFLite export needs the PyTorch model (an ONNX file was given)"
+    elif python is not None:
+        try:
+            versions = probe_env(python)
+        except TfliteEnvError as exc:
+            reason = str(exc)
     elif importlib.util.find_spec("litert_torch") is None:
         reason = INSTALL_HINT
     if reason is not None:
@@ -67,27 +65,34 @@ def tflite(ctx: BuildContext) -> list[Candidate]:
             not_built("tflite-fp32", "tflite", "fp32", "tflite", reason),
             not_built("tflite-int8", "tflite", "int8", "tflite", reason),
         ]
-    rows = min(ctx.options.calibration_rows, 64)
-    tool = tool_version("litert-torch", "torch")
+    assert ctx.reference.module is not None
+    common: dict[str, Param] = {"converter": "litert_torch.convert", "batch": BATCH}
+    if python is not None:
+        job = EnvExport(
+            python,
+            ctx.reference.module,
+            _samples(ctx),
+            ctx.scratch / "tflite",
+            ["fp32", "int8"],
+            ctx.options.tflite_timeout_s,
+        )
+        common["export_env"] = python
+        tool = f"litert-torch {versions.get('litert-torch')}, torch {versions.get('torch')} (export env)"
+        make_fp32: Callable[[Path], None] = lambda out: job.make("fp32", out)  # noqa: E731
+        make_int8: Callable[[Path], None] = lambda out: job.make("int8", out)  # noqa: E731
+    else:
+        tool = tool_version("litert-torch", "torch")
+        make_fp32, make_int8 = _in_process(ctx, "fp32"), _in_process(ctx, "int8")
     return [
-        Candidate(
-            "tflite-fp32",
-            "tflite",
-            "fp32",
-            "tflite",
-            frozenset({"cpu"}),
-            {"converter": "litert_torch.convert"},
-            tool,
-            lambda out: _convert_fp32(ctx, out),
-        ),
+        Candidate("tflite-fp32", "tflite", "fp32", "tflite", frozenset({"cpu"}), dict(common), tool, make_fp32),
         Candidate(
             "tflite-int8",
             "tflite",
             "int8",
             "tflite",
             frozenset({"cpu"}),
-            {"converter": "litert_torch.convert", "quantizer": "PT2E static, per-channel", "calibration_rows": rows},
+            {**common, "quantizer": "PT2E dynamic-range, per-channel weights"},
             tool,
-            lambda out: _convert_int8(ctx, out, rows),
+            make_int8,
         ),
     ]
