@@ -24,7 +24,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Literal
@@ -104,9 +104,10 @@ class HttpMirror:
             token_file=config.http_token_file,
         )
 
-    def fetch(self, kind: Kind, digest: str, partial: Path, stop: threading.Event) -> None:
-        """Complete ``partial`` and verify it; raises MirrorError (partial kept if it may resume)."""
-        url = f"{self.base_url}/api/v1/artifacts/{kind}/{digest}"
+    def fetch(self, kind: Kind, digest: str, partial: Path, stop: threading.Event, *, url: str | None = None) -> None:
+        """Complete ``partial`` from the coordinator's artifact API (or ``url``) and verify it; raises
+        MirrorError (partial kept if it may resume)."""
+        url = url or f"{self.base_url}/api/v1/artifacts/{kind}/{digest}"
         for _attempt in range(2):  # a second pass only after a stale partial file was discarded
             start = partial.stat().st_size if partial.exists() else 0
             try:
@@ -174,6 +175,8 @@ class ChunkFetcher:
     ) -> None:
         self.device_id = device_id
         self.mirror = mirror
+        # The manifest's own mirror URLs: public by design (content is checked by hash), system CAs.
+        self._public = HttpMirror("", timeout_s=mirror.timeout_s if mirror else 30.0)
         self._publish = publish
         self.chunk_bytes = chunk_bytes
         self.timeout_s = timeout_s
@@ -192,20 +195,36 @@ class ChunkFetcher:
             return
         inbox.put((header, data))
 
-    def fetch(self, kind: Kind, digest: str, partial: Path, stop: threading.Event) -> Path:
+    def fetch(
+        self, kind: Kind, digest: str, partial: Path, stop: threading.Event, *, mirrors: Sequence[str] = ()
+    ) -> Path:
         """Complete ``partial`` from its current size to the artifact's end; return its path.
 
-        The caller checks the hash of the result. Raises FetchError when the coordinator answers
-        with an error or stops answering.
+        Sources in order: the signed manifest's ``mirrors`` (URL templates, files only), the configured
+        HTTP mirror, MQTT chunks. The caller checks the hash of the result. Raises FetchError when the
+        coordinator answers with an error or stops answering.
         """
         started = time.monotonic()
         untrusted_prefix = False
+        for template in mirrors:
+            url = template.replace("{sha256}", digest)
+            try:
+                self._public.fetch(kind, digest, partial, stop, url=url)
+            except MirrorError as exc:
+                log.warning("manifest mirror failed for %s %s: %s", kind, digest[:12], exc.reason)
+                untrusted_prefix = untrusted_prefix or (partial.exists() and partial.stat().st_size > 0)
+            else:
+                log.info(
+                    "fetched %s %s over HTTP from %s: %d bytes in %.2fs",
+                    kind, digest[:12], url, partial.stat().st_size, time.monotonic() - started,
+                )  # fmt: skip
+                return partial
         if self.mirror is not None:
             try:
                 self.mirror.fetch(kind, digest, partial, stop)
             except MirrorError as exc:
                 log.warning("HTTP mirror failed for %s %s, fetching it over MQTT: %s", kind, digest[:12], exc.reason)
-                untrusted_prefix = partial.exists() and partial.stat().st_size > 0
+                untrusted_prefix = untrusted_prefix or (partial.exists() and partial.stat().st_size > 0)
             else:
                 log.info(
                     "fetched %s %s over HTTP: %d bytes in %.2fs",

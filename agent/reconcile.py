@@ -136,7 +136,7 @@ class Reconciler:
             if self.store.has_blob(entry.sha256):
                 continue
             partial = self.store.partial_path("file", entry.sha256)
-            self.fetcher.fetch("file", entry.sha256, partial, self._stop)
+            self.fetcher.fetch("file", entry.sha256, partial, self._stop, mirrors=manifest.mirrors)
             size = partial.stat().st_size
             if size != entry.size:
                 partial.unlink()

@@ -16,7 +16,7 @@ import onnxruntime as ort
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from protocol.bundle import FileEntry, Manifest, TestVector, pack_bundle, sha256_file, sign_manifest
-from protocol.model_card import InputStats, Lineage, PreprocessingStep, PrivacyReport, Recipe
+from protocol.model_card import ConfidenceStats, InputStats, Lineage, PreprocessingStep, PrivacyReport, Recipe
 from protocol.tensors import TensorData, TensorSpec, onnx_type_to_dtype
 
 __all__ = ["build_bundle", "describe_onnx", "sample_inputs"]
@@ -68,10 +68,12 @@ def build_bundle(
     labels: list[str] | None = None,
     preprocessing: list[PreprocessingStep] | None = None,
     reference_stats: dict[str, InputStats] | None = None,
+    reference_confidence: ConfidenceStats | None = None,
     recipe: Recipe | None = None,
     metrics: dict[str, float] | None = None,
     lineage: Lineage | None = None,
     privacy: PrivacyReport | None = None,
+    mirrors: list[str] | None = None,
 ) -> tuple[Path, str]:
     """Write a signed bundle archive to ``out``; return (path, bundle digest).
 
@@ -125,10 +127,12 @@ def build_bundle(
         labels=labels,
         preprocessing=preprocessing or [],
         reference_stats=reference_stats or {},
+        reference_confidence=reference_confidence,
         recipe=recipe,
         metrics=metrics or {},
         lineage=lineage,
         privacy=privacy,
+        mirrors=mirrors or [],
     )
     signed = sign_manifest(manifest, private_key)
     with tempfile.TemporaryDirectory() as tmp:

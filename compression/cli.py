@@ -43,6 +43,9 @@ def bundle_create(
     key: Path = typer.Option(..., "--key", exists=True, help="Private signing key (PEM)."),
     out: Path = typer.Option(..., "--out", "-o", help="Bundle archive to write."),
     parent: str | None = typer.Option(None, help="Digest of the bundle this one derives from."),
+    mirror: list[str] = typer.Option(
+        [], "--mirror", help="HTTP(S) URL template with {sha256} where devices can also download the files."
+    ),
     fmt: Format = FormatOption,
 ) -> None:
     """Describe an ONNX model, compute test vectors with ONNX Runtime, sign and pack it.
@@ -62,6 +65,7 @@ def bundle_create(
             device_class=device_class,
             private_key=private_key,
             parent=parent,
+            mirrors=mirror,
         )
     except (BundleError, ValueError) as exc:
         fail(str(exc), ExitCode.BUNDLE_INVALID)

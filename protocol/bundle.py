@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from protocol.errors import BundleError, UnsafeArchive, describe_errors
-from protocol.model_card import InputStats, Lineage, PreprocessingStep, PrivacyReport, Recipe
+from protocol.model_card import ConfidenceStats, InputStats, Lineage, PreprocessingStep, PrivacyReport, Recipe
 from protocol.signing import TrustedKeys, key_id, sign_bytes, verify_bytes
 from protocol.tensors import TensorData, TensorSpec
 
@@ -97,10 +97,20 @@ class Manifest(BaseModel):
     reference_stats: dict[str, InputStats] = Field(
         default_factory=dict, description="Per input name: its reference distribution, for drift detection."
     )
+    reference_confidence: ConfidenceStats | None = Field(
+        default=None, description="Reference distribution of a classifier output's confidence, for drift detection."
+    )
     recipe: Recipe | None = None
     metrics: dict[str, float] = Field(default_factory=dict, description="Measured at build time: metric, latency...")
     lineage: Lineage | None = None
     privacy: PrivacyReport | None = Field(default=None, description="DP guarantee of a federated model.")
+    mirrors: list[str] = Field(
+        default_factory=list,
+        max_length=8,
+        description="HTTP(S) URL templates with {sha256} where the files can also be downloaded, e.g. "
+        "https://cdn.example.com/edgefleet/{sha256}; signed with the manifest, tried before MQTT chunks, and "
+        "what they return must still hash to the manifest's digest.",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:
@@ -112,8 +122,13 @@ class Manifest(BaseModel):
         for which, specs in (("input", self.inputs), ("output", self.outputs)):
             if len({s.name for s in specs}) != len(specs):
                 raise ValueError(f"duplicate {which} names")
+        for url in self.mirrors:
+            if not url.startswith(("https://", "http://")) or "{sha256}" not in url or len(url) > 512:
+                raise ValueError(f"mirror {url[:80]!r}: use an http(s) URL template containing {{sha256}}")
         input_names = {s.name for s in self.inputs}
         output_names = {s.name for s in self.outputs}
+        if self.reference_confidence is not None and self.reference_confidence.output not in output_names:
+            raise ValueError(f"reference_confidence names output {self.reference_confidence.output!r}, not the model's")
         for i, vector in enumerate(self.test_vectors):
             if set(vector.inputs) != input_names or not set(vector.outputs) <= output_names:
                 raise ValueError(f"test vector {i} does not name the model's inputs and outputs")

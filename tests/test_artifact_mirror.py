@@ -3,10 +3,13 @@ HTTP first and fall back to MQTT chunks, on a real coordinator, real agents and 
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import http.server
 import tempfile
 import threading
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 from fastapi.testclient import TestClient
@@ -159,3 +162,64 @@ def test_an_agent_whose_mirror_is_dead_still_activates_over_mqtt(
     log = (fleet.workdir / "gw-dead.log").read_text()
     assert "HTTP mirror failed for manifest" in log and "HTTP mirror failed for file" in log
     assert "over MQTT" in log
+
+
+class _Files(http.server.SimpleHTTPRequestHandler):
+    """A static file server standing in for a CDN; `tampered` names files it serves wrong bytes for."""
+
+    tampered: ClassVar[set[str]] = set()
+
+    def do_GET(self) -> None:
+        name = self.path.strip("/")
+        if name in self.tampered:
+            body = b"not the model" * 100
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        super().do_GET()
+
+    def log_message(self, *_args: object) -> None:
+        pass
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tampered", [False, True])
+def test_mirror_urls_signed_in_the_manifest_serve_the_files(
+    tmp_path: Path, fleet: LocalFleet, keys: Keys, digits: DigitsModels, tampered: bool
+) -> None:
+    # Prepare: the bundle's file on a static server; the manifest names a dead mirror first, then it
+    served = tmp_path / "cdn"
+    served.mkdir()
+    port = free_port()
+    dead = f"http://127.0.0.1:{free_port()}/{{sha256}}"
+    bundle, digest = build(digits.v1, tmp_path / "v1.bundle", keys, version="1.0.0",
+                           mirrors=[dead, f"http://127.0.0.1:{port}/{{sha256}}"])  # fmt: skip
+    entry = _bundle_files(bundle).files[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        signed = extract_bundle(bundle, Path(tmp))
+        (served / entry.sha256).write_bytes((Path(tmp) / entry.name).read_bytes())
+    assert Manifest.model_validate_json(signed.manifest).mirrors[1].endswith("/{sha256}")
+    _Files.tampered = {entry.sha256} if tampered else set()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), functools.partial(_Files, directory=str(served)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        fleet.start_coordinator()
+        fleet.add_agent("gw-cdn")
+        fleet.start_agent("gw-cdn")
+        fleet.upload(bundle)
+        # Execute
+        fleet.deploy(digest, ["gw-cdn"])
+        fleet.wait_active(digest, ["gw-cdn"])
+    finally:
+        server.shutdown()
+    # Assert: the file came from the manifest's mirror (the dead one skipped) -- or, when the mirror
+    # served other bytes, the hash caught it and the file came over MQTT after all.
+    chunk_bytes = _counter(fleet, "edgefleet_coordinator_chunk_bytes_served_total", "file")
+    log = (fleet.workdir / "gw-cdn.log").read_text()
+    assert "manifest mirror failed for file" in log
+    if tampered:
+        assert chunk_bytes == entry.size and "expected" in log
+    else:
+        assert chunk_bytes == 0 and f"over HTTP from http://127.0.0.1:{port}/{entry.sha256}" in log

@@ -319,7 +319,7 @@ def test_a_fixed_batch_litert_model_is_served_at_any_batch_size(tmp_path: Path) 
         pytest.skip(reason)
     recorded = np.load(ASSETS / "affine.npz")
     path = ASSETS / "affine_batch1.tflite"
-    runtime = open_runtime(["litert"], "tflite", path, _options(tmp_path, path))
+    runtime, _ = open_runtime(["litert"], "tflite", path, _options(tmp_path, path))
     (name,) = [spec.name for spec in runtime.inputs]
     (output,) = [spec.name for spec in runtime.outputs]
     # Assert: it declares a dynamic batch, and any batch gives the rows' own results
