@@ -1,16 +1,19 @@
 """What a bundle's manifest says about its model beyond the tensors: preprocessing, labels,
-reference input statistics (for drift detection on the device), the compression recipe, measured
-metrics, lineage and, for a model trained by a federated campaign, its privacy guarantee."""
+reference input and output-confidence statistics (for drift detection on the device), the compression
+recipe, measured metrics, lineage and, for a model trained by a federated campaign, its privacy guarantee."""
 
 from __future__ import annotations
 
+from itertools import pairwise
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-__all__ = ["InputStats", "Lineage", "PreprocessingStep", "PrivacyReport", "Recipe"]
+__all__ = ["ConfidenceKind", "ConfidenceStats", "InputStats", "Lineage", "PreprocessingStep", "PrivacyReport", "Recipe"]
 
 Param = str | int | float | bool | list[float] | list[int] | list[str]
+ConfidenceKind = Literal["softmax", "probability", "sigmoid"]
+MAX_CONFIDENCE_BINS = 101
 
 
 class PreprocessingStep(BaseModel):
@@ -41,6 +44,41 @@ class InputStats(BaseModel):
             raise ValueError("mean, std and edges must describe the same number of features")
         if any(len(e) != len(self.quantiles) for e in self.edges):
             raise ValueError("every feature needs one edge per quantile")
+        return self
+
+
+class ConfidenceStats(BaseModel):
+    """Reference distribution of a classifier's confidence: the largest class probability of each row.
+
+    ``edges`` split [0, 1] into bins (a row falls in bin ``i`` when ``i`` edges lie below its confidence);
+    ``expected`` is the share of reference rows in each bin, measured with that same rule, so ties (many
+    rows at the same confidence) are counted where the device will count them.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    output: str = Field(min_length=1, description="The model output scored: 2-D, [batch, classes].")
+    kind: ConfidenceKind = Field(
+        description="How to read the output's rows: softmax (logits: apply softmax), probability (already "
+        "probabilities), sigmoid (independent logits: apply the sigmoid)."
+    )
+    classes: int = Field(ge=2, description="Width of the output's class axis; rows of another width are ignored.")
+    samples: int = Field(ge=1, description="How many reference rows these statistics describe.")
+    edges: list[float] = Field(
+        min_length=1,
+        max_length=MAX_CONFIDENCE_BINS - 1,
+        description="Bin boundaries in [0, 1], strictly ascending: the reference confidence's deciles, ties merged.",
+    )
+    expected: list[float] = Field(description="Share of the reference rows per bin; one more than `edges`.")
+
+    @model_validator(mode="after")
+    def _bins(self) -> ConfidenceStats:
+        if any(not 0.0 <= e <= 1.0 for e in self.edges) or any(a >= b for a, b in pairwise(self.edges)):
+            raise ValueError("edges must lie in [0, 1] and ascend strictly")
+        if len(self.expected) != len(self.edges) + 1:
+            raise ValueError(f"expected needs {len(self.edges) + 1} shares, one per bin; got {len(self.expected)}")
+        if any(not 0.0 <= p <= 1.0 for p in self.expected) or abs(sum(self.expected) - 1.0) > 1e-3:
+            raise ValueError("expected shares must lie in [0, 1] and add up to 1")
         return self
 
 
