@@ -341,14 +341,24 @@ class Agent:
                 model.skipped_runtimes if model else None,
                 data_dir=self.config.data_dir,
             )
+            threshold = self.config.drift.threshold
             if model is not None and model.drift is not None:
                 score, features = model.drift.score()
                 telemetry.drift_score = score
                 telemetry.drift_features = features
-                telemetry.drift_alert = score is not None and score > self.config.drift.threshold
-                if telemetry.drift_alert:
+                if score is not None and score > threshold:
+                    telemetry.drift_alert = True
+                    log.warning("input drift %.3f over threshold %.2f on %s", score, threshold, features)
+            if model is not None and model.confidence_drift is not None:
+                confidence = model.confidence_drift.score()
+                telemetry.confidence_drift_score = confidence
+                if confidence is not None and confidence > threshold:
+                    telemetry.drift_alert = True
                     log.warning(
-                        "input drift %.3f over threshold %.2f on %s", score, self.config.drift.threshold, features
+                        "output confidence drift %.3f over threshold %.2f on %r",
+                        confidence,
+                        threshold,
+                        model.confidence_drift.output,
                     )
             outbox = self.outbox.stats()
             telemetry.outbox_pending = outbox.pending

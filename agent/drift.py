@@ -1,5 +1,6 @@
-"""Input drift on the device: each input's recent rows against the reference distribution that the
-bundle's manifest carries (per-feature quantile edges), scored with the population stability index.
+"""Drift on the device, scored with the population stability index against the reference the bundle's
+manifest carries: each input's recent rows (per-feature quantile edges), and the confidence of the
+model's recent outputs (the top class probability of each row, binned at the reference's deciles).
 
 Cheap enough for every request: one vectorised comparison against the edges and a write into a
 ring buffer of bin indices; counting and scoring happen only when telemetry asks for a score.
@@ -11,9 +12,9 @@ import threading
 
 import numpy as np
 
-from protocol.model_card import InputStats
+from protocol.model_card import ConfidenceKind, ConfidenceStats, InputStats
 
-__all__ = ["DriftMonitor", "InputDrift", "psi"]
+__all__ = ["ConfidenceMonitor", "DriftMonitor", "InputDrift", "max_confidence", "psi"]
 
 EPSILON = 1e-4
 
@@ -25,28 +26,33 @@ def psi(expected: np.ndarray, actual: np.ndarray) -> np.ndarray:
     return np.sum((a - e) * np.log(a / e), axis=-1)
 
 
-class InputDrift:
-    """Sliding window of one input's bin indices, per feature, against its reference quantiles."""
+def max_confidence(output: np.ndarray, kind: ConfidenceKind) -> np.ndarray:
+    """The top class probability of each row of a [batch, classes] output, in float64.
 
-    def __init__(self, stats: InputStats, window: int) -> None:
-        self.edges = np.asarray(stats.edges, dtype=np.float64).T  # (quantiles, features)
-        self.features = self.edges.shape[1]
-        quantiles = np.asarray(stats.quantiles, dtype=np.float64)
-        # Bins: below the first edge, between each pair of edges, above the last one.
-        inner = np.diff(quantiles)
-        self.expected = np.concatenate([[quantiles[0]], inner, [1.0 - quantiles[-1]]])
-        self.bins = len(self.expected)
-        self.window = window
-        self._ring = np.zeros((window, self.features), dtype=np.int16)
+    The build computes the reference with this same function, so both sides bin identical numbers.
+    """
+    rows = output.astype(np.float64, copy=False)
+    top = rows.max(axis=1)
+    if kind == "probability":
+        return top
+    if kind == "sigmoid":
+        # The sigmoid is monotonic, so its maximum is that of the top logit; tanh cannot overflow.
+        return 0.5 * (1.0 + np.tanh(0.5 * top))
+    # softmax's largest share is exp(0) over the sum of exp(logit - top logit)
+    return 1.0 / np.exp(rows - top[:, None]).sum(axis=1)
+
+
+class _BinRing:
+    """The bin index of each of the last ``window`` rows, per feature; counted only when asked."""
+
+    def __init__(self, window: int, features: int, bins: int) -> None:
+        self.window, self.features, self.bins = window, features, bins
+        self._ring = np.zeros((window, features), dtype=np.int16)
         self._filled = 0
         self._next = 0
 
-    def observe(self, batch: np.ndarray) -> None:
-        rows = batch.reshape(batch.shape[0], -1)
-        if rows.shape[1] != self.features:
-            return  # a shape the statistics do not describe (e.g. a different sequence length)
-        bins = (rows[:, None, :] > self.edges[None, :, :]).sum(axis=1, dtype=np.int16)[-self.window :]
-        # Only bin indices go into the ring here; counting waits until a score is asked for.
+    def push(self, bins: np.ndarray) -> None:
+        bins = bins.reshape(len(bins), self.features)[-self.window :]
         n = len(bins)
         first = min(n, self.window - self._next)
         self._ring[self._next : self._next + first] = bins[:first]
@@ -63,11 +69,44 @@ class InputDrift:
         window = self._ring[: self._filled].astype(np.int64) + np.arange(self.features) * self.bins
         return np.bincount(window.ravel(), minlength=self.features * self.bins).reshape(self.features, self.bins)
 
+
+class InputDrift:
+    """Sliding window of one input's bin indices, per feature, against its reference quantiles."""
+
+    def __init__(self, stats: InputStats, window: int) -> None:
+        self.edges = np.asarray(stats.edges, dtype=np.float64).T  # (quantiles, features)
+        self.features = self.edges.shape[1]
+        quantiles = np.asarray(stats.quantiles, dtype=np.float64)
+        # Bins: below the first edge, between each pair of edges, above the last one.
+        self.bins = len(quantiles) + 1
+        if stats.expected is not None:  # counted at build time with the rule observe() uses
+            self.expected = np.asarray(stats.expected, dtype=np.float64)
+        else:  # older bundles: shares from the quantiles (wrong where a feature has ties)
+            shares = np.concatenate([[quantiles[0]], np.diff(quantiles), [1.0 - quantiles[-1]]])
+            self.expected = np.broadcast_to(shares, (self.features, self.bins))
+        self.window = window
+        self._ring = _BinRing(window, self.features, self.bins)
+
+    def observe(self, batch: np.ndarray) -> None:
+        rows = batch.reshape(batch.shape[0], -1)
+        if rows.shape[1] != self.features:
+            return  # a shape the statistics do not describe (e.g. a different sequence length)
+        # Only bin indices go into the ring here; counting waits until a score is asked for.
+        self._ring.push((rows[:, None, :] > self.edges[None, :, :]).sum(axis=1, dtype=np.int16))
+
+    @property
+    def rows(self) -> int:
+        return self._ring.rows
+
+    def counts(self) -> np.ndarray:
+        """Rows per (feature, bin) in the window."""
+        return self._ring.counts()
+
     def scores(self) -> np.ndarray | None:
         """PSI per feature over the window, or None before any row was seen."""
-        if self._filled == 0:
+        if self.rows == 0:
             return None
-        return psi(self.expected[None, :], self.counts() / self._filled)
+        return psi(self.expected, self.counts() / self.rows)
 
 
 class DriftMonitor:
@@ -99,3 +138,44 @@ class DriftMonitor:
         if not values:
             return None, {}
         return float(np.mean(np.concatenate(values))), dict(sorted(worst.items(), key=lambda kv: -kv[1])[:3])
+
+
+class ConfidenceMonitor:
+    """Sliding window of the per-row top confidence of one output, against its reference bins; thread-safe."""
+
+    def __init__(self, reference: ConfidenceStats, *, window: int = 500, min_rows: int = 50) -> None:
+        self.output = reference.output
+        self.kind: ConfidenceKind = reference.kind
+        self.classes = reference.classes
+        self.edges = np.asarray(reference.edges, dtype=np.float64)
+        self.expected = np.asarray(reference.expected, dtype=np.float64)
+        self.min_rows = min_rows
+        self._ring = _BinRing(window, 1, len(self.expected))
+        self._lock = threading.Lock()
+
+    def observe(self, outputs: dict[str, np.ndarray]) -> None:
+        """Take the scored output from one prediction's results, if they hold it in the expected shape."""
+        output = outputs.get(self.output)
+        if output is None or output.ndim != 2 or output.shape[1] != self.classes:
+            return
+        # side="left": a row falls in bin i when i edges lie strictly below it, as the build counted.
+        bins = np.searchsorted(self.edges, max_confidence(output, self.kind)).astype(np.int16)
+        with self._lock:
+            self._ring.push(bins)
+
+    @property
+    def rows(self) -> int:
+        return self._ring.rows
+
+    def counts(self) -> np.ndarray:
+        """Rows per bin in the window."""
+        with self._lock:
+            return self._ring.counts()[0]
+
+    def score(self) -> float | None:
+        """PSI of the window against the reference, or None before ``min_rows`` rows were seen."""
+        with self._lock:
+            rows, counts = self._ring.rows, self._ring.counts()[0]
+        if rows < self.min_rows:
+            return None
+        return float(psi(self.expected, counts / rows))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.drift import DriftMonitor
+from agent.drift import ConfidenceMonitor, DriftMonitor
 from agent.errors import ActivationError, InputError
 from agent.runtimes import Runtime, RuntimeOptions, open_runtime
 from protocol.bundle import Manifest
@@ -47,6 +47,11 @@ class LoadedModel:
             if self.manifest.reference_stats
             else None
         )
+        self.confidence_drift = (
+            ConfidenceMonitor(self.manifest.reference_confidence, window=self.drift_window)
+            if self.manifest.reference_confidence is not None
+            else None
+        )
 
     @property
     def ref(self) -> BundleRef:
@@ -61,7 +66,16 @@ class LoadedModel:
         return self.manifest.outputs
 
     def predict(self, inputs: dict[str, np.ndarray], output_names: list[str] | None = None) -> dict[str, np.ndarray]:
-        """Check names, dtypes and shapes against the manifest, then run; raise InputError on misfit."""
+        """Check names, dtypes and shapes against the manifest, then run; raise InputError on misfit.
+
+        The outputs feed the confidence drift window (when the manifest has a reference for it).
+        """
+        outputs = self._run(inputs, output_names)
+        if self.confidence_drift is not None:
+            self.confidence_drift.observe(outputs)
+        return outputs
+
+    def _run(self, inputs: dict[str, np.ndarray], output_names: list[str] | None) -> dict[str, np.ndarray]:
         if inputs.keys() != self._fast.keys():
             missing = sorted(set(self._fast) - set(inputs))
             unknown = sorted(set(inputs) - set(self._fast))
@@ -87,7 +101,7 @@ class LoadedModel:
         for i, vector in enumerate(self.manifest.test_vectors):
             feeds = {name: tensor.to_array() for name, tensor in vector.inputs.items()}
             try:
-                got = self.predict(feeds, list(vector.outputs))
+                got = self._run(feeds, list(vector.outputs))  # test vectors are no traffic: no drift
             except InputError as exc:
                 raise ActivationError(f"test vector {i}: {exc.reason}") from None
             for name, tensor in vector.outputs.items():

@@ -20,7 +20,7 @@ from compression.candidates.base import Candidate
 from compression.evaluate import feed_names, fixed_batch, open_runtime_for
 from compression.metrics import Metric
 from compression.source import ReferenceModel
-from protocol.model_card import InputStats, Lineage, PreprocessingStep, Recipe
+from protocol.model_card import ConfidenceStats, InputStats, Lineage, PreprocessingStep, Recipe
 
 __all__ = ["TOLERANCES", "BundleSpec", "candidate_metrics", "write_bundle"]
 
@@ -46,6 +46,7 @@ class BundleSpec:
     parent_version: str | None = None
     parent_bundle: str | None = None  # digest of the bundle these derive from
     metadata: dict[str, str] | None = None
+    reference_confidence: ConfidenceStats | None = None  # the reference model's, on the validation rows
 
 
 def candidate_metrics(candidate: Candidate, metric: Metric, reference_metric: float) -> dict[str, float]:
@@ -85,6 +86,13 @@ def write_bundle(
         (float(np.max(np.abs(v))) for o in test_outputs for v in o.values() if v.size and v.dtype.kind == "f"),
         default=1.0,
     )
+    confidence = spec.reference_confidence
+    if confidence is not None and confidence.output not in outputs:
+        if len(outputs) == 1 == len(spec.reference.outputs):  # a converter renamed the only output
+            confidence = confidence.model_copy(update={"output": outputs[0]})
+        else:
+            log.info("candidate %s has no output %r: no reference confidence", candidate.name, confidence.output)
+            confidence = None
     rtol, atol_fraction = TOLERANCES[candidate.precision]
     atol = max(atol_fraction * scale, 1e-6)
     metadata = dict(spec.metadata or {})
@@ -110,6 +118,7 @@ def write_bundle(
         labels=spec.labels,
         preprocessing=spec.preprocessing,
         reference_stats={mapping[k]: v for k, v in spec.reference_stats.items()},
+        reference_confidence=confidence,
         recipe=Recipe(technique=candidate.technique, params=dict(candidate.params), tool=candidate.tool),
         metrics=candidate_metrics(candidate, spec.metric, reference_metric),
         lineage=Lineage(parent_version=spec.parent_version, parent_digest=spec.reference.digest),

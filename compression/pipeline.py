@@ -30,7 +30,7 @@ from compression.metrics import get_metric
 from compression.report import CompressionReport
 from compression.selection import select_candidate
 from compression.source import ReferenceModel, load_reference
-from compression.stats import input_stats
+from compression.stats import confidence_stats, input_stats
 from firmware_configs import CONFIG_DIR
 from protocol.model_card import PreprocessingStep
 
@@ -150,7 +150,7 @@ def compress(
         build_candidates(ctx, candidates, on_step=lambda c: bar.advance(build_task) if bar is not None else None)
         if candidates[0].status != "built":
             raise RuntimeError(f"the FP32 reference candidate failed: {candidates[0].reason}")
-        evaluate_candidates(
+        reference_outputs = evaluate_candidates(
             candidates,
             checked,
             task,
@@ -175,6 +175,7 @@ def compress(
             metric=task,
             test_rows=checked.head(5),
             reference_stats=stats,
+            reference_confidence=confidence_stats(out_spec.name, reference_outputs),
             labels=labels,
             preprocessing=preprocessing,
             parent_version=parent_version,

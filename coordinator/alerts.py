@@ -1,4 +1,5 @@
-"""Fleet alerts computed from the store: offline devices, input drift, error rate, latency regression, full disks.
+"""Fleet alerts computed from the store: offline devices, input or output confidence drift, error rate, latency
+regression, full disks.
 
 Alerts are derived on request from devices and telemetry rather than stored, so they can never
 disagree with the data they describe and need no clearing: an alert ends when its cause does.
@@ -140,9 +141,17 @@ def _drift(conn: Any, device_id: str, latest: dict[str, Any] | None) -> list[Ale
         since = row["received_at"]
     features = json.loads(latest["drift_features"]) if latest.get("drift_features") else {}
     top = ", ".join(f"{name} {psi:.2f}" for name, psi in sorted(features.items(), key=lambda kv: -kv[1])[:3])
-    score = latest.get("drift_score")
-    detail = f"drift score {score:.3f}" if score is not None else "drift alert"
-    return [Alert("drift", device_id, "warning", since, detail + (f" (most drifted: {top})" if top else ""))]
+    # Only the device knows its threshold: name the kind whose PSI is larger (the one that drifted, or the worse).
+    scores = {
+        kind: latest[column]
+        for kind, column in (("the inputs", "drift_score"), ("output confidence", "confidence_drift_score"))
+        if latest.get(column) is not None
+    }
+    ranked = sorted(scores.items(), key=lambda kv: -kv[1])
+    detail = f"drift score {ranked[0][1]:.3f} in {ranked[0][0]}" if ranked else "drift alert"
+    if len(ranked) > 1:
+        detail += f" ({ranked[1][0]} {ranked[1][1]:.3f})"
+    return [Alert("drift", device_id, "warning", since, detail + (f"; most drifted inputs: {top}" if top else ""))]
 
 
 def _disk_full(conn: Any, device_id: str, latest: dict[str, Any] | None, limits: AlertThresholds) -> list[Alert]:

@@ -139,6 +139,7 @@ def register_result(
                 labels=base.manifest.labels,
                 preprocessing=base.manifest.preprocessing,
                 reference_stats=base.manifest.reference_stats,
+                reference_confidence=base.manifest.reference_confidence,
                 recipe=Recipe(
                     technique="federated",
                     params={

@@ -38,7 +38,7 @@ def _now() -> str:
 
 
 class FleetDB:
-    SCHEMA_VERSION = 6  # the number of migrations in _migrate
+    SCHEMA_VERSION = 7  # the number of migrations in _migrate
 
     def __init__(self, path: Path | str) -> None:
         conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
@@ -50,7 +50,10 @@ class FleetDB:
 
     def _migrate(self) -> None:
         """Apply, in order, every schema migration newer than the file's ``user_version``."""
-        migrations = [self._schema_1, self._schema_2, self._schema_3, self._schema_4, self._schema_5, self._schema_6]
+        migrations = [
+            self._schema_1, self._schema_2, self._schema_3, self._schema_4, self._schema_5, self._schema_6,
+            self._schema_7,
+        ]  # fmt: skip
         assert len(migrations) == self.SCHEMA_VERSION
         with self.locked() as db:
             current = db.execute("pragma user_version").fetchone()[0]
@@ -65,6 +68,13 @@ class FleetDB:
                 # idempotent: one interrupted half way simply runs again at the next start.
                 migration(db)
                 db.execute(f"pragma user_version = {version}")
+
+    @staticmethod
+    def _schema_7(db: sqlite_utils.Database) -> None:
+        """Output confidence drift in raw telemetry."""
+        telemetry = Table(db, "telemetry")
+        if "confidence_drift_score" not in telemetry.columns_dict:
+            telemetry.add_column("confidence_drift_score", float)
 
     @staticmethod
     def _schema_6(db: sqlite_utils.Database) -> None:

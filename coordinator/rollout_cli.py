@@ -30,7 +30,7 @@ def create(
         None,
         min=0.0,
         max=1.0,
-        help="Gate: share of the devices on the new bundle that may report input drift during a soak (off if unset).",
+        help="Gate: share of the devices on the new bundle that may report drift during a soak (off if unset).",
     ),
     wait: bool = typer.Option(False, "--wait", help="Follow the rollout until it ends."),
     url: str = UrlOption,

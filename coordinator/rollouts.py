@@ -5,7 +5,7 @@ reads what devices report. A background ticker advances every running rollout:
 
   assign the wave -> wait until its online devices run the bundle (or fail, or time out)
   -> soak -> check gates (activation failures, error rate, p95 latency vs the previous bundle,
-     devices reporting input drift on the new bundle)
+     devices reporting drift of inputs or output confidence on the new bundle)
   -> next wave, or halt and set every touched device's desired bundle back to what it ran before.
 
 Offline devices keep their new desired state and converge when they return.
@@ -53,8 +53,8 @@ class Gates(BaseModel):
         default=None,
         ge=0,
         le=1,
-        description="Devices running the new bundle that may report an input drift alert on it during the "
-        "soak, as a fraction of them; more halts and rolls back. None: drift does not gate.",
+        description="Devices running the new bundle that may report a drift alert (inputs or output confidence) "
+        "on it during the soak, as a fraction of them; more halts and rolls back. None: drift does not gate.",
     )
 
 
@@ -370,8 +370,8 @@ class RolloutEngine:
         if gates.max_drift_alert_fraction is not None and len(drifting) / len(active) > gates.max_drift_alert_fraction:
             names = ", ".join(sorted(drifting)[:5])
             return (
-                f"input drift alerts from {len(drifting)} of {len(active)} devices on the new bundle "
-                f"({names}) exceed the limit of {gates.max_drift_alert_fraction:.0%}"
+                f"drift alerts (inputs or output confidence) from {len(drifting)} of {len(active)} devices on the "
+                f"new bundle ({names}) exceed the limit of {gates.max_drift_alert_fraction:.0%}"
             )
         served = new["inferences"] + new["errors"]
         if served < gates.min_inferences:

@@ -167,7 +167,10 @@ class Telemetry(Message):
     rss_bytes: int | None = None
     soc_temp_c: float | None = None
     drift_score: float | None = Field(default=None, description="Mean PSI of the inputs against the reference.")
-    drift_alert: bool = False
+    confidence_drift_score: float | None = Field(
+        default=None, description="PSI of the output's per-row top confidence against the reference."
+    )
+    drift_alert: bool = Field(default=False, description="Input or confidence drift is over the agent's threshold.")
     drift_features: dict[str, float] = Field(default_factory=dict, description="The most drifted features.")
     outbox_pending: int | None = None
     outbox_dropped: dict[str, int] = Field(default_factory=dict, description="Messages evicted, per channel.")

@@ -36,6 +36,12 @@ class InputStats(BaseModel):
     edges: list[list[float]] = Field(description="Per feature, the values at `quantiles`.")
     mean: list[float]
     std: list[float]
+    expected: list[list[float]] | None = Field(
+        default=None,
+        description="Per feature, the share of reference rows in each bin (one more bin than edges), counted "
+        "with the device's rule: a value is in bin i when i edges lie strictly below it. Without it the "
+        "shares come from `quantiles`, which misstates features with ties (e.g. pixels that are always 0).",
+    )
 
     @model_validator(mode="after")
     def _shapes(self) -> InputStats:
@@ -44,6 +50,10 @@ class InputStats(BaseModel):
             raise ValueError("mean, std and edges must describe the same number of features")
         if any(len(e) != len(self.quantiles) for e in self.edges):
             raise ValueError("every feature needs one edge per quantile")
+        if self.expected is not None and (
+            len(self.expected) != features or any(len(row) != len(self.quantiles) + 1 for row in self.expected)
+        ):
+            raise ValueError("expected needs, per feature, one share per bin (one more than the quantiles)")
         return self
 
 

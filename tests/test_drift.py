@@ -2,11 +2,29 @@
 
 from __future__ import annotations
 
-import numpy as np
-import pytest
+import json
+import re
+import sqlite3
+from itertools import pairwise
+from pathlib import Path
 
-from agent.drift import DriftMonitor, InputDrift, psi
-from protocol.model_card import InputStats
+import numpy as np
+import onnxruntime as ort
+import pytest
+import sqlite_utils
+from pydantic import ValidationError
+from sqlite_utils.db import Table
+
+from agent.drift import ConfidenceMonitor, DriftMonitor, InputDrift, max_confidence, psi
+from agent.model import load_model
+from compression.stats import confidence_stats, input_stats
+from coordinator.alerts import compute_alerts
+from coordinator.db import FleetDB
+from protocol.bundle import Manifest, extract_bundle, verify_manifest
+from protocol.messages import Availability, Telemetry
+from protocol.model_card import ConfidenceStats, InputStats
+from protocol.signing import load_trusted_keys
+from tests.conftest import DigitsModels, Keys, build
 
 QUANTILES = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
 
@@ -42,8 +60,25 @@ def test_bin_counts_match_numpy_histograms() -> None:
             ((sample[:, feature] > lo) & (sample[:, feature] <= hi)).sum()
             for lo, hi in zip(edges[:-1, feature], edges[1:, feature], strict=True)
         ] + [(sample[:, feature] > edges[-1, feature]).sum()])  # fmt: skip
-        expected = drift.expected
+        expected = drift.expected[feature]
         assert drift.scores()[feature] == pytest.approx(float(psi(expected, counts / 300)))  # type: ignore[index]
+
+
+def test_features_with_ties_score_no_drift_on_data_like_the_reference() -> None:
+    # Digits pixels: many are always 0 and others take few values, so deciles tie. The bin shares
+    # are counted at build time with the device's rule; from the quantiles alone the score read ~8.
+    from compression.digits import load_digits_data
+    from compression.stats import input_stats
+
+    data = load_digits_data()
+    reference, _ = input_stats({"pixels": data.x_train})
+    monitor = DriftMonitor(reference, window=400, min_rows=50)
+    monitor.observe({"pixels": data.x_test[:400]})
+    score, _ = monitor.score()
+    assert score is not None and score < 0.1
+    monitor.observe({"pixels": np.clip(data.x_test[:400] + 0.3, 0, 1)})  # a brighter camera
+    shifted, _ = monitor.score()
+    assert shifted is not None and shifted > 1.0
 
 
 def test_the_score_rises_with_a_shift_and_falls_back_as_the_window_slides() -> None:
@@ -72,3 +107,201 @@ def test_inputs_without_statistics_or_of_another_shape_are_ignored() -> None:
     monitor = DriftMonitor({"x": _stats(rng.standard_normal((100, 4)))}, min_rows=1)
     monitor.observe({"y": np.zeros((5, 4)), "x": np.zeros((5, 7))})
     assert monitor.score() == (None, {})
+
+
+# -- output confidence ----------------------------------------------------------------------
+def _logits(rng: np.random.Generator, rows: int, margin: float, classes: int = 10) -> np.ndarray:
+    """Logits whose true class leads by about ``margin``: a large margin is a confident classifier."""
+    logits = rng.standard_normal((rows, classes))
+    logits[np.arange(rows), rng.integers(0, classes, rows)] += margin
+    return logits.astype(np.float32)
+
+
+def test_max_confidence_matches_explicit_softmax_sigmoid_and_probabilities() -> None:
+    logits = _logits(np.random.default_rng(3), 50, 4.0).astype(np.float64)
+    softmax = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    assert max_confidence(logits, "softmax") == pytest.approx(softmax.max(axis=1))
+    assert max_confidence(softmax, "probability") == pytest.approx(softmax.max(axis=1))
+    assert max_confidence(logits, "sigmoid") == pytest.approx((1 / (1 + np.exp(-logits))).max(axis=1))
+    assert max_confidence(np.array([[-1000.0, -2000.0]]), "sigmoid") == pytest.approx([0.0])
+
+
+def test_confidence_stats_read_logits_and_probabilities_and_skip_other_outputs() -> None:
+    logits = _logits(np.random.default_rng(4), 400, 3.0)
+    softmax = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    stats = confidence_stats("logits", logits)
+    assert stats is not None and stats.kind == "softmax" and stats.classes == 10 and stats.samples == 400
+    assert len(stats.edges) == 9 and sum(stats.expected) == pytest.approx(1.0, abs=1e-5)
+    probabilities = confidence_stats("probs", softmax.astype(np.float32))
+    assert probabilities is not None and probabilities.kind == "probability"
+    assert probabilities.edges == pytest.approx(stats.edges, abs=1e-5), "the same confidences either way"
+    for output in (logits[:, :1], logits[:, :, None], logits.astype(np.int64), logits[0], np.full((4, 3), np.nan)):
+        assert confidence_stats("y", output) is None
+
+
+def test_ties_at_one_confidence_keep_their_reference_share() -> None:
+    # A saturated classifier puts most rows at the very same confidence: deciles collapse into one edge.
+    confidences = np.concatenate([np.full(800, 1.0), np.linspace(0.3, 0.99, 200)])
+    probabilities = np.stack([confidences, 1.0 - confidences], axis=1)
+    stats = confidence_stats("p", probabilities)
+    assert stats is not None and stats.kind == "probability" and len(stats.edges) < 9
+    monitor = ConfidenceMonitor(stats, window=1000, min_rows=1)
+    monitor.observe({"p": probabilities})
+    assert monitor.score() == pytest.approx(0.0, abs=1e-6), "the reference itself does not drift"
+
+
+def test_confidence_psi_matches_a_numpy_reference_computation() -> None:
+    rng = np.random.default_rng(5)
+    stats = confidence_stats("logits", _logits(rng, 2000, 4.0))
+    assert stats is not None
+    monitor = ConfidenceMonitor(stats, window=300, min_rows=50)
+    live = _logits(rng, 300, 2.0)
+    for batch in np.array_split(live, 30):
+        monitor.observe({"logits": batch})
+    probabilities = np.exp(live.astype(np.float64))
+    confidence = (probabilities / probabilities.sum(axis=1, keepdims=True)).max(axis=1)
+    edges = np.array(stats.edges)
+    counts = np.array([(confidence <= edges[0]).sum()] + [
+        ((confidence > lo) & (confidence <= hi)).sum() for lo, hi in pairwise(edges)
+    ] + [(confidence > edges[-1]).sum()])  # fmt: skip
+    assert monitor.counts().tolist() == counts.tolist()
+    e, a = np.clip(stats.expected, 1e-4, None), np.clip(counts / 300, 1e-4, None)
+    assert monitor.score() == pytest.approx(float(np.sum((a - e) * np.log(a / e))))
+
+
+def test_less_confident_outputs_raise_the_score_and_it_falls_back_as_the_window_slides() -> None:
+    rng = np.random.default_rng(6)
+    stats = confidence_stats("logits", _logits(rng, 5000, 4.0))
+    assert stats is not None
+    monitor = ConfidenceMonitor(stats, window=400, min_rows=50)
+    monitor.observe({"logits": _logits(rng, 49, 4.0)})
+    assert monitor.score() is None, "too few rows to judge"
+    for _ in range(40):
+        monitor.observe({"logits": _logits(rng, 10, 4.0)})
+    calm = monitor.score()
+    assert calm is not None and calm < 0.1
+    monitor.observe({"logits": _logits(rng, 400, 4.0) * 0.3})  # flatter logits: a less sure model
+    unsure = monitor.score()
+    assert unsure is not None and unsure > 1.0
+    for _ in range(40):
+        monitor.observe({"logits": _logits(rng, 10, 4.0)})
+    again = monitor.score()
+    assert again is not None and again < 0.1, "old rows leave the window"
+
+
+def test_outputs_the_reference_does_not_describe_are_ignored() -> None:
+    stats = confidence_stats("logits", _logits(np.random.default_rng(7), 100, 4.0))
+    assert stats is not None
+    monitor = ConfidenceMonitor(stats, min_rows=1)
+    monitor.observe({"other": np.zeros((5, 10)), "logits": np.zeros((5, 7))})
+    monitor.observe({"logits": np.zeros((5, 10, 1))})
+    assert monitor.rows == 0 and monitor.score() is None
+
+
+def test_a_digits_bundle_carries_its_reference_confidence_and_the_agent_scores_it(
+    tmp_path: Path, keys: Keys, digits: DigitsModels
+) -> None:
+    session = ort.InferenceSession(str(digits.v1), providers=["CPUExecutionProvider"])
+    reference, live = digits.x_test[:225], digits.x_test[225:]
+    stats, _ = input_stats({"pixels": reference})
+    confidence = confidence_stats("logits", session.run(["logits"], {"pixels": reference})[0])
+    archive, digest = build(
+        digits.v1, tmp_path / "v1.bundle", keys, version="1.0.0", reference_stats=stats, reference_confidence=confidence
+    )
+    signed = extract_bundle(archive, tmp_path / "files")
+    manifest = verify_manifest(signed, load_trusted_keys([keys.public]))
+    assert manifest.reference_confidence == confidence and confidence is not None
+    assert confidence.kind == "softmax" and confidence.classes == 10 and confidence.samples == 225
+
+    def scores(rows: np.ndarray) -> tuple[float | None, float | None]:
+        model = load_model(digest, manifest, tmp_path / "files" / manifest.model_file, drift_window=225)
+        assert model.confidence_drift is not None and model.drift is not None
+        assert model.confidence_drift.rows == 0, "the self-test's vectors are no traffic"
+        for batch in np.array_split(rows, 45):
+            model.predict({"pixels": batch})
+            model.drift.observe({"pixels": batch})  # as the API does for every request
+        return model.drift.score()[0], model.confidence_drift.score()
+
+    input_calm, confidence_calm = scores(live)
+    # Every pixel keeps its distribution across the rows, but the images no longer look like digits.
+    rng = np.random.default_rng(8)
+    shuffled = np.stack([rng.permutation(column) for column in live.T], axis=1)
+    input_shuffled, confidence_shuffled = scores(shuffled)
+    assert input_shuffled == pytest.approx(input_calm), "the same marginals: input PSI cannot see it"
+    assert confidence_calm is not None and confidence_calm < 0.25
+    assert confidence_shuffled is not None and confidence_shuffled > 1.0, "a less sure model"
+
+
+def test_old_manifests_and_telemetry_without_the_fields_still_parse(
+    tmp_path: Path, keys: Keys, digits: DigitsModels
+) -> None:
+    archive, _ = build(digits.v1, tmp_path / "v1.bundle", keys, version="1.0.0")
+    signed = extract_bundle(archive, tmp_path / "files")
+    old = json.loads(signed.manifest)
+    old.pop("reference_confidence")
+    assert Manifest.model_validate(old).reference_confidence is None
+    payload = Telemetry(device_id="gw-1", window_s=10.0, inference_count=1, error_count=0).model_dump(mode="json")
+    payload.pop("confidence_drift_score")
+    assert Telemetry.model_validate(payload).confidence_drift_score is None
+
+
+def test_manifests_refuse_malformed_confidence_references(tmp_path: Path, keys: Keys, digits: DigitsModels) -> None:
+    good = {"output": "logits", "kind": "softmax", "classes": 10, "samples": 10, "edges": [0.5, 0.9]}
+    ConfidenceStats.model_validate(good | {"expected": [0.2, 0.3, 0.5]})
+    for bad, reason in (
+        ({"expected": [0.5, 0.5]}, "one per bin"),
+        ({"expected": [0.2, 0.3, 0.6]}, "add up to 1"),
+        ({"edges": [0.9, 0.5], "expected": [0.2, 0.3, 0.5]}, "ascend strictly"),
+        ({"edges": [0.5, 1.5], "expected": [0.2, 0.3, 0.5]}, "lie in [0, 1]"),
+        ({"kind": "logits", "expected": [0.2, 0.3, 0.5]}, "kind"),
+    ):
+        with pytest.raises(ValidationError, match=re.escape(reason)):
+            ConfidenceStats.model_validate(good | bad)
+    archive, _ = build(digits.v1, tmp_path / "v1.bundle", keys, version="1.0.0")
+    manifest = json.loads(extract_bundle(archive, tmp_path / "files").manifest)
+    manifest["reference_confidence"] = good | {"output": "probs", "expected": [0.2, 0.3, 0.5]}
+    with pytest.raises(ValidationError, match="not the model's"):
+        Manifest.model_validate(manifest)
+    manifest["reference_confidence"] = good | {"expected": [0.2, 0.3, 0.5], "extra": 1}
+    with pytest.raises(ValidationError, match="extra"):
+        Manifest.model_validate(manifest)
+
+
+# -- the coordinator -------------------------------------------------------------------------
+def test_the_drift_alert_names_the_kind_that_drifted(tmp_path: Path) -> None:
+    db = FleetDB(tmp_path / "fleet.db")
+    for device, scores in (
+        ("gw-1", {"drift_score": 0.04, "confidence_drift_score": 0.61}),
+        ("gw-2", {"drift_score": 0.5}),
+    ):
+        db.record_availability(Availability(device_id=device, state="online"))
+        fields = {"device_id": device, "window_s": 10.0, "inference_count": 50, "error_count": 0, "drift_alert": True}
+        db.add_telemetry(Telemetry.model_validate(fields | scores))
+
+    alerts = {a.device_id: a.detail for a in compute_alerts(db) if a.kind == "drift"}
+
+    assert alerts["gw-1"] == "drift score 0.610 in output confidence (the inputs 0.040)"
+    assert alerts["gw-2"] == "drift score 0.500 in the inputs"
+    assert db.telemetry("gw-1")[0]["confidence_drift_score"] == pytest.approx(0.61)
+
+
+def test_the_migration_adds_confidence_drift_to_raw_telemetry_of_an_old_store(tmp_path: Path) -> None:
+    path = tmp_path / "fleet.db"
+    old = sqlite_utils.Database(sqlite3.connect(str(path), isolation_level=None))
+    for version in range(1, 7):
+        getattr(FleetDB, f"_schema_{version}")(old)
+    old.execute("pragma user_version = 6")
+    Table(old, "telemetry").insert(
+        {"message_id": "a" * 32, "device_id": "gw-1", "received_at": "2026-01-01T00:00:00+00:00"}
+    )
+    old.conn.close()
+
+    db = FleetDB(path)
+
+    with db.locked() as conn:
+        assert conn.execute("pragma user_version").fetchone()[0] == FleetDB.SCHEMA_VERSION == 7
+    [row] = db.telemetry("gw-1")
+    assert "confidence_drift_score" in row and row["confidence_drift_score"] is None
+    new = Telemetry(device_id="gw-1", window_s=1.0, inference_count=0, error_count=0, confidence_drift_score=0.3)
+    assert db.add_telemetry(new)
+    assert db.telemetry("gw-1")[0]["confidence_drift_score"] == pytest.approx(0.3)
