@@ -78,7 +78,12 @@ def test_devices_carry_tags_and_groups_and_filter_by_them(http: TestClient, mosq
             started_at="2026-01-01T00:00:00Z",
         )  # fmt: skip
         publish.single(
-            topic(device_id, Channel.REPORTED), state.to_bytes(), qos=1, hostname="127.0.0.1", port=mosquitto.port
+            topic(device_id, Channel.REPORTED),
+            state.to_bytes(),
+            qos=1,
+            retain=True,  # as agents publish it
+            hostname="127.0.0.1",
+            port=mosquitto.port,
         )
     wait_until(lambda: len(http.get("/api/v1/devices").json()) == 3, what="devices")
     assert (
