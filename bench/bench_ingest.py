@@ -1,11 +1,17 @@
 """Telemetry ingest: messages per second into the coordinator's SQLite vs a plain paho subscriber.
 
 Run by hand: python bench/bench_ingest.py [--messages 60000] [--devices 200] [--publishers 2]
+                                            [--publisher paho|mosquitto_pub]
 
-Publishers (separate processes) send telemetry for many device ids as fast as the broker takes it
-(QoS 1, as agents do), with 5% duplicate deliveries; a plain paho subscriber drains the same topics
-in the same run as the baseline. Reported: raw drain rate, the coordinator's insert rate, and
-that every unique message is stored exactly once.
+Publishers send telemetry for many device ids as fast as the broker takes it (QoS 1, as agents do),
+with 5% duplicate deliveries; a plain paho subscriber drains the same topics in the same run as the
+baseline. Reported: raw drain rate, the coordinator's insert rate, and that every unique message is
+stored exactly once.
+
+Everything shares this machine's CPUs: with ``--publisher paho`` (default) the publishers are Python
+processes that take about a core between them; with ``--publisher mosquitto_pub`` every device id
+is its own C client (one connection per device, as in a fleet) reading its messages from a file,
+which leaves the CPUs to the broker, the baseline and the coordinator.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import argparse
 import multiprocessing as mp
 import os
 import sqlite3
+import subprocess
 import tempfile
 import threading
 import time
@@ -30,26 +37,62 @@ from protocol.signing import generate_keypair
 from protocol.topics import PREFIX, Channel, topic
 
 
+def _messages(devices: list[str], count: int) -> list[tuple[str, bytes]]:
+    """``count`` telemetry messages round-robin over ``devices``; every 20th repeats the one before it
+    (a duplicate delivery, as after a lost PUBACK)."""
+    messages: list[tuple[str, bytes]] = []
+    for i in range(count):
+        device_id = devices[i % len(devices)]
+        if i % 20 == 19:
+            messages.append(messages[-1])
+        else:
+            message = Telemetry(device_id=device_id, window_s=1.0, inference_count=i % 50, error_count=0)
+            messages.append((topic(device_id, Channel.TELEMETRY), message.to_bytes()))
+    return messages
+
+
 def _publisher(port: int, devices: list[str], count: int, seed: int, ready: Any) -> None:
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"pub-{seed}-{os.getpid()}")
     client.max_inflight_messages_set(1000)
     client.max_queued_messages_set(0)
     client.connect("127.0.0.1", port)
     client.loop_start()
-    messages: list[tuple[str, bytes]] = []
-    for i in range(count):  # prepared first, so the publishers measure the broker, not pydantic
-        device_id = devices[i % len(devices)]
-        if i % 20 == 19:
-            messages.append(messages[-1])  # a duplicate delivery of the previous message
-        else:
-            message = Telemetry(device_id=device_id, window_s=1.0, inference_count=i % 50, error_count=0)
-            messages.append((topic(device_id, Channel.TELEMETRY), message.to_bytes()))
+    messages = _messages(devices, count)  # prepared first, so the publishers measure the broker, not pydantic
     ready.wait()
     for name, payload in messages:
         client.publish(name, payload, qos=1)
     time.sleep(1)
     client.loop_stop()
     client.disconnect()
+
+
+class CPublishers:
+    """One ``mosquitto_pub -l`` per device id, each sending its own lines (one JSON message each)."""
+
+    def __init__(self, port: int, messages: list[tuple[str, bytes]], work: Path) -> None:
+        by_topic: dict[str, list[bytes]] = {}
+        for name, payload in messages:
+            by_topic.setdefault(name, []).append(payload)
+        self.port, self.files = port, []
+        for i, (name, payloads) in enumerate(by_topic.items()):
+            path = work / f"pub-{i}.jsonl"
+            path.write_bytes(b"\n".join(payloads) + b"\n")
+            self.files.append((name, path))
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self) -> None:
+        for i, (name, path) in enumerate(self.files):
+            with path.open("rb") as stdin:
+                self.procs.append(subprocess.Popen(
+                    ["mosquitto_pub", "-h", "127.0.0.1", "-p", str(self.port), "-i", f"cpub-{i}", "-q", "1",
+                     "-M", "100", "-t", name, "-l"],
+                    stdin=stdin,
+                ))  # fmt: skip
+
+    def join(self) -> None:
+        for proc in self.procs:
+            if proc.wait(timeout=600) != 0:
+                raise RuntimeError(f"mosquitto_pub exited with {proc.returncode}")
 
 
 class RawDrain:
@@ -74,7 +117,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--messages", type=int, default=60000)
     parser.add_argument("--devices", type=int, default=200)
-    parser.add_argument("--publishers", type=int, default=2)
+    parser.add_argument("--publishers", type=int, default=2, help="Python publisher processes (paho).")
+    parser.add_argument("--publisher", choices=["paho", "mosquitto_pub"], default="paho")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -89,19 +133,26 @@ def main() -> None:
                 time.sleep(0.5)
                 per = args.messages // args.publishers
                 devices = [f"ingest-{i:04d}" for i in range(args.devices)]
-                ctx = mp.get_context("spawn")
-                ready = ctx.Event()
-                procs = [
-                    ctx.Process(target=_publisher, args=(broker.port, devices, per, p, ready))
-                    for p in range(args.publishers)
-                ]
-                for proc in procs:
-                    proc.start()
-                time.sleep(3 + per / 20000)  # let the publishers prepare their payloads
-                started = time.perf_counter()
-                ready.set()
+                if args.publisher == "mosquitto_pub":
+                    cpub = CPublishers(broker.port, _messages(devices, per * args.publishers), work)
+                    started = time.perf_counter()
+                    cpub.start()
+                    procs: list[Any] = []
+                else:
+                    ctx = mp.get_context("spawn")
+                    ready = ctx.Event()
+                    procs = [
+                        ctx.Process(target=_publisher, args=(broker.port, devices, per, p, ready))
+                        for p in range(args.publishers)
+                    ]
+                    for proc in procs:
+                        proc.start()
+                    time.sleep(3 + per / 20000)  # let the publishers prepare their payloads
+                    started = time.perf_counter()
+                    ready.set()
                 total = per * args.publishers
-                unique = total - sum(per // 20 for _ in procs)
+                duplicates = total // 20 if args.publisher == "mosquitto_pub" else (per // 20) * args.publishers
+                unique = total - duplicates
                 db_path = work / "coordinator" / "data" / "fleet.db"
 
                 def stored() -> int:
@@ -116,11 +167,14 @@ def main() -> None:
                 final = stored()
                 for proc in procs:
                     proc.join()
+                if args.publisher == "mosquitto_pub":
+                    cpub.join()
             finally:
                 fleet.stop()
     raw_rate = total / (raw_done - started)
     ingest_rate = total / (ingest_done - started)
-    print(f"{total} messages ({unique} unique, 5% duplicate deliveries) from {args.devices} device ids, QoS 1")
+    print(f"{total} messages ({unique} unique, 5% duplicate deliveries) from {args.devices} device ids, QoS 1, "
+          f"published by {args.publisher}; {os.cpu_count()} CPUs")  # fmt: skip
     print(f"raw paho drain:       {raw_rate:8.0f} msg/s")
     print(
         f"coordinator ingest:   {ingest_rate:8.0f} msg/s  ({ingest_rate / raw_rate:.2f}x raw; target >= 0.7x, >= 10k)"

@@ -463,6 +463,13 @@ class FleetDB:
         return deleted
 
 
+def _column_value(value: Any) -> Any:
+    """As sqlite-utils stores them: lists and dicts as JSON text (most reports' are empty)."""
+    if isinstance(value, dict | list):
+        return json.dumps(value, ensure_ascii=False) if value else ("{}" if isinstance(value, dict) else "[]")
+    return value
+
+
 def _insert_telemetry(conn: sqlite3.Connection, rows: list[dict[str, Any]]) -> set[str]:
     """Insert the rows whose message id is new; return those ids (a repeated id within ``rows`` once)."""
     columns = list(rows[0])  # every row is a dumped Telemetry: the same keys in the same order
@@ -472,12 +479,7 @@ def _insert_telemetry(conn: sqlite3.Connection, rows: list[dict[str, Any]]) -> s
     new: set[str] = set()
     for start in range(0, len(rows), per_statement):
         chunk = rows[start : start + per_statement]
-        # As sqlite-utils stores them: lists and dicts as JSON text.
-        params = [
-            json.dumps(v, ensure_ascii=False) if isinstance(v, dict | list) else v
-            for row in chunk
-            for v in row.values()
-        ]
+        params = [_column_value(v) for row in chunk for v in row.values()]
         cursor = conn.execute(
             f"insert or ignore into telemetry ({names}) values {', '.join([placeholders] * len(chunk))}"
             " returning message_id",

@@ -154,6 +154,9 @@ def _finite(value: float | None) -> float | None:
     return value if value is None or math.isfinite(value) else None
 
 
+_NO_ERRORS: Counter[str] = Counter()  # shared by every report without errors: never changed in place
+
+
 def _values(message: Telemetry) -> list[Any]:
     """One report's contribution, in the order of ``_SUMS``, ``_MAXES``, ``_MINS``, then its error kinds
     (a Counter); a non-finite value counts as absent."""
@@ -166,7 +169,7 @@ def _values(message: Telemetry) -> list[Any]:
         latency, _finite(m.latency_ms_p95), m.rss_bytes, _finite(m.soc_temp_c), _finite(m.drift_score),
         m.outbox_pending, _finite(m.latency_ms_p99), _finite(m.disk_used_percent),
         m.disk_free_bytes,
-        Counter(m.errors_by_kind),
+        Counter(m.errors_by_kind) if m.errors_by_kind else _NO_ERRORS,
     ]  # fmt: skip
 
 
@@ -177,7 +180,8 @@ def _merge(into: list[Any], values: list[Any]) -> None:
         into[i] = _max(into[i], values[i])
     for i in range(_N_SUMS + _N_MAXES, len(values) - 1):
         into[i] = _min(into[i], values[i])
-    into[-1] = into[-1] + values[-1]  # a new Counter: the one in ``into`` may be shared with a minute
+    if values[-1]:
+        into[-1] = into[-1] + values[-1]  # a new Counter: the one in ``into`` may be shared with a minute
 
 
 class RollupBatch:
