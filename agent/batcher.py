@@ -1,7 +1,7 @@
 """Dynamic micro-batching: concurrent single requests run as one batch through the model.
 
 A request waits for company only while other callers are in flight, and at most ``max_delay``;
-a lone caller therefore pays no batching delay.
+a lone caller runs the model in its own thread and pays neither a batching delay nor a hand-off.
 """
 
 from __future__ import annotations
@@ -57,7 +57,8 @@ class MicroBatcher:
         self.max_delay_s = max_delay_ms / 1000.0
         self.stats = BatchStats()
         self._queue: queue.Queue[_Request | None] = queue.Queue()
-        self._in_flight = 0
+        self._in_flight = 0  # callers between predict's entry and its return
+        self._inline = 0  # of those, the ones running alone in their own thread (not in the queue)
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._loop, name="batcher", daemon=True)
         self._thread.start()
@@ -68,15 +69,24 @@ class MicroBatcher:
         """Run through a shared batch when the model and the inputs allow it; raise what predict raises."""
         if self.max_batch_size <= 1 or not _batchable(model, inputs):
             return model.predict(inputs, output_names)
-        request = _Request(model, inputs, output_names)
         with self._lock:
             self._in_flight += 1
+            alone = self._in_flight == 1
+            if alone:
+                self._inline += 1
+                self.stats.batches += 1
+                self.stats.requests += 1
         try:
+            if alone:  # nobody to batch with: run in the caller's thread, without a hand-off
+                return model.predict(inputs, output_names)
+            request = _Request(model, inputs, output_names)
             self._queue.put(request)
             return request.future.result()
         finally:
             with self._lock:
                 self._in_flight -= 1
+                if alone:
+                    self._inline -= 1
 
     def close(self) -> None:
         self._queue.put(None)
@@ -95,7 +105,7 @@ class MicroBatcher:
                     item = self._queue.get_nowait()
                 except queue.Empty:
                     with self._lock:
-                        others_waiting = self._in_flight > len(batch)
+                        others_waiting = self._in_flight - self._inline > len(batch)
                     remaining = deadline - time.monotonic()
                     if not others_waiting or remaining <= 0:
                         break
@@ -115,8 +125,9 @@ class MicroBatcher:
         for request in batch:
             groups.setdefault(request.key(), []).append(request)
         for group in groups.values():
-            self.stats.batches += 1
-            self.stats.requests += len(group)
+            with self._lock:
+                self.stats.batches += 1
+                self.stats.requests += len(group)
             if len(group) == 1:
                 _settle(group[0])
                 continue

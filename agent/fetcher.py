@@ -206,31 +206,25 @@ class ChunkFetcher:
         """
         started = time.monotonic()
         untrusted_prefix = False
-        for template in mirrors:
-            url = template.replace("{sha256}", digest)
+        sources: list[tuple[HttpMirror, str | None, str]] = [
+            (self._public, t.replace("{sha256}", digest), "manifest mirror") for t in mirrors
+        ]
+        if self.mirror is not None:
+            sources.append((self.mirror, None, "HTTP mirror"))
+        for client, url, label in sources:
             try:
-                self._public.fetch(kind, digest, partial, stop, url=url)
+                client.fetch(kind, digest, partial, stop, url=url)
             except MirrorError as exc:
-                log.warning("manifest mirror failed for %s %s: %s", kind, digest[:12], exc.reason)
+                log.warning("%s failed for %s %s: %s", label, kind, digest[:12], exc.reason)
                 untrusted_prefix = untrusted_prefix or (partial.exists() and partial.stat().st_size > 0)
             else:
                 log.info(
                     "fetched %s %s over HTTP from %s: %d bytes in %.2fs",
-                    kind, digest[:12], url, partial.stat().st_size, time.monotonic() - started,
+                    kind, digest[:12], url or f"the {label}", partial.stat().st_size, time.monotonic() - started,
                 )  # fmt: skip
                 return partial
-        if self.mirror is not None:
-            try:
-                self.mirror.fetch(kind, digest, partial, stop)
-            except MirrorError as exc:
-                log.warning("HTTP mirror failed for %s %s, fetching it over MQTT: %s", kind, digest[:12], exc.reason)
-                untrusted_prefix = untrusted_prefix or (partial.exists() and partial.stat().st_size > 0)
-            else:
-                log.info(
-                    "fetched %s %s over HTTP: %d bytes in %.2fs",
-                    kind, digest[:12], partial.stat().st_size, time.monotonic() - started,
-                )  # fmt: skip
-                return partial
+        if sources:
+            log.warning("no HTTP source delivered %s %s; fetching it over MQTT", kind, digest[:12])
         self._fetch_chunks(kind, digest, partial, stop)
         if untrusted_prefix and verify_artifact(kind, digest, partial) is not None:
             log.warning("%s %s did not verify after the mirror failed; fetching it whole over MQTT", kind, digest[:12])

@@ -2,8 +2,10 @@
 
 Run by hand: python bench/bench_agent.py [--seconds 5] [--iterations 2000]
 
-Models: a small CNN (3x32x32 images) and a small transformer encoder (2 layers, d=128, 32 tokens),
-both exported from PyTorch. Figures:
+Models, all exported from PyTorch: a small CNN (3x32x32 images), a small transformer encoder (2 layers,
+d=128, 32 tokens) and a dense MLP (256 -> 3 x 2048 -> 10, 8.9M weights, 36 MB: more than this
+machine's 32 MB L3 cache, so batch 1 is bound by memory bandwidth, the case micro-batching is for;
+the two small models spend most of a gRPC call outside the model, where batching cannot help). Figures:
   1. in-process LoadedModel.predict vs InferenceSession.run, batch 1 and 32 (median ratio)
   2. gRPC Predict over the unix socket: p50/p99 vs raw, batch 1
   3. 32 concurrent clients (4 processes x 8 threads) sending batch-1 requests: throughput with
@@ -67,6 +69,18 @@ class TinyEncoder(torch.nn.Module):
         return self.head(self.encoder(self.embed(tokens)).mean(dim=1))
 
 
+class DenseMlp(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = torch.nn.Sequential(
+            torch.nn.Linear(256, 2048), torch.nn.ReLU(), torch.nn.Linear(2048, 2048), torch.nn.ReLU(),
+            torch.nn.Linear(2048, 2048), torch.nn.ReLU(), torch.nn.Linear(2048, 10),
+        )  # fmt: skip
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.layers(features)
+
+
 def export(module: torch.nn.Module, sample: torch.Tensor, name: str, path: Path) -> Path:
     # Not under no_grad: there PyTorch takes the fused transformer fast path, which has no ONNX export.
     with warnings.catch_warnings():
@@ -82,6 +96,8 @@ def sample_input(kind: str, batch: int) -> np.ndarray:
     rng = np.random.default_rng(batch)
     if kind == "cnn":
         return rng.standard_normal((batch, 3, 32, 32)).astype(np.float32)
+    if kind == "dense":
+        return rng.standard_normal((batch, 256)).astype(np.float32)
     return rng.integers(0, 1000, (batch, 32)).astype(np.int64)
 
 
@@ -206,6 +222,7 @@ def main() -> None:
                 "tokens",
                 export(TinyEncoder(), torch.randint(0, 1000, (1, 32)), "tokens", work / "encoder.onnx"),
             ),
+            "dense": ("features", export(DenseMlp(), torch.randn(1, 256), "features", work / "dense.onnx")),
         }
         loaded = {kind: bundle_and_load(path, work, work / "k.key") for kind, (_, path) in models.items()}
         print("\n1. in-process predict vs raw InferenceSession.run (median ms; target ratio <= 1.05)")

@@ -80,6 +80,12 @@ def test_a_lone_caller_waits_for_nobody(model: LoadedModel, digits: DigitsModels
         for i in range(20):
             batcher.predict(model, {"pixels": digits.x_test[i : i + 1]})
         assert time.perf_counter() - started < 2.0, "no max_delay wait without concurrent callers"
+        assert (batcher.stats.batches, batcher.stats.requests) == (20, 20)
+        # Run in the caller's own thread: the batcher's thread never had to wake up for it.
+        threads = []
+        model.predict = lambda inputs, names=None: threads.append(threading.current_thread()) or {}  # type: ignore[method-assign]
+        batcher.predict(model, {"pixels": digits.x_test[:1]})
+        assert threads == [threading.current_thread()]
     finally:
         batcher.close()
 
