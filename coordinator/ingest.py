@@ -1,5 +1,6 @@
 """Telemetry ingest in batches: the MQTT thread only queues; a writer thread inserts many rows per
-transaction, idempotent by message id (a duplicate delivery is never counted twice)."""
+transaction (waiting up to ``linger_s`` for a batch to fill), idempotent by message id (a duplicate
+delivery is never counted twice)."""
 
 from __future__ import annotations
 
@@ -16,9 +17,12 @@ log = logging.getLogger(__name__)
 
 
 class TelemetryIngest:
-    def __init__(self, db: FleetDB, *, batch: int = 2000, max_queue: int = 200_000) -> None:
+    def __init__(self, db: FleetDB, *, batch: int = 2000, linger_s: float = 0.2, max_queue: int = 200_000) -> None:
         self.db = db
         self.batch = batch
+        # After the first message of a batch, wait this long for more: a row costs ~3x less in a
+        # batch of 2000 than in one of 20 (one commit, one rollup upsert per device and bucket).
+        self.linger_s = linger_s
         self._queue: queue.Queue[Telemetry] = queue.Queue(maxsize=max_queue)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -52,6 +56,8 @@ class TelemetryIngest:
                 first = self._queue.get(timeout=0.2)
             except queue.Empty:
                 continue
+            if self._queue.qsize() < self.batch - 1:
+                self._stop.wait(self.linger_s)
             self._write([first, *self._drain()])
 
     def _drain(self) -> list[Telemetry]:

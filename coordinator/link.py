@@ -30,7 +30,7 @@ from protocol.messages import (
     encode_chunk,
     parse,
 )
-from protocol.topics import COORDINATOR_STATUS, Channel, coordinator_subscriptions, parse_topic, topic
+from protocol.topics import COORDINATOR_STATUS, Channel, DeviceTopic, coordinator_subscriptions, parse_topic, topic
 
 __all__ = ["CoordinatorLink"]
 
@@ -113,10 +113,9 @@ class CoordinatorLink:
         log.warning("coordinator disconnected from broker (%s); reconnecting", reason)
 
     def _on_message(self, _c: mqtt.Client, _ud: Any, msg: mqtt.MQTTMessage) -> None:
-        channel = "unknown"
+        dest = None
         try:
             dest = parse_topic(msg.topic)
-            channel = dest.channel.value
             if not msg.payload:  # a cleared retained message
                 return
             if dest.channel is Channel.CHUNK_REQUESTS:
@@ -141,13 +140,15 @@ class CoordinatorLink:
             else:
                 raise ProtocolError(f"coordinator does not consume {dest.channel.value}", topic=msg.topic)
         except ProtocolError as exc:
-            self.rejected += 1
-            REJECTED.labels(channel).inc()
+            self._count_rejected(dest)
             log.warning("rejected message on %s: %s", msg.topic, exc.reason)
         except Exception:  # never let one bad message stop the network thread
-            self.rejected += 1
-            REJECTED.labels(channel).inc()
+            self._count_rejected(dest)
             log.exception("failed to handle message on %s", msg.topic)
+
+    def _count_rejected(self, dest: DeviceTopic | None) -> None:
+        self.rejected += 1
+        REJECTED.labels("unknown" if dest is None else dest.channel.value).inc()
 
     def _serve_chunk(self, request: ChunkRequest) -> None:
         header = ChunkHeader(
