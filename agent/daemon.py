@@ -55,6 +55,7 @@ class Agent:
         self.runtime_options = RuntimeOptions(
             intra_op_threads=self.device_class.runtime.intra_op_threads,
             inter_op_threads=self.device_class.runtime.inter_op_threads,
+            allow_spinning=self.device_class.runtime.allow_spinning,
             cache_dir=config.data_dir / "cache",
         )
         self.trusted: TrustedKeys = load_trusted_keys(config.trusted_keys)

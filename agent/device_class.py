@@ -34,6 +34,12 @@ class RuntimeSettings(_Strict):
     chain: list[str] = Field(min_length=1, description="Runtimes to try in order; the first that loads serves.")
     intra_op_threads: int = Field(ge=0, le=256, description="Threads inside one operator (0: backend default).")
     inter_op_threads: int = Field(default=1, ge=0, le=64, description="Operators run in parallel.")
+    allow_spinning: bool = Field(
+        default=False,
+        description="Let ONNX Runtime's idle threads busy-wait for work: a little less latency for a lone caller, "
+        "CPU taken from the API, the micro-batcher and the device's apps (off: +25-30% batched throughput "
+        "with 32 callers on 2 cores).",
+    )
     preferred_precision: Literal["fp32", "fp16", "int8"] = Field(
         description="Precision the compressor should build bundles in for this class."
     )

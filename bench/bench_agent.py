@@ -111,6 +111,15 @@ def bundle_and_load(onnx_path: Path, work: Path, key_path: Path) -> tuple[Path, 
     return archive, load_model(digest, Manifest.model_validate_json(signed.manifest), folder / "model.onnx")
 
 
+def raw_session(path: Path) -> ort.InferenceSession:
+    """The baseline: ONNX Runtime on the same file with the agent's session settings (idle threads do
+    not spin, the agent's default), so that the ratios show the agent's overhead, not a setting."""
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
 def in_process(
     model: LoadedModel, raw: ort.InferenceSession, feeds: dict[str, np.ndarray], n: int
 ) -> tuple[float, float]:
@@ -228,7 +237,7 @@ def main() -> None:
         print("\n1. in-process predict vs raw InferenceSession.run (median ms; target ratio <= 1.05)")
         for kind, (name, path) in models.items():
             model = loaded[kind][1]
-            raw = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            raw = raw_session(path)
             for batch in (1, 32):
                 agent_ms, raw_ms = in_process(
                     model, raw, {name: sample_input(kind, batch)}, args.iterations // batch + 50
@@ -241,7 +250,7 @@ def main() -> None:
         print("\n2. gRPC Predict (unix socket, one client, batch 1) vs raw (ms)")
         for kind, (name, path) in models.items():
             model = loaded[kind][1]
-            raw = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            raw = raw_session(path)
             api, batcher = serve(model, work / f"{kind}.sock", max_batch=32)
             data = sample_input(kind, 1)
             grpc_t, raw_t = [], []
@@ -280,7 +289,7 @@ def main() -> None:
                 batcher.close()
                 if max_batch > 1:
                     results["mean batch"] = stats.mean_batch
-            raw = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            raw = raw_session(path)
             results["raw batched (32)"] = raw_batched_throughput(raw, name, sample_input(kind, 32), args.seconds)
             print(
                 f"   {kind:8s}: unbatched {results['unbatched']:.0f}/s  micro-batched {results['micro-batched']:.0f}/s "

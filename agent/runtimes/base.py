@@ -21,6 +21,7 @@ class RuntimeOptions:
 
     intra_op_threads: int = 0  # 0: the backend's default
     inter_op_threads: int = 0
+    allow_spinning: bool = False  # ONNX Runtime's idle threads busy-wait for work (lower latency, burnt CPU)
     precision: Literal["fp32", "fp16", "int8"] = "fp32"  # what the bundle asks for
     cache_dir: Path | None = None  # engine caches (TensorRT) live here, inside the data dir
     model_digest: str = ""  # sha256 of the model file: part of engine cache keys

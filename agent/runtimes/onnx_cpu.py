@@ -28,6 +28,9 @@ class OnnxRuntimeBase(Runtime):
         session_options = ort.SessionOptions()
         session_options.intra_op_num_threads = options.intra_op_threads
         session_options.inter_op_num_threads = options.inter_op_threads
+        spin = "1" if options.allow_spinning else "0"
+        session_options.add_session_config_entry("session.intra_op.allow_spinning", spin)
+        session_options.add_session_config_entry("session.inter_op.allow_spinning", spin)
         session_options.log_severity_level = 3
         self.session = ort.InferenceSession(str(model_path), session_options, providers=self.providers(options))
         self._inputs = [_spec(a) for a in self.session.get_inputs()]
