@@ -1,5 +1,9 @@
 """INT8 candidates with ``onnxruntime.quantization``: dynamic (weights INT8, activations quantized at
-run time) in per-tensor / per-channel / reduce-range variants, and static QDQ calibrated on data."""
+run time) in per-tensor / per-channel / reduce-range variants, and static QDQ calibrated on data.
+
+Each quantized file is tidied (``compression.onnx_tidy``): the quantizer's long names, unused opsets,
+duplicate tensors and zero bias zero points go, which on a small model is a tenth of the file.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from compression.candidates.base import BuildContext, Candidate, Param, technique, tool_version
 from compression.errors import CompressionError
+from compression.onnx_tidy import tidy_file
 
 __all__ = ["ArrayReader", "constants_to_initializers", "int8_dynamic", "int8_static", "quantize_dynamic_file"]
 
@@ -83,6 +88,7 @@ def quantize_dynamic_file(source: Path, out: Path, *, per_channel: bool, reduce_
     quantize_dynamic(
         str(source), str(out), per_channel=per_channel, reduce_range=reduce_range, weight_type=QuantType.QInt8
     )
+    tidy_file(out)
 
 
 @technique("int8-dynamic")
@@ -133,6 +139,7 @@ def int8_static(ctx: BuildContext) -> list[Candidate]:
             activation_type=QuantType.QInt8,
             weight_type=QuantType.QInt8,
         )
+        tidy_file(out)
 
     params: dict[str, Param] = {
         "format": "QDQ",
