@@ -29,6 +29,17 @@ def _make_keys(folder: Path) -> Keys:
     return Keys(*write_keypair(folder))
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """For modules of tiny models: threads cost more than they give, and a lot on a busy machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def keys(tmp_path: Path) -> Keys:
     return _make_keys(tmp_path / "keys")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +35,8 @@ from protocol.signing import generate_keypair, load_private_key, load_trusted_ke
 from protocol.tensors import TensorSpec
 from tests.models import two_input_model
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
+
 ASSETS = Path(__file__).parent / "assets"
 FAST = EvalOptions(memory="in-process", latency_runs=20, latency_budget_s=0.2)
 LABELS = [str(i) for i in range(10)]
@@ -57,15 +58,6 @@ def keypair(tmp_path_factory: pytest.TempPathFactory) -> KeyPair:
     (folder / "signing.key").write_bytes(private_pem)
     (folder / "signing.pub").write_bytes(public_pem)
     return KeyPair(folder / "signing.key", folder / "signing.pub")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    """The models here are tiny: threads cost more than they give, and a lot on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ quantizer and kernels, and the issue's size target on the bench's digits CNN."""
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -22,15 +21,9 @@ from compression.digits import DigitsData, load_digits_data, train_digits_cnn
 from compression.export import export_onnx
 from compression.onnx_tidy import tidy_file, tidy_model
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
+
 FAST = EvalOptions(memory="in-process", latency_runs=5, latency_budget_s=0.1)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

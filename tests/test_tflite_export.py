@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -30,16 +29,10 @@ from protocol.bundle import extract_bundle, verify_manifest
 from protocol.signing import generate_keypair, load_private_key, load_trusted_keys
 from protocol.tensors import TensorSpec
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
+
 FAST = EvalOptions(memory="off", latency_runs=10, latency_budget_s=0.1)
 EXPORT_PYTHON = os.environ.get("EDGEFLEET_TFLITE_PYTHON")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
