@@ -8,8 +8,9 @@ machine's 32 MB L3 cache, so batch 1 is bound by memory bandwidth, the case micr
 the two small models spend most of a gRPC call outside the model, where batching cannot help). Figures:
   1. in-process LoadedModel.predict vs InferenceSession.run, batch 1 and 32 (median ratio)
   2. gRPC Predict over the unix socket: p50/p99 vs raw, batch 1
-  3. 32 concurrent clients (4 processes x 8 threads) sending batch-1 requests: throughput with
-     micro-batching vs without, and vs raw ORT running batches of 32 back to back
+  3. 32 concurrent clients (4 processes x 8 threads) sending batch-1 requests, one in flight each:
+     throughput with micro-batching vs without, and vs raw ORT running batches of 32 back to back; once
+     with unary Predict calls, once with each client on its own PredictStream
   4. the daemon: cold start to first inference, and idle RSS with the CNN loaded
 """
 
@@ -18,20 +19,23 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
+import queue
 import signal
 import statistics
 import tempfile
 import threading
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import numpy as np
 import onnxruntime as ort
 import psutil
 import torch
 
-from agent.api import InferenceApi, InferenceService
+from agent.api import InferenceApi, InferenceService, tensor_to_proto
 from agent.batcher import MicroBatcher
 from agent.client import InferenceClient
 from agent.model import LoadedModel, load_model
@@ -40,6 +44,7 @@ from compression.builder import build_bundle
 from edgefleet.broker import LocalBroker
 from edgefleet.fleet import LocalFleet, wait_until
 from protocol.bundle import Manifest, extract_bundle
+from protocol.grpc_gen import inference_pb2, inference_pb2_grpc
 from protocol.signing import load_private_key, write_keypair
 
 
@@ -167,10 +172,44 @@ def _client_process(target: str, name: str, data: np.ndarray, seconds: float, th
     out.put(sum(counts))
 
 
-def concurrent_throughput(target: str, name: str, data: np.ndarray, seconds: float) -> float:
-    ctx = mp.get_context("fork")
+def _stream_client_process(
+    target: str, name: str, data: np.ndarray, seconds: float, threads: int, out: mp.Queue
+) -> None:
+    """Like ``_client_process``, but each client holds one PredictStream and sends its next request
+    when the answer to the previous one arrived (one request in flight per client, as with Predict)."""
+    stop_at = time.monotonic() + seconds
+    counts = [0] * threads
+    request = inference_pb2.PredictRequest(inputs={name: tensor_to_proto(data)})
+
+    def loop(i: int) -> None:
+        pending: queue.Queue[inference_pb2.PredictRequest | None] = queue.Queue()
+
+        def requests() -> Iterator[inference_pb2.PredictRequest]:
+            while (item := pending.get()) is not None:
+                yield item
+
+        with grpc.insecure_channel(target) as channel:
+            pending.put(request)
+            for response in inference_pb2_grpc.InferenceStub(channel).PredictStream(requests()):
+                if response.error_code:
+                    raise RuntimeError(f"{response.error_code}: {response.error_message}")
+                counts[i] += 1
+                pending.put(request if time.monotonic() < stop_at else None)
+
+    workers = [threading.Thread(target=loop, args=(i,)) for i in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    out.put(sum(counts))
+
+
+def concurrent_throughput(target: str, name: str, data: np.ndarray, seconds: float, *, stream: bool = False) -> float:
+    # spawn, not fork: a child forked from a process that has used gRPC can break its HTTP/2 connections.
+    ctx = mp.get_context("spawn")
     out: mp.Queue = ctx.Queue()
-    procs = [ctx.Process(target=_client_process, args=(target, name, data, seconds, 8, out)) for _ in range(4)]
+    client = _stream_client_process if stream else _client_process
+    procs = [ctx.Process(target=client, args=(target, name, data, seconds, 8, out)) for _ in range(4)]
     for p in procs:
         p.start()
     total = sum(out.get() for _ in procs)
@@ -280,15 +319,18 @@ def main() -> None:
             model = loaded[kind][1]
             data = sample_input(kind, 1)
             results = {}
-            for label, max_batch in (("unbatched", 1), ("micro-batched", 32)):
-                socket_path = work / f"{kind}-{label}.sock"
+            for label, max_batch, stream in (
+                ("unbatched", 1, False), ("micro-batched", 32, False),
+                ("unbatched stream", 1, True), ("micro-batched stream", 32, True),
+            ):  # fmt: skip
+                socket_path = work / f"{kind}-{max_batch}-{stream}.sock"
                 api, batcher = serve(model, socket_path, max_batch)
-                results[label] = concurrent_throughput(f"unix://{socket_path}", name, data, args.seconds)
+                results[label] = concurrent_throughput(f"unix://{socket_path}", name, data, args.seconds, stream=stream)
                 stats = batcher.stats
                 api.stop(0)
                 batcher.close()
                 if max_batch > 1:
-                    results["mean batch"] = stats.mean_batch
+                    results[f"mean batch{' stream' if stream else ''}"] = stats.mean_batch
             raw = raw_session(path)
             results["raw batched (32)"] = raw_batched_throughput(raw, name, sample_input(kind, 32), args.seconds)
             print(
@@ -296,6 +338,12 @@ def main() -> None:
                 f"(mean batch {results['mean batch']:.1f})  raw batched {results['raw batched (32)']:.0f} rows/s  "
                 f"-> {results['micro-batched'] / results['unbatched']:.2f}x unbatched, "
                 f"{results['micro-batched'] / results['raw batched (32)']:.2f}x raw batched"
+            )
+            print(
+                f"   {'':8s}  one PredictStream per client: unbatched {results['unbatched stream']:.0f}/s  "
+                f"micro-batched {results['micro-batched stream']:.0f}/s (mean batch {results['mean batch stream']:.1f})"
+                f"  -> {results['micro-batched stream'] / results['unbatched stream']:.2f}x unbatched, "
+                f"{results['micro-batched stream'] / results['raw batched (32)']:.2f}x raw batched"
             )
 
         cold, rss = daemon_figures(work, loaded["cnn"][0], work / "k.pub")
