@@ -26,7 +26,7 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -154,6 +154,15 @@ def serve(model: LoadedModel, socket_path: Path, max_batch: int) -> tuple[Infere
     return api, batcher
 
 
+def _in_threads(loop: Callable[[int], None], threads: int) -> None:
+    """Run ``loop(0)`` ... ``loop(threads - 1)`` at once, each in its own thread, and wait for all."""
+    workers = [threading.Thread(target=loop, args=(i,)) for i in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+
+
 def _client_process(target: str, name: str, data: np.ndarray, seconds: float, threads: int, out: mp.Queue) -> None:
     stop_at = time.monotonic() + seconds
     counts = [0] * threads
@@ -164,11 +173,7 @@ def _client_process(target: str, name: str, data: np.ndarray, seconds: float, th
                 client.predict({name: data})
                 counts[i] += 1
 
-    workers = [threading.Thread(target=loop, args=(i,)) for i in range(threads)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
+    _in_threads(loop, threads)
     out.put(sum(counts))
 
 
@@ -196,11 +201,7 @@ def _stream_client_process(
                 counts[i] += 1
                 pending.put(request if time.monotonic() < stop_at else None)
 
-    workers = [threading.Thread(target=loop, args=(i,)) for i in range(threads)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
+    _in_threads(loop, threads)
     out.put(sum(counts))
 
 
