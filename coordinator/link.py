@@ -47,6 +47,8 @@ class CoordinatorLink:
         self.db = db
         self.registry = registry
         self.connected = threading.Event()
+        # Set once the broker confirmed our subscriptions: from then on nothing a device sends is missed.
+        self.subscribed = threading.Event()
         self.rejected = 0
         self.ingest = TelemetryIngest(db)
         self.on_connected: Callable[[], None] = lambda: None
@@ -106,10 +108,12 @@ class CoordinatorLink:
     def _on_subscribe(self, client: mqtt.Client, _ud: Any, mid: int, _codes: Any, _props: Any) -> None:
         # Only once the broker confirmed our subscriptions may devices send: nothing they send is dropped.
         if mid == self._subscribe_mid:
+            self.subscribed.set()
             client.publish(COORDINATOR_STATUS, CoordinatorStatus(state="online").to_bytes(), qos=1, retain=True)
 
     def _on_disconnect(self, _c: mqtt.Client, _ud: Any, _flags: Any, reason: Any, _props: Any) -> None:
         self.connected.clear()
+        self.subscribed.clear()
         log.warning("coordinator disconnected from broker (%s); reconnecting", reason)
 
     def _on_message(self, _c: mqtt.Client, _ud: Any, msg: mqtt.MQTTMessage) -> None:

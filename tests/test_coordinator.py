@@ -32,7 +32,7 @@ def client(tmp_path: Path, mosquitto: LocalBroker, keys: Keys) -> Iterator[tuple
     )
     coordinator = Coordinator(config)
     with TestClient(create_app(coordinator, token=TOKEN), headers={"Authorization": f"Bearer {TOKEN}"}) as http:
-        wait_until(coordinator.link.connected.is_set, timeout=10, what="coordinator connected")
+        wait_until(coordinator.link.subscribed.is_set, timeout=10, what="coordinator subscribed")
         yield http, coordinator
 
 

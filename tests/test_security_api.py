@@ -58,7 +58,7 @@ def _app(tmp_path: Path, broker: Any, config: CoordinatorConfig, command_public:
     coordinator = Coordinator(config)
     app = create_app(coordinator, token=ADMIN)
     with TestClient(app) as http:
-        wait_until(coordinator.link.connected.is_set, timeout=15, what="coordinator on the broker")
+        wait_until(coordinator.link.subscribed.is_set, timeout=15, what="coordinator on the broker")
         yield Api(http, coordinator, app.state.security, broker, command_public)
 
 
