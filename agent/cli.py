@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import logging
-import signal
 from pathlib import Path
-from types import FrameType
 
 import grpc
 import typer
@@ -14,7 +11,7 @@ from agent.config import load_config
 from agent.device_class import detect_device_class, load_device_class, probe_hardware
 from agent.errors import ConfigError
 from edgefleet.exit_codes import ExitCode
-from edgefleet.output import Format, FormatOption, configure_logging, fail, print_data
+from edgefleet.output import Format, FormatOption, fail, print_data
 from firmware_configs import CONFIG_DIR
 from protocol.errors import ProtocolError
 
@@ -23,39 +20,15 @@ app = typer.Typer(help="The daemon on each edge device.", no_args_is_help=True)
 
 @app.command()
 def run(config: Path = typer.Option(..., "--config", "-c", help="Agent config file (TOML).")) -> None:
-    """Run the agent until SIGTERM or SIGINT.
+    """Run the agent until SIGTERM or SIGINT; SIGHUP reloads the config.
 
     Example: edgefleet agent run --config /etc/edgefleet/agent.toml
     """
-    from agent.daemon import Agent
+    from agent.run import run_daemon
 
-    try:
-        cfg = load_config(config)
-    except ConfigError as exc:
-        fail(str(exc), ExitCode.CONFIG_INVALID)
-    configure_logging(cfg.log_level)
-    try:
-        agent = Agent(cfg)
-    except ConfigError as exc:
-        fail(str(exc), ExitCode.CONFIG_INVALID)
-    except (OSError, ProtocolError) as exc:
-        fail(f"cannot start: {exc}", ExitCode.CONFIG_INVALID)
-
-    def on_signal(_signum: int, _frame: FrameType | None) -> None:
-        agent.request_stop()
-
-    def on_hangup(_signum: int, _frame: FrameType | None) -> None:
-        try:
-            agent.reload(load_config(config))
-        except ConfigError as exc:
-            logging.getLogger("agent").error("config reload refused, keeping the running config: %s", exc)
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGHUP, on_hangup)
-    agent.start()
-    agent.wait()
-    agent.stop()
+    code = run_daemon(config)
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command("validate-config")

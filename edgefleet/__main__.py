@@ -1,3 +1,3 @@
-from edgefleet.cli import main
+from edgefleet.launch import main
 
 main()

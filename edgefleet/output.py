@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from enum import StrEnum
 from typing import Any, NoReturn
 
@@ -12,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from edgefleet.exit_codes import ExitCode
+from edgefleet.log_setup import configure_logging
 
 __all__ = ["Format", "configure_logging", "fail", "print_data"]
 
@@ -57,10 +57,3 @@ def _cell(value: Any) -> str:
 def fail(message: str, code: ExitCode) -> NoReturn:
     err_console.print(f"[red]error:[/red] {message}")
     raise typer.Exit(int(code))
-
-
-def configure_logging(level: str = "INFO") -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )

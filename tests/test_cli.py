@@ -82,3 +82,27 @@ def test_campaign_cli_explains_bad_input_before_calling_the_coordinator(tmp_path
     assert result.exit_code == ExitCode.USAGE and "--target" in result.output
     result = runner.invoke(app, ["campaign", "create", str(spec), "--url", "http://127.0.0.1:9"])
     assert result.exit_code == ExitCode.UNREACHABLE
+
+
+def test_agent_run_starts_the_daemon_without_the_rest_of_the_cli(tmp_path: Path) -> None:
+    # The daemon's path must not load typer, rich or other commands' modules: they cost an idle agent ~8 MB.
+    probe = (
+        "import sys, edgefleet.launch, agent.run, agent.daemon;"
+        "print(sorted({'typer', 'rich', 'click', 'fastapi', 'torch', 'coordinator'} & set(sys.modules)))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "[]"
+
+    missing = subprocess.run(
+        [sys.executable, "-m", "edgefleet", "agent", "run", "--config", str(tmp_path / "none.toml")],
+        capture_output=True,
+        text=True,
+    )
+    assert missing.returncode == ExitCode.CONFIG_INVALID and missing.stderr.startswith("error: ")
+    usage = subprocess.run([sys.executable, "-m", "edgefleet", "agent", "run"], capture_output=True, text=True)
+    assert usage.returncode == ExitCode.USAGE and "--config" in usage.stderr
+    # --help still goes through the full CLI.
+    helped = subprocess.run(
+        [sys.executable, "-m", "edgefleet", "agent", "run", "--help"], capture_output=True, text=True
+    )
+    assert helped.returncode == 0 and "SIGHUP" in helped.stdout
