@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol, cast
 
-from flwr.app import ArrayRecord, ConfigRecord, Message
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message
 from flwr.serverapp.grid import Grid
 from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, Strategy
 
@@ -22,7 +22,7 @@ from federated.client_app import BUDGET_EXHAUSTED
 from federated.privacy import central_epsilon
 from federated.spec import CampaignSpec
 
-__all__ = ["CampaignObserver", "CampaignOutcome", "RoundRecord", "run_rounds"]
+__all__ = ["CampaignObserver", "CampaignOutcome", "RoundRecord", "moving_average", "run_rounds"]
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,7 @@ def run_rounds(
 ) -> CampaignOutcome:
     observer = observer or _Quiet()
     arrays = initial
+    average = initial  # what the campaign yields: ``arrays`` itself unless spec.server_ema is set
     outcome = CampaignOutcome("completed", arrays, [])
     if evaluate_fn is not None:
         outcome.initial_evaluation = evaluate_fn(0, arrays)
@@ -111,10 +112,11 @@ def run_rounds(
         new_arrays = _one_round(grid, strategy, spec, arrays, server_round, campaign_id, record, central)
         if new_arrays is not None:
             arrays = new_arrays
+            average = moving_average(average, arrays, spec.server_ema) if spec.server_ema else arrays
             record.status = "ok"
             failed_in_a_row = 0
             if evaluate_fn is not None:
-                record.evaluation = evaluate_fn(server_round, arrays)
+                record.evaluation = evaluate_fn(server_round, average)
             if central:
                 releases += 1
                 record.central_epsilon = outcome.central_epsilon = _central_epsilon(spec, releases)
@@ -131,8 +133,17 @@ def run_rounds(
         if record.status == "failed" and _all_budget_declines(record):
             outcome.status, outcome.reason = "budget_exhausted", record.reason
             break
-    outcome.arrays = arrays
+    outcome.arrays = average
     return outcome
+
+
+def moving_average(average: ArrayRecord, latest: ArrayRecord, decay: float) -> ArrayRecord:
+    """decay * average + (1 - decay) * latest, array by array, in each array's own dtype."""
+    blended = {}
+    for key, array in latest.items():
+        new = array.numpy()
+        blended[key] = Array((decay * average[key].numpy() + (1.0 - decay) * new).astype(new.dtype, copy=False))
+    return ArrayRecord(blended)
 
 
 def _central_epsilon(spec: CampaignSpec, releases: int) -> float:

@@ -73,6 +73,14 @@ class CampaignSpec(BaseModel):
     batch_size: int = Field(default=32, ge=1, description="Expected local batch size (Poisson for DP).")
     learning_rate: float = Field(default=0.05, gt=0, description="Local SGD step.")
     momentum: float = Field(default=0.0, ge=0, lt=1, description="Local SGD momentum.")
+    server_ema: float = Field(
+        default=0.0,
+        ge=0,
+        lt=1,
+        description="Keep an exponential moving average of the global models with this decay; evaluations and "
+        "the result use the average, clients keep training from the latest aggregate. It only post-processes "
+        "what the rounds released, so it spends no privacy; it smooths the noise of DP rounds. 0: off.",
+    )
     privacy: PrivacySpec | None = Field(default=None, description="Differential privacy; none means no guarantee.")
     validation_data: str | None = Field(
         default=None,

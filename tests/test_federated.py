@@ -20,11 +20,11 @@ from federated.errors import BudgetExhausted, LocalDataError
 from federated.inprocess import InProcessGrid, InProcessNode
 from federated.models import build_model
 from federated.privacy import PrivacyLedger, central_epsilon, epsilon_of
-from federated.rounds import run_rounds
+from federated.rounds import moving_average, run_rounds
 from federated.spec import CampaignSpec
 from federated.strategies import build_strategy
 from federated.training import LocalData, TrainConfig, evaluate, train
-from federated.weights import arrays_to_model, model_to_arrays
+from federated.weights import arrays_to_model, load_onnx_weights, model_to_arrays
 
 
 @pytest.fixture(scope="module")
@@ -215,6 +215,72 @@ def test_every_strategy_trains_the_model(tmp_path: Path, stores: list[Path], dig
     assert [r.status for r in outcome.rounds] == ["ok"] * 4
     assert {p["device"] for p in outcome.rounds[0].participants} == {f"dev-{i}" for i in range(4)}
     assert outcome.rounds[-1].evaluation["accuracy"] > outcome.initial_evaluation["accuracy"] + 0.15
+
+
+def test_server_ema_yields_the_average_of_the_released_models(tmp_path: Path, stores: list[Path], digits) -> None:  # type: ignore[no-untyped-def]
+    spec = CampaignSpec(model="digits", rounds=3, min_clients=4, max_clients=4, learning_rate=0.1, server_ema=0.5)
+    strategy = build_strategy(spec)
+    released, evaluated = [], []
+    aggregate = strategy.aggregate_train
+
+    def recording_aggregate(server_round, replies):  # type: ignore[no-untyped-def]
+        arrays, metrics = aggregate(server_round, replies)
+        released.append(arrays)
+        return arrays, metrics
+
+    def recording_evaluate(server_round: int, arrays) -> dict[str, float]:  # type: ignore[no-untyped-def]
+        evaluated.append(arrays)
+        return _evaluator(digits)(server_round, arrays)
+
+    strategy.aggregate_train = recording_aggregate  # type: ignore[method-assign]
+    initial = model_to_arrays(build_model("mlp"))
+    grid = InProcessGrid(_nodes(stores, tmp_path))
+    try:
+        outcome = run_rounds(grid, strategy, spec, initial, campaign_id="ema", evaluate_fn=recording_evaluate)
+    finally:
+        grid.close()
+    assert outcome.status == "completed" and len(released) == 3
+    expected = initial
+    for i, arrays in enumerate(released):
+        expected = moving_average(expected, arrays, 0.5)
+        # Every evaluation and the result are of the average, never of the latest aggregate alone.
+        for key in expected:
+            np.testing.assert_allclose(evaluated[i + 1][key].numpy(), expected[key].numpy(), rtol=1e-6)
+    for key in expected:
+        np.testing.assert_allclose(outcome.arrays[key].numpy(), expected[key].numpy(), rtol=1e-6)
+        assert not np.allclose(outcome.arrays[key].numpy(), released[-1][key].numpy())
+
+
+def test_moving_average_keeps_each_arrays_dtype() -> None:
+    from flwr.app import Array, ArrayRecord
+
+    old = ArrayRecord({"w": Array(np.zeros(3, np.float32)), "n": Array(np.array([10], np.int64))})
+    new = ArrayRecord({"w": Array(np.ones(3, np.float32)), "n": Array(np.array([20], np.int64))})
+    blended = moving_average(old, new, 0.75)
+    assert blended["w"].numpy().tolist() == [0.25] * 3 and blended["w"].numpy().dtype == np.float32
+    assert blended["n"].numpy().tolist() == [12] and blended["n"].numpy().dtype == np.int64
+
+
+def test_standardized_mlp_ignores_each_samples_scale_and_exports_to_onnx(tmp_path: Path, digits) -> None:  # type: ignore[no-untyped-def]
+    import onnxruntime as ort
+
+    from compression.export import export_onnx
+
+    model = build_model("mlp", {"sizes": [64, 10], "standardize": True})
+    # The same weight names as the plain architecture: a base bundle's weights load by name.
+    assert list(model.state_dict()) == list(build_model("mlp", {"sizes": [64, 10]}).state_dict())
+    x = torch.from_numpy(digits.x_test[:32].astype(np.float32))
+    with torch.no_grad():
+        out = model(x)
+        # Each row on its own scale: a brighter or offset image gives the same logits; no data statistic is used.
+        torch.testing.assert_close(model(3 * x + 5), out, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(model(x[:1]), out[:1], rtol=1e-5, atol=1e-5)
+    path = export_onnx(model, x[:1], tmp_path / "std.onnx")
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
+    np.testing.assert_allclose(got, out.numpy(), rtol=1e-4, atol=1e-5)
+    reloaded = load_onnx_weights(build_model("mlp", {"sizes": [64, 10], "standardize": True}), path)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(x), out)
 
 
 def test_dropouts_and_slow_devices_never_hang_a_round(tmp_path: Path, stores: list[Path]) -> None:
