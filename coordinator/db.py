@@ -23,6 +23,7 @@ from coordinator.rollups import (
     ROLLUP_SCHEMA,
     Resolution,
     RollupBatch,
+    backfill_rollups,
     bucket_start,
     fleet_rollup_sql,
     rollup_table,
@@ -38,7 +39,7 @@ def _now() -> str:
 
 
 class FleetDB:
-    SCHEMA_VERSION = 7  # the number of migrations in _migrate
+    SCHEMA_VERSION = 8  # the number of migrations in _migrate
 
     def __init__(self, path: Path | str) -> None:
         conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
@@ -52,7 +53,7 @@ class FleetDB:
         """Apply, in order, every schema migration newer than the file's ``user_version``."""
         migrations = [
             self._schema_1, self._schema_2, self._schema_3, self._schema_4, self._schema_5, self._schema_6,
-            self._schema_7,
+            self._schema_7, self._schema_8,
         ]  # fmt: skip
         assert len(migrations) == self.SCHEMA_VERSION
         with self.locked() as db:
@@ -68,6 +69,12 @@ class FleetDB:
                 # idempotent: one interrupted half way simply runs again at the next start.
                 migration(db)
                 db.execute(f"pragma user_version = {version}")
+
+    @staticmethod
+    def _schema_8(db: sqlite_utils.Database) -> None:
+        """Rollups for the raw telemetry stored before schema 4 kept them, in one transaction that a
+        rerun cannot count twice (see ``backfill_rollups``)."""
+        backfill_rollups(db.conn)
 
     @staticmethod
     def _schema_7(db: sqlite_utils.Database) -> None:

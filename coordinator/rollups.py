@@ -14,7 +14,7 @@ import sqlite3
 import threading
 from collections import Counter
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, get_origin
 
 from protocol.messages import Telemetry
 
@@ -30,6 +30,7 @@ __all__ = [
     "Resolution",
     "RollupBatch",
     "TelemetryPruner",
+    "backfill_rollups",
     "bucket_start",
     "fleet_rollup_sql",
     "rollup_table",
@@ -222,6 +223,88 @@ class RollupBatch:
             ]
             if rows:
                 conn.executemany(sql, rows)
+
+
+# Stored as JSON text, like every list and dict of a report.
+_JSON_FIELDS = frozenset(n for n, f in Telemetry.model_fields.items() if get_origin(f.annotation) in (list, dict))
+# NULL in a column of the report means the column came after the row (the model's default applies), but a
+# row without these was never a report: leaving them to their default factories would invent them.
+_NOT_DEFAULTED = frozenset({"message_id", "sent_at"})
+
+
+def _report_from_row(row: dict[str, Any]) -> tuple[Telemetry, datetime]:
+    """A raw telemetry row as the report it was stored from, and its arrival; ValueError or TypeError if not one."""
+    received_at = datetime.fromisoformat(row.pop("received_at"))
+    fields = {
+        name: json.loads(value) if name in _JSON_FIELDS and isinstance(value, str) else value
+        for name, value in row.items()
+        if value is not None or name in _NOT_DEFAULTED
+    }
+    return Telemetry.model_validate(fields), received_at if received_at.tzinfo else received_at.replace(tzinfo=UTC)
+
+
+def backfill_rollups(conn: sqlite3.Connection, *, chunk: int = 5000) -> int:
+    """Fold into the rollups the raw telemetry no rollup covers yet; return how many reports were folded in.
+
+    Rollups are kept at ingest since schema 4, so the rows an older coordinator stored have none. A
+    device's rows not covered are those received before its earliest minute bucket (before its earliest
+    hour bucket where retention has left it no minutes; all its rows where it has no bucket at all): a
+    report folded in at ingest lands in the minute of ``min(sent_at, received_at)``, never after it
+    arrived, so no covered row was received before that bucket. The uncovered rows are read back as
+    reports ``chunk`` at a time and folded in by ``RollupBatch``, exactly as at ingest; being older,
+    they make minute buckets only before the earliest existing one (an hour may be shared with it).
+
+    Safe to re-run: the whole backfill is one transaction, so one interrupted leaves nothing behind,
+    and once committed every row it folded in was received at or after the new earliest bucket, so
+    running it again finds nothing to add. The price of that rule: a report stored before the upgrade
+    but received after the device's earliest bucket (an outbox replay that arrived sent long before)
+    stays out of the rollups, never in them twice. Rows that are not valid reports are skipped and
+    counted in one warning.
+    """
+    columns = {row[1] for row in conn.execute("pragma table_info(telemetry)")}
+    names = [n for n in Telemetry.model_fields if n in columns and n != "schema_version"] + ["received_at"]
+    select = (
+        f"select t.rowid, {', '.join(f't.{n}' for n in names)} from telemetry t"
+        " left join temp.rollup_backfill_cutoff c on c.device_id = t.device_id"
+        " where t.rowid > ? and (c.first is null or t.received_at < c.first or t.received_at is null)"
+        " order by t.rowid limit ?"
+    )
+    folded, skipped, first_problem = 0, 0, ""
+    conn.execute("begin immediate")
+    try:
+        # Fixed before the first write: the buckets this backfill makes must not move the cutoffs.
+        conn.execute("create temp table rollup_backfill_cutoff (device_id text primary key, first text)")
+        for resolution in RESOLUTIONS:  # minutes first: a device's hours count only where it has no minutes
+            conn.execute(
+                "insert or ignore into temp.rollup_backfill_cutoff"
+                f" select device_id, min(bucket_start) from {rollup_table(resolution)} group by device_id"
+            )
+        after = 0
+        while rows := conn.execute(select, [after, chunk]).fetchall():
+            after = rows[-1][0]
+            batch = RollupBatch()
+            for _, *values in rows:
+                try:
+                    message, received_at = _report_from_row(dict(zip(names, values, strict=True)))
+                except (ValueError, TypeError) as exc:  # pydantic's and json's errors are ValueErrors
+                    skipped += 1
+                    first_problem = first_problem or f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+                    continue
+                batch.add(message, received_at)
+                folded += 1
+            batch.write(conn)
+        conn.execute("drop table temp.rollup_backfill_cutoff")
+        conn.execute("commit")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("rollback")
+        raise
+    if folded:
+        log.info("telemetry rollups backfilled from %d raw reports stored before rollups existed", folded)
+    if skipped:
+        log.warning("rollup backfill skipped %d raw telemetry rows that are not valid reports (the first: %s)",
+                    skipped, first_problem)  # fmt: skip
+    return folded
 
 
 def rollup_view(row: dict[str, Any]) -> dict[str, Any]:
