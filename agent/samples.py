@@ -26,8 +26,15 @@ def pack_arrays(arrays: dict[str, np.ndarray]) -> bytes:
     return buffer.getvalue()
 
 
+# numpy reads each array's header with ast.literal_eval, and CPython 3.11's AST validation keeps its
+# recursion depth in interpreter-wide state: two threads parsing at once can fail with "SystemError:
+# AST constructor recursion depth mismatch" (seen when in-process campaign clients read their
+# samples in parallel while others train). Decoding is brief, so it is done one thread at a time.
+_DECODE_LOCK = threading.Lock()
+
+
 def unpack_arrays(data: bytes) -> dict[str, np.ndarray]:
-    with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+    with _DECODE_LOCK, np.load(io.BytesIO(data), allow_pickle=False) as archive:
         return {name: archive[name] for name in archive.files}
 
 

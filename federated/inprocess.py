@@ -124,6 +124,6 @@ class InProcessGrid(Grid):
         try:
             return self._apps[node_id](message, self._contexts[node_id])
         except Exception as exc:  # a ClientApp that raises answers with an error, as on a SuperNode
-            log.warning("node %d: ClientApp raised %s: %s", node_id, type(exc).__name__, exc)
+            log.warning("node %d: ClientApp raised %s: %s", node_id, type(exc).__name__, exc, exc_info=exc)
             error = Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=f"{type(exc).__name__}: {exc}")
             return Message(error=error, reply_to=message)
