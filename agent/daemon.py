@@ -290,6 +290,7 @@ class Agent:
             rejected_messages=self.link.rejected,
             training_samples=self.samples.count(),
             campaign=self.federated.campaign_id,
+            supernode_public_key=self.federated.supernode_public_key,
             started_at=self.started_at,
         )
 

@@ -4,7 +4,9 @@ The coordinator's retained campaign assignment names the campaign and its SuperL
 starts `flower-supernode` with a node config pointing at its labelled samples and a per-campaign
 state dir (where the privacy ledger lives), restarts it within a budget if it dies, and stops it
 when the assignment is withdrawn or the agent stops. Flower is an optional extra: without it the
-agent says so in its reported error instead of failing.
+agent says so in its reported error instead of failing. The device's SuperNode key (`agent.node_key`)
+is made when federated campaigns are on; its public key goes into the reported state, and a SuperNode
+for a SuperLink that authenticates nodes is started with it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from agent.config import FederatedConfig
+from agent.node_key import NodeKey, load_or_create_node_key
 from protocol.messages import CampaignAssignment
 
 if TYPE_CHECKING:
@@ -39,6 +42,17 @@ class FederatedParticipant:
         self._restarts = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="federated", daemon=True)
+        self.node_key: NodeKey | None = None
+        if config.enabled:
+            try:
+                self.node_key = load_or_create_node_key(data_dir)
+            except OSError as exc:  # the agent still serves; a campaign that needs the key says why it can't start
+                log.error("no SuperNode authentication key in %s: %s", data_dir, exc)
+
+    @property
+    def supernode_public_key(self) -> str | None:
+        """PEM public key of the SuperNode key, for the reported state; None when campaigns are off."""
+        return self.node_key.public_pem if self.node_key else None
 
     @property
     def campaign_id(self) -> str | None:
@@ -100,13 +114,22 @@ class FederatedParticipant:
             "samples-db": str(self.samples_path),
             "state-dir": str(self.data_dir / "federated" / "privacy"),
         }
+        auth_key = None
+        if self._wanted.node_auth:
+            if self.node_key is None:
+                self.last_error = (
+                    f"campaign {campaign_id}: the SuperLink authenticates nodes and this device has no SuperNode key"
+                )
+                log.error("%s", self.last_error)
+                return
+            auth_key = self.node_key.path
         ca = None
         if self._wanted.root_certificate:  # TLS: verify the SuperLink against the CA the coordinator sent
             work.mkdir(parents=True, exist_ok=True)
             ca = work / "superlink-ca.pem"
             ca.write_text(self._wanted.root_certificate)
         node = SuperNodeProcess(
-            self._wanted.superlink, node_config, work, root_certificates=ca,
+            self._wanted.superlink, node_config, work, root_certificates=ca, auth_private_key=auth_key,
             startup_timeout_s=self.config.startup_timeout_s,
         )  # fmt: skip
         try:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from coordinator.campaigns import CampaignRun
 from federated.client_app import app as client_app
-from federated.flower_processes import TlsFiles
+from federated.flower_processes import SuperLinkProcess, TlsFiles
 from federated.inprocess import InProcessGrid, InProcessNode
 from federated.rounds import CampaignOutcome, run_rounds
 from federated.strategies import build_strategy
@@ -56,6 +56,10 @@ class DeploymentEngine:
 
     ``notify(assignment)`` delivers a device's campaign assignment (the coordinator's MQTT link);
     ``advertise_host`` is the address devices reach the SuperLink at.
+
+    With ``tls`` the SuperLink also authenticates SuperNodes (``node_auth``): before the assignments go
+    out, the public key each selected device reported is registered with it, and a SuperNode with any
+    other key is refused. Flower allows node authentication only over TLS.
     """
 
     def __init__(
@@ -70,29 +74,47 @@ class DeploymentEngine:
         run_margin_s: float = 300.0,
     ) -> None:
         self.tls = tls
+        self.node_auth = tls is not None
         self.work_root, self.fleet_db, self.notify = work_root, fleet_db, notify
         self.bind_host, self.advertise_host, self.run_margin_s = bind_host, advertise_host, run_margin_s
+        if not self.node_auth:
+            log.warning(
+                "campaign SuperLinks run without TLS, so without SuperNode authentication (Flower allows it only "
+                "over TLS): any SuperNode that reaches one can join; set [campaigns] superlink_certfile, "
+                "superlink_keyfile and superlink_ca_file to authenticate them"
+            )
 
     def run(self, run: CampaignRun) -> CampaignOutcome:
         from federated.deployment import submit_run
-        from federated.flower_processes import SuperLinkProcess
         from federated.server_app import APP_DIR, load_outcome, write_arrays
 
         spec = run.spec
         work = self.work_root / run.campaign_id
         work.mkdir(parents=True, exist_ok=True)
         write_arrays(work / "initial.npz", run.initial)
-        link = SuperLinkProcess(work / "superlink", host=self.bind_host, tls=self.tls).start()
+        link = SuperLinkProcess(work / "superlink", host=self.bind_host, tls=self.tls, node_auth=self.node_auth)
+        link.start()
         ca = link.root_certificates
         try:
+            if not self.node_auth:
+                log.info("campaign %s: SuperLink without TLS: no SuperNode authentication", run.campaign_id)
+            devices, refused = self._register_nodes(run, link) if self.node_auth else (list(run.devices), {})
+            if len(devices) < spec.min_clients:
+                detail = "; ".join(f"{d}: {why}" for d, why in refused.items())
+                reason = (
+                    f"{len(devices)} of {len(run.devices)} devices could be registered with the campaign's "
+                    f"SuperLink, the campaign needs {spec.min_clients} ({detail})"
+                )
+                return CampaignOutcome("failed", run.initial, [], reason=reason)
             address = f"{self.advertise_host or link.addresses.fleet.rsplit(':', 1)[0]}:{link.port}"
-            for device_id in run.devices:
+            for device_id in devices:
                 self.notify(
                     CampaignAssignment(
                         device_id=device_id,
                         campaign_id=run.campaign_id,
                         superlink=address,
                         root_certificate=ca.decode() if ca else None,
+                        node_auth=self.node_auth,
                     )
                 )
             budget = spec.rounds * (spec.round_timeout_s + spec.node_wait_s) + self.run_margin_s
@@ -105,6 +127,35 @@ class DeploymentEngine:
                 return CampaignOutcome("failed", run.initial, [], reason=reason)
             return load_outcome(work)
         finally:
+            # Every selected device, registered or not: a retained assignment from an earlier attempt may stand.
             for device_id in run.devices:
                 self.notify(CampaignAssignment(device_id=device_id))
             link.stop()
+
+    def _register_nodes(self, run: CampaignRun, link: SuperLinkProcess) -> tuple[list[str], dict[str, str]]:
+        """Register each device's reported SuperNode key with the SuperLink: the devices that could be,
+        and why each other could not."""
+        from federated.deployment import register_node
+        from federated.flower_processes import DeploymentError
+
+        assert link.root_certificates is not None  # node_auth implies TLS
+        registered: list[str] = []
+        refused: dict[str, str] = {}
+        for device_id in run.devices:
+            key = run.node_keys.get(device_id)
+            if not key:
+                refused[device_id] = "reported no SuperNode public key"
+            else:
+                try:
+                    node_id = register_node(link.addresses.control, key.encode(), link.root_certificates,
+                                            name=device_id)  # fmt: skip
+                except DeploymentError as exc:
+                    # e.g. a key already registered: two devices cloned from one data dir share it.
+                    refused[device_id] = f"the SuperLink refused its SuperNode key: {exc.reason}"
+                else:
+                    log.info("campaign %s: registered %s's SuperNode key (node %d)", run.campaign_id, device_id,
+                             node_id)  # fmt: skip
+                    registered.append(device_id)
+                    continue
+            log.warning("campaign %s: %s is left out: %s", run.campaign_id, device_id, refused[device_id])
+        return registered, refused

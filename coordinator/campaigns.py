@@ -36,15 +36,23 @@ log = logging.getLogger(__name__)
 
 
 class CampaignRun:
-    """What an engine needs to run one campaign's rounds."""
+    """What an engine needs to run one campaign's rounds.
+
+    ``node_keys``: each device's reported SuperNode public key (PEM), for an engine that authenticates nodes.
+    """
 
     def __init__(self, campaign_id: str, spec: CampaignSpec, devices: list[str], initial: ArrayRecord,
-                 evaluate_fn: EvaluateFn | None, observer: _Observer) -> None:  # fmt: skip
+                 evaluate_fn: EvaluateFn | None, observer: _Observer,
+                 node_keys: dict[str, str] | None = None) -> None:  # fmt: skip
         self.campaign_id, self.spec, self.devices = campaign_id, spec, devices
         self.initial, self.evaluate_fn, self.observer = initial, evaluate_fn, observer
+        self.node_keys = node_keys or {}
 
 
 class CampaignEngine(Protocol):
+    """Runs a campaign's rounds. An engine with a true ``node_auth`` attribute admits only devices that
+    reported a SuperNode public key (``ReportedState.supernode_public_key``); the others are skipped."""
+
     def run(self, run: CampaignRun) -> CampaignOutcome: ...
 
 
@@ -105,12 +113,16 @@ class CampaignManager:
             raise Conflict(f"{len(devices)} eligible devices, the campaign needs {spec.min_clients} ({detail})")
         base = load_base(spec, self.models, self.registry)
         run = CampaignRun(campaign_id, spec, devices, initial_arrays(spec, base), validation_evaluator(spec),
-                          _Observer(self.store, campaign_id, self._stop))  # fmt: skip
+                          _Observer(self.store, campaign_id, self._stop),
+                          node_keys=self._node_keys(devices))  # fmt: skip
         row = self.store.update(campaign_id, status="running", devices=devices, started_at=_now())
+        if skipped:
+            log.info("campaign %s: starts with %s; skipped %s", campaign_id, devices,
+                     "; ".join(f"{d}: {why}" for d, why in skipped.items()))  # fmt: skip
         thread = threading.Thread(target=self._run, args=(run, base), name=f"campaign-{campaign_id}", daemon=True)
         self._threads[campaign_id] = thread
         thread.start()
-        return row
+        return row | {"skipped": skipped}
 
     def abort(self, campaign_id: str) -> dict[str, Any]:
         row = self.store.get(campaign_id)
@@ -164,9 +176,29 @@ class CampaignManager:
                 skipped[device_id] = f"not healthy (status {device.get('status')})"
             elif samples < spec.min_samples:
                 skipped[device_id] = f"{samples} labelled samples, the campaign needs {spec.min_samples}"
+            elif self._node_auth and not reported.get("supernode_public_key"):
+                skipped[device_id] = (
+                    "reported no SuperNode public key (federated campaigns off, or an agent too old for node "
+                    "authentication), and the campaign's SuperLink admits only registered SuperNodes"
+                )
             else:
                 chosen.append(device_id)
         return chosen, skipped
+
+    @property
+    def _node_auth(self) -> bool:
+        return bool(getattr(self.engine, "node_auth", False))
+
+    def _node_keys(self, device_ids: list[str]) -> dict[str, str]:
+        """The SuperNode public keys the chosen devices last reported (from the stored ReportedState)."""
+        if not self._node_auth:
+            return {}
+        wanted = set(device_ids)
+        return {
+            device["device_id"]: key
+            for device in self.db.devices()
+            if device["device_id"] in wanted and (key := (device.get("reported") or {}).get("supernode_public_key"))
+        }
 
     # -- the campaign thread ---------------------------------------------------------------
     def _run(self, run: CampaignRun, base: BaseVersion) -> None:

@@ -129,7 +129,11 @@ class CampaignsConfig(BaseModel):
     superlink_advertise_host: str | None = Field(
         default=None, description="Address devices reach the SuperLinks at; default: the bind address."
     )
-    superlink_certfile: Path | None = Field(default=None, description="TLS certificate (PEM) of the SuperLinks.")
+    superlink_certfile: Path | None = Field(
+        default=None,
+        description="TLS certificate (PEM) of the SuperLinks. With TLS they also authenticate SuperNodes: only "
+        "the keys the selected devices reported are registered, and devices that reported none are skipped.",
+    )
     superlink_keyfile: Path | None = Field(default=None, description="Its private key (PEM).")
     superlink_ca_file: Path | None = Field(
         default=None, description="CA (PEM) that signed it; handed to devices, which then refuse any other SuperLink."

@@ -1,4 +1,4 @@
-"""Submitting a Flower App run to a SuperLink and waiting for its end.
+"""Submitting a Flower App run to a SuperLink and waiting for its end; registering SuperNode keys.
 
 `flwr run` is not used: the `flwr` CLI fails at start-up with typer 0.15.4 (amqtt pins it; flwr
 declares typer>=0.13 but its `--format` option is a `Literal`, which that typer cannot build). Runs
@@ -14,7 +14,8 @@ import hashlib
 import logging
 import time
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from federated.flower_processes import (
     strip_ansi,
 )
 
-__all__ = ["RunResult", "submit_run"]
+__all__ = ["RunResult", "register_node", "submit_run"]
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +102,6 @@ def submit_run(
     RunTimeoutError (after asking the SuperLink to stop the run) when it does not finish in time,
     DeploymentError when the SuperLink refuses the run or cannot be reached.
     """
-    import httpx
     from flwr.common.serde import fab_to_proto, user_config_to_proto
     from flwr.proto.control_pb2 import ListRunsRequest, StartRunRequest, StopRunRequest, StreamLogsRequest
     from flwr.supercore.fab import Fab
@@ -117,39 +117,71 @@ def submit_run(
         return strip_ansi("".join(chunks))
 
     started = time.monotonic()
-    try:
-        with control_client(superlink_control_address, root_certificates) as client:
-            response = client.StartRun(
-                StartRunRequest(
-                    fab=fab_to_proto(Fab(fab_hash, fab_bytes, {})),
-                    override_config=user_config_to_proto(overrides),
-                    federation="",
-                )
+    with _control_errors(component), control_client(superlink_control_address, root_certificates) as client:
+        response = client.StartRun(
+            StartRunRequest(
+                fab=fab_to_proto(Fab(fab_hash, fab_bytes, {})),
+                override_config=user_config_to_proto(overrides),
+                federation="",
             )
-            if not response.HasField("run_id"):
-                note = response.note if response.HasField("note") else "no reason given"
-                raise DeploymentError(component, f"refused to start a run of {fab_name}: {note}")
-            run_id = int(response.run_id)
-            logger.info("run %d of %s started (overrides %s)", run_id, fab_name, overrides)
+        )
+        if not response.HasField("run_id"):
+            note = response.note if response.HasField("note") else "no reason given"
+            raise DeploymentError(component, f"refused to start a run of {fab_name}: {note}")
+        run_id = int(response.run_id)
+        logger.info("run %d of %s started (overrides %s)", run_id, fab_name, overrides)
 
-            deadline = started + timeout_s
-            while True:
-                run = client.ListRuns(ListRunsRequest(run_id=run_id)).run_dict[run_id]
-                if run.status.status == _FINISHED:
-                    break
-                if time.monotonic() > deadline:
-                    client.StopRun(StopRunRequest(run_id=run_id))
-                    raise RunTimeoutError(run_id, timeout_s, fetch_log(run_id)[-_LOG_TAIL_CHARS:])
-                time.sleep(_POLL_S)
-            result = RunResult(
-                run_id=run_id,
-                status=run.status.status,
-                sub_status=run.status.sub_status,
-                details=run.status.details,
-                log=fetch_log(run_id),
-                elapsed_s=time.monotonic() - started,
-                run_config=overrides,
-            )
+        deadline = started + timeout_s
+        while True:
+            run = client.ListRuns(ListRunsRequest(run_id=run_id)).run_dict[run_id]
+            if run.status.status == _FINISHED:
+                break
+            if time.monotonic() > deadline:
+                client.StopRun(StopRunRequest(run_id=run_id))
+                raise RunTimeoutError(run_id, timeout_s, fetch_log(run_id)[-_LOG_TAIL_CHARS:])
+            time.sleep(_POLL_S)
+        result = RunResult(
+            run_id=run_id,
+            status=run.status.status,
+            sub_status=run.status.sub_status,
+            details=run.status.details,
+            log=fetch_log(run_id),
+            elapsed_s=time.monotonic() - started,
+            run_config=overrides,
+        )
+    log_fn = logger.info if result.succeeded else logger.warning
+    log_fn("run %d %s:%s after %.1f s %s", run_id, result.status, result.sub_status, result.elapsed_s, result.details)
+    return result
+
+
+def register_node(
+    superlink_control_address: str, public_key_pem: bytes, root_certificates: bytes, name: str | None = None
+) -> int:
+    """Register a SuperNode's public key (PEM SubjectPublicKeyInfo, NIST EC curve) with a SuperLink that
+    runs with `--enable-supernode-auth`, as `flwr supernode register` does; returns the node id.
+
+    Raises DeploymentError when the SuperLink refuses it (an invalid key, a key already registered)
+    or cannot be reached.
+    """
+    from flwr.proto.control_pb2 import RegisterNodeRequest
+
+    with (
+        _control_errors(f"superlink {superlink_control_address}"),
+        control_client(superlink_control_address, root_certificates) as client,
+    ):
+        response = client.RegisterNode(RegisterNodeRequest(public_key=public_key_pem, name=name))
+    if not response.node_id:
+        raise DeploymentError(f"superlink {superlink_control_address}", "RegisterNode returned no node id")
+    return int(response.node_id)
+
+
+@contextmanager
+def _control_errors(component: str) -> Iterator[None]:
+    """Turn the Control API client's failures into DeploymentError with what the SuperLink answered."""
+    import httpx
+
+    try:
+        yield
     except httpx.HTTPStatusError as err:
         detail = err.response.text[:_LOG_TAIL_CHARS]
         raise DeploymentError(
@@ -157,6 +189,3 @@ def submit_run(
         ) from err
     except (httpx.HTTPError, ValueError) as err:  # transport failure, or a payload that is not protobuf
         raise DeploymentError(component, f"Control API call failed: {type(err).__name__}: {err}") from err
-    log_fn = logger.info if result.succeeded else logger.warning
-    log_fn("run %d %s:%s after %.1f s %s", run_id, result.status, result.sub_status, result.elapsed_s, result.details)
-    return result

@@ -277,6 +277,9 @@ class SuperLinkAddresses:
 class SuperLinkProcess(_ChildProcess):
     """`flower-superlink --insecure` on a free loopback port, state in `workdir/state.db`.
 
+    With `tls` it serves HTTPS instead; with `node_auth` too (`--enable-supernode-auth`) it admits only
+    SuperNodes whose public key was registered first (`federated.deployment.register_node`).
+
     Example:
         with SuperLinkProcess(tmp_path / "superlink").start() as link:
             node = SuperNodeProcess(link.addresses.fleet, {"node-name": "a"}, tmp_path / "a").start()
@@ -291,13 +294,17 @@ class SuperLinkProcess(_ChildProcess):
         host: str = LOOPBACK,
         port: int | None = None,
         tls: TlsFiles | None = None,
+        node_auth: bool = False,
         startup_timeout_s: float = 30.0,
         stop_timeout_s: float = 10.0,
         extra_args: Iterable[str] = (),
     ) -> None:
         super().__init__(workdir, stop_timeout_s)
+        if node_auth and tls is None:
+            raise DeploymentError(self.component, "SuperNode authentication needs TLS (Flower refuses it otherwise)")
         self.host = host
         self.tls = tls
+        self.node_auth = node_auth
         self.port = port
         self.startup_timeout_s = startup_timeout_s
         self.extra_args = list(extra_args)
@@ -340,7 +347,8 @@ class SuperLinkProcess(_ChildProcess):
         if self.tls is None:
             return ["--insecure"]
         return ["--ssl-certfile", str(self.tls.certfile), "--ssl-keyfile", str(self.tls.keyfile),
-                "--ssl-ca-certfile", str(self.tls.ca_file)]  # fmt: skip
+                "--ssl-ca-certfile", str(self.tls.ca_file),
+                *(["--enable-supernode-auth"] if self.node_auth else [])]  # fmt: skip
 
     @property
     def root_certificates(self) -> bytes | None:
@@ -365,7 +373,8 @@ class SuperNodeProcess(_ChildProcess):
     """`flower-supernode --insecure` connected to a SuperLink, with its own node_config.
 
     Its Runtime API (where its SuperExec fetches work for `flwr-clientapp`) gets a free loopback port;
-    flwr 1.40 has no `--clientappio-api-address` any more.
+    flwr 1.40 has no `--clientappio-api-address` any more. `auth_private_key` (an OpenSSH-format EC key,
+    see `agent.node_key`) is for a SuperLink that authenticates nodes; it needs `root_certificates`.
     """
 
     component = "supernode"
@@ -377,15 +386,19 @@ class SuperNodeProcess(_ChildProcess):
         workdir: Path,
         *,
         root_certificates: Path | None = None,
+        auth_private_key: Path | None = None,
         port: int | None = None,
         startup_timeout_s: float = 30.0,
         stop_timeout_s: float = 10.0,
         extra_args: Iterable[str] = (),
     ) -> None:
         super().__init__(workdir, stop_timeout_s)
+        if auth_private_key is not None and root_certificates is None:
+            raise DeploymentError(self.component, "SuperNode authentication needs TLS (root_certificates)")
         self.superlink_fleet_address = superlink_fleet_address
         self.node_config = dict(node_config)
         self.root_certificates = root_certificates
+        self.auth_private_key = auth_private_key
         self._node_config_arg = format_node_config(self.node_config)  # fail before spawning
         self.port = port
         self.startup_timeout_s = startup_timeout_s
@@ -408,6 +421,7 @@ class SuperNodeProcess(_ChildProcess):
                 LOOPBACK,
                 "--port",
                 str(self.port),
+                *(["--auth-supernode-private-key", str(self.auth_private_key)] if self.auth_private_key else []),
                 *self.extra_args,
             ]
         )

@@ -16,6 +16,7 @@ __all__ = [
     "MAX_CHUNK_BYTES",
     "MAX_CONTROL_BYTES",
     "MAX_ERROR_KINDS",
+    "MAX_PUBLIC_KEY_CHARS",
     "Availability",
     "BundleRef",
     "CampaignAssignment",
@@ -39,6 +40,7 @@ MAX_CONTROL_BYTES = 64 * 1024  # any JSON message
 MAX_CHUNK_BYTES = 256 * 1024  # data in one chunk; well under Mosquitto's 2 MB and AWS IoT's 128 KB at default 64 KiB
 SHA256 = r"^[0-9a-f]{64}$"
 MAX_ERROR_KINDS = 16  # distinct error kinds in one telemetry window
+MAX_PUBLIC_KEY_CHARS = 1024  # a P-521 public key in PEM is ~270 characters
 ErrorKind = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 
 
@@ -100,11 +102,20 @@ class CampaignAssignment(Message):
     root_certificate: str | None = Field(
         default=None, max_length=16_384, description="PEM CA of the SuperLink's TLS; None: insecure (loopback/VPN)."
     )
+    node_auth: bool = Field(
+        default=False,
+        description="The SuperLink admits only SuperNodes whose key the coordinator registered: start the "
+        "SuperNode with the device's SuperNode key (the one in ReportedState.supernode_public_key). Needs TLS.",
+    )
 
     @model_validator(mode="after")
     def _complete(self) -> CampaignAssignment:
         if self.campaign_id is not None and self.superlink is None:
             raise ValueError("a campaign assignment needs the SuperLink address")
+        if self.node_auth and self.root_certificate is None:
+            raise ValueError(
+                "node_auth needs the SuperLink's root_certificate (Flower authenticates nodes over TLS only)"
+            )
         return self
 
 
@@ -130,6 +141,13 @@ class ReportedState(Message):
     rejected_messages: int = 0
     training_samples: int | None = Field(default=None, ge=0, description="Labelled samples stored for campaigns.")
     campaign: str | None = Field(default=None, description="Campaign whose SuperNode runs now, if any.")
+    supernode_public_key: str | None = Field(
+        default=None,
+        max_length=MAX_PUBLIC_KEY_CHARS,
+        pattern=r"^-----BEGIN PUBLIC KEY-----\r?\n[A-Za-z0-9+/=\r\n]+-----END PUBLIC KEY-----\r?\n?$",
+        description="PEM (SubjectPublicKeyInfo) EC public key of the device's SuperNode; the coordinator registers "
+        "it with a campaign's SuperLink when that SuperLink authenticates nodes. None: federated campaigns are off.",
+    )
     started_at: datetime
 
 

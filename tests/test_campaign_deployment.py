@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from typer.testing import CliRunner
 
 from agent.config import FederatedConfig
 from agent.federated_node import FederatedParticipant
+from agent.node_key import load_or_create_node_key
 from compression.digits import load_digits_data
 from coordinator.campaign_engines import DeploymentEngine
 from coordinator.campaigns import CampaignManager
@@ -23,10 +25,10 @@ from coordinator.registry import Registry
 from edgefleet.cli import app
 from edgefleet.fleet import LocalFleet, wait_until
 from federated.data import dirichlet_split, fill_sample_store
-from federated.flower_processes import TlsFiles
+from federated.flower_processes import DeploymentError, SuperNodeProcess, TlsFiles
 from federated.privacy import PrivacyLedger
 from federated.spec import CampaignSpec
-from protocol.messages import Availability, ReportedState
+from protocol.messages import Availability, CampaignAssignment, ReportedState
 from protocol.signing import load_trusted_keys
 from tests.conftest import DigitsModels, Keys, build
 from tests.test_dashboard import CHROMIUM, _chromium
@@ -38,7 +40,9 @@ runner = CliRunner()
 @pytest.mark.slow
 @pytest.mark.timeout(420)
 def test_campaign_runs_on_a_tls_superlink_with_two_supernodes(tmp_path: Path, keys: Keys, digits: DigitsModels) -> None:
-    # Prepare: registry with the base version, two online devices with samples, their participants
+    # Prepare: registry with the base version, two online devices with samples, their participants (each
+    # reports its SuperNode public key), a third device that reports no key, and an intruder SuperNode
+    # with a key nobody registered that tries to join the campaign's SuperLink
     data = load_digits_data()
     root = tmp_path / "coordinator"
     db = FleetDB(root / "fleet.db") if root.mkdir() is None else None
@@ -51,16 +55,41 @@ def test_campaign_runs_on_a_tls_superlink_with_two_supernodes(tmp_path: Path, ke
         samples = tmp_path / device / "samples.db"
         samples.parent.mkdir()
         fill_sample_store(samples, data.x_train[idx], data.y_train[idx], input_name="pixels")
-        db.record_reported(ReportedState(device_id=device, device_class="rpi5", agent_version="t", status="ready",
-                                         training_samples=len(idx), started_at=time.time()))  # type: ignore[arg-type]  # fmt: skip
-        db.record_availability(Availability(device_id=device, state="online"))
         participant = FederatedParticipant(device, tmp_path / device, samples, FederatedConfig(startup_timeout_s=60))
+        db.record_reported(ReportedState(device_id=device, device_class="rpi5", agent_version="t", status="ready",
+                                         training_samples=len(idx), started_at=time.time(),  # type: ignore[arg-type]
+                                         supernode_public_key=participant.supernode_public_key))  # fmt: skip
+        db.record_availability(Availability(device_id=device, state="online"))
         participant.start()
         participants[device] = participant
-    notified: list[tuple[str, str | None]] = []
+    db.record_reported(ReportedState(device_id="old", device_class="rpi5", agent_version="t", status="ready",
+                                     training_samples=500, started_at=time.time()))  # type: ignore[arg-type]  # fmt: skip
+    db.record_availability(Availability(device_id="old", state="online"))
+    notified: list[CampaignAssignment] = []
+    intruder_key = load_or_create_node_key(tmp_path / "intruder")
+    intruder: list[SuperNodeProcess] = []
+    intruder_errors: list[DeploymentError] = []
 
-    def notify(assignment):  # type: ignore[no-untyped-def]  # what the coordinator's MQTT link delivers
-        notified.append((assignment.device_id, assignment.campaign_id))
+    def intrude(assignment: CampaignAssignment) -> None:
+        assert assignment.superlink and assignment.root_certificate
+        ca = tmp_path / "intruder" / "ca.pem"
+        ca.write_text(assignment.root_certificate)
+        node = SuperNodeProcess(
+            assignment.superlink,
+            {"device-id": "intruder", "samples-db": str(tmp_path / "a" / "samples.db"),
+             "state-dir": str(tmp_path / "intruder" / "privacy")},
+            tmp_path / "intruder" / "node", root_certificates=ca, auth_private_key=intruder_key.path,
+        )  # fmt: skip
+        intruder.append(node)
+        try:
+            node.start()
+        except DeploymentError as exc:
+            intruder_errors.append(exc)
+
+    def notify(assignment: CampaignAssignment) -> None:  # what the coordinator's MQTT link delivers
+        if assignment.campaign_id and not notified:
+            threading.Thread(target=intrude, args=(assignment,), daemon=True).start()
+        notified.append(assignment)
         participants[assignment.device_id].assign(assignment)
 
     # The SuperLink speaks TLS; devices get its CA with the assignment and verify it.
@@ -73,25 +102,39 @@ def test_campaign_runs_on_a_tls_superlink_with_two_supernodes(tmp_path: Path, ke
         {
             "model": "digits", "base_version": "1.0", "architecture": "mlp",
             "architecture_args": {"sizes": [64, 32, 10]}, "input_name": "pixels", "rounds": 2, "min_clients": 2,
-            "max_clients": 2, "min_samples": 20, "node_wait_s": 90, "round_timeout_s": 120, "learning_rate": 0.1,
+            "max_clients": 3, "min_samples": 20, "node_wait_s": 90, "round_timeout_s": 120, "learning_rate": 0.1,
             "privacy": {"mode": "local", "noise_multiplier": 1.0, "max_epsilon": 10.0},
         }
     )  # fmt: skip
     try:
         # Execute
         campaign_id = manager.create(spec)["id"]
-        manager.start(campaign_id)
+        started = manager.start(campaign_id)
         result = manager.wait(campaign_id, timeout=360)
     finally:
         for participant in participants.values():
             participant.stop()
+        for node in intruder:
+            node.stop()
     # Assert
     assert result["status"] == "completed", result.get("reason")
     assert [r["status"] for r in result["history"]] == ["ok", "ok"]
-    assert {p["device"] for p in result["history"][0]["participants"]} == {"a", "b"}
+    # Only the registered nodes trained, in both rounds, though the rounds took up to 3 clients.
+    assert [{p["device"] for p in r["participants"]} for r in result["history"]] == [{"a", "b"}, {"a", "b"}]
+    assert started["devices"] == ["a", "b"] and "no SuperNode public key" in started["skipped"]["old"]
+    assert all(a.node_auth for a in notified if a.campaign_id)
+    # The SuperLink refused the intruder's unregistered key: its SuperNode gave up and said why.
+    assert len(intruder_errors) == 1 and "exited with code" in intruder_errors[0].reason, intruder_errors
+    assert "Failed to activate SuperNode" in intruder_errors[0].log_tail
+    assert intruder[0].node_id is None
     assert result["result_version"] == f"1.0+fl.{campaign_id}"
     assert result["privacy"]["mode"] == "local" and 0 < result["privacy"]["epsilon"] <= 10.0
-    assert ("a", campaign_id) in notified and ("a", None) in notified  # joined, then released
+    assert {(a.device_id, a.campaign_id) for a in notified} == {
+        ("a", campaign_id),
+        ("a", None),
+        ("b", campaign_id),
+        ("b", None),
+    }  # joined, then released; "old" never
     # Nodes were started with the CA from the assignment (no --insecure: TLS was verified end to end).
     assert (tmp_path / "a" / "federated" / campaign_id / "superlink-ca.pem").read_bytes() == ca_file.read_bytes()
     for device in ("a", "b"):
