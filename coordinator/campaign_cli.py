@@ -115,6 +115,9 @@ def list_campaigns(url: str = UrlOption, token: str | None = TokenOption, fmt: F
 def _round_line(record: dict[str, Any]) -> str:
     evaluation = record.get("evaluation") or {}
     accuracy = f" accuracy {evaluation['accuracy']:.3f}" if "accuracy" in evaluation else ""
+    on_devices = record.get("device_evaluation") or {}
+    if "accuracy" in on_devices:
+        accuracy += f" (on {on_devices['devices']:.0f} devices {on_devices['accuracy']:.3f})"
     epsilons = [p["epsilon"] for p in record.get("participants", []) if "epsilon" in p]
     epsilon = f" max epsilon {max(epsilons):.2f}" if epsilons else ""
     if record.get("central_epsilon") is not None:

@@ -21,11 +21,11 @@ from federated.models import build_model
 from federated.privacy import PrivacyLedger
 from federated.spec import CampaignSpec
 from federated.strategies import CENTRAL_WEIGHT_KEY, WEIGHT_KEY
-from federated.training import TrainConfig, train
+from federated.training import LocalData, TrainConfig, evaluate, train
 from federated.weights import arrays_to_model, model_to_arrays
 from protocol.errors import describe_errors
 
-__all__ = ["BAD_TASK", "BUDGET_EXHAUSTED", "NO_DATA", "app", "handle_train"]
+__all__ = ["BAD_TASK", "BUDGET_EXHAUSTED", "NO_DATA", "app", "handle_evaluate", "handle_train"]
 
 log = logging.getLogger(__name__)
 
@@ -37,22 +37,35 @@ BAD_TASK = 4003
 app = ClientApp()
 
 
-@app.train()
-def handle_train(msg: Message, context: Context) -> Message:
+def _task(msg: Message, device: str) -> tuple[str, CampaignSpec] | Message:
+    """The campaign id and spec a message carries, or the decline that says why it carries none."""
     config = msg.content["config"]
-    device = str(context.node_config.get("device-id", context.node_id))
     try:
-        campaign_id = str(config["campaign-id"])
-        spec = CampaignSpec.model_validate_json(str(config["campaign"]))
+        return str(config["campaign-id"]), CampaignSpec.model_validate_json(str(config["campaign"]))
     except (KeyError, ValidationError) as exc:
         reason = describe_errors(exc) if isinstance(exc, ValidationError) else f"missing {exc}"
         return _decline(msg, BAD_TASK, f"{device}: bad campaign task: {reason}")
+
+
+def _samples(context: Context, spec: CampaignSpec) -> LocalData:
+    samples = Path(str(context.node_config.get("samples-db", "samples.sqlite")))
+    data = load_samples(samples, input_name=spec.input_name, label_name=spec.label_name)
+    if len(data) < spec.min_samples:
+        raise LocalDataError(f"{len(data)} samples, the campaign needs at least {spec.min_samples}")
+    return data
+
+
+@app.train()
+def handle_train(msg: Message, context: Context) -> Message:
+    device = str(context.node_config.get("device-id", context.node_id))
+    task = _task(msg, device)
+    if isinstance(task, Message):
+        return task
+    campaign_id, spec = task
+    config = msg.content["config"]
     server_round = int(cast(int, config.get("server-round", 0)))
     try:
-        samples = Path(str(context.node_config.get("samples-db", "samples.sqlite")))
-        data = load_samples(samples, input_name=spec.input_name, label_name=spec.label_name)
-        if len(data) < spec.min_samples:
-            raise LocalDataError(f"{len(data)} samples, the campaign needs at least {spec.min_samples}")
+        data = _samples(context, spec)
         model = arrays_to_model(
             build_model(spec.architecture, spec.architecture_args), msg.content.array_records["arrays"]
         )
@@ -97,6 +110,33 @@ def handle_train(msg: Message, context: Context) -> Message:
             "client": ConfigRecord({"device-id": device}),
         }
     )
+    return Message(content, reply_to=msg)
+
+
+@app.evaluate()
+def handle_evaluate(msg: Message, context: Context) -> Message:
+    """Loss (and accuracy) of the global model on this device's samples; refused under DP, whose
+    guarantee does not cover statistics of the private samples."""
+    device = str(context.node_config.get("device-id", context.node_id))
+    task = _task(msg, device)
+    if isinstance(task, Message):
+        return task
+    campaign_id, spec = task
+    if spec.privacy is not None or not spec.device_evaluation:
+        return _decline(msg, BAD_TASK, f"{device}: campaign {campaign_id} does not allow evaluation on devices")
+    try:
+        data = _samples(context, spec)
+        model = arrays_to_model(
+            build_model(spec.architecture, spec.architecture_args), msg.content.array_records["arrays"]
+        )
+    except FederatedError as exc:
+        log.warning("campaign %s evaluation: %s", campaign_id, exc.reason)
+        return _decline(msg, NO_DATA if isinstance(exc, LocalDataError) else BAD_TASK, f"{device}: {exc.reason}")
+    loss, accuracy = evaluate(model, data, spec.loss)
+    metrics: dict[str, int | float | list[int] | list[float]] = {WEIGHT_KEY: len(data), "eval-loss": loss}
+    if accuracy is not None:
+        metrics["eval-accuracy"] = accuracy
+    content = RecordDict({"metrics": MetricRecord(metrics), "client": ConfigRecord({"device-id": device})})
     return Message(content, reply_to=msg)
 
 

@@ -14,13 +14,14 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol, cast
 
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp.grid import Grid
 from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, Strategy
 
 from federated.client_app import BUDGET_EXHAUSTED
 from federated.privacy import central_epsilon
 from federated.spec import CampaignSpec
+from federated.strategies import WEIGHT_KEY
 
 __all__ = ["CampaignObserver", "CampaignOutcome", "RoundRecord", "moving_average", "run_rounds"]
 
@@ -42,6 +43,8 @@ class RoundRecord:
     missing: int = 0  # sampled nodes that did not answer in time
     train_metrics: dict[str, float] = field(default_factory=dict)
     evaluation: dict[str, float] = field(default_factory=dict)
+    # spec.device_evaluation: the devices' own loss/accuracy, weighted by samples; "devices" answered
+    device_evaluation: dict[str, float] = field(default_factory=dict)
     central_epsilon: float | None = None
     reason: str = ""
 
@@ -117,6 +120,8 @@ def run_rounds(
             failed_in_a_row = 0
             if evaluate_fn is not None:
                 record.evaluation = evaluate_fn(server_round, average)
+            if spec.device_evaluation:
+                record.device_evaluation = _evaluate_on_devices(grid, spec, average, server_round, campaign_id)
             if central:
                 releases += 1
                 record.central_epsilon = outcome.central_epsilon = _central_epsilon(spec, releases)
@@ -224,6 +229,36 @@ def _one_round(
         return None
     record.train_metrics = {k: float(v) for k, v in dict(aggregated or {}).items() if isinstance(v, int | float)}
     return new_arrays
+
+
+def _evaluate_on_devices(
+    grid: Grid, spec: CampaignSpec, arrays: ArrayRecord, server_round: int, campaign_id: str
+) -> dict[str, float]:
+    """Send the global model to up to max_clients connected devices; their metrics weighted by samples.
+    Devices that decline or do not answer within the round timeout are left out, never waited for."""
+    nodes = list(grid.get_node_ids())[: spec.max_clients]
+    config = ConfigRecord(
+        {"campaign-id": campaign_id, "campaign": spec.model_dump_json(), "server-round": server_round}
+    )
+    messages = [
+        Message(RecordDict({"arrays": arrays, "config": config}), dst_node_id=node, message_type=MessageType.EVALUATE)
+        for node in nodes
+    ]
+    metrics = [
+        dict(reply.content["metrics"])
+        for reply in grid.send_and_receive(messages, timeout=spec.round_timeout_s)
+        if not reply.has_error()
+    ]
+    weights = [float(cast(float, m.get(WEIGHT_KEY, 0))) for m in metrics]
+    total = sum(weights)
+    if not total:
+        return {}
+    result = {"devices": float(len(metrics)), "examples": total}
+    for key in ("eval-loss", "eval-accuracy"):
+        if all(key in m for m in metrics):
+            name = key.removeprefix("eval-")
+            result[name] = sum(w * float(cast(float, m[key])) for w, m in zip(weights, metrics, strict=True)) / total
+    return result
 
 
 def _wait_for_nodes(grid: Grid, want: int, wait_s: float) -> list[int]:

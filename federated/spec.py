@@ -82,6 +82,12 @@ class CampaignSpec(BaseModel):
         "what the rounds released, so it spends no privacy; it smooths the noise of DP rounds. 0: off.",
     )
     privacy: PrivacySpec | None = Field(default=None, description="Differential privacy; none means no guarantee.")
+    device_evaluation: bool = Field(
+        default=False,
+        description="After every round the devices evaluate the global model on their own samples and report "
+        "loss and accuracy (their mean weighted by samples is recorded per round). The figures are computed on "
+        "private data and no DP guarantee covers them, so this is refused together with privacy.",
+    )
     validation_data: str | None = Field(
         default=None,
         description="An .npz on the coordinator with arrays named input_name (or 'input') and label_name: "
@@ -95,6 +101,11 @@ class CampaignSpec(BaseModel):
         if self.strategy == "krum" and self.min_clients < 2 * self.byzantine_clients + 3:
             raise ValueError(f"krum with {self.byzantine_clients} byzantine clients needs min_clients >= "
                              f"{2 * self.byzantine_clients + 3}")  # fmt: skip
+        if self.device_evaluation and self.privacy is not None:
+            raise ValueError(
+                "device_evaluation reports statistics of the devices' private samples that the DP guarantee does "
+                "not cover: use validation_data (evaluated on the coordinator) with privacy"
+            )
         if self.privacy and self.privacy.mode == "central" and self.strategy not in ("fedavg", "fedprox"):
             raise ValueError("central DP wraps a mean-based strategy: use fedavg or fedprox")
         return self

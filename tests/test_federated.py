@@ -164,9 +164,9 @@ def test_fedprox_term_keeps_the_local_model_near_the_global_one(tmp_path: Path, 
 # -- the ClientApp ------------------------------------------------------------------------------
 
 
-def _train_message(spec: CampaignSpec, arrays, server_round: int = 1) -> Message:  # type: ignore[no-untyped-def]
+def _train_message(spec: CampaignSpec, arrays, server_round: int = 1, kind: str = "train") -> Message:  # type: ignore[no-untyped-def]
     config = ConfigRecord({"campaign-id": "c-test", "campaign": spec.model_dump_json(), "server-round": server_round})
-    message = Message(RecordDict({"arrays": arrays, "config": config}), dst_node_id=7, message_type="train")
+    message = Message(RecordDict({"arrays": arrays, "config": config}), dst_node_id=7, message_type=kind)
     message.metadata.__dict__["_message_id"] = "m1"
     return message
 
@@ -249,6 +249,37 @@ def test_server_ema_yields_the_average_of_the_released_models(tmp_path: Path, st
     for key in expected:
         np.testing.assert_allclose(outcome.arrays[key].numpy(), expected[key].numpy(), rtol=1e-6)
         assert not np.allclose(outcome.arrays[key].numpy(), released[-1][key].numpy())
+
+
+def test_devices_evaluate_the_global_model_on_their_own_samples(tmp_path: Path, stores: list[Path]) -> None:
+    spec = CampaignSpec(model="digits", rounds=2, min_clients=4, max_clients=4, learning_rate=0.1,
+                        device_evaluation=True)  # fmt: skip
+    grid = InProcessGrid(_nodes(stores, tmp_path))
+    try:
+        outcome = run_rounds(grid, build_strategy(spec), spec, model_to_arrays(build_model("mlp")), campaign_id="ev")
+    finally:
+        grid.close()
+    assert outcome.status == "completed"
+    # The same figures computed directly: the final model on every store, weighted by its samples.
+    model = arrays_to_model(build_model("mlp"), outcome.arrays)
+    per_store = [
+        (len(d), *evaluate(model, d)) for d in (load_samples(p, input_name=None, label_name="label") for p in stores)
+    ]
+    total = sum(n for n, _, _ in per_store)
+    got = outcome.rounds[-1].device_evaluation
+    assert got["devices"] == 4 and got["examples"] == total
+    assert got["accuracy"] == pytest.approx(sum(n * a for n, _, a in per_store) / total, abs=1e-6)
+    assert got["loss"] == pytest.approx(sum(n * loss for n, loss, _ in per_store) / total, rel=1e-5)
+
+
+def test_device_evaluation_is_refused_under_dp(tmp_path: Path, stores: list[Path]) -> None:
+    with pytest.raises(ValueError, match="DP guarantee"):
+        CampaignSpec(model="digits", device_evaluation=True, privacy={"mode": "local", "noise_multiplier": 1.0})
+    # A device also refuses on its own: a DP campaign's spec never gets it to report on its samples.
+    spec = CampaignSpec(model="digits", privacy={"mode": "local", "noise_multiplier": 1.0})
+    message = _train_message(spec, model_to_arrays(build_model("mlp")), kind="evaluate")
+    reply = client_app(message, Context(1, 7, {"samples-db": str(stores[0]), "device-id": "d"}, RecordDict(), {}))
+    assert reply.has_error() and "does not allow evaluation" in reply.error.reason
 
 
 def test_moving_average_keeps_each_arrays_dtype() -> None:

@@ -244,7 +244,9 @@ async function campaigns(detailId) {
       h("div", {}, h("strong", {}, `${c.id}: ${c.model} ${c.base_version}`), " ", pill(c.status)),
       c.privacy ? h("div", { class: "muted" }, `privacy: ${c.privacy.mode}, epsilon ${fmt(c.privacy.epsilon)} at delta ${c.privacy.delta ?? "–"} (${c.privacy.accountant || "–"}), ${c.privacy.rounds} rounds, ${c.privacy.clients} clients`) : null,
       h("div", { class: "charts" },
-        lineChart("Accuracy", "held-out, after each round", [{ name: "accuracy", points: history.map((r) => [at(r), r.evaluation && r.evaluation.accuracy]) }]),
+        lineChart("Accuracy", "held-out (and on devices, where the campaign asks), after each round", [
+          { name: "accuracy", points: history.map((r) => [at(r), r.evaluation && r.evaluation.accuracy]) },
+          { name: "on devices", points: history.map((r) => [at(r), r.device_evaluation && r.device_evaluation.accuracy]) }]),
         lineChart("Privacy spent", "largest cumulative epsilon", [{ name: "epsilon", points: history.map((r) => [at(r), maxEps(r)]) }])),
       table(["Round", "Status", "Trained", "Declined", "Missing", "Seconds", "Reason"], history.map((r) => h("tr", {},
         h("td", { class: "num" }, r.round), h("td", {}, pill(r.status === "ok" ? "ready" : "error")),
