@@ -46,8 +46,7 @@ def _read_npy(raw: bytes) -> np.ndarray:
     header_len = int.from_bytes(raw[8 : 8 + size_bytes], "little")
     start = 8 + size_bytes + header_len
     match = _HEADER.match(raw[8 + size_bytes : start].decode("latin1"))
-    dtype = np.dtype(match.group(1)) if match else None
-    if match is None or dtype is None or dtype.hasobject:
+    if match is None or (dtype := np.dtype(match.group(1))).hasobject:
         with _NUMPY_LOCK:
             return np.lib.format.read_array(io.BytesIO(raw), allow_pickle=False)
     shape = tuple(int(d) for d in match.group(3).split(",") if d.strip())

@@ -145,17 +145,15 @@ class DeploymentEngine:
             key = run.node_keys.get(device_id)
             if not key:
                 refused[device_id] = "reported no SuperNode public key"
-            else:
-                try:
-                    node_id = register_node(link.addresses.control, key.encode(), link.root_certificates,
-                                            name=device_id)  # fmt: skip
-                except DeploymentError as exc:
-                    # e.g. a key already registered: two devices cloned from one data dir share it.
-                    refused[device_id] = f"the SuperLink refused its SuperNode key: {exc.reason}"
-                else:
-                    log.info("campaign %s: registered %s's SuperNode key (node %d)", run.campaign_id, device_id,
-                             node_id)  # fmt: skip
-                    registered.append(device_id)
-                    continue
-            log.warning("campaign %s: %s is left out: %s", run.campaign_id, device_id, refused[device_id])
+                log.warning("campaign %s: %s is left out: %s", run.campaign_id, device_id, refused[device_id])
+                continue
+            try:
+                node_id = register_node(link.addresses.control, key.encode(), link.root_certificates, name=device_id)
+            except DeploymentError as exc:
+                # e.g. a key already registered: two devices cloned from one data dir share it.
+                refused[device_id] = f"the SuperLink refused its SuperNode key: {exc.reason}"
+                log.warning("campaign %s: %s is left out: %s", run.campaign_id, device_id, refused[device_id])
+                continue
+            log.info("campaign %s: registered %s's SuperNode key (node %d)", run.campaign_id, device_id, node_id)
+            registered.append(device_id)
         return registered, refused
