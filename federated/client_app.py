@@ -11,14 +11,19 @@ import logging
 from pathlib import Path
 from typing import cast
 
-from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import ClientAppCallable
+from flwr.client.mod import secaggplus_mod
+from flwr.common import Code, FitRes, Status, parameters_to_ndarrays
+from flwr.compat.common.recorddict_compat import fitres_to_recorddict, recorddict_to_fitins
 from pydantic import ValidationError
 
 from federated.data import load_samples
 from federated.errors import BudgetExhausted, FederatedError, LocalDataError
 from federated.models import build_model
 from federated.privacy import PrivacyLedger
+from federated.secure_aggregation import MAX_WEIGHT, array_names, is_secure_message, update_parameters
 from federated.spec import CampaignSpec
 from federated.strategies import CENTRAL_WEIGHT_KEY, WEIGHT_KEY
 from federated.training import LocalData, TrainConfig, evaluate, train
@@ -37,9 +42,9 @@ BAD_TASK = 4003
 app = ClientApp()
 
 
-def _task(msg: Message, device: str) -> tuple[str, CampaignSpec] | Message:
+def _task(msg: Message, device: str, config: ConfigRecord | None = None) -> tuple[str, CampaignSpec] | Message:
     """The campaign id and spec a message carries, or the decline that says why it carries none."""
-    config = msg.content["config"]
+    config = config if config is not None else msg.content["config"]
     try:
         return str(config["campaign-id"]), CampaignSpec.model_validate_json(str(config["campaign"]))
     except (KeyError, ValidationError) as exc:
@@ -55,37 +60,75 @@ def _samples(context: Context, spec: CampaignSpec) -> LocalData:
     return data
 
 
-@app.train()
+class SecureAggregationDecline(FederatedError):
+    """Raised inside the SecAgg+ mod when this device declines the round: the protocol has no decline
+    reply, so the node answers with an error that carries the reason."""
+
+
+def _secure_aggregation(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Train messages of a campaign with secure aggregation go through Flower's SecAgg+ mod; the rest
+    straight to the handler."""
+    if not is_secure_message(msg.content):
+        return call_next(msg, context)
+
+    def train_or_raise(inner: Message, ctx: Context) -> Message:
+        reply = call_next(inner, ctx)
+        if reply.has_error():
+            # The server reads the code back from the error's text (federated.rounds).
+            raise SecureAggregationDecline(f"declined with code {reply.error.code}: {reply.error.reason}")
+        return reply
+
+    return secaggplus_mod(msg, context, train_or_raise)
+
+
+@app.train(mods=[_secure_aggregation])
 def handle_train(msg: Message, context: Context) -> Message:
+    """One round of local training. A plain message carries "arrays" and "config" and is answered
+    with the new weights; a SecAgg+ message carries Flower's legacy FitIns and is answered with a
+    FitRes holding the update (new - global weights), which the mod masks before it leaves."""
     device = str(context.node_config.get("device-id", context.node_id))
-    task = _task(msg, device)
+    secure = is_secure_message(msg.content)
+    if secure:
+        fitins = recorddict_to_fitins(msg.content, keep_input=True)
+        config = ConfigRecord(dict(fitins.config))  # type: ignore[arg-type]
+        names = array_names(config)
+        arrays = ArrayRecord(
+            {n: Array(a) for n, a in zip(names, parameters_to_ndarrays(fitins.parameters), strict=True)}
+        )
+    else:
+        config, arrays = msg.content["config"], msg.content.array_records["arrays"]
+    task = _task(msg, device, config)
     if isinstance(task, Message):
         return task
     campaign_id, spec = task
-    config = msg.content["config"]
     server_round = int(cast(int, config.get("server-round", 0)))
     try:
         data = _samples(context, spec)
-        model = arrays_to_model(
-            build_model(spec.architecture, spec.architecture_args), msg.content.array_records["arrays"]
-        )
-        local_dp = spec.privacy if spec.privacy and spec.privacy.mode == "local" else None
+        if secure and len(data) > MAX_WEIGHT:
+            log.info("secure aggregation: training on the newest %d of %d samples", MAX_WEIGHT, len(data))
+            data = LocalData(data.x[-MAX_WEIGHT:], data.y[-MAX_WEIGHT:])
+        model = arrays_to_model(build_model(spec.architecture, spec.architecture_args), arrays)
+        privacy = spec.privacy if spec.privacy and spec.privacy.mode in ("local", "distributed") else None
         ledger = None
-        if local_dp is not None:
+        if privacy is not None:
             state_dir = Path(str(context.node_config.get("state-dir", "federated-state")))
-            ledger = PrivacyLedger.open(state_dir, campaign_id, accountant=local_dp.accountant, delta=local_dp.delta)
+            ledger = PrivacyLedger.open(state_dir, campaign_id, accountant=privacy.accountant, delta=privacy.delta)
+        distributed = privacy is not None and privacy.mode == "distributed"
         cfg = TrainConfig(
             epochs=spec.local_epochs,
-            batch_size=spec.batch_size,
+            # Distributed DP: one full-batch step per round, so the sum of the updates is a sum of
+            # Gaussian mechanisms (see PrivacySpec).
+            batch_size=len(data) if distributed else spec.batch_size,
             learning_rate=spec.learning_rate,
             momentum=spec.momentum,
             loss=spec.loss,
             proximal_mu=float(cast(float, config.get("proximal-mu", 0.0))) if spec.strategy == "fedprox" else 0.0,
-            noise_multiplier=local_dp.noise_multiplier if local_dp else None,
-            target_epsilon=local_dp.target_epsilon if local_dp else None,
+            noise_multiplier=privacy.noise_multiplier if privacy else None,
+            target_epsilon=privacy.target_epsilon if privacy else None,
             rounds=spec.rounds,
-            clip_norm=local_dp.clip_norm if local_dp else 1.0,
-            max_epsilon=local_dp.max_epsilon if local_dp else float("inf"),
+            clip_norm=privacy.clip_norm if privacy else 1.0,
+            max_epsilon=privacy.max_epsilon if privacy else float("inf"),
+            noise_shares=spec.min_clients if distributed else 1,
         )
         result = train(model, data, cfg, ledger=ledger, server_round=server_round)
     except BudgetExhausted as exc:
@@ -103,9 +146,16 @@ def handle_train(msg: Message, context: Context) -> Message:
     if result.epsilon is not None:
         metrics["epsilon"] = result.epsilon
         metrics["noise-multiplier"] = float(result.noise_multiplier or 0.0)
+    if result.local_epsilon is not None:
+        metrics["local-epsilon"] = result.local_epsilon
+    new_arrays = model_to_arrays(model)
+    if secure:
+        update = update_parameters(names, arrays, new_arrays)
+        fitres = FitRes(Status(Code.OK, ""), update, result.num_examples, {**metrics, "device-id": device})
+        return Message(fitres_to_recorddict(fitres, keep_input=True), reply_to=msg)
     content = RecordDict(
         {
-            "arrays": model_to_arrays(model),
+            "arrays": new_arrays,
             "metrics": MetricRecord(metrics),
             "client": ConfigRecord({"device-id": device}),
         }

@@ -9,6 +9,7 @@ node off the grid. It sets Flower's message ids and task identity the way its In
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 import uuid
@@ -73,6 +74,9 @@ class InProcessGrid(Grid):
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         ids = []
         for message in messages:
+            # A node gets its own copy, as it would after the wire: Flower's SecAgg+ workflow sends one
+            # content object to every node, and its client mod pops keys from what it receives.
+            message = copy.deepcopy(message)
             message_id = uuid.uuid4().hex
             message.metadata.__dict__["_message_id"] = message_id
             node_id = message.metadata.dst_node_id

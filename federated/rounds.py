@@ -9,6 +9,8 @@ and can be aborted between rounds.
 from __future__ import annotations
 
 import logging
+import random
+import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -20,6 +22,7 @@ from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, 
 
 from federated.client_app import BUDGET_EXHAUSTED
 from federated.privacy import central_epsilon
+from federated.secure_aggregation import secure_round
 from federated.spec import CampaignSpec
 from federated.strategies import WEIGHT_KEY
 
@@ -182,6 +185,8 @@ def _one_round(
     record: RoundRecord,
     central: bool,
 ) -> ArrayRecord | None:
+    if spec.secure_aggregation:
+        return _secure_one_round(grid, spec, arrays, server_round, campaign_id, record)
     # Central DP's accountant needs the same number of clients in every round.
     want = spec.max_clients if central else spec.min_clients
     connected = _wait_for_nodes(grid, want, spec.node_wait_s)
@@ -229,6 +234,51 @@ def _one_round(
         return None
     record.train_metrics = {k: float(v) for k, v in dict(aggregated or {}).items() if isinstance(v, int | float)}
     return new_arrays
+
+
+def _secure_one_round(
+    grid: Grid, spec: CampaignSpec, arrays: ArrayRecord, server_round: int, campaign_id: str, record: RoundRecord
+) -> ArrayRecord | None:
+    """A round through SecAgg+: the same sampling, deadline and minimum, but the server only ever
+    holds the weighted mean of the updates."""
+    connected = _wait_for_nodes(grid, spec.min_clients, spec.node_wait_s)
+    if len(connected) < spec.min_clients:
+        record.reason = f"{len(connected)} clients connected, the round needs {spec.min_clients}"
+        return None
+    nodes = random.sample(connected, min(spec.max_clients, len(connected)))
+    config: dict[str, Any] = {"campaign-id": campaign_id, "campaign": spec.model_dump_json(),
+                              "server-round": server_round}  # fmt: skip
+    if spec.strategy == "fedprox":
+        config["proximal-mu"] = spec.proximal_mu
+    record.sampled = len(nodes)
+    outcome = secure_round(grid, arrays, nodes, config, server_round=server_round,
+                           min_clients=spec.min_clients, timeout_s=spec.round_timeout_s)  # fmt: skip
+    for failure in outcome.failures:
+        code = re.search(r"declined with code (\d+)", failure)
+        record.declined.append({"node": None, "code": int(code.group(1)) if code else 0, "reason": failure})
+    total = 0
+    loss = 0.0
+    for node, res in outcome.results:
+        m = res.metrics
+        entry: dict[str, Any] = {"device": str(m.get("device-id", node)), "examples": res.num_examples,
+                                 "loss": float(cast(float, m.get("train-loss", float("nan"))))}  # fmt: skip
+        for key, name in (("epsilon", "epsilon"), ("noise-multiplier", "noise_multiplier"),
+                          ("local-epsilon", "local_epsilon")):  # fmt: skip
+            if key in m:
+                entry[name] = float(cast(float, m[key]))
+        record.participants.append(entry)
+        total += res.num_examples
+        loss += res.num_examples * entry["loss"]
+    record.missing = max(0, len(nodes) - len(outcome.results) - len(outcome.failures))
+    if outcome.arrays is None:
+        record.reason = (
+            f"secure aggregation did not complete: {len(outcome.results)} of {len(nodes)} sampled clients sent "
+            f"masked updates (need {spec.min_clients}); {len(outcome.failures)} failed, {record.missing} did not "
+            f"answer within {spec.round_timeout_s:g} s"
+        )
+        return None
+    record.train_metrics = {"train-loss": loss / total} if total else {}
+    return outcome.arrays
 
 
 def _evaluate_on_devices(

@@ -19,11 +19,16 @@ class PrivacySpec(BaseModel):
     over all its rounds; a client whose next round would pass ``max_epsilon`` declines to train.
     ``central``: clients clip their update to ``clip_norm`` and the server adds Gaussian noise to the
     aggregate (Flower's DP wrapper strategies); the server accounts client-level epsilon.
+    ``distributed``: sample-level DP for what the server sees, with the campaign's secure aggregation:
+    every client runs one full-batch DP-SGD step per round and adds 1/sqrt(min_clients) of the noise,
+    so the sum of the at least min_clients updates the server can unmask carries the whole noise
+    multiplier. Clients account and report that epsilon (the campaign's guarantee, against an
+    honest-but-curious server) and their own update's far larger ``local-epsilon``.
     """
 
     model_config = ConfigDict(extra="forbid")
 
-    mode: Literal["local", "central"] = Field(default="local", description="Where noise is added.")
+    mode: Literal["local", "central", "distributed"] = Field(default="local", description="Where noise is added.")
     noise_multiplier: float | None = Field(
         default=None, gt=0, le=100, description="Noise std / clip norm; for local DP, or give target_epsilon instead."
     )
@@ -39,8 +44,8 @@ class PrivacySpec(BaseModel):
     def _check(self) -> Self:
         if self.mode == "central" and self.noise_multiplier is None:
             raise ValueError("central DP needs noise_multiplier")
-        if self.mode == "local" and (self.noise_multiplier is None) == (self.target_epsilon is None):
-            raise ValueError("local DP needs exactly one of noise_multiplier and target_epsilon")
+        if self.mode != "central" and (self.noise_multiplier is None) == (self.target_epsilon is None):
+            raise ValueError(f"{self.mode} DP needs exactly one of noise_multiplier and target_epsilon")
         if self.target_epsilon is not None and self.target_epsilon > self.max_epsilon:
             raise ValueError(f"target_epsilon {self.target_epsilon} is above max_epsilon {self.max_epsilon}")
         return self
@@ -82,6 +87,11 @@ class CampaignSpec(BaseModel):
         "what the rounds released, so it spends no privacy; it smooths the noise of DP rounds. 0: off.",
     )
     privacy: PrivacySpec | None = Field(default=None, description="Differential privacy; none means no guarantee.")
+    secure_aggregation: bool = Field(
+        default=False,
+        description="Sum the updates with Flower's SecAgg+ (masked, quantized): the server learns only the "
+        "sample-weighted mean of each round's updates, unmasked only if at least min_clients sent theirs.",
+    )
     device_evaluation: bool = Field(
         default=False,
         description="After every round the devices evaluate the global model on their own samples and report "
@@ -108,4 +118,16 @@ class CampaignSpec(BaseModel):
             )
         if self.privacy and self.privacy.mode == "central" and self.strategy not in ("fedavg", "fedprox"):
             raise ValueError("central DP wraps a mean-based strategy: use fedavg or fedprox")
+        if self.secure_aggregation:
+            if self.strategy not in ("fedavg", "fedprox"):
+                raise ValueError("secure aggregation reveals only the mean of the updates: use fedavg or fedprox")
+            if self.privacy and self.privacy.mode == "central":
+                raise ValueError("central DP clips each update on the server, which secure aggregation hides")
+            if self.min_clients < 2 or self.max_clients > 1000:
+                raise ValueError("secure aggregation needs min_clients >= 2 and max_clients <= 1000")
+        if self.privacy and self.privacy.mode == "distributed":
+            if not self.secure_aggregation:
+                raise ValueError("distributed DP splits the noise over the clients: it needs secure_aggregation")
+            if self.local_epochs != 1:
+                raise ValueError("distributed DP takes one full-batch step per round: set local_epochs to 1")
         return self

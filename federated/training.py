@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 from dataclasses import dataclass
 
@@ -11,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from federated.errors import LocalDataError
-from federated.privacy import PrivacyLedger, Step
+from federated.privacy import PrivacyLedger, Step, epsilon_of
 
 __all__ = ["LocalData", "TrainConfig", "TrainResult", "evaluate", "train"]
 
@@ -41,6 +42,9 @@ class TrainConfig:
     rounds: int = 1
     clip_norm: float = 1.0
     max_epsilon: float = float("inf")
+    # Distributed DP: this client adds 1/sqrt(noise_shares) of the noise; the securely aggregated sum
+    # of at least noise_shares clients' updates carries all of it. The ledger accounts the sum's noise.
+    noise_shares: int = 1
 
 
 @dataclass
@@ -49,6 +53,9 @@ class TrainResult:
     loss: float
     steps: int
     epsilon: float | None = None  # cumulative, at the ledger's delta
+    # Distributed DP: the cumulative epsilon of this client's own update, with only its share of the
+    # noise (what is left if secure aggregation is broken)
+    local_epsilon: float | None = None
     noise_multiplier: float | None = None
     sample_rate: float | None = None
 
@@ -113,7 +120,7 @@ def train(
             module=model,
             optimizer=optimizer,
             data_loader=loader,
-            noise_multiplier=sigma,
+            noise_multiplier=sigma / math.sqrt(cfg.noise_shares),
             max_grad_norm=cfg.clip_norm,
             poisson_sampling=True,
             noise_generator=noise,
@@ -142,6 +149,9 @@ def train(
     if step is not None and ledger is not None:
         result.epsilon = ledger.record(step, server_round)
         result.noise_multiplier, result.sample_rate = step[0], step[1]
+        if cfg.noise_shares > 1:
+            own = [(s / math.sqrt(cfg.noise_shares), q, n) for s, q, n in ledger.history]
+            result.local_epsilon = epsilon_of(own, ledger.delta, ledger.accountant)
     return result
 
 
