@@ -84,6 +84,12 @@ LOCAL_DP: dict[str, Any] = {
 }
 LOCAL_DP_CLIP = 1.0
 LOCAL_DP_ACCOUNTANT = "prv"
+# Distributed DP under secure aggregation (SecAgg+): the same DP-GD, but each client adds only
+# 1/sqrt(10) of the noise and the server sees only the sum, which carries all of it; the epsilon is
+# that of the sum (sample-level, against an honest-but-curious server). With that much less noise a
+# larger step pays: chosen with --validation (and a numpy replica of the rounds over 5 splits x 2 runs:
+# 100 rounds lr 2: 93.1%, lr 1: 92.3%; 50 or 200 rounds, decay 0.8 or 0.95: 90.9-92.8%).
+DISTRIBUTED_DP: dict[str, Any] = LOCAL_DP | {"learning_rate": 2.0, "secure_aggregation": True}
 # Central DP (not tuned): clients train as in PLAIN; the server clips each update, adds noise to the mean.
 CENTRAL_DP: dict[str, Any] = PLAIN | {"rounds": 15}
 CENTRAL_DP_CLIP = 2.0
@@ -98,6 +104,7 @@ class Row:
     rounds: int
     seconds: float
     status: str
+    local_epsilon: float | None = None  # distributed DP: one update's own epsilon (without SecAgg)
 
 
 @dataclass
@@ -179,17 +186,21 @@ def to_row(setting: str, series: str, outcome: CampaignOutcome, seconds: float) 
     ok = [r for r in outcome.rounds if r.status == "ok"]
     accuracy = ok[-1].evaluation["accuracy"] if ok else outcome.initial_evaluation["accuracy"]
     epsilon: float | None = None
-    if series.startswith("local"):
+    local_epsilon = None
+    if series.startswith(("local", "distributed")):
         epsilon = max(outcome.client_epsilon.values(), default=0.0)
+        own = [p["local_epsilon"] for r in ok for p in r.participants if "local_epsilon" in p]
+        local_epsilon = max(own) if own else None
     elif series == "central":
         epsilon = outcome.central_epsilon
-    return Row(setting, series, epsilon, accuracy, len(ok), seconds, outcome.status)
+    return Row(setting, series, epsilon, accuracy, len(ok), seconds, outcome.status, local_epsilon)
 
 
 def print_row(row: Row) -> None:
     eps = "inf" if row.epsilon is None else f"{row.epsilon:.2f}"
     print(
-        f"  {row.setting:<34} {eps:>8} {row.accuracy:>8.4f} {row.rounds:>6} {row.seconds:>8.1f}  {row.status}",
+        f"  {row.setting:<34} {eps:>8} {row.accuracy:>8.4f} {row.rounds:>6} {row.seconds:>8.1f}  {row.status}"
+        + (f"  (one update alone: eps {row.local_epsilon:.1f})" if row.local_epsilon is not None else ""),
         flush=True,
     )
 
@@ -228,6 +239,20 @@ def bench_local_dp(fed: Federation, args: argparse.Namespace, targets: list[floa
         outcome, seconds = run_campaign(fed, spec, f"ldp-sigma{sigma:g}", seed=args.seed)
         rows.append(to_row(f"local DP, noise multiplier {sigma:g}", "local", outcome, seconds))
         print_row(rows[-1])
+    return rows
+
+
+def bench_distributed_dp(fed: Federation, args: argparse.Namespace, targets: list[float]) -> list[Row]:
+    rows = []
+    base = DISTRIBUTED_DP | rounds_override(args, DISTRIBUTED_DP)
+    for target in targets:
+        privacy = {"mode": "distributed", "target_epsilon": target, "max_epsilon": target,
+                   "clip_norm": LOCAL_DP_CLIP, "accountant": LOCAL_DP_ACCOUNTANT}  # fmt: skip
+        spec = spec_for(base, privacy=privacy)
+        for run in range(args.repeats if target == TARGET_EPSILON else 1):
+            outcome, seconds = run_campaign(fed, spec, f"ddp-eps{target:g}-{run}", seed=args.seed)
+            rows.append(to_row(f"SecAgg+ distributed DP, eps {target:g}", "distributed", outcome, seconds))
+            print_row(rows[-1])
     return rows
 
 
@@ -342,6 +367,7 @@ def plot(rows: list[Row], plain: Row | None, path: Path) -> None:
         ("local", "local DP-SGD (sample-level, max over clients)", "o"),
         ("central", "central DP (client-level)", "s"),
         ("local-base", "local DP-SGD from a base model trained on public data", "^"),
+        ("distributed", "distributed DP under SecAgg+ (sample-level, for the server)", "D"),
     ):
         groups = grouped([r for r in rows if r.series == series and r.epsilon is not None])
         if groups:
@@ -392,7 +418,8 @@ def main() -> None:
                         help="Runs of the local DP point at epsilon 3 (default 3; 1 with --quick).")  # fmt: skip
     parser.add_argument("--public-fraction", type=float, default=0.1,
                         help="Share of the training set the base model is trained on (the 'base' part).")  # fmt: skip
-    parser.add_argument("--only", choices=["plain", "local", "central", "base", "overhead"], action="append",
+    parser.add_argument("--only", choices=["plain", "local", "distributed", "central", "base", "overhead"],
+                        action="append",
                         help="Run only these parts (repeatable).")  # fmt: skip
     args = parser.parse_args()
     args.repeats = args.repeats or (1 if args.quick else 3)
@@ -404,7 +431,7 @@ def main() -> None:
     warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
     # Opacus's per-sample hooks on a first layer whose input needs no gradient: expected, harmless.
     warnings.filterwarnings("ignore", message="Full backward hook is firing")
-    only = set(args.only or ["plain", "local", "central", "base", "overhead"])
+    only = set(args.only or ["plain", "local", "distributed", "central", "base", "overhead"])
     with tempfile.TemporaryDirectory() as tmp:
         fed = make_federation(Path(tmp), seed=args.seed, validation=args.validation)
         scored_on = "validation split (20% of train)" if args.validation else "held-out test set"
@@ -419,6 +446,8 @@ def main() -> None:
             targets = [1.0, 3.0, 8.0] if args.quick else [1.0, 2.0, 3.0, 5.0, 8.0]
             sigmas = [] if args.quick else [2.0, 4.0]
             rows += bench_local_dp(fed, args, targets, sigmas)
+        if "distributed" in only:
+            rows += bench_distributed_dp(fed, args, [1.0, 3.0, 8.0] if args.quick else [1.0, 2.0, 3.0, 5.0, 8.0])
         if "central" in only:
             rows += bench_central_dp(fed, args, [1.0] if args.quick else [0.5, 1.0])
         if "base" in only:
@@ -441,6 +470,14 @@ def main() -> None:
             each = ", ".join(f"{r.accuracy:.4f}" for r in runs)
             print(f"target local DP accuracy >= 90% at epsilon <= {TARGET_EPSILON:g}, delta {DELTA:g}: mean {mean:.4f} "
                   f"over {len(runs)} runs ({each}), max client epsilon {epsilon:.2f}  "
+                  f"{verdict(mean >= 0.90 and epsilon <= TARGET_EPSILON)}")  # fmt: skip
+        runs = grouped(rows).get(f"SecAgg+ distributed DP, eps {TARGET_EPSILON:g}", [])
+        if runs:
+            mean = float(np.mean([r.accuracy for r in runs]))
+            epsilon = max(r.epsilon or 0.0 for r in runs)
+            each = ", ".join(f"{r.accuracy:.4f}" for r in runs)
+            print(f"target DP-FL accuracy >= 90% at epsilon <= {TARGET_EPSILON:g}, delta {DELTA:g}, with secure "
+                  f"aggregation: mean {mean:.4f} over {len(runs)} runs ({each}), max epsilon {epsilon:.2f}  "
                   f"{verdict(mean >= 0.90 and epsilon <= TARGET_EPSILON)}")  # fmt: skip
         if "overhead" in only:
             print("== round overhead (FedAvg, no DP)")

@@ -62,11 +62,14 @@ def privacy_report(spec: CampaignSpec, outcome: CampaignOutcome) -> PrivacyRepor
     clients = len({p["device"] for r in ok_rounds for p in r.participants})
     privacy = spec.privacy
     if privacy is None:
-        return PrivacyReport(mode="none", rounds=len(ok_rounds), clients=clients)
-    if privacy.mode == "local":
-        sigmas = [p["noise_multiplier"] for r in ok_rounds for p in r.participants if "noise_multiplier" in p]
         return PrivacyReport(
-            mode="local",
+            mode="none", rounds=len(ok_rounds), clients=clients, secure_aggregation=spec.secure_aggregation
+        )
+    if privacy.mode in ("local", "distributed"):
+        sigmas = [p["noise_multiplier"] for r in ok_rounds for p in r.participants if "noise_multiplier" in p]
+        own = [p["local_epsilon"] for r in ok_rounds for p in r.participants if "local_epsilon" in p]
+        return PrivacyReport(
+            mode=privacy.mode,
             # The guarantee is per device; the model's statement is the worst device's cumulative spend.
             epsilon=max(outcome.client_epsilon.values(), default=0.0),
             delta=privacy.delta,
@@ -76,6 +79,8 @@ def privacy_report(spec: CampaignSpec, outcome: CampaignOutcome) -> PrivacyRepor
             rounds=len(ok_rounds),
             clients=clients,
             unit="sample",
+            secure_aggregation=spec.secure_aggregation,
+            local_epsilon=max(own) if own else None,
         )
     return PrivacyReport(
         mode="central",

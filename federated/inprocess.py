@@ -24,6 +24,8 @@ from flwr.serverapp.grid import Grid
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
+from federated.secure_aggregation import is_secure_message
+
 __all__ = ["InProcessGrid", "InProcessNode"]
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,7 @@ class InProcessGrid(Grid):
             )
         self._online = set(self._apps)
         self._lock = threading.Lock()
+        self._secure_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=max_workers or max(1, len(nodes)), thread_name_prefix="client")
         self._pending: dict[str, Future[Message]] = {}
         TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = run_id, SUPERLINK_NODE_ID, 0
@@ -126,6 +129,12 @@ class InProcessGrid(Grid):
 
     def _deliver(self, node_id: int, message: Message) -> Message:
         try:
+            if is_secure_message(message.content):
+                # SecAgg+ messages decode legacy numpy bytes (np.load parses headers with ast); CPython
+                # 3.11's AST constructor is not safe in threads at once ("recursion depth mismatch"),
+                # so in this process they are handled one at a time, as separate SuperNodes never race.
+                with self._secure_lock:
+                    return self._apps[node_id](message, self._contexts[node_id])
             return self._apps[node_id](message, self._contexts[node_id])
         except Exception as exc:  # a ClientApp that raises answers with an error, as on a SuperNode
             log.warning("node %d: ClientApp raised %s: %s", node_id, type(exc).__name__, exc, exc_info=exc)

@@ -115,7 +115,10 @@ class PrivacyReport(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    mode: Literal["none", "local", "central"] = Field(description="local: DP-SGD on devices; central: server noise.")
+    mode: Literal["none", "local", "central", "distributed"] = Field(
+        description="local: DP-SGD on devices; central: server noise; distributed: DP-SGD on devices with the "
+        "noise split among the clients whose updates secure aggregation sums."
+    )
     epsilon: float | None = Field(default=None, ge=0, description="Cumulative epsilon; local: the largest client's.")
     delta: float | None = Field(default=None, gt=0, lt=1)
     accountant: str | None = Field(default=None, description="e.g. opacus-rdp, opacus-prv.")
@@ -125,4 +128,11 @@ class PrivacyReport(BaseModel):
     clients: int = Field(ge=0, description="Distinct devices that contributed.")
     unit: Literal["sample", "client"] | None = Field(
         default=None, description="What a neighbouring dataset differs by: one sample (local) or one client (central)."
+    )
+    secure_aggregation: bool = Field(default=False, description="The server saw only sums of updates (SecAgg+).")
+    local_epsilon: float | None = Field(
+        default=None,
+        ge=0,
+        description="Distributed: the largest epsilon of one device's own updates, with only its share of the noise "
+        "(what holds if secure aggregation is broken).",
     )

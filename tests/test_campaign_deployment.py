@@ -103,7 +103,10 @@ def test_campaign_runs_on_a_tls_superlink_with_two_supernodes(tmp_path: Path, ke
             "model": "digits", "base_version": "1.0", "architecture": "mlp",
             "architecture_args": {"sizes": [64, 32, 10]}, "input_name": "pixels", "rounds": 2, "min_clients": 2,
             "max_clients": 3, "min_samples": 20, "node_wait_s": 90, "round_timeout_s": 120, "learning_rate": 0.1,
-            "privacy": {"mode": "local", "noise_multiplier": 1.0, "max_epsilon": 10.0},
+            # Secure aggregation through the real SuperLink: four SecAgg+ stages per round, each client's
+            # state kept by its SuperNode between the ClientApp processes of one round.
+            "secure_aggregation": True,
+            "privacy": {"mode": "distributed", "noise_multiplier": 1.0, "max_epsilon": 10.0},
         }
     )  # fmt: skip
     try:
@@ -128,7 +131,9 @@ def test_campaign_runs_on_a_tls_superlink_with_two_supernodes(tmp_path: Path, ke
     assert "Failed to activate SuperNode" in intruder_errors[0].log_tail
     assert intruder[0].node_id is None
     assert result["result_version"] == f"1.0+fl.{campaign_id}"
-    assert result["privacy"]["mode"] == "local" and 0 < result["privacy"]["epsilon"] <= 10.0
+    privacy = result["privacy"]
+    assert privacy["mode"] == "distributed" and privacy["secure_aggregation"]
+    assert 0 < privacy["epsilon"] <= 10.0 < privacy["local_epsilon"]  # one update alone has half the noise
     assert {(a.device_id, a.campaign_id) for a in notified} == {
         ("a", campaign_id),
         ("a", None),

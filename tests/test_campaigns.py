@@ -192,3 +192,29 @@ def test_abort_stops_between_rounds_and_registers_nothing(
     versions = [v["version"] for v in http.get("/api/v1/models/digits").json()["versions"]]
     assert versions == ["1.0"]
     assert http.post(f"/api/v1/campaigns/{campaign_id}/abort").status_code == 409
+
+
+def test_secure_aggregation_campaign_states_its_distributed_dp_guarantee(
+    http: TestClient,
+    tmp_path: Path,
+    keys: Keys,
+    digits: DigitsModels,
+    mosquitto: LocalBroker,
+    data,  # type: ignore[no-untyped-def]
+) -> None:
+    validation = _setup(http, tmp_path, keys, digits, mosquitto, data)
+    privacy = {"mode": "distributed", "noise_multiplier": 2.0, "clip_norm": 1.0, "max_epsilon": 8.0}
+    spec = _spec(validation, rounds=2, secure_aggregation=True, privacy=privacy, batch_size=1000)
+    created = http.post("/api/v1/campaigns", json={"spec": spec, "start": True})
+    assert created.status_code == 201, created.text
+    result = _wait_final(http, created.json()["id"])
+    assert result["status"] == "completed", result["reason"]
+    report = result["privacy"]
+    assert report["mode"] == "distributed" and report["secure_aggregation"] is True
+    # The sum of 2+ updates carries the whole noise; one update alone only 1/sqrt(min_clients=2) of it.
+    assert 0 < report["epsilon"] < report["local_epsilon"]
+    version = result["result_version"]
+    staged = next(v for v in http.get("/api/v1/models/digits").json()["versions"] if v["version"] == version)
+    manifest = Manifest.model_validate_json(http.get(f"/api/v1/bundles/{staged['bundles'][0]['digest']}").json()["manifest"])
+    assert manifest.privacy is not None and manifest.privacy.secure_aggregation
+    assert manifest.privacy.local_epsilon == pytest.approx(report["local_epsilon"])
