@@ -143,7 +143,8 @@ class DriftMonitor:
 class ConfidenceMonitor:
     """Sliding window of the per-row top confidence of one output, against its reference bins; thread-safe."""
 
-    def __init__(self, reference: ConfidenceStats, *, window: int = 500, min_rows: int = 50) -> None:
+    def __init__(self, reference: ConfidenceStats, *, window: int = 500, min_rows: int = 50,
+                 pending_rows: int = 64) -> None:  # fmt: skip
         self.output = reference.output
         self.kind: ConfidenceKind = reference.kind
         self.classes = reference.classes
@@ -152,29 +153,48 @@ class ConfidenceMonitor:
         self.min_rows = min_rows
         self._ring = _BinRing(window, 1, len(self.expected))
         self._lock = threading.Lock()
+        # Outputs wait here and are binned together: a handful of numpy calls per prediction cost
+        # more than a small model's inference (~8 us against ~120 us for the digits CNN).
+        self._pending: list[np.ndarray] = []
+        self._pending_rows = 0
+        self._flush_at = max(1, pending_rows)
 
     def observe(self, outputs: dict[str, np.ndarray]) -> None:
         """Take the scored output from one prediction's results, if they hold it in the expected shape."""
         output = outputs.get(self.output)
         if output is None or output.ndim != 2 or output.shape[1] != self.classes:
             return
-        # side="left": a row falls in bin i when i edges lie strictly below it, as the build counted.
-        bins = np.searchsorted(self.edges, max_confidence(output, self.kind)).astype(np.int16)
         with self._lock:
-            self._ring.push(bins)
+            self._pending.append(output.copy())  # the caller gets the same array and may change it
+            self._pending_rows += len(output)
+            if self._pending_rows >= self._flush_at:
+                self._flush()
+
+    def _flush(self) -> None:
+        """Bin the pending outputs into the window, oldest first (call with the lock held)."""
+        if not self._pending:
+            return
+        rows = self._pending[0] if len(self._pending) == 1 else np.concatenate(self._pending)
+        self._pending, self._pending_rows = [], 0
+        # side="left": a row falls in bin i when i edges lie strictly below it, as the build counted.
+        self._ring.push(np.searchsorted(self.edges, max_confidence(rows, self.kind)).astype(np.int16))
 
     @property
     def rows(self) -> int:
-        return self._ring.rows
+        with self._lock:
+            self._flush()
+            return self._ring.rows
 
     def counts(self) -> np.ndarray:
         """Rows per bin in the window."""
         with self._lock:
+            self._flush()
             return self._ring.counts()[0]
 
     def score(self) -> float | None:
         """PSI of the window against the reference, or None before ``min_rows`` rows were seen."""
         with self._lock:
+            self._flush()
             rows, counts = self._ring.rows, self._ring.counts()[0]
         if rows < self.min_rows:
             return None

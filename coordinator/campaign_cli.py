@@ -120,6 +120,9 @@ def _round_line(record: dict[str, Any]) -> str:
         accuracy += f" (on {on_devices['devices']:.0f} devices {on_devices['accuracy']:.3f})"
     epsilons = [p["epsilon"] for p in record.get("participants", []) if "epsilon" in p]
     epsilon = f" max epsilon {max(epsilons):.2f}" if epsilons else ""
+    own = [p["local_epsilon"] for p in record.get("participants", []) if "local_epsilon" in p]
+    if own:
+        epsilon += f" (one update alone {max(own):.2f})"
     if record.get("central_epsilon") is not None:
         epsilon = f" epsilon {record['central_epsilon']:.2f}"
     return (

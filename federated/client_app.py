@@ -140,9 +140,11 @@ def handle_train(msg: Message, context: Context) -> Message:
     metrics: dict[str, int | float | list[int] | list[float]] = {
         WEIGHT_KEY: result.num_examples,
         CENTRAL_WEIGHT_KEY: 1.0,
-        "train-loss": result.loss,
         "steps": result.steps,
     }
+    if spec.privacy is None:
+        # The loss on the private samples is not covered by any DP guarantee: sent only without DP.
+        metrics["train-loss"] = result.loss
     if result.epsilon is not None:
         metrics["epsilon"] = result.epsilon
         metrics["noise-multiplier"] = float(result.noise_multiplier or 0.0)

@@ -215,8 +215,9 @@ def _one_round(
         entry: dict[str, Any] = {
             "device": str(client["device-id"]) if client else str(reply.metadata.src_node_id),
             "examples": int(cast(int, metrics.get("num-examples", 0))),
-            "loss": float(cast(float, metrics.get("train-loss", float("nan")))),
         }
+        if "train-loss" in metrics:  # not sent under DP
+            entry["loss"] = float(cast(float, metrics["train-loss"]))
         if "epsilon" in metrics:
             entry["epsilon"] = float(cast(float, metrics["epsilon"]))
             entry["noise_multiplier"] = float(cast(float, metrics.get("noise-multiplier", 0.0)))
@@ -260,15 +261,15 @@ def _secure_one_round(
     loss = 0.0
     for node, res in outcome.results:
         m = res.metrics
-        entry: dict[str, Any] = {"device": str(m.get("device-id", node)), "examples": res.num_examples,
-                                 "loss": float(cast(float, m.get("train-loss", float("nan"))))}  # fmt: skip
-        for key, name in (("epsilon", "epsilon"), ("noise-multiplier", "noise_multiplier"),
+        entry: dict[str, Any] = {"device": str(m.get("device-id", node)), "examples": res.num_examples}
+        for key, name in (("train-loss", "loss"), ("epsilon", "epsilon"), ("noise-multiplier", "noise_multiplier"),
                           ("local-epsilon", "local_epsilon")):  # fmt: skip
             if key in m:
                 entry[name] = float(cast(float, m[key]))
         record.participants.append(entry)
-        total += res.num_examples
-        loss += res.num_examples * entry["loss"]
+        if "loss" in entry:
+            total += res.num_examples
+            loss += res.num_examples * entry["loss"]
     record.missing = max(0, len(nodes) - len(outcome.results) - len(outcome.failures))
     if outcome.arrays is None:
         record.reason = (

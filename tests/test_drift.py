@@ -189,6 +189,26 @@ def test_less_confident_outputs_raise_the_score_and_it_falls_back_as_the_window_
     assert again is not None and again < 0.1, "old rows leave the window"
 
 
+def test_deferred_binning_counts_every_single_row_prediction_in_order() -> None:
+    # Single-row predictions are binned in groups; a window read must still see each of them, in order,
+    # with the values they had when predicted (the caller owns the returned array and may change it).
+    rng = np.random.default_rng(8)
+    stats = confidence_stats("logits", _logits(rng, 2000, 4.0))
+    assert stats is not None
+    deferred = ConfidenceMonitor(stats, window=100, min_rows=1, pending_rows=64)
+    direct = ConfidenceMonitor(stats, window=100, min_rows=1, pending_rows=1)
+    for row in _logits(rng, 250, 3.0):
+        output = row[None].copy()
+        deferred.observe({"logits": output})
+        direct.observe({"logits": output})
+        output[:] = 0.0
+        if rng.random() < 0.05:  # reads at odd moments flush what is pending
+            assert deferred.counts().tolist() == direct.counts().tolist()
+    assert deferred.rows == direct.rows == 100
+    assert deferred.counts().tolist() == direct.counts().tolist()
+    assert deferred.score() == pytest.approx(direct.score())
+
+
 def test_outputs_the_reference_does_not_describe_are_ignored() -> None:
     stats = confidence_stats("logits", _logits(np.random.default_rng(7), 100, 4.0))
     assert stats is not None

@@ -369,6 +369,8 @@ def test_local_dp_campaign_stops_when_every_client_is_out_of_budget(tmp_path: Pa
     assert 0 < max(outcome.client_epsilon.values()) <= 4.0
     codes = {d["code"] for r in outcome.rounds for d in r.declined}
     assert codes == {BUDGET_EXHAUSTED}
+    # The loss on the private samples is not covered by the guarantee, so it is not reported under DP.
+    assert all("loss" not in p for r in outcome.rounds for p in r.participants)
     # Every client's reported figure is its ledger's, composed over all the rounds it trained in.
     for i in range(4):
         ledger = PrivacyLedger.open(tmp_path / f"n{i}", "b", accountant="rdp", delta=1e-5)

@@ -80,6 +80,7 @@ def test_a_secure_round_yields_the_plain_weighted_mean(tmp_path: Path, stores: l
         np.testing.assert_allclose(secure.arrays[key].numpy(), plain.arrays[key].numpy(), atol=2e-4)
         assert not np.allclose(secure.arrays[key].numpy(), initial[key].numpy())
     record = secure.rounds[0]
+    assert all(p["loss"] > 0 for p in record.participants)
     assert sorted((p["device"], p["examples"]) for p in record.participants) == sorted(
         (p["device"], p["examples"]) for p in plain.rounds[0].participants
     )
@@ -140,6 +141,7 @@ def test_distributed_dp_splits_the_noise_and_accounts_both_epsilons(tmp_path: Pa
         assert p["epsilon"] == pytest.approx(expected, rel=1e-6)
         # ...and each update alone carries half of that noise: its own epsilon is far larger.
         assert p["local_epsilon"] == pytest.approx(own, rel=1e-6) and own > 2 * expected
+        assert "loss" not in p  # the loss on private samples is not covered by DP: never sent under it
     ledger = PrivacyLedger.open(tmp_path / "n0", "ddp", accountant="prv", delta=1e-5)
     assert ledger.history == [(2.0, 1.0, 3)]
 

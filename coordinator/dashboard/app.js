@@ -242,7 +242,9 @@ async function campaigns(detailId) {
     };
     return h("div", { class: "campaign", "data-campaign-detail": c.id },
       h("div", {}, h("strong", {}, `${c.id}: ${c.model} ${c.base_version}`), " ", pill(c.status)),
-      c.privacy ? h("div", { class: "muted" }, `privacy: ${c.privacy.mode}, epsilon ${fmt(c.privacy.epsilon)} at delta ${c.privacy.delta ?? "–"} (${c.privacy.accountant || "–"}), ${c.privacy.rounds} rounds, ${c.privacy.clients} clients`) : null,
+      c.privacy ? h("div", { class: "muted" }, `privacy: ${c.privacy.mode}, epsilon ${fmt(c.privacy.epsilon)} at delta ${c.privacy.delta ?? "–"} (${c.privacy.accountant || "–"}), ${c.privacy.rounds} rounds, ${c.privacy.clients} clients` +
+        (c.privacy.secure_aggregation ? "; secure aggregation (SecAgg+)" : "") +
+        (c.privacy.local_epsilon != null ? `; one device's updates alone: epsilon ${fmt(c.privacy.local_epsilon)}` : "")) : null,
       h("div", { class: "charts" },
         lineChart("Accuracy", "held-out (and on devices, where the campaign asks), after each round", [
           { name: "accuracy", points: history.map((r) => [at(r), r.evaluation && r.evaluation.accuracy]) },
