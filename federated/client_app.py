@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import cast
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import ClientAppCallable
-from flwr.client.mod import secaggplus_mod
 from flwr.common import Code, FitRes, Status, parameters_to_ndarrays
 from flwr.compat.common.recorddict_compat import fitres_to_recorddict, recorddict_to_fitins
 from pydantic import ValidationError
@@ -42,9 +42,8 @@ BAD_TASK = 4003
 app = ClientApp()
 
 
-def _task(msg: Message, device: str, config: ConfigRecord | None = None) -> tuple[str, CampaignSpec] | Message:
+def _task(msg: Message, device: str, config: ConfigRecord) -> tuple[str, CampaignSpec] | Message:
     """The campaign id and spec a message carries, or the decline that says why it carries none."""
-    config = config if config is not None else msg.content["config"]
     try:
         return str(config["campaign-id"]), CampaignSpec.model_validate_json(str(config["campaign"]))
     except (KeyError, ValidationError) as exc:
@@ -90,13 +89,13 @@ def handle_train(msg: Message, context: Context) -> Message:
     secure = is_secure_message(msg.content)
     if secure:
         fitins = recorddict_to_fitins(msg.content, keep_input=True)
-        config = ConfigRecord(dict(fitins.config))  # type: ignore[arg-type]
+        config = ConfigRecord(dict(fitins.config))
         names = array_names(config)
         arrays = ArrayRecord(
             {n: Array(a) for n, a in zip(names, parameters_to_ndarrays(fitins.parameters), strict=True)}
         )
     else:
-        config, arrays = msg.content["config"], msg.content.array_records["arrays"]
+        config, arrays = msg.content.config_records["config"], msg.content.array_records["arrays"]
     task = _task(msg, device, config)
     if isinstance(task, Message):
         return task
@@ -153,7 +152,9 @@ def handle_train(msg: Message, context: Context) -> Message:
     new_arrays = model_to_arrays(model)
     if secure:
         update = update_parameters(names, arrays, new_arrays)
-        fitres = FitRes(Status(Code.OK, ""), update, result.num_examples, {**metrics, "device-id": device})
+        legacy_metrics: dict[str, bool | bytes | float | int | str] = {k: v for k, v in metrics.items()
+                                                                        if isinstance(v, int | float)}  # fmt: skip
+        fitres = FitRes(Status(Code.OK, ""), update, result.num_examples, {**legacy_metrics, "device-id": device})
         return Message(fitres_to_recorddict(fitres, keep_input=True), reply_to=msg)
     content = RecordDict(
         {
@@ -170,7 +171,7 @@ def handle_evaluate(msg: Message, context: Context) -> Message:
     """Loss (and accuracy) of the global model on this device's samples; refused under DP, whose
     guarantee does not cover statistics of the private samples."""
     device = str(context.node_config.get("device-id", context.node_id))
-    task = _task(msg, device)
+    task = _task(msg, device, msg.content.config_records["config"])
     if isinstance(task, Message):
         return task
     campaign_id, spec = task

@@ -26,7 +26,6 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.common import (
     EvaluateIns,
-    EvaluateRes,
     FitIns,
     FitRes,
     Parameters,
@@ -188,10 +187,7 @@ def secure_round(
         outcome.failures.append("the unmasked aggregate does not have the model's shapes")
         return outcome
     outcome.arrays = ArrayRecord(
-        {
-            k: Array((w + u).astype(w.dtype, copy=False))
-            for k, w, u in zip(names, weights, mean_update, strict=True)
-        }
+        {k: Array((w + u).astype(w.dtype, copy=False)) for k, w, u in zip(names, weights, mean_update, strict=True)}
     )
     return outcome
 

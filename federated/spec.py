@@ -71,7 +71,9 @@ class CampaignSpec(BaseModel):
     min_clients: int = Field(default=2, ge=1, description="A round needs at least this many answers.")
     max_clients: int = Field(default=10, ge=1, description="Clients sampled per round, at most.")
     min_samples: int = Field(default=10, ge=1, description="Devices with fewer samples are not selected.")
-    round_timeout_s: float = Field(default=300.0, gt=0, description="How long a round waits for answers.")
+    round_timeout_s: float = Field(
+        default=300.0, gt=0, description="How long a round waits for answers (with secure aggregation: each stage)."
+    )
     node_wait_s: float = Field(default=120.0, ge=0, description="How long a round waits for min_clients to connect.")
     max_failed_rounds: int = Field(default=3, ge=1, description="Consecutive failed rounds that end the campaign.")
     local_epochs: int = Field(default=1, ge=1, le=1000, description="Epochs over local samples per round.")

@@ -215,6 +215,7 @@ def test_secure_aggregation_campaign_states_its_distributed_dp_guarantee(
     assert 0 < report["epsilon"] < report["local_epsilon"]
     version = result["result_version"]
     staged = next(v for v in http.get("/api/v1/models/digits").json()["versions"] if v["version"] == version)
-    manifest = Manifest.model_validate_json(http.get(f"/api/v1/bundles/{staged['bundles'][0]['digest']}").json()["manifest"])
+    bundle = http.get(f"/api/v1/bundles/{staged['bundles'][0]['digest']}").json()
+    manifest = Manifest.model_validate_json(bundle["manifest"])
     assert manifest.privacy is not None and manifest.privacy.secure_aggregation
     assert manifest.privacy.local_epsilon == pytest.approx(report["local_epsilon"])

@@ -162,8 +162,10 @@ def test_a_budget_decline_reaches_the_round_record(tmp_path: Path, stores: list[
         ({"privacy": {"mode": "distributed", "noise_multiplier": 1.0}}, "needs secure_aggregation"),
         ({"secure_aggregation": True, "strategy": "fedmedian"}, "use fedavg or fedprox"),
         ({"secure_aggregation": True, "privacy": {"mode": "central", "noise_multiplier": 1.0}}, "central DP"),
-        ({"secure_aggregation": True, "local_epochs": 2, "privacy": {"mode": "distributed", "target_epsilon": 3.0}},
-         "local_epochs to 1"),
+        (
+            {"secure_aggregation": True, "local_epochs": 2, "privacy": {"mode": "distributed", "target_epsilon": 3.0}},
+            "local_epochs to 1",
+        ),
         ({"secure_aggregation": True, "min_clients": 1}, "min_clients >= 2"),
     ],
 )
