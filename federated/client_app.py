@@ -152,9 +152,9 @@ def handle_train(msg: Message, context: Context) -> Message:
     new_arrays = model_to_arrays(model)
     if secure:
         update = update_parameters(names, arrays, new_arrays)
-        legacy_metrics: dict[str, bool | bytes | float | int | str] = {k: v for k, v in metrics.items()
-                                                                        if isinstance(v, int | float)}  # fmt: skip
-        fitres = FitRes(Status(Code.OK, ""), update, result.num_examples, {**legacy_metrics, "device-id": device})
+        legacy: dict[str, bool | bytes | float | int | str] = {"device-id": device}
+        legacy.update((k, v) for k, v in metrics.items() if isinstance(v, int | float))
+        fitres = FitRes(Status(Code.OK, ""), update, result.num_examples, legacy)
         return Message(fitres_to_recorddict(fitres, keep_input=True), reply_to=msg)
     content = RecordDict(
         {
