@@ -403,6 +403,19 @@ def grouped(rows: list[Row]) -> dict[str, list[Row]]:
     return groups
 
 
+def report_dp_target(rows: list[Row], setting: str, what: str) -> None:
+    """The issue's target (>= 90% at epsilon <= 3) over the repeated runs of one setting."""
+    runs = grouped(rows).get(setting, [])
+    if not runs:
+        return
+    mean = float(np.mean([r.accuracy for r in runs]))
+    epsilon = max(r.epsilon or 0.0 for r in runs)
+    each = ", ".join(f"{r.accuracy:.4f}" for r in runs)
+    print(f"target DP-FL accuracy >= 90% at epsilon <= {TARGET_EPSILON:g}, delta {DELTA:g}, {what}: mean {mean:.4f} "
+          f"over {len(runs)} runs ({each}), max epsilon {epsilon:.2f}  "
+          f"{verdict(mean >= 0.90 and epsilon <= TARGET_EPSILON)}")  # fmt: skip
+
+
 def verdict(ok: bool) -> str:
     return "PASS" if ok else "MISS"
 
@@ -452,33 +465,13 @@ def main() -> None:
             rows += bench_central_dp(fed, args, [1.0] if args.quick else [0.5, 1.0])
         if "base" in only:
             rows += bench_from_base(Path(tmp), args)
-            from_base = grouped(rows).get(f"local DP from base, target eps {TARGET_EPSILON:g}", [])
-            if from_base:
-                mean = float(np.mean([r.accuracy for r in from_base]))
-                epsilon = max(r.epsilon or 0.0 for r in from_base)
-                print(f"local DP from a base model at epsilon <= {TARGET_EPSILON:g}: mean {mean:.4f} over "
-                      f"{len(from_base)} runs, max client epsilon {epsilon:.2f}  "
-                      f"{verdict(mean >= 0.90 and epsilon <= TARGET_EPSILON)}")  # fmt: skip
+            report_dp_target(rows, f"local DP from base, target eps {TARGET_EPSILON:g}", "local DP from a base model")
         fedavg = next((r for r in rows if r.setting == "fedavg"), None)
         if fedavg is not None:
             ok = verdict(fedavg.accuracy >= 0.96)
             print(f"target non-private FedAvg accuracy >= 96%: {fedavg.accuracy:.4f}  {ok}")
-        runs = grouped(rows).get(f"local DP, target eps {TARGET_EPSILON:g}", [])
-        if runs:
-            mean = float(np.mean([r.accuracy for r in runs]))
-            epsilon = max(r.epsilon or 0.0 for r in runs)
-            each = ", ".join(f"{r.accuracy:.4f}" for r in runs)
-            print(f"target local DP accuracy >= 90% at epsilon <= {TARGET_EPSILON:g}, delta {DELTA:g}: mean {mean:.4f} "
-                  f"over {len(runs)} runs ({each}), max client epsilon {epsilon:.2f}  "
-                  f"{verdict(mean >= 0.90 and epsilon <= TARGET_EPSILON)}")  # fmt: skip
-        runs = grouped(rows).get(f"SecAgg+ distributed DP, eps {TARGET_EPSILON:g}", [])
-        if runs:
-            mean = float(np.mean([r.accuracy for r in runs]))
-            epsilon = max(r.epsilon or 0.0 for r in runs)
-            each = ", ".join(f"{r.accuracy:.4f}" for r in runs)
-            print(f"target DP-FL accuracy >= 90% at epsilon <= {TARGET_EPSILON:g}, delta {DELTA:g}, with secure "
-                  f"aggregation: mean {mean:.4f} over {len(runs)} runs ({each}), max epsilon {epsilon:.2f}  "
-                  f"{verdict(mean >= 0.90 and epsilon <= TARGET_EPSILON)}")  # fmt: skip
+        report_dp_target(rows, f"local DP, target eps {TARGET_EPSILON:g}", "local DP from a random start")
+        report_dp_target(rows, f"SecAgg+ distributed DP, eps {TARGET_EPSILON:g}", "distributed DP under SecAgg+")
         if "overhead" in only:
             print("== round overhead (FedAvg, no DP)")
             bench_overhead(fed, args)

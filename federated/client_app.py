@@ -15,10 +15,11 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, 
 from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import ClientAppCallable
-from flwr.common import Code, FitRes, Status, parameters_to_ndarrays
+from flwr.common import Code, FitRes, Status
 from flwr.compat.common.recorddict_compat import fitres_to_recorddict, recorddict_to_fitins
 from pydantic import ValidationError
 
+from agent.npy import read_npy
 from federated.data import load_samples
 from federated.errors import BudgetExhausted, FederatedError, LocalDataError
 from federated.models import build_model
@@ -91,9 +92,7 @@ def handle_train(msg: Message, context: Context) -> Message:
         fitins = recorddict_to_fitins(msg.content, keep_input=True)
         config = ConfigRecord(dict(fitins.config))
         names = array_names(config)
-        arrays = ArrayRecord(
-            {n: Array(a) for n, a in zip(names, parameters_to_ndarrays(fitins.parameters), strict=True)}
-        )
+        arrays = ArrayRecord({n: Array(read_npy(t)) for n, t in zip(names, fitins.parameters.tensors, strict=True)})
     else:
         config, arrays = msg.content.config_records["config"], msg.content.array_records["arrays"]
     task = _task(msg, device, config)

@@ -43,6 +43,8 @@ from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECOR
 from flwr.server.workflow.constant import Key as WorkflowKey
 from flwr.serverapp.grid import Grid
 
+from federated.weights import array_to_numpy
+
 __all__ = [
     "ARRAY_NAMES",
     "CLIPPING_RANGE",
@@ -195,7 +197,7 @@ def secure_round(
 def update_parameters(names: list[str], before: ArrayRecord, after: ArrayRecord) -> Parameters:
     """A client's update (after - before) in the order of ``names``, as the SecAgg+ mod takes it."""
     return ndarrays_to_parameters(
-        [np.asarray(after[k].numpy(), np.float64) - np.asarray(before[k].numpy(), np.float64) for k in names]
+        [array_to_numpy(after[k]).astype(np.float64) - array_to_numpy(before[k]).astype(np.float64) for k in names]
     )
 
 

@@ -6,11 +6,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord
+from flwr.app import Array, ArrayRecord
 
+from agent.npy import read_npy
 from federated.errors import CampaignError
 
-__all__ = ["arrays_to_model", "load_onnx_weights", "model_to_arrays"]
+__all__ = ["array_to_numpy", "arrays_to_model", "load_onnx_weights", "model_to_arrays"]
+
+
+def array_to_numpy(array: Array) -> np.ndarray:
+    """Like ``Array.numpy()``, without numpy's header parser (not thread-safe on CPython 3.11, and
+    in-process campaign clients decode their weights in threads at once)."""
+    return read_npy(array.data) if array.stype == "numpy.ndarray" else array.numpy()
 
 
 def model_to_arrays(model: torch.nn.Module) -> ArrayRecord:
@@ -20,7 +27,7 @@ def model_to_arrays(model: torch.nn.Module) -> ArrayRecord:
 def arrays_to_model(model: torch.nn.Module, arrays: ArrayRecord) -> torch.nn.Module:
     """Load ``arrays`` into ``model``; names and shapes must match exactly."""
     expected = model.state_dict()
-    got = {k: np.asarray(v.numpy()) for k, v in arrays.items()}
+    got = {k: array_to_numpy(v) for k, v in arrays.items()}
     missing, extra = sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
     if missing or extra:
         raise CampaignError(f"weights do not fit the model: missing {missing[:5]}, unexpected {extra[:5]}")

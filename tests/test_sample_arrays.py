@@ -51,3 +51,18 @@ def test_an_unusual_header_still_reads_through_numpy() -> None:
 def test_a_damaged_blob_raises() -> None:
     with pytest.raises(Exception):  # noqa: B017 - zipfile's or numpy's error, whichever layer notices
         unpack_arrays(pack_arrays(ARRAYS)[:-40])
+
+
+def test_flower_arrays_decode_without_ast_as_flower_decodes_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Campaign clients decode the global weights in threads at once; Array.numpy() would parse with ast.
+    from flwr.app import Array
+
+    from federated.weights import array_to_numpy
+
+    arrays = {name: Array(value) for name, value in ARRAYS.items() if value.dtype.kind != "U"}
+    expected = {name: array.numpy() for name, array in arrays.items()}
+    monkeypatch.setattr(ast, "literal_eval", lambda _text: pytest.fail("ast.literal_eval was called"))
+    for name, array in arrays.items():
+        got = array_to_numpy(array)
+        assert got.dtype == expected[name].dtype and got.shape == expected[name].shape, name
+        np.testing.assert_array_equal(got, expected[name])
