@@ -2,7 +2,8 @@
 differential privacy, and what a round costs next to the local training it runs.
 
     pip install matplotlib      # for the plot; it is in the "bench" extra
-    python bench/bench_federated.py [--quick] [--plot PATH] [--validation] [--only plain|local|central|overhead]
+    python bench/bench_federated.py [--quick] [--plot PATH] [--validation] [--repeats N]
+        [--only plain|local|distributed|central|base|overhead]
 
 Every campaign goes through the real ClientApp on an in-process Grid driven by ``run_rounds``, as a
 coordinator runs it: each client reads its own agent sample store and keeps its privacy ledger in its
@@ -10,11 +11,13 @@ own state dir. The global model is evaluated on the server after every round on 
 test set (25% of digits, stratified); the figure reported is the LAST round's, never the best round's (with
 ``server_ema``, the moving average the campaign registers).
 
-Targets (the issue): non-private FL accuracy >= 96%; local DP-FL accuracy >= 90% at a cumulative
-epsilon <= 3, delta 1e-5, where a campaign's epsilon is the MAX over its clients of the ledger's
-cumulative epsilon. Central DP's epsilon is client-level (a whole device's data), not sample-level,
-so it is plotted as its own series. ``--validation`` holds out 20% of the training set and reports
-accuracy on it instead of the test set: hyperparameters were chosen that way, not on the test set.
+Targets (the issue): non-private FL accuracy >= 96%; DP-FL accuracy >= 90% at a cumulative epsilon
+<= 3, delta 1e-5, where a campaign's epsilon is the MAX over its clients of the ledger's cumulative
+epsilon; reported for local DP (every update noised on its own) and for distributed DP under secure
+aggregation (the server only sees sums of updates, which carry the whole noise). Central DP's epsilon
+is client-level (a whole device's data), not sample-level, so it is plotted as its own series.
+``--validation`` holds out 20% of the training set and reports accuracy on it instead of the test set:
+hyperparameters were chosen that way, not on the test set.
 The machine this was written on has 2 CPU cores: ten clients train in threads that share them.
 """
 
