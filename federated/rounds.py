@@ -254,9 +254,9 @@ def _secure_one_round(
     record.sampled = len(nodes)
     outcome = secure_round(grid, arrays, nodes, config, server_round=server_round,
                            min_clients=spec.min_clients, timeout_s=spec.round_timeout_s)  # fmt: skip
-    for failure in outcome.failures:
-        code = re.search(r"declined with code (\d+)", failure)
-        record.declined.append({"node": None, "code": int(code.group(1)) if code else 0, "reason": failure})
+    for node, reason in outcome.failures:
+        code = re.search(r"declined with code (\d+)", reason)
+        record.declined.append({"node": node, "code": int(code.group(1)) if code else 0, "reason": reason})
     total = 0
     loss = 0.0
     for node, res in outcome.results:

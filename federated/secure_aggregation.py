@@ -74,7 +74,7 @@ class SecureRound:
 
     arrays: ArrayRecord | None
     results: list[tuple[int, FitRes]] = field(default_factory=list)
-    failures: list[str] = field(default_factory=list)
+    failures: list[tuple[int, str]] = field(default_factory=list)  # (node id, reason)
 
 
 class _Node(ClientProxy):
@@ -96,13 +96,13 @@ class _FailureRecorder:
 
     def __init__(self, grid: Grid) -> None:
         self.grid = grid
-        self.failures: list[str] = []
+        self.failures: list[tuple[int, str]] = []
 
     def send_and_receive(self, messages: Any, *, timeout: float | None = None) -> list[Message]:
         replies = list(self.grid.send_and_receive(messages, timeout=timeout))
         for reply in replies:
             if reply.has_error():
-                self.failures.append(f"node {reply.metadata.src_node_id}: {reply.error.reason}")
+                self.failures.append((reply.metadata.src_node_id, reply.error.reason or f"error {reply.error.code}"))
         return replies
 
     def __getattr__(self, name: str) -> Any:
@@ -186,7 +186,7 @@ def secure_round(
         return outcome
     mean_update = parameters_to_ndarrays(strategy.aggregate)
     if len(mean_update) != len(weights) or any(u.shape != w.shape for u, w in zip(mean_update, weights, strict=True)):
-        outcome.failures.append("the unmasked aggregate does not have the model's shapes")
+        outcome.failures.append((0, "the unmasked aggregate does not have the model's shapes"))
         return outcome
     outcome.arrays = ArrayRecord(
         {k: Array((w + u).astype(w.dtype, copy=False)) for k, w, u in zip(names, weights, mean_update, strict=True)}

@@ -108,6 +108,7 @@ def test_a_node_that_drops_out_mid_protocol_is_unmasked_away(tmp_path: Path, sto
     assert secure.status == "completed", secure.reason
     assert {p["device"] for p in secure.rounds[0].participants} == {"dev-0", "dev-1", "dev-3"}
     assert "device went offline" in secure.rounds[0].declined[0]["reason"]
+    assert secure.rounds[0].declined[0]["node"] == 1002  # the in-process grid numbers nodes from 1000
     for key in initial:
         np.testing.assert_allclose(secure.arrays[key].numpy(), plain.arrays[key].numpy(), atol=2e-4)
 
