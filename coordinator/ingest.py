@@ -17,8 +17,13 @@ log = logging.getLogger(__name__)
 
 
 class TelemetryIngest:
-    def __init__(self, db: FleetDB, *, batch: int = 2000, linger_s: float = 0.2, max_queue: int = 200_000) -> None:
+    def __init__(self, db: FleetDB, *, batch: int = 2000, linger_s: float = 0.2, max_queue: int = 200_000,
+                 block_s: float = 5.0) -> None:  # fmt: skip
         self.db = db
+        # A full queue (the database stalled) blocks the MQTT thread up to this long before a message
+        # is dropped: the broker then holds back further deliveries (QoS 1 in-flight window), where a
+        # drop would lose a message that paho acknowledges when put returns. Well under the keepalive.
+        self.block_s = block_s
         self.batch = batch
         # After the first message of a batch, wait this long for more: a row costs ~3x less in a
         # batch of 2000 than in one of 20 (one commit, one rollup upsert per device and bucket).
@@ -32,9 +37,9 @@ class TelemetryIngest:
 
     def put(self, message: Telemetry) -> None:
         try:
-            self._queue.put_nowait(message)
+            self._queue.put(message, timeout=self.block_s)
         except queue.Full:
-            # The agent keeps it in its outbox until acknowledged... but QoS 1 was already acked:
+            # Still full: the message is acknowledged to the broker when this returns, so it is lost;
             # count it so the operator sees the coordinator cannot keep up.
             self.dropped += 1
             if self.dropped % 1000 == 1:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import tarfile
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -157,3 +159,36 @@ def test_batched_ingest_stores_each_message_once_and_flushes_on_stop(tmp_path: P
     assert (ingest.inserted, ingest.duplicates, ingest.dropped) == (500, 50, 0)
     stored = sum(len(db.telemetry(f"pi-{i}", limit=1000)) for i in range(7))
     assert stored == 500
+
+
+class _StalledDisk(FleetDB):
+    """A fleet DB whose telemetry writes wait until ``resume`` is set (a stalled disk)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.resume = threading.Event()
+
+    def add_telemetry_batch(self, items):  # type: ignore[no-untyped-def]
+        self.resume.wait(10)
+        return super().add_telemetry_batch(items)
+
+
+@pytest.mark.parametrize("stall_s", [0.5, 3.0])
+def test_a_full_ingest_queue_holds_the_mqtt_thread_back_before_it_drops(tmp_path: Path, stall_s: float) -> None:
+    from coordinator.ingest import TelemetryIngest
+
+    db = _StalledDisk(tmp_path / "fleet.db")
+    ingest = TelemetryIngest(db, batch=8, linger_s=0.0, max_queue=8, block_s=1.5)
+    ingest.start()
+    messages = [Telemetry(device_id="pi-1", window_s=1.0, inference_count=i, error_count=0) for i in range(40)]
+    threading.Timer(stall_s, db.resume.set).start()
+    started = time.monotonic()
+    for message in messages:  # as paho's network thread would: one after another
+        ingest.put(message)
+    ingest.stop()
+    if stall_s < 1.5:  # the disk came back while put waited: nothing lost, the sender was only slowed
+        assert (ingest.inserted, ingest.dropped) == (40, 0)
+        assert time.monotonic() - started >= stall_s - 0.1
+    else:  # stalled past the wait: what could not be queued is dropped and counted, the rest stored
+        assert ingest.dropped > 0 and ingest.inserted + ingest.dropped == 40
+    assert len(db.telemetry("pi-1", limit=100)) == ingest.inserted
