@@ -24,7 +24,13 @@ from federated.data import load_samples
 from federated.errors import BudgetExhausted, FederatedError, LocalDataError
 from federated.models import build_model
 from federated.privacy import PrivacyLedger
-from federated.secure_aggregation import MAX_WEIGHT, array_names, is_secure_message, update_parameters
+from federated.secure_aggregation import (
+    MAX_WEIGHT,
+    array_names,
+    decline_text,
+    is_secure_message,
+    update_parameters,
+)
 from federated.spec import CampaignSpec
 from federated.strategies import CENTRAL_WEIGHT_KEY, WEIGHT_KEY
 from federated.training import LocalData, TrainConfig, evaluate, train
@@ -74,8 +80,7 @@ def _secure_aggregation(msg: Message, context: Context, call_next: ClientAppCall
     def train_or_raise(inner: Message, ctx: Context) -> Message:
         reply = call_next(inner, ctx)
         if reply.has_error():
-            # The server reads the code back from the error's text (federated.rounds).
-            raise SecureAggregationDecline(f"declined with code {reply.error.code}: {reply.error.reason}")
+            raise SecureAggregationDecline(decline_text(reply.error.code, reply.error.reason or ""))
         return reply
 
     return secaggplus_mod(msg, context, train_or_raise)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import random
-import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -22,7 +21,7 @@ from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, 
 
 from federated.client_app import BUDGET_EXHAUSTED
 from federated.privacy import central_epsilon
-from federated.secure_aggregation import secure_round
+from federated.secure_aggregation import decline_code, secure_round
 from federated.spec import CampaignSpec
 from federated.strategies import WEIGHT_KEY
 
@@ -255,8 +254,7 @@ def _secure_one_round(
     outcome = secure_round(grid, arrays, nodes, config, server_round=server_round,
                            min_clients=spec.min_clients, timeout_s=spec.round_timeout_s)  # fmt: skip
     for node, reason in outcome.failures:
-        code = re.search(r"declined with code (\d+)", reason)
-        record.declined.append({"node": node, "code": int(code.group(1)) if code else 0, "reason": reason})
+        record.declined.append({"node": node, "code": decline_code(reason), "reason": reason})
     total = 0
     loss = 0.0
     for node, res in outcome.results:

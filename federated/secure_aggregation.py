@@ -10,7 +10,7 @@ What travels: each client sends ``n * (w_client - w_global)`` (its update weight
 count ``n``), quantized, and masked with pairwise masks (X25519 key agreement) and a private mask
 whose seeds are Shamir-shared among its neighbours, so dropped clients can be unmasked without
 revealing anyone's update. The server adds the global weights back to the weighted mean of the
-updates. The per-client metrics (sample count, loss, epsilon) stay visible, as without it.
+updates. The per-client metrics (sample count, epsilon; the loss only without DP) stay visible.
 
 Quantization: values are clipped to +-``CLIPPING_RANGE`` after scaling by ``n / MAX_WEIGHT`` and
 mapped onto 2**22 levels; a client uses at most ``MAX_WEIGHT`` samples per round (client_app).
@@ -18,7 +18,7 @@ mapped onto 2**22 levels; a client uses at most ``MAX_WEIGHT`` samples per round
 
 from __future__ import annotations
 
-import logging
+import re
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -46,20 +46,34 @@ from flwr.serverapp.grid import Grid
 from federated.weights import array_to_numpy
 
 __all__ = [
-    "ARRAY_NAMES",
-    "CLIPPING_RANGE",
     "MAX_WEIGHT",
-    "RECORD_KEY_CONFIGS",
     "SecureRound",
+    "array_names",
+    "decline_code",
+    "decline_text",
     "is_secure_message",
     "secure_round",
+    "update_parameters",
 ]
-
-log = logging.getLogger(__name__)
 
 MAX_WEIGHT = 10_000  # samples one client may weigh in with per round
 CLIPPING_RANGE = 8.0  # |n * update / MAX_WEIGHT| per value; an update is at most 8 * MAX_WEIGHT / n
 ARRAY_NAMES = "array-names"  # config key: the names of the arrays, in the order the update lists them
+
+
+_DECLINE = re.compile(r"declined with code (\d+): ")
+
+
+def decline_text(code: int, reason: str) -> str:
+    """How a device that declines a SecAgg+ round words its error: the protocol has no decline reply,
+    so the code travels in the text (read back by ``decline_code``)."""
+    return f"declined with code {code}: {reason}"
+
+
+def decline_code(text: str) -> int:
+    """The decline code in an error's text, 0 if it is not a decline (a crash, a lost device)."""
+    match = _DECLINE.search(text)
+    return int(match.group(1)) if match else 0
 
 
 def is_secure_message(content: RecordDict) -> bool:

@@ -43,9 +43,9 @@ def stores(tmp_path_factory: pytest.TempPathFactory, digits) -> list[Path]:  # t
     return paths
 
 
-def _nodes(stores: list[Path], state: Path) -> list[InProcessNode]:
+def _nodes(stores: list[Path], state: Path, app=client_app) -> list[InProcessNode]:  # type: ignore[no-untyped-def]
     return [
-        InProcessNode(client_app, {"samples-db": str(p), "state-dir": str(state / f"n{i}"), "device-id": f"dev-{i}"})
+        InProcessNode(app, {"samples-db": str(p), "state-dir": str(state / f"n{i}"), "device-id": f"dev-{i}"})
         for i, p in enumerate(stores)
     ]
 

@@ -22,6 +22,7 @@ from federated.rounds import run_rounds
 from federated.spec import CampaignSpec
 from federated.strategies import build_strategy
 from federated.weights import model_to_arrays
+from tests.test_federated import _nodes
 
 ARCH = {"architecture_args": {"sizes": [64, 10], "standardize": True}}
 
@@ -35,13 +36,6 @@ def stores(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
         fill_sample_store(root / f"d{i}.sqlite", digits.x_train[idx], digits.y_train[idx])
         paths.append(root / f"d{i}.sqlite")
     return paths
-
-
-def _nodes(stores: list[Path], state: Path, app=client_app) -> list[InProcessNode]:  # type: ignore[no-untyped-def]
-    return [
-        InProcessNode(app, {"samples-db": str(p), "state-dir": str(state / f"n{i}"), "device-id": f"dev-{i}"})
-        for i, p in enumerate(stores)
-    ]
 
 
 def _run(spec: CampaignSpec, nodes: list[InProcessNode], initial, campaign_id: str):  # type: ignore[no-untyped-def]
