@@ -1,8 +1,10 @@
 """Mosquitto's password and ACL files, rendered by the coordinator, and the broker reload.
 
 The coordinator owns both files and rewrites them whole from its store: its own user with every
-right under ``edgefleet/v1/#``, and one password entry per enrolled device whose rights come from
-``pattern`` lines (``protocol.topics.device_acl_patterns``: username = device id, own subtree only).
+right under ``edgefleet/v1/#``, its telemetry connection's user (``<user>-ingest``, same password,
+may only read telemetry; see coordinator/ingest_link.py), and one password entry per enrolled device
+whose rights come from ``pattern`` lines (``protocol.topics.device_acl_patterns``: username = device
+id, own subtree only).
 
 Revocation on Mosquitto 2.0 (tested against 2.0.11 in tests/test_broker_auth.py): on SIGHUP the
 broker re-reads both files and disconnects every connected client whose username and password no
@@ -31,7 +33,8 @@ from pathlib import Path
 
 from coordinator.config import BrokerAuthConfig
 from coordinator.errors import CoordinatorError
-from protocol.topics import PREFIX, device_acl_patterns
+from coordinator.ingest_link import ingest_username
+from protocol.topics import PREFIX, Channel, channel_subscription, device_acl_patterns
 
 __all__ = [
     "BrokerAuth",
@@ -107,7 +110,8 @@ def render_password_file(users: Mapping[str, str]) -> str:
 
 
 def render_acl_file(coordinator_username: str) -> str:
-    """Mosquitto ACL file text: devices confined to their own subtree, the coordinator everywhere."""
+    """Mosquitto ACL file text: devices confined to their own subtree, the coordinator everywhere, its
+    telemetry connection reading telemetry."""
     lines = [
         _HEADER.rstrip("\n"),
         "# Every device's username is its device id; %u confines it to its own subtree.",
@@ -115,6 +119,9 @@ def render_acl_file(coordinator_username: str) -> str:
         "",
         f"user {coordinator_username}",
         f"topic readwrite {PREFIX}/#",
+        "",
+        f"user {ingest_username(coordinator_username)}",
+        f"topic read {channel_subscription(Channel.TELEMETRY)}",
     ]
     return "\n".join(lines) + "\n"
 
@@ -174,10 +181,12 @@ class BrokerAuth:
         Returns whether anything changed. Raises BrokerAuthError when a file cannot be written or the
         reload command fails.
         """
-        if self.username in devices:
-            raise BrokerAuthError(f"device id {self.username!r} is the coordinator's broker username")
+        own = (self.username, ingest_username(self.username))
+        if taken := [name for name in own if name in devices]:
+            raise BrokerAuthError(f"device id {taken[0]!r} is one of the coordinator's broker usernames")
         with self._lock:
-            users = {_check_username(d): h for d, h in devices.items()} | {self.username: self._coordinator_hash()}
+            hashed = self._coordinator_hash()
+            users = {_check_username(d): h for d, h in devices.items()} | dict.fromkeys(own, hashed)
             try:
                 changed = _write_if_changed(self.config.password_file, render_password_file(users))
                 changed = _write_if_changed(self.config.acl_file, render_acl_file(self.username)) or changed

@@ -1,11 +1,15 @@
-"""The coordinator's MQTT link: publishes desired state, serves chunks, ingests what devices send."""
+"""The coordinator's MQTT link: publishes desired state, serves chunks, takes in what devices send.
+
+Telemetry comes in on a connection of its own (coordinator/ingest_link.py); this one carries the
+control channels. Devices are told the coordinator is online only once both are subscribed.
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
 from collections.abc import Callable
-from typing import Any, Protocol, TypeVar
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from prometheus_client import Counter
@@ -15,6 +19,7 @@ from agent.mqtt_client import make_client
 from coordinator.db import FleetDB
 from coordinator.errors import NotFound
 from coordinator.ingest import TelemetryIngest
+from coordinator.ingest_link import IngestLink
 from coordinator.registry import Registry
 from protocol.errors import ProtocolError
 from protocol.messages import (
@@ -26,11 +31,19 @@ from protocol.messages import (
     CoordinatorStatus,
     DesiredState,
     ReportedState,
-    Telemetry,
     encode_chunk,
     parse,
+    sent_by,
 )
-from protocol.topics import COORDINATOR_STATUS, Channel, DeviceTopic, coordinator_subscriptions, parse_topic, topic
+from protocol.topics import (
+    COORDINATOR_STATUS,
+    Channel,
+    DeviceTopic,
+    channel_subscription,
+    coordinator_subscriptions,
+    parse_topic,
+    topic,
+)
 
 __all__ = ["CoordinatorLink"]
 
@@ -47,10 +60,16 @@ class CoordinatorLink:
         self.db = db
         self.registry = registry
         self.connected = threading.Event()
-        # Set once the broker confirmed our subscriptions: from then on nothing a device sends is missed.
+        # Set once the broker confirmed the subscriptions of both connections: from then on nothing a
+        # device sends is missed.
         self.subscribed = threading.Event()
+        self._control_subscribed = threading.Event()
+        self._online_lock = threading.Lock()
         self.rejected = 0
         self.ingest = TelemetryIngest(db)
+        self.ingest_link = IngestLink(
+            broker, self.ingest, client_id=client_id, on_rejected=self._count_rejected, on_subscribed=self._maybe_online
+        )
         self.on_connected: Callable[[], None] = lambda: None
         self.client = make_client(broker, client_id, clean_session=True)
         # Chunks are answered on the network thread; allow a burst of them in flight.
@@ -65,6 +84,7 @@ class CoordinatorLink:
 
     def start(self) -> None:
         self.ingest.start()
+        self.ingest_link.start()
         self.client.connect_async(self.broker.host, self.broker.port, keepalive=self.broker.keepalive_s)
         self.client.loop_start()
 
@@ -79,6 +99,7 @@ class CoordinatorLink:
                 log.warning("could not publish the coordinator's offline status: %s", exc)
         self.client.disconnect()
         self.client.loop_stop()
+        self.ingest_link.stop()
         self.ingest.stop()
 
     def publish_desired(self, desired: DesiredState) -> None:
@@ -100,19 +121,32 @@ class CoordinatorLink:
         if reason.is_failure:
             log.error("broker %s refused the coordinator: %s", self.broker.url, reason)
             return
-        _, self._subscribe_mid = client.subscribe([(t, 1) for t in coordinator_subscriptions()])
+        telemetry = channel_subscription(Channel.TELEMETRY)  # the ingest link's
+        subscriptions = [(t, 1) for t in coordinator_subscriptions() if t != telemetry]
+        _, self._subscribe_mid = client.subscribe(subscriptions)
         self.connected.set()
         log.info("coordinator connected to %s", self.broker.url)
         self.on_connected()
 
-    def _on_subscribe(self, client: mqtt.Client, _ud: Any, mid: int, _codes: Any, _props: Any) -> None:
+    def _on_subscribe(self, _client: mqtt.Client, _ud: Any, mid: int, _codes: Any, _props: Any) -> None:
         # Only once the broker confirmed our subscriptions may devices send: nothing they send is dropped.
         if mid == self._subscribe_mid:
+            self._control_subscribed.set()
+            self._maybe_online()
+
+    def _maybe_online(self) -> None:
+        """Announce "online" once both connections are subscribed (called from either one's thread)."""
+        with self._online_lock:
+            if self.subscribed.is_set() or not (
+                self._control_subscribed.is_set() and self.ingest_link.subscribed.is_set()
+            ):
+                return
             self.subscribed.set()
-            client.publish(COORDINATOR_STATUS, CoordinatorStatus(state="online").to_bytes(), qos=1, retain=True)
+        self.client.publish(COORDINATOR_STATUS, CoordinatorStatus(state="online").to_bytes(), qos=1, retain=True)
 
     def _on_disconnect(self, _c: mqtt.Client, _ud: Any, _flags: Any, reason: Any, _props: Any) -> None:
         self.connected.clear()
+        self._control_subscribed.clear()
         self.subscribed.clear()
         log.warning("coordinator disconnected from broker (%s); reconnecting", reason)
 
@@ -123,15 +157,13 @@ class CoordinatorLink:
             if not msg.payload:  # a cleared retained message
                 return
             if dest.channel is Channel.CHUNK_REQUESTS:
-                self._serve_chunk(_own(parse(ChunkRequest, msg.payload, topic=msg.topic), dest.device_id))
+                self._serve_chunk(sent_by(parse(ChunkRequest, msg.payload, topic=msg.topic), dest.device_id))
             elif dest.channel is Channel.REPORTED:
-                self.db.record_reported(_own(parse(ReportedState, msg.payload, topic=msg.topic), dest.device_id))
+                self.db.record_reported(sent_by(parse(ReportedState, msg.payload, topic=msg.topic), dest.device_id))
             elif dest.channel is Channel.AVAILABILITY:
-                self.db.record_availability(_own(parse(Availability, msg.payload, topic=msg.topic), dest.device_id))
-            elif dest.channel is Channel.TELEMETRY:
-                self.ingest.put(_own(parse(Telemetry, msg.payload, topic=msg.topic), dest.device_id))
+                self.db.record_availability(sent_by(parse(Availability, msg.payload, topic=msg.topic), dest.device_id))
             elif dest.channel is Channel.COMMAND_RESULTS:
-                result = _own(parse(CommandResult, msg.payload, topic=msg.topic), dest.device_id)
+                result = sent_by(parse(CommandResult, msg.payload, topic=msg.topic), dest.device_id)
                 if not self.db.record_command_result(result):
                     raise ProtocolError(f"result for unknown command {result.command_id}", topic=msg.topic)
                 log.info(
@@ -171,17 +203,3 @@ class CoordinatorLink:
         self.client.publish(topic(request.device_id, Channel.CHUNKS), encode_chunk(header, data), qos=1)
         CHUNKS.labels(request.kind).inc()
         CHUNK_BYTES.labels(request.kind).inc(len(data))
-
-
-class _FromDevice(Protocol):
-    device_id: str
-
-
-D = TypeVar("D", bound=_FromDevice)
-
-
-def _own(message: D, device_id: str) -> D:
-    """A device may speak only for itself: the payload's device id must match its topic."""
-    if message.device_id != device_id:
-        raise ProtocolError(f"payload names device {message.device_id!r} on the topic of {device_id!r}")
-    return message

@@ -6,7 +6,7 @@ import json
 import struct
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
@@ -33,6 +33,7 @@ __all__ = [
     "decode_chunk",
     "encode_chunk",
     "parse",
+    "sent_by",
 ]
 
 SCHEMA_VERSION: Literal[1] = 1
@@ -258,6 +259,20 @@ def parse(
         return model.model_validate(raw)
     except ValidationError as exc:
         raise InvalidMessage(f"{model.__name__}: {describe_errors(exc)[0]}", topic=topic) from None
+
+
+class _FromDevice(Protocol):
+    device_id: str
+
+
+D = TypeVar("D", bound=_FromDevice)
+
+
+def sent_by(message: D, device_id: str) -> D:
+    """``message`` if its payload names the device of its topic: a device may speak only for itself."""
+    if message.device_id != device_id:
+        raise InvalidMessage(f"payload names device {message.device_id!r} on the topic of {device_id!r}")
+    return message
 
 
 _LEN = struct.Struct(">I")

@@ -17,6 +17,7 @@ __all__ = [
     "PREFIX",
     "Channel",
     "DeviceTopic",
+    "channel_subscription",
     "coordinator_subscriptions",
     "device_acl_patterns",
     "device_subscriptions",
@@ -98,9 +99,14 @@ def device_subscriptions(device_id: str) -> list[str]:
     return [topic(device_id, c) for c in sorted(TO_DEVICE)] + [COORDINATOR_STATUS]
 
 
+def channel_subscription(channel: Channel) -> str:
+    """The topic filter of ``channel`` for every device."""
+    return f"{PREFIX}/devices/+/{channel.value}"
+
+
 def coordinator_subscriptions() -> list[str]:
     """What the coordinator subscribes to: every device's outbound channels."""
-    return [f"{PREFIX}/devices/+/{c.value}" for c in sorted(FROM_DEVICE)]
+    return [channel_subscription(c) for c in sorted(FROM_DEVICE)]
 
 
 def device_acl_patterns() -> list[tuple[str, str]]:
