@@ -113,68 +113,92 @@ class RawDrain:
         self.last = now
 
 
+class Publishers:
+    """One publishing burst of ``per`` messages from each of ``count`` publishers, paho or C."""
+
+    def __init__(self, kind: str, port: int, devices: list[str], count: int, per: int, work: Path) -> None:
+        self.kind, self.total = kind, per * count
+        self.duplicates = self.total // 20 if kind == "mosquitto_pub" else (per // 20) * count
+        if kind == "mosquitto_pub":
+            self.cpub = CPublishers(port, _messages(devices, self.total), work)
+            self.procs: list[Any] = []
+            return
+        ctx = mp.get_context("spawn")
+        self.ready = ctx.Event()
+        self.procs = [ctx.Process(target=_publisher, args=(port, devices, per, p, self.ready)) for p in range(count)]
+        for proc in self.procs:
+            proc.start()
+        time.sleep(3 + per / 20000)  # let the publishers prepare their payloads
+
+    def go(self) -> float:
+        """Start publishing; return when it started."""
+        started = time.perf_counter()
+        if self.kind == "mosquitto_pub":
+            self.cpub.start()
+        else:
+            self.ready.set()
+        return started
+
+    def join(self) -> None:
+        for proc in self.procs:
+            proc.join()
+        if self.kind == "mosquitto_pub":
+            self.cpub.join()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--messages", type=int, default=60000)
     parser.add_argument("--devices", type=int, default=200)
     parser.add_argument("--publishers", type=int, default=2, help="Python publisher processes (paho).")
     parser.add_argument("--publisher", choices=["paho", "mosquitto_pub"], default="paho")
+    parser.add_argument(
+        "--order", choices=["together", "apart"], default="together",
+        help="together: the raw subscriber and the coordinator drain one burst at once, sharing the CPUs; "
+        "apart: each drains its own burst with the machine to itself, raw first.",
+    )  # fmt: skip
     args = parser.parse_args()
+    per = args.messages // args.publishers
+    devices = [f"ingest-{i:04d}" for i in range(args.devices)]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         (work / "k.pub").write_bytes(generate_keypair()[1])
+        db_path = work / "coordinator" / "data" / "fleet.db"
+
+        def stored() -> int:
+            with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5) as conn:
+                return int(conn.execute("select count(*) from telemetry").fetchone()[0])
+
         with LocalBroker(
             work / "broker", extra_config="max_queued_messages 1000000\nmax_inflight_messages 1000"
         ) as broker:
             fleet = LocalFleet(work, broker.url, [work / "k.pub"])
             try:
-                fleet.start_coordinator()
+                if args.order == "together":
+                    fleet.start_coordinator()
                 drain = RawDrain(broker.port)
                 time.sleep(0.5)
-                per = args.messages // args.publishers
-                devices = [f"ingest-{i:04d}" for i in range(args.devices)]
-                if args.publisher == "mosquitto_pub":
-                    cpub = CPublishers(broker.port, _messages(devices, per * args.publishers), work)
-                    started = time.perf_counter()
-                    cpub.start()
-                    procs: list[Any] = []
-                else:
-                    ctx = mp.get_context("spawn")
-                    ready = ctx.Event()
-                    procs = [
-                        ctx.Process(target=_publisher, args=(broker.port, devices, per, p, ready))
-                        for p in range(args.publishers)
-                    ]
-                    for proc in procs:
-                        proc.start()
-                    time.sleep(3 + per / 20000)  # let the publishers prepare their payloads
-                    started = time.perf_counter()
-                    ready.set()
-                total = per * args.publishers
-                duplicates = total // 20 if args.publisher == "mosquitto_pub" else (per // 20) * args.publishers
-                unique = total - duplicates
-                db_path = work / "coordinator" / "data" / "fleet.db"
-
-                def stored() -> int:
-                    with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5) as conn:
-                        return int(conn.execute("select count(*) from telemetry").fetchone()[0])
-
-                wait_until(lambda: drain.count >= total, timeout=600, interval=0.05, what="raw drain")
-                raw_done = time.perf_counter()
-                wait_until(lambda: stored() >= unique, timeout=600, interval=0.1, what="coordinator ingest")
-                ingest_done = time.perf_counter()
+                burst = Publishers(args.publisher, broker.port, devices, args.publishers, per, work)
+                started = burst.go()
+                wait_until(lambda: drain.count >= burst.total, timeout=600, interval=0.02, what="raw drain")
+                raw_rate = burst.total / (time.perf_counter() - started)
+                burst.join()
+                if args.order == "apart":
+                    drain.client.disconnect()
+                    drain.client.loop_stop()
+                    fleet.start_coordinator()
+                    burst = Publishers(args.publisher, broker.port, devices, args.publishers, per, work)
+                    started = burst.go()
+                unique = burst.total - burst.duplicates
+                wait_until(lambda: stored() >= unique, timeout=600, interval=0.05, what="coordinator ingest")
+                ingest_rate = burst.total / (time.perf_counter() - started)
                 threading.Event().wait(1.0)
                 final = stored()
-                for proc in procs:
-                    proc.join()
-                if args.publisher == "mosquitto_pub":
-                    cpub.join()
+                burst.join()
             finally:
                 fleet.stop()
-    raw_rate = total / (raw_done - started)
-    ingest_rate = total / (ingest_done - started)
-    print(f"{total} messages ({unique} unique, 5% duplicate deliveries) from {args.devices} device ids, QoS 1, "
-          f"published by {args.publisher}; {os.cpu_count()} CPUs")  # fmt: skip
+    print(f"{burst.total} messages ({unique} unique, 5% duplicate deliveries) from {args.devices} device ids, QoS 1, "
+          f"published by {args.publisher}; {os.cpu_count()} CPUs; raw and coordinator {args.order}")  # fmt: skip
     print(f"raw paho drain:       {raw_rate:8.0f} msg/s")
     print(
         f"coordinator ingest:   {ingest_rate:8.0f} msg/s  ({ingest_rate / raw_rate:.2f}x raw; target >= 0.7x, >= 10k)"

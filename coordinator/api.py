@@ -82,7 +82,8 @@ def create_app(coordinator: Coordinator, *, token: str | None) -> FastAPI:
 
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:
-        return {"ok": True, "broker_connected": coordinator.link.connected.is_set()}
+        # Connected means both MQTT connections are subscribed: only then does nothing devices send go missing.
+        return {"ok": True, "broker_connected": coordinator.link.subscribed.is_set()}
 
     @app.get("/metrics")
     def metrics() -> Response:
