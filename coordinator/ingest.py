@@ -46,6 +46,7 @@ class TelemetryIngest:
                 log.error("telemetry ingest queue full; %d messages dropped so far", self.dropped)
 
     def start(self) -> None:
+        self._stop.clear()  # started again after a stop (the coordinator's API restarted in process)
         self._thread = threading.Thread(target=self._run, name="telemetry-ingest", daemon=True)
         self._thread.start()
 

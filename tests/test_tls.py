@@ -17,6 +17,7 @@ from cryptography.x509.oid import NameOID
 from agent.config import BrokerConfig
 from agent.mqtt_client import make_client
 from edgefleet.broker import LocalBroker
+from edgefleet.fleet import wait_until
 from tests.mqtt_probe import MqttProbe
 
 
@@ -113,3 +114,30 @@ def test_plain_mqtt_to_a_tls_listener_gets_no_session(tls_broker: tuple[LocalBro
         probe.client.connect_async("127.0.0.1", broker.port)
         probe.client.loop_start()
         assert not probe.connected.wait(1.0)
+
+
+def test_the_coordinators_telemetry_connection_speaks_tls(
+    tmp_path: Path, tls_broker: tuple[LocalBroker, Path, Path]
+) -> None:
+    from protocol.messages import Telemetry
+    from protocol.topics import Channel, topic
+    from tests.test_ingest_link import Ingest
+
+    broker, ca, other_ca = tls_broker
+    url = f"mqtts://127.0.0.1:{broker.port}"
+    # Refused without the broker's CA: retried in the background, never subscribed.
+    untrusting = Ingest(tmp_path / "refused.db", BrokerConfig(url=url, ca_file=other_ca))
+    untrusting.queue.start()
+    untrusting.link.start()
+    try:
+        assert not untrusting.link.subscribed.wait(2.0)
+    finally:
+        untrusting.link.stop()
+        untrusting.queue.stop()
+    # With it: subscribed, and a report sent over TLS is stored.
+    with Ingest(tmp_path / "fleet.db", BrokerConfig(url=url, ca_file=ca)) as ingest:
+        report = Telemetry(device_id="dev-1", window_s=1.0, inference_count=5, error_count=0)
+        with MqttProbe(url, client_id="tls-device", ca_file=ca) as device:
+            assert device.start() == "Success"
+            device.publish(topic("dev-1", Channel.TELEMETRY), report.to_bytes())
+            wait_until(lambda: ingest.stored() == 1, timeout=10, what="report over TLS")
