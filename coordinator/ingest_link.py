@@ -5,7 +5,8 @@ Telemetry is the fleet's bulk traffic: a report per device per interval, where t
 own, so a flood of reports never queues ahead of a chunk request, and on gmqtt, an asyncio client
 that parses many packets from one socket read: measured on these 2 cores (bench/bench_ingest.py),
 gmqtt takes ~21 us of CPU per QoS 1 message where paho's loop takes ~73 us (it reads each packet with
-several ``recv`` calls after a ``select``), and that is what bounded ingest.
+several ``recv`` calls after a ``select``), and that is what bounded ingest. The acknowledgements of
+one socket read go out in one write (coordinator/gmqtt_acks.py).
 
 The session is persistent (clean session off), so while this connection is down the broker keeps
 the reports devices send for it (up to its ``max_queued_messages``) and delivers them on reconnect.
@@ -34,6 +35,7 @@ from gmqtt import Client
 from gmqtt.mqtt.constants import UNLIMITED_RECONNECTS, MQTTv311
 
 from agent.config import BrokerConfig
+from coordinator import gmqtt_acks
 from coordinator.ingest import TelemetryIngest
 from protocol.errors import ProtocolError
 from protocol.messages import Telemetry, parse, sent_by
@@ -44,6 +46,7 @@ __all__ = ["INGEST_SUFFIX", "IngestLink", "ingest_username"]
 log = logging.getLogger(__name__)
 
 INGEST_SUFFIX = "-ingest"
+gmqtt_acks.install()  # one write for the acknowledgements of each socket read
 
 
 def ingest_username(coordinator_username: str) -> str:
