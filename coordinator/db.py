@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import sqlite_utils
-from pydantic import TypeAdapter
 from sqlite_utils.db import Table
 
 from coordinator.rollups import (
     RESOLUTIONS,
     ROLLUP_COLUMNS_6,
     ROLLUP_SCHEMA,
+    TELEMETRY_JSON_FIELDS,
     Resolution,
     RollupBatch,
     backfill_rollups,
@@ -370,10 +370,8 @@ class FleetDB:
         if not messages:
             return 0
         received = datetime.now(UTC)
-        rows = _TELEMETRY_ROWS.dump_python(messages, mode="json", exclude={"__all__": {"schema_version"}})
         now = received.isoformat()
-        for row in rows:
-            row["received_at"] = now
+        rows = [_telemetry_row(message, now) for message in messages]
         with self.locked() as db:
             conn = db.conn
             # Explicit, because sqlite-utils' own writers commit after every chunk: the raw rows and
@@ -469,29 +467,40 @@ class FleetDB:
         return deleted
 
 
-# One call into pydantic's serializer for a whole batch: ~4 us a report less than model_dump on each.
-_TELEMETRY_ROWS = TypeAdapter(list[Telemetry])
+# A stored report: its fields but the schema version, then when it arrived.
+_TELEMETRY_COLUMNS = [name for name in Telemetry.model_fields if name != "schema_version"] + ["received_at"]
 
 
-def _json_text(value: dict[str, Any] | list[Any]) -> str:
-    """As sqlite-utils stores lists and dicts: JSON text (most reports' are empty)."""
-    return json.dumps(value, ensure_ascii=False) if value else ("{}" if isinstance(value, dict) else "[]")
+def _telemetry_row(message: Telemetry, received_at: str) -> list[Any]:
+    """The values of ``_TELEMETRY_COLUMNS``, as ``model_dump(mode="json")`` and sqlite-utils would store
+    them (datetimes in ISO 8601 with "Z" for UTC, lists and dicts as JSON text), read straight off the
+    model: the serializer took ~12 us a report, a third of the writer's time."""
+    row: list[Any] = []
+    fields = message.__dict__
+    for name in _TELEMETRY_COLUMNS[:-1]:
+        value = fields[name]
+        if name in TELEMETRY_JSON_FIELDS:
+            value = json.dumps(value, ensure_ascii=False) if value else ("{}" if isinstance(value, dict) else "[]")
+        elif isinstance(value, datetime):
+            value = value.isoformat()
+            if value.endswith("+00:00"):
+                value = value[:-6] + "Z"
+        row.append(value)
+    row.append(received_at)
+    return row
 
 
-def _insert_telemetry(conn: sqlite3.Connection, rows: list[dict[str, Any]]) -> set[str]:
-    """Insert the rows whose message id is new; return those ids (a repeated id within ``rows`` once)."""
-    columns = list(rows[0])  # every row is a dumped Telemetry: the same keys in the same order
+def _insert_telemetry(conn: sqlite3.Connection, rows: list[list[Any]]) -> set[str]:
+    """Insert the rows (``_TELEMETRY_COLUMNS``) whose message id is new; return those ids (a repeated id
+    within ``rows`` once)."""
+    columns = _TELEMETRY_COLUMNS
     per_statement = max(1, 999 // len(columns))  # SQLite's most conservative limit on bound parameters
     placeholders = "(" + ", ".join("?" * len(columns)) + ")"
     names = ", ".join(f'"{c}"' for c in columns)
-    as_json = [c for c in columns if isinstance(rows[0][c], dict | list)]
     new: set[str] = set()
     for start in range(0, len(rows), per_statement):
         chunk = rows[start : start + per_statement]
-        for row in chunk:
-            for column in as_json:
-                row[column] = _json_text(row[column])
-        params = [v for row in chunk for v in row.values()]
+        params = [v for row in chunk for v in row]
         cursor = conn.execute(
             f"insert or ignore into telemetry ({names}) values {', '.join([placeholders] * len(chunk))}"
             " returning message_id",

@@ -27,6 +27,7 @@ __all__ = [
     "RESOLUTIONS",
     "ROLLUP_COLUMNS_6",
     "ROLLUP_SCHEMA",
+    "TELEMETRY_JSON_FIELDS",
     "Resolution",
     "RollupBatch",
     "TelemetryPruner",
@@ -225,8 +226,10 @@ class RollupBatch:
                 conn.executemany(sql, rows)
 
 
-# Stored as JSON text, like every list and dict of a report.
-_JSON_FIELDS = frozenset(n for n, f in Telemetry.model_fields.items() if get_origin(f.annotation) in (list, dict))
+# Stored as JSON text, like every list and dict of a report (coordinator/db.py writes them so).
+TELEMETRY_JSON_FIELDS = frozenset(
+    n for n, f in Telemetry.model_fields.items() if get_origin(f.annotation) in (list, dict)
+)
 # NULL in a column of the report means the column came after the row (the model's default applies), but a
 # row without these was never a report: leaving them to their default factories would invent them.
 _NOT_DEFAULTED = frozenset({"message_id", "sent_at"})
@@ -236,7 +239,7 @@ def _report_from_row(row: dict[str, Any]) -> tuple[Telemetry, datetime]:
     """A raw telemetry row as the report it was stored from, and its arrival; ValueError or TypeError if not one."""
     received_at = datetime.fromisoformat(row.pop("received_at"))
     fields = {
-        name: json.loads(value) if name in _JSON_FIELDS and isinstance(value, str) else value
+        name: json.loads(value) if name in TELEMETRY_JSON_FIELDS and isinstance(value, str) else value
         for name, value in row.items()
         if value is not None or name in _NOT_DEFAULTED
     }

@@ -192,3 +192,37 @@ def test_a_full_ingest_queue_holds_the_mqtt_thread_back_before_it_drops(tmp_path
     else:  # stalled past the wait: what could not be queued is dropped and counted, the rest stored
         assert ingest.dropped > 0 and ingest.inserted + ingest.dropped == 40
     assert len(db.telemetry("pi-1", limit=100)) == ingest.inserted
+
+
+def test_stored_report_rows_are_what_pydantic_and_sqlite_utils_would_write(tmp_path: Path) -> None:
+    """The writer reads rows straight off the model; they must equal model_dump(mode="json") stored the
+    sqlite-utils way, for every kind of value a report carries."""
+    import json
+    from datetime import UTC, datetime, timedelta, timezone
+
+    from coordinator.db import _TELEMETRY_COLUMNS, _telemetry_row
+
+    reports = [
+        Telemetry(device_id="pi-1", window_s=1.0, inference_count=3, error_count=0),
+        Telemetry(
+            device_id="pi-2", window_s=2.5, inference_count=9, error_count=2, sent_at=datetime(2026, 1, 2, tzinfo=UTC),
+            errors_by_kind={"runtime": 2}, runtime_skipped=["tensorrt: not installed"], drift_features={"x": 0.3},
+            outbox_dropped={"telemetry": 1}, drift_alert=True, latency_ms_p99=float("inf"), cpu_percent=float("nan"),
+            rss_bytes=123, disk_used_percent=50.0, runtime="onnx-cpu", bundle_digest="a" * 64,
+        ),
+        Telemetry(device_id="pi-3", window_s=0, inference_count=0, error_count=0,
+                  sent_at=datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=timezone(timedelta(hours=-5)))),
+        Telemetry(device_id="pi-4", window_s=0, inference_count=0, error_count=0, sent_at=datetime(2026, 1, 2)),
+    ]  # fmt: skip
+    for report in reports:
+        dumped = report.model_dump(mode="json", exclude={"schema_version"})
+        expected = [json.dumps(v, ensure_ascii=False) if isinstance(v, dict | list) else v for v in dumped.values()] + [
+            "now"
+        ]
+        row = _telemetry_row(report, "now")
+        assert [*dumped, "received_at"] == _TELEMETRY_COLUMNS
+        assert [repr(v) for v in row] == [repr(v) for v in expected], report.device_id  # nan == nan by repr
+    db = FleetDB(tmp_path / "fleet.db")
+    assert db.add_telemetry_batch(reports) == 4
+    stored = db.telemetry("pi-2")[0]
+    assert stored["sent_at"] == "2026-01-02T00:00:00Z" and json.loads(stored["errors_by_kind"]) == {"runtime": 2}
