@@ -45,6 +45,12 @@ __all__ = ["INGEST_SUFFIX", "IngestLink", "ingest_username"]
 
 log = logging.getLogger(__name__)
 
+# gmqtt logs every failed reconnect try (two warnings each 2 s while a broker is away); our own
+# callbacks say once that the connection was lost and once that it is back.
+logging.getLogger("gmqtt").setLevel(logging.ERROR)
+_GMQTT_LOG = log.getChild("gmqtt")
+_GMQTT_LOG.setLevel(logging.ERROR)
+
 INGEST_SUFFIX = "-ingest"
 gmqtt_acks.install()  # one write for the acknowledgements of each socket read
 
@@ -105,7 +111,7 @@ class IngestLink:
     # -- on the connection's event loop ---------------------------------------------------
     async def _connect(self) -> None:
         """Connect, retrying with backoff until it works or we stop; gmqtt reconnects after that."""
-        client = Client(self.client_id, clean_session=False, logger=log)
+        client = Client(self.client_id, clean_session=False, logger=_GMQTT_LOG)
         client.set_config({"reconnect_retries": UNLIMITED_RECONNECTS, "reconnect_delay": 2})
         if self.broker.username:
             client.set_auth_credentials(ingest_username(self.broker.username), self.broker.resolved_password())
