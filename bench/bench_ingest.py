@@ -1,12 +1,13 @@
 """Telemetry ingest: messages per second into the coordinator's SQLite vs a plain paho subscriber.
 
 Run by hand: python bench/bench_ingest.py [--messages 60000] [--devices 200] [--publishers 2]
-                                            [--publisher paho|mosquitto_pub]
+                                            [--publisher paho|mosquitto_pub] [--order together|apart]
 
 Publishers send telemetry for many device ids as fast as the broker takes it (QoS 1, as agents do),
 with 5% duplicate deliveries; a plain paho subscriber drains the same topics in the same run as the
-baseline. Reported: raw drain rate, the coordinator's insert rate, and that every unique message is
-stored exactly once.
+baseline (``--order together``, both at once, sharing the CPUs; ``--order apart``: raw first, then the
+coordinator, each draining its own burst with the machine to itself). Reported: raw drain rate, the
+coordinator's insert rate, and that every unique message is stored exactly once.
 
 Everything shares this machine's CPUs: with ``--publisher paho`` (default) the publishers are Python
 processes that take about a core between them; with ``--publisher mosquitto_pub`` every device id
