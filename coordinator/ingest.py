@@ -5,7 +5,6 @@ delivery is never counted twice)."""
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 
 from coordinator.db import FleetDB
@@ -28,7 +27,11 @@ class TelemetryIngest:
         # After the first message of a batch, wait this long for more: a row costs ~3x less in a
         # batch of 2000 than in one of 20 (one commit, one rollup upsert per device and bucket).
         self.linger_s = linger_s
-        self._queue: queue.Queue[Telemetry] = queue.Queue(maxsize=max_queue)
+        self.max_queue = max_queue
+        # A list under one condition, not a queue.Queue: the writer takes a whole batch in one slice
+        # (queue.Queue's per-item get and put cost ~5% of the ingest process at 9k msg/s).
+        self._pending: list[Telemetry] = []
+        self._changed = threading.Condition()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.inserted = 0
@@ -36,14 +39,19 @@ class TelemetryIngest:
         self.dropped = 0
 
     def put(self, message: Telemetry) -> None:
-        try:
-            self._queue.put(message, timeout=self.block_s)
-        except queue.Full:
-            # Still full: the message is acknowledged to the broker when this returns, so it is lost;
-            # count it so the operator sees the coordinator cannot keep up.
-            self.dropped += 1
-            if self.dropped % 1000 == 1:
-                log.error("telemetry ingest queue full; %d messages dropped so far", self.dropped)
+        with self._changed:
+            if len(self._pending) >= self.max_queue and not self._changed.wait_for(
+                lambda: len(self._pending) < self.max_queue, timeout=self.block_s
+            ):
+                # Still full: the message is acknowledged to the broker when this returns, so it is
+                # lost; count it so the operator sees the coordinator cannot keep up.
+                self.dropped += 1
+                if self.dropped % 1000 == 1:
+                    log.error("telemetry ingest queue full; %d messages dropped so far", self.dropped)
+                return
+            self._pending.append(message)
+            if len(self._pending) in (1, self.batch):  # the writer waits for a first one, or a full batch
+                self._changed.notify_all()
 
     def start(self) -> None:
         self._stop.clear()  # started again after a stop (the coordinator's API restarted in process)
@@ -52,31 +60,33 @@ class TelemetryIngest:
 
     def stop(self) -> None:
         self._stop.set()
+        with self._changed:
+            self._changed.notify_all()
         if self._thread is not None:
             self._thread.join(timeout=10)
         self._flush()  # whatever arrived before the stop
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            try:
-                first = self._queue.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            if self._queue.qsize() < self.batch - 1:
-                self._stop.wait(self.linger_s)
-            self._write([first, *self._drain()])
+            with self._changed:
+                if not self._changed.wait_for(lambda: self._pending or self._stop.is_set(), timeout=0.2):
+                    continue
+                # Linger for a fuller batch, unless stopping (the stop flushes) or already full.
+                self._changed.wait_for(
+                    lambda: len(self._pending) >= self.batch or self._stop.is_set(), timeout=self.linger_s
+                )
+            if items := self._take():
+                self._write(items)
 
-    def _drain(self) -> list[Telemetry]:
-        items: list[Telemetry] = []
-        while len(items) < self.batch - 1:
-            try:
-                items.append(self._queue.get_nowait())
-            except queue.Empty:
-                break
+    def _take(self) -> list[Telemetry]:
+        with self._changed:
+            items = self._pending[: self.batch]
+            del self._pending[: self.batch]
+            self._changed.notify_all()  # room again for a put that waits
         return items
 
     def _flush(self) -> None:
-        while items := self._drain():
+        while items := self._take():
             self._write(items)
 
     def _write(self, items: list[Telemetry]) -> None:
