@@ -136,6 +136,11 @@ class IngestLink:
     async def _disconnect(self) -> None:
         if self._client is not None and self._client.is_connected:
             await self._client.disconnect()
+        # gmqtt's reconnect tries (a broker that is away) would otherwise die pending with the loop.
+        tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def _ssl(self) -> ssl.SSLContext | bool:
         if not self.broker.tls:
