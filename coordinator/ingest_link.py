@@ -28,7 +28,6 @@ import logging
 import ssl
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future
 from typing import Any
 
 from gmqtt import Client
@@ -78,27 +77,23 @@ class IngestLink:
         self.on_rejected = on_rejected
         self.on_subscribed = on_subscribed
         self.subscribed = threading.Event()
-        self._loop = asyncio.new_event_loop()  # a new one at each start: stop closes it
+        self._loop: asyncio.AbstractEventLoop | None = None  # one per start; stop closes it
         self._thread: threading.Thread | None = None
         self._client: Client | None = None
-        self._connecting: Future[None] | None = None
         self._stopping = False
 
     def start(self) -> None:
-        if self._loop.is_closed():
-            self._loop = asyncio.new_event_loop()
         self._stopping = False
+        self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="telemetry-mqtt", daemon=True)
         self._thread.start()
-        self._connecting = asyncio.run_coroutine_threadsafe(self._connect(), self._loop)
+        asyncio.run_coroutine_threadsafe(self._connect(), self._loop)
 
     def stop(self) -> None:
         """Disconnect (the broker keeps the session) and end the thread; the ingest queue is the caller's."""
         self._stopping = True
-        if self._thread is None:
+        if self._thread is None or self._loop is None:
             return
-        if self._connecting is not None:
-            self._connecting.cancel()  # still retrying its first connect
         try:
             asyncio.run_coroutine_threadsafe(self._disconnect(), self._loop).result(timeout=5)
         except Exception as exc:
@@ -136,7 +131,8 @@ class IngestLink:
     async def _disconnect(self) -> None:
         if self._client is not None and self._client.is_connected:
             await self._client.disconnect()
-        # gmqtt's reconnect tries (a broker that is away) would otherwise die pending with the loop.
+        # A first connect still retrying, or gmqtt's reconnect tries (a broker that is away), would
+        # otherwise die pending with the loop.
         tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
         for task in tasks:
             task.cancel()

@@ -163,10 +163,13 @@ def test_the_ingest_user_cannot_publish(hardened_broker: LocalBroker, secured_br
     ingest = MqttProbe(hardened_broker.url, ingest_username(secured_broker.username), secured_broker.password)
     try:
         assert watcher.start() == "Success" and ingest.start() == "Success"
-        watcher.subscribe(f"{PREFIX}/devices/+/desired")
-        ingest.client.publish(topic("dev-0", Channel.DESIRED), b"{}", qos=1).wait_for_publish(5)
+        assert watcher.subscribe(f"{PREFIX}/devices/+/desired") == [1]
+        ingest.publish(topic("dev-0", Channel.DESIRED), b"from the ingest user")
+        watcher.publish(topic("dev-0", Channel.DESIRED), b"from the coordinator")
+        # The coordinator's own publish, sent after, arrives; the ingest user's never does.
+        assert watcher.next().payload == b"from the coordinator"
         with pytest.raises(queue.Empty):
-            watcher.messages.get(timeout=1.5)
+            watcher.messages.get(timeout=1.0)
     finally:
         watcher.stop()
         ingest.stop()
