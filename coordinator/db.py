@@ -17,11 +17,11 @@ from typing import Any
 import sqlite_utils
 from sqlite_utils.db import Table
 
+from coordinator.report_rows import TELEMETRY_COLUMNS, PreparedReport, prepare_arrived
 from coordinator.rollups import (
     RESOLUTIONS,
     ROLLUP_COLUMNS_6,
     ROLLUP_SCHEMA,
-    TELEMETRY_JSON_FIELDS,
     Resolution,
     RollupBatch,
     backfill_rollups,
@@ -365,13 +365,17 @@ class FleetDB:
         return self.add_telemetry_batch([message]) == 1
 
     def add_telemetry_batch(self, messages: list[Telemetry]) -> int:
+        """Store reports that arrived now; see ``add_reports``."""
+        received = datetime.now(UTC)
+        received_iso, received_s = received.isoformat(), received.timestamp()
+        return self.add_reports([prepare_arrived(message, received_iso, received_s) for message in messages])
+
+    def add_reports(self, reports: list[PreparedReport]) -> int:
         """Insert many in one transaction, each once per message id, and fold the new ones into the
         rollups in that same transaction; return how many were new."""
-        if not messages:
+        if not reports:
             return 0
-        received = datetime.now(UTC)
-        now = received.isoformat()
-        rows = [_telemetry_row(message, now) for message in messages]
+        rows = [row for row, _, _ in reports]
         with self.locked() as db:
             conn = db.conn
             # Explicit, because sqlite-utils' own writers commit after every chunk: the raw rows and
@@ -381,10 +385,10 @@ class FleetDB:
                 new_ids = _insert_telemetry(conn, rows)
                 inserted = len(new_ids)
                 rollups = RollupBatch()
-                for message in messages:
-                    if message.message_id in new_ids:  # a duplicate delivery is folded in once, or never
-                        new_ids.discard(message.message_id)
-                        rollups.add(message, received)
+                for row, bucket, values in reports:
+                    if row[0] in new_ids:  # a duplicate delivery (same message id) is folded in once, or never
+                        new_ids.discard(row[0])
+                        rollups.add_contribution(bucket, values)
                 rollups.write(conn)
                 conn.execute("commit")
             except BaseException:
@@ -467,34 +471,10 @@ class FleetDB:
         return deleted
 
 
-# A stored report: its fields but the schema version, then when it arrived.
-_REPORT_FIELDS = [name for name in Telemetry.model_fields if name != "schema_version"]
-_TELEMETRY_COLUMNS = [*_REPORT_FIELDS, "received_at"]
-
-
-def _telemetry_row(message: Telemetry, received_at: str) -> list[Any]:
-    """The values of ``_TELEMETRY_COLUMNS``, as ``model_dump(mode="json")`` and sqlite-utils would store
-    them (datetimes in ISO 8601 with "Z" for UTC, lists and dicts as JSON text), read straight off the
-    model: the serializer took ~12 us a report, a third of the writer's time."""
-    row: list[Any] = []
-    fields = message.__dict__
-    for name in _REPORT_FIELDS:
-        value = fields[name]
-        if name in TELEMETRY_JSON_FIELDS:
-            value = json.dumps(value, ensure_ascii=False) if value else ("{}" if isinstance(value, dict) else "[]")
-        elif isinstance(value, datetime):
-            value = value.isoformat()
-            if value.endswith("+00:00"):
-                value = value[:-6] + "Z"
-        row.append(value)
-    row.append(received_at)
-    return row
-
-
 def _insert_telemetry(conn: sqlite3.Connection, rows: list[list[Any]]) -> set[str]:
-    """Insert the rows (``_TELEMETRY_COLUMNS``) whose message id is new; return those ids (a repeated id
+    """Insert the rows (``TELEMETRY_COLUMNS``) whose message id is new; return those ids (a repeated id
     within ``rows`` once)."""
-    columns = _TELEMETRY_COLUMNS
+    columns = TELEMETRY_COLUMNS
     per_statement = max(1, 999 // len(columns))  # SQLite's most conservative limit on bound parameters
     placeholders = "(" + ", ".join("?" * len(columns)) + ")"
     names = ", ".join(f'"{c}"' for c in columns)

@@ -1,13 +1,15 @@
-"""Telemetry ingest in batches: the MQTT thread only queues; a writer thread inserts many rows per
-transaction (waiting up to ``linger_s`` for a batch to fill), idempotent by message id (a duplicate
-delivery is never counted twice)."""
+"""Telemetry ingest in batches: reports come in prepared (coordinator/report_rows.py) and are only
+queued; a writer thread inserts many rows per transaction (waiting up to ``linger_s`` for a batch to
+fill), idempotent by message id (a duplicate delivery is never counted twice)."""
 
 from __future__ import annotations
 
 import logging
 import threading
+from datetime import UTC, datetime
 
 from coordinator.db import FleetDB
+from coordinator.report_rows import PreparedReport, prepare
 from protocol.messages import Telemetry
 
 __all__ = ["TelemetryIngest"]
@@ -19,9 +21,10 @@ class TelemetryIngest:
     def __init__(self, db: FleetDB, *, batch: int = 2000, linger_s: float = 0.2, max_queue: int = 200_000,
                  block_s: float = 5.0) -> None:  # fmt: skip
         self.db = db
-        # A full queue (the database stalled) blocks the MQTT thread up to this long before a message
-        # is dropped: the broker then holds back further deliveries (QoS 1 in-flight window), where a
-        # drop would lose a message that paho acknowledges when put returns. Well under the keepalive.
+        # A full queue (the database stalled) blocks the caller (the thread reading the telemetry
+        # receiver's reports) up to this long before reports are dropped: the receiver then stops
+        # reading and the broker holds back further deliveries (QoS 1 in-flight window), where a drop
+        # loses reports already acknowledged. Well under the keepalive.
         self.block_s = block_s
         self.batch = batch
         # After the first message of a batch, wait this long for more: a row costs ~3x less in a
@@ -30,7 +33,7 @@ class TelemetryIngest:
         self.max_queue = max_queue
         # A list under one condition, not a queue.Queue: the writer takes a whole batch in one slice
         # (queue.Queue's per-item get and put cost ~5% of the ingest process at 9k msg/s).
-        self._pending: list[Telemetry] = []
+        self._pending: list[PreparedReport] = []
         self._changed = threading.Condition()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -39,18 +42,26 @@ class TelemetryIngest:
         self.dropped = 0
 
     def put(self, message: Telemetry) -> None:
+        """Queue a report that arrived in this process just now."""
+        self.put_many([prepare(message, datetime.now(UTC))])
+
+    def put_many(self, reports: list[PreparedReport]) -> None:
+        """Queue prepared reports (coordinator/report_rows.py), waiting up to ``block_s`` while the queue
+        is full; still full, they are dropped and counted."""
         with self._changed:
             if len(self._pending) >= self.max_queue and not self._changed.wait_for(
                 lambda: len(self._pending) < self.max_queue, timeout=self.block_s
             ):
-                # Still full: the message is acknowledged to the broker when this returns, so it is
-                # lost; count it so the operator sees the coordinator cannot keep up.
-                self.dropped += 1
-                if self.dropped % 1000 == 1:
-                    log.error("telemetry ingest queue full; %d messages dropped so far", self.dropped)
+                # Still full: the reports were acknowledged to the broker when they arrived, so they
+                # are lost; count them so the operator sees the coordinator cannot keep up.
+                before = self.dropped
+                self.dropped += len(reports)
+                if before // 1000 != self.dropped // 1000 or before == 0:
+                    log.error("telemetry ingest queue full; %d reports dropped so far", self.dropped)
                 return
-            self._pending.append(message)
-            if len(self._pending) in (1, self.batch):  # the writer waits for a first one, or a full batch
+            was = len(self._pending)
+            self._pending.extend(reports)
+            if was == 0 or was < self.batch <= len(self._pending):  # the writer waits for a first one, or a full batch
                 self._changed.notify_all()
 
     def start(self) -> None:
@@ -78,7 +89,7 @@ class TelemetryIngest:
             if items := self._take():
                 self._write(items)
 
-    def _take(self) -> list[Telemetry]:
+    def _take(self) -> list[PreparedReport]:
         with self._changed:
             items = self._pending[: self.batch]
             del self._pending[: self.batch]
@@ -89,9 +100,9 @@ class TelemetryIngest:
         while items := self._take():
             self._write(items)
 
-    def _write(self, items: list[Telemetry]) -> None:
+    def _write(self, items: list[PreparedReport]) -> None:
         try:
-            inserted = self.db.add_telemetry_batch(items)
+            inserted = self.db.add_reports(items)
         except Exception:  # a database failure must not end ingest for good
             log.exception("telemetry batch of %d not stored", len(items))
             return

@@ -33,6 +33,7 @@ __all__ = [
     "TelemetryPruner",
     "backfill_rollups",
     "bucket_start",
+    "contribution",
     "fleet_rollup_sql",
     "rollup_table",
     "rollup_view",
@@ -159,6 +160,15 @@ def _finite(value: float | None) -> float | None:
 _NO_ERRORS: Counter[str] = Counter()  # shared by every report without errors: never changed in place
 
 
+def contribution(message: Telemetry, received_s: float) -> tuple[tuple[str, int], list[Any]]:
+    """A report that arrived at ``received_s`` (epoch seconds): its minute bucket, (device id, start in
+    epoch seconds), and what it adds to it."""
+    # Bucketed by when the device closed the window, so an outbox replayed after an outage lands
+    # where it happened; a device clock running ahead cannot make buckets in the future.
+    sent = message.sent_at if message.sent_at.tzinfo else message.sent_at.replace(tzinfo=UTC)
+    return (message.device_id, math.floor(min(sent.timestamp(), received_s) / 60) * 60), _values(message)
+
+
 def _values(message: Telemetry) -> list[Any]:
     """One report's contribution, in the order of ``_SUMS``, ``_MAXES``, ``_MINS``, then its error kinds
     (a Counter); a non-finite value counts as absent."""
@@ -197,15 +207,15 @@ class RollupBatch:
         self._minutes: dict[tuple[str, int], list[Any]] = {}  # (device_id, minute start, epoch s)
 
     def add(self, message: Telemetry, received_at: datetime) -> None:
-        # Bucketed by when the device closed the window, so an outbox replayed after an outage lands
-        # where it happened; a device clock running ahead cannot make buckets in the future.
-        sent = message.sent_at if message.sent_at.tzinfo else message.sent_at.replace(tzinfo=UTC)
-        key = (message.device_id, math.floor(min(sent, received_at).timestamp() / 60) * 60)
-        current = self._minutes.get(key)
+        self.add_contribution(*contribution(message, received_at.timestamp()))
+
+    def add_contribution(self, bucket: tuple[str, int], values: list[Any]) -> None:
+        """Fold in what ``contribution`` made of a report (``values`` is taken over, not copied)."""
+        current = self._minutes.get(bucket)
         if current is None:
-            self._minutes[key] = _values(message)
+            self._minutes[bucket] = values
         else:
-            _merge(current, _values(message))
+            _merge(current, values)
 
     def write(self, conn: sqlite3.Connection) -> None:
         """Upsert every bucket; the caller holds the transaction the raw rows went in with."""

@@ -6,6 +6,7 @@ grant a device exactly its own subtree (see ``device_acl_patterns``).
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from enum import StrEnum
@@ -81,6 +82,7 @@ class DeviceTopic:
     channel: Channel
 
 
+@functools.lru_cache(maxsize=16384)  # a fleet's topics recur with every message; the result is immutable
 def parse_topic(name: str) -> DeviceTopic:
     """Split a received topic into device id and channel; raise InvalidMessage for anything else."""
     head = f"{PREFIX}/devices/"

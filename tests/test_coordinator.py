@@ -168,9 +168,9 @@ class _StalledDisk(FleetDB):
         super().__init__(path)
         self.resume = threading.Event()
 
-    def add_telemetry_batch(self, items):  # type: ignore[no-untyped-def]
+    def add_reports(self, items):  # type: ignore[no-untyped-def]
         self.resume.wait(10)
-        return super().add_telemetry_batch(items)
+        return super().add_reports(items)
 
 
 @pytest.mark.parametrize("stall_s", [0.5, 3.0])
@@ -183,7 +183,7 @@ def test_a_full_ingest_queue_holds_the_mqtt_thread_back_before_it_drops(tmp_path
     messages = [Telemetry(device_id="pi-1", window_s=1.0, inference_count=i, error_count=0) for i in range(40)]
     threading.Timer(stall_s, db.resume.set).start()
     started = time.monotonic()
-    for message in messages:  # as paho's network thread would: one after another
+    for message in messages:  # as the receiver's reports come in: one after another
         ingest.put(message)
     ingest.stop()
     if stall_s < 1.5:  # the disk came back while put waited: nothing lost, the sender was only slowed
@@ -200,7 +200,7 @@ def test_stored_report_rows_are_what_pydantic_and_sqlite_utils_would_write(tmp_p
     import json
     from datetime import UTC, datetime, timedelta, timezone
 
-    from coordinator.db import _TELEMETRY_COLUMNS, _telemetry_row
+    from coordinator.report_rows import TELEMETRY_COLUMNS, telemetry_row
 
     reports = [
         Telemetry(device_id="pi-1", window_s=1.0, inference_count=3, error_count=0),
@@ -219,8 +219,8 @@ def test_stored_report_rows_are_what_pydantic_and_sqlite_utils_would_write(tmp_p
         expected = [json.dumps(v, ensure_ascii=False) if isinstance(v, dict | list) else v for v in dumped.values()] + [
             "now"
         ]
-        row = _telemetry_row(report, "now")
-        assert [*dumped, "received_at"] == _TELEMETRY_COLUMNS
+        row = telemetry_row(report, "now")
+        assert [*dumped, "received_at"] == TELEMETRY_COLUMNS
         assert [repr(v) for v in row] == [repr(v) for v in expected], report.device_id  # nan == nan by repr
     db = FleetDB(tmp_path / "fleet.db")
     assert db.add_telemetry_batch(reports) == 4

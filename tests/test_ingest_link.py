@@ -1,11 +1,18 @@
-"""The telemetry connection (coordinator/ingest_link.py) against a real Mosquitto and SQLite file."""
+"""The telemetry receiver (coordinator/ingest_receiver.py, run by coordinator/ingest_link.py) against a
+real Mosquitto and SQLite file."""
 
 from __future__ import annotations
 
+import os
 import queue
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from agent.config import BrokerConfig
@@ -68,7 +75,9 @@ def _reports(count: int) -> list[tuple[str, bytes]]:
     return messages
 
 
-def test_a_burst_is_stored_exactly_once_and_bad_reports_are_rejected(tmp_path: Path, mosquitto: LocalBroker) -> None:
+def test_a_burst_is_stored_exactly_once_and_bad_reports_are_rejected(
+    tmp_path: Path, mosquitto: LocalBroker, caplog: pytest.LogCaptureFixture
+) -> None:
     # Prepare: Mosquitto's default in-flight window is 20 QoS 1 messages per client, so a burst of
     # hundreds only gets through if every delivery is acknowledged.
     broker = BrokerConfig(url=mosquitto.url)
@@ -89,6 +98,10 @@ def test_a_burst_is_stored_exactly_once_and_bad_reports_are_rejected(tmp_path: P
     assert len(ingest.rejected) == 3
     counts = sorted(row["inference_count"] for row in ingest.db.telemetry("dev-1", limit=1000))
     assert counts == list(range(1, 400, 4)), "the spoofed report was not stored under dev-1 or dev-0"
+    # The receiver process's reasons reach the coordinator's log, under the ingest link's logger.
+    reasons = [r.getMessage() for r in caplog.records if r.name == "coordinator.ingest_link"]
+    assert sum("rejected message on" in reason for reason in reasons) == 3, reasons
+    assert any("speaks for" in reason or "dev-0" in reason for reason in reasons), reasons
 
 
 def test_reports_sent_while_the_connection_is_down_arrive_when_it_returns(
@@ -104,6 +117,68 @@ def test_reports_sent_while_the_connection_is_down_arrive_when_it_returns(
         # Assert: the broker held them for the session and delivers them now.
         wait_until(lambda: ingest.stored() >= 50, timeout=15, what="held reports")
     assert ingest.stored() == 50 and ingest.queue.duplicates == 5
+
+
+def test_a_killed_receiver_is_started_again_and_what_the_broker_held_arrives(
+    tmp_path: Path, mosquitto: LocalBroker
+) -> None:
+    # Prepare
+    broker = BrokerConfig(url=mosquitto.url)
+    reports = _reports(60)  # the first 20 and their two repeats are the first 22
+    with Ingest(tmp_path / "fleet.db", broker) as ingest:
+        _publish_all(mosquitto, reports[:22])
+        wait_until(lambda: ingest.stored() >= 20, timeout=15, what="first reports")
+        first = ingest.link.pid
+        assert first is not None
+        # Execute: the receiver dies hard; devices go on reporting meanwhile.
+        os.kill(first, signal.SIGKILL)
+        wait_until(lambda: not ingest.link.subscribed.is_set(), timeout=5, what="receiver's death seen")
+        _publish_all(mosquitto, reports[22:])
+        # Assert: a new receiver takes the session over; the broker delivers what it held.
+        wait_until(lambda: ingest.link.subscribed.is_set(), timeout=15, what="receiver started again")
+        wait_until(lambda: ingest.stored() >= 60, timeout=15, what="held reports")
+        assert ingest.link.restarts == 1 and ingest.link.pid not in (None, first)
+    assert ingest.stored() == 60 and ingest.queue.duplicates == 6 and ingest.queue.dropped == 0
+
+
+def test_the_receiver_ends_with_the_coordinator(tmp_path: Path, mosquitto: LocalBroker) -> None:
+    # Prepare: a process that runs the ingest as the coordinator does, and says its receiver's pid.
+    script = f"""
+import sys, time
+from pathlib import Path
+sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})
+from agent.config import BrokerConfig
+from tests.test_ingest_link import Ingest
+with Ingest(Path({str(tmp_path / "fleet.db")!r}), BrokerConfig(url={mosquitto.url!r})) as ingest:
+    print(ingest.link.pid, flush=True)
+    time.sleep(60)
+"""
+    coordinator = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert coordinator.stdout is not None
+        receiver = int(coordinator.stdout.readline())
+        assert psutil.pid_exists(receiver)
+        # Execute: the coordinator dies without a word.
+        coordinator.kill()
+        coordinator.wait(timeout=5)
+        # Assert: its receiver notices (end of its stream) and leaves, rather than taking reports nobody stores.
+        psutil.Process(receiver).wait(timeout=10)
+    finally:
+        coordinator.kill()
+
+
+def test_a_stop_right_after_the_start_leaves_no_receiver(tmp_path: Path, mosquitto: LocalBroker) -> None:
+    ingest = Ingest(tmp_path / "fleet.db", BrokerConfig(url=mosquitto.url))
+    children_before = {p.pid for p in psutil.Process().children()}
+    started = time.monotonic()
+    ingest.queue.start()
+    ingest.link.start()
+    ingest.link.stop()
+    ingest.queue.stop()
+    assert time.monotonic() - started < 8
+    assert ingest.link.pid is None
+    left = [p for p in psutil.Process().children() if p.pid not in children_before and p.is_running()]
+    assert not [p for p in left if p.status() != psutil.STATUS_ZOMBIE], left
 
 
 def test_acl_lets_the_ingest_user_only_read_telemetry() -> None:
