@@ -20,7 +20,7 @@ from typing import Any
 
 from agent.config import BrokerConfig
 from coordinator.ingest import TelemetryIngest
-from coordinator.ingest_receiver import INGEST_SUFFIX, ingest_username
+from coordinator.ingest_receiver import INGEST_SUFFIX, BrokerSettings, ingest_username
 from protocol.topics import DeviceTopic
 
 __all__ = ["INGEST_SUFFIX", "IngestLink", "ingest_username"]
@@ -117,7 +117,7 @@ class IngestLink:
         with self._lock:
             self._proc, self._conn = proc, conn
             stopping = self._stopping.is_set()  # a stop that came while this one started saw no receiver
-        conn.send(("start", self.broker, self.client_id))
+        conn.send(("start", _settings(self.broker), self.client_id))
         if stopping:
             conn.send(("stop",))
         return conn
@@ -171,3 +171,12 @@ class IngestLink:
 def _receiver_env() -> dict[str, str]:
     paths = [_SOURCE_ROOT, *filter(None, [os.environ.get("PYTHONPATH")])]
     return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+
+
+def _settings(broker: BrokerConfig) -> BrokerSettings:
+    """The receiver's share of the broker config; the password file is read anew at every start."""
+    return BrokerSettings(
+        url=broker.url, host=broker.host, port=broker.port, keepalive_s=broker.keepalive_s,
+        username=broker.username, password=broker.resolved_password(), tls=broker.tls,
+        ca_file=str(broker.ca_file) if broker.ca_file else None,
+    )  # fmt: skip

@@ -7,8 +7,8 @@ these 2-core machines). Apart, each has a core (bench/bench_ingest.py). The coor
 supervises and stops it (coordinator/ingest_link.py): ``python -m coordinator.ingest_receiver FD``,
 where FD is its end of a socket pair carrying pickled tuples whose first item names them:
 
-- from the coordinator: ``("start", BrokerConfig, client id)`` first, then ``("stop",)``; the end of
-  the stream (the coordinator died) stops the receiver too;
+- from the coordinator: ``("start", BrokerSettings, client id)`` first, then ``("stop",)``; the end
+  of the stream (the coordinator died) stops the receiver too;
 - to the coordinator: ``("reports", [PreparedReport, ...])`` (coordinator/report_rows.py),
   ``("rejected", DeviceTopic | None)``, ``("subscribed", bool)`` and ``("log", level, logger, text)``:
   the receiver's log records, logged again by the coordinator where its logging is set up.
@@ -35,6 +35,7 @@ import logging
 import signal
 import ssl
 import sys
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 from typing import Any
@@ -42,14 +43,13 @@ from typing import Any
 from gmqtt import Client
 from gmqtt.mqtt.constants import UNLIMITED_RECONNECTS, MQTTv311
 
-from agent.config import BrokerConfig
 from coordinator import gmqtt_acks
 from coordinator.report_rows import PreparedReport, prepare_arrived
 from protocol.errors import ProtocolError
 from protocol.messages import Telemetry, parse, sent_by
 from protocol.topics import Channel, DeviceTopic, channel_subscription, parse_topic
 
-__all__ = ["INGEST_SUFFIX", "Receiver", "ingest_username", "main"]
+__all__ = ["INGEST_SUFFIX", "BrokerSettings", "Receiver", "ingest_username", "main"]
 
 log = logging.getLogger("coordinator.ingest_link")  # the name the coordinator's operators know
 
@@ -62,10 +62,25 @@ def ingest_username(coordinator_username: str) -> str:
     return coordinator_username + INGEST_SUFFIX
 
 
+@dataclass(frozen=True)
+class BrokerSettings:
+    """What the receiver needs of the coordinator's broker config, the password read already (the
+    config's model, agent.config, is not imported here: the receiver starts ~0.2 s sooner)."""
+
+    url: str
+    host: str
+    port: int
+    keepalive_s: int
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+    ca_file: str | None = None
+
+
 class Receiver:
     """Subscribes to every device's telemetry and sends each valid report, prepared, to the coordinator."""
 
-    def __init__(self, broker: BrokerConfig, client_id: str, conn: Connection) -> None:
+    def __init__(self, broker: BrokerSettings, client_id: str, conn: Connection) -> None:
         self.broker = broker
         self.client_id = client_id
         self.conn = conn
@@ -104,7 +119,7 @@ class Receiver:
         client = Client(self.client_id, clean_session=False, logger=log.getChild("gmqtt"))
         client.set_config({"reconnect_retries": UNLIMITED_RECONNECTS, "reconnect_delay": 2})
         if self.broker.username:
-            client.set_auth_credentials(ingest_username(self.broker.username), self.broker.resolved_password())
+            client.set_auth_credentials(ingest_username(self.broker.username), self.broker.password)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
@@ -126,7 +141,7 @@ class Receiver:
     def _ssl(self) -> ssl.SSLContext | bool:
         if not self.broker.tls:
             return False
-        return ssl.create_default_context(cafile=str(self.broker.ca_file) if self.broker.ca_file else None)
+        return ssl.create_default_context(cafile=self.broker.ca_file)
 
     def _on_connect(self, client: Client, _flags: Any, _rc: Any, _props: Any) -> None:
         # Subscribed anew on every connect: a broker that restarted without persistence forgot the session.

@@ -46,6 +46,9 @@ def test_a_broker_restart_before_the_coordinator_is_back_loses_no_telemetry(
     sender = OutboxSender(outbox, agent.publish_raw, agent.gate, poll_s=0.2)
     agent.gate.on_open = sender.wake
     link = coordinator()
+    # The agent has never seen a coordinator announce itself, so it sends at once: the coordinator's
+    # telemetry subscription must exist by then (it is made on the coordinator's first start).
+    wait_until(link.subscribed.is_set, timeout=15, what="the coordinator subscribed")
     agent.start()
     sender.start()
     sent: list[str] = []
