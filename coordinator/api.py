@@ -19,6 +19,7 @@ from coordinator.commands import CommandNotSent
 from coordinator.dashboard_api import dashboard_files, dashboard_router
 from coordinator.enrollment import EnrollmentRefused
 from coordinator.errors import Conflict, CoordinatorError, NotFound, Rejected
+from coordinator.fleet_metrics import fleet_registry
 from coordinator.registry_api import registry_router
 from coordinator.rollout_api import rollout_router
 from coordinator.security_api import Security, security_router
@@ -85,9 +86,12 @@ def create_app(coordinator: Coordinator, *, token: str | None) -> FastAPI:
         # Connected means both MQTT connections are subscribed: only then does nothing devices send go missing.
         return {"ok": True, "broker_connected": coordinator.link.subscribed.is_set()}
 
+    fleet_metrics = fleet_registry(coordinator)
+
     @app.get("/metrics")
     def metrics() -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        """The process's counters (prometheus-client's registry) and this coordinator's fleet figures."""
+        return Response(generate_latest() + generate_latest(fleet_metrics), media_type=CONTENT_TYPE_LATEST)
 
     # Reading needs a read-only token, anything else operator; admin routes say so themselves.
     api = Depends(security.auth.by_method)

@@ -64,6 +64,12 @@ class TelemetryIngest:
             if was == 0 or was < self.batch <= len(self._pending):  # the writer waits for a first one, or a full batch
                 self._changed.notify_all()
 
+    @property
+    def pending(self) -> int:
+        """Reports queued for the writer."""
+        with self._changed:
+            return len(self._pending)
+
     def start(self) -> None:
         self._stop.clear()  # started again after a stop (the coordinator's API restarted in process)
         self._thread = threading.Thread(target=self._run, name="telemetry-ingest", daemon=True)

@@ -64,8 +64,8 @@ def ingest_username(coordinator_username: str) -> str:
 
 @dataclass(frozen=True)
 class BrokerSettings:
-    """What the receiver needs of the coordinator's broker config, the password read already (the
-    config's model, agent.config, is not imported here: the receiver starts ~0.2 s sooner)."""
+    """What the receiver needs of the coordinator's broker config: plain values, the password already
+    read from its file by the coordinator."""
 
     url: str
     host: str
@@ -88,6 +88,7 @@ class Receiver:
         self._batch: list[PreparedReport] = []
         self._received: tuple[str, float] | None = None  # when the reports of this read arrived
         self._stop = asyncio.Event()
+        self._orphaned = False  # the coordinator is gone: nothing more can be handed over
 
     async def run(self) -> None:
         """Receive until the coordinator says stop (or goes away); then disconnect and send what is left."""
@@ -102,16 +103,28 @@ class Receiver:
         self._flush()
 
     def send(self, event: tuple[Any, ...]) -> None:
-        self.conn.send(event)
+        if self._orphaned:
+            return
+        try:
+            self.conn.send(event)
+        except OSError:
+            self._leave()
 
     # -- the coordinator's side --------------------------------------------------------
     def _on_coordinator(self) -> None:
         try:
             command = self.conn.recv()
         except (EOFError, OSError):
-            command = ("stop",)  # the coordinator is gone: nobody would store what we take
+            self._leave()
+            return
         if command[0] == "stop":
             self._stop.set()
+
+    def _leave(self) -> None:
+        """The coordinator is gone: stop taking reports nobody would store (the broker keeps them for
+        the session, for the next coordinator)."""
+        self._orphaned = True
+        self._stop.set()
 
     # -- the broker's side ---------------------------------------------------------------
     async def _connect(self) -> None:
@@ -201,7 +214,7 @@ class _ToCoordinator(logging.Handler):
             if record.exc_info:
                 text += "\n" + logging.Formatter().formatException(record.exc_info)
             self.receiver.send(("log", record.levelno, record.name, text))
-        except Exception:  # the coordinator is gone; nothing to log to
+        except Exception:  # a record that cannot be formatted
             self.handleError(record)
 
 

@@ -226,3 +226,49 @@ def test_stored_report_rows_are_what_pydantic_and_sqlite_utils_would_write(tmp_p
     assert db.add_telemetry_batch(reports) == 4
     stored = db.telemetry("pi-2")[0]
     assert stored["sent_at"] == "2026-01-02T00:00:00Z" and json.loads(stored["errors_by_kind"]) == {"runtime": 2}
+
+
+def test_metrics_give_fleet_figures_read_from_the_store(client, mosquitto: LocalBroker) -> None:  # type: ignore[no-untyped-def]
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from protocol.messages import Availability, BundleRef
+
+    # Prepare: three devices in two classes, two running digits 1.0, one of them offline (an alert);
+    # two reports delivered, one of them twice.
+    http, coordinator = client
+    db = coordinator.db
+    bundle = BundleRef(digest="a" * 64, name="digits", version="1.0")
+    for device, device_class, active, state in (
+        ("pi-1", "rpi5", bundle, "online"),
+        ("pi-2", "rpi5", bundle, "offline"),
+        ("gw-1", "x86-gateway", None, "online"),
+    ):
+        db.record_reported(ReportedState(device_id=device, device_class=device_class, agent_version="t", status="ready",
+                                         active=active, started_at="2026-01-01T00:00:00Z"))  # type: ignore[arg-type]  # fmt: skip
+        db.record_availability(Availability(device_id=device, state=state))
+    report = Telemetry(device_id="pi-1", window_s=1.0, inference_count=3, error_count=0).to_bytes()
+    other = Telemetry(device_id="gw-1", window_s=1.0, inference_count=1, error_count=0).to_bytes()
+    for name, payload in ((topic("pi-1", Channel.TELEMETRY), report), (topic("pi-1", Channel.TELEMETRY), report),
+                          (topic("gw-1", Channel.TELEMETRY), other)):  # fmt: skip
+        publish.single(name, payload, qos=1, hostname="127.0.0.1", port=mosquitto.port)
+    wait_until(lambda: coordinator.link.ingest.inserted + coordinator.link.ingest.duplicates == 3, timeout=10,
+               what="reports handled")  # fmt: skip
+    # Execute
+    text = http.get("/metrics").text
+    # Assert
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    assert samples[("edgefleet_fleet_devices", (("availability", "online"), ("device_class", "rpi5")))] == 1
+    assert samples[("edgefleet_fleet_devices", (("availability", "offline"), ("device_class", "rpi5")))] == 1
+    assert samples[("edgefleet_fleet_devices", (("availability", "online"), ("device_class", "x86-gateway")))] == 1
+    assert samples[("edgefleet_fleet_devices_running", (("model", "digits"), ("version", "1.0")))] == 2
+    assert samples[("edgefleet_fleet_alerts", (("kind", "offline"),))] >= 1
+    assert samples[("edgefleet_telemetry_reports_stored_total", ())] == 2
+    assert samples[("edgefleet_telemetry_duplicates_total", ())] == 1
+    assert samples[("edgefleet_telemetry_dropped_total", ())] == 0
+    assert samples[("edgefleet_telemetry_receiver_restarts_total", ())] == 0
+    assert samples[("edgefleet_coordinator_broker_subscribed", ())] == 1
+    assert "edgefleet_rollouts" in text
