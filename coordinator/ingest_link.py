@@ -79,6 +79,7 @@ class IngestLink:
             if self._thread.is_alive():
                 log.warning("telemetry receiver did not stop within 10 s; killing it")
         self._end_receiver()
+        self.subscribed.clear()
         self._thread = None
 
     @property
