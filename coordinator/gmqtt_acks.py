@@ -7,8 +7,9 @@ together when it ends (also when it fails), in order; a write outside parsing go
 before. What is written and when, relative to the packets it answers, is unchanged: the
 acknowledgements of one read leave before the next read is taken.
 
-Installed once, for every gmqtt connection in the process (only the ingest link uses gmqtt);
-``coordinator.ingest_link`` pins gmqtt below 0.9, the release these internals were read from.
+Installed once, for every gmqtt connection in the process (only the telemetry receiver,
+coordinator/ingest_receiver.py, uses gmqtt); the ``coordinator`` extra pins gmqtt below 0.9, the
+release these internals were read from.
 """
 
 from __future__ import annotations

@@ -236,7 +236,7 @@ class RollupBatch:
                 conn.executemany(sql, rows)
 
 
-# Stored as JSON text, like every list and dict of a report (coordinator/db.py writes them so).
+# Stored as JSON text, like every list and dict of a report (coordinator/report_rows.py writes them so).
 TELEMETRY_JSON_FIELDS = frozenset(
     n for n, f in Telemetry.model_fields.items() if get_origin(f.annotation) in (list, dict)
 )

@@ -117,7 +117,7 @@ def test_plain_mqtt_to_a_tls_listener_gets_no_session(tls_broker: tuple[LocalBro
 
 
 def test_the_coordinators_telemetry_connection_speaks_tls(
-    tmp_path: Path, tls_broker: tuple[LocalBroker, Path, Path]
+    tmp_path: Path, tls_broker: tuple[LocalBroker, Path, Path], caplog: pytest.LogCaptureFixture
 ) -> None:
     from protocol.messages import Telemetry
     from protocol.topics import Channel, topic
@@ -130,7 +130,10 @@ def test_the_coordinators_telemetry_connection_speaks_tls(
     untrusting.queue.start()
     untrusting.link.start()
     try:
-        assert not untrusting.link.subscribed.wait(2.0)
+        refused = lambda: [r for r in caplog.records if "telemetry connection to" in r.getMessage()]  # noqa: E731
+        wait_until(refused, timeout=10, what="the refused TLS connection reported")
+        assert "failed" in refused()[0].getMessage()
+        assert not untrusting.link.subscribed.is_set()
     finally:
         untrusting.link.stop()
         untrusting.queue.stop()
