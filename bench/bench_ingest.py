@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
+import psutil
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edgefleet.broker import LocalBroker
@@ -94,6 +95,20 @@ class CPublishers:
         for proc in self.procs:
             if proc.wait(timeout=600) != 0:
                 raise RuntimeError(f"mosquitto_pub exited with {proc.returncode}")
+
+
+def _cpu_s(pid: int, name: str = "coordinator") -> dict[str, float]:
+    """CPU seconds (user + system) of a process (``name``) and of each of its children, by command."""
+    root = psutil.Process(pid)
+    figures: dict[str, float] = {}
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            times, command = proc.cpu_times(), " ".join(proc.cmdline())
+        except psutil.NoSuchProcess:
+            continue
+        label = name if proc is root else "telemetry receiver" if "ingest_receiver" in command else command
+        figures[label] = figures.get(label, 0.0) + times.user + times.system
+    return figures
 
 
 class RawDrain:
@@ -180,19 +195,26 @@ def main() -> None:
                 drain = RawDrain(broker.port)
                 time.sleep(0.5)
                 burst = Publishers(args.publisher, broker.port, devices, args.publishers, per, work)
+                cpu_before = _cpu_s(fleet.coordinator.pid) if fleet.coordinator is not None else {}
+                raw_cpu = psutil.Process().cpu_times()  # this process: the raw subscriber's thread
                 started = burst.go()
                 wait_until(lambda: drain.count >= burst.total, timeout=600, interval=0.02, what="raw drain")
                 raw_rate = burst.total / (time.perf_counter() - started)
+                raw_cpu_s = sum(psutil.Process().cpu_times()[:2]) - sum(raw_cpu[:2])
                 burst.join()
                 if args.order == "apart":
                     drain.client.disconnect()
                     drain.client.loop_stop()
                     fleet.start_coordinator()
                     burst = Publishers(args.publisher, broker.port, devices, args.publishers, per, work)
+                    assert fleet.coordinator is not None
+                    cpu_before = _cpu_s(fleet.coordinator.pid)
                     started = burst.go()
                 unique = burst.total - burst.duplicates
                 wait_until(lambda: stored() >= unique, timeout=600, interval=0.05, what="coordinator ingest")
                 ingest_rate = burst.total / (time.perf_counter() - started)
+                assert fleet.coordinator is not None
+                cpu_after = _cpu_s(fleet.coordinator.pid)
                 threading.Event().wait(1.0)
                 final = stored()
                 burst.join()
@@ -200,10 +222,12 @@ def main() -> None:
                 fleet.stop()
     print(f"{burst.total} messages ({unique} unique, 5% duplicate deliveries) from {args.devices} device ids, QoS 1, "
           f"published by {args.publisher}; {os.cpu_count()} CPUs; raw and coordinator {args.order}")  # fmt: skip
-    print(f"raw paho drain:       {raw_rate:8.0f} msg/s")
+    print(f"raw paho drain:       {raw_rate:8.0f} msg/s  (CPU per message: {raw_cpu_s / burst.total * 1e6:.0f} us)")
     print(
         f"coordinator ingest:   {ingest_rate:8.0f} msg/s  ({ingest_rate / raw_rate:.2f}x raw; target >= 0.7x, >= 10k)"
     )
+    for name, seconds in cpu_after.items():
+        print(f"  CPU per message, {name}: {(seconds - cpu_before.get(name, 0.0)) / burst.total * 1e6:.0f} us")
     print(f"stored rows: {final} (expected {unique}: {'exactly once' if final == unique else 'MISMATCH'})")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import re
 from pathlib import Path
@@ -38,6 +39,10 @@ def serve(config: Path = typer.Option(..., "--config", "-c", help="Coordinator c
     except (Rejected, OSError, ValueError) as exc:
         fail(str(exc), ExitCode.CONFIG_INVALID)
     configure_logging(cfg.log_level)
+    # What is loaded by now lives as long as the process: keep it out of the collector's full passes,
+    # which otherwise walk it each time the ingest's batches have made enough new objects (7 us a
+    # report unpickled at 2000 a batch, 1 us frozen).
+    gc.freeze()
     uvicorn.run(app_, host=cfg.api.host, port=cfg.api.port, log_level=cfg.log_level.lower(), access_log=False)
 
 

@@ -31,6 +31,7 @@ Mosquitto's ``use_username_as_clientid``; a broker managed by other means needs 
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import ssl
@@ -234,6 +235,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("gmqtt").setLevel(logging.ERROR)
     log.getChild("gmqtt").setLevel(logging.ERROR)
     gmqtt_acks.install()  # one write for the acknowledgements of each socket read
+    gc.freeze()  # the modules loaded by now live as long as we do: the collector need not walk them again
     asyncio.run(receiver.run())
 
 
