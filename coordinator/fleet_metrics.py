@@ -84,7 +84,8 @@ class FleetCollector(Collector):
             ("edgefleet_telemetry_reports_stored", "Telemetry reports stored (each message id once)", ingest.inserted),
             ("edgefleet_telemetry_duplicates", "Repeated deliveries of a stored report, not counted again",
              ingest.duplicates),
-            ("edgefleet_telemetry_dropped", "Reports lost because the ingest queue stayed full", ingest.dropped),
+            ("edgefleet_telemetry_dropped", "Reports lost: the ingest queue stayed full, the store still failed "
+             "at stop, or a report could not be stored", ingest.dropped),
             ("edgefleet_telemetry_receiver_restarts", "Telemetry receiver processes that died and were started "
              "again", link.ingest_link.restarts),
         ):  # fmt: skip

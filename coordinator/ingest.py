@@ -1,11 +1,19 @@
 """Telemetry ingest in batches: reports come in prepared (coordinator/report_rows.py) and are only
 queued; a writer thread inserts many rows per transaction (waiting up to ``linger_s`` for a batch to
-fill), idempotent by message id (a duplicate delivery is never counted twice)."""
+fill), idempotent by message id (a duplicate delivery is never counted twice).
+
+The reports were acknowledged to the broker when they arrived, so a batch the store refuses is not
+given up: while the store itself fails (locked, full, an I/O error) the writer keeps the batch and tries
+again with backoff, the queue fills and holds the receiver back; a batch failing for one of its own
+reports is split until that report is found, and only it is dropped, counted and logged.
+"""
 
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
+import time
 from datetime import UTC, datetime
 
 from coordinator.db import FleetDB
@@ -15,6 +23,9 @@ from protocol.messages import Telemetry
 __all__ = ["TelemetryIngest"]
 
 log = logging.getLogger(__name__)
+
+RETRY_FIRST_S, RETRY_MAX_S = 0.5, 30.0  # backoff while the store fails
+TRIES_AT_STOP = 3  # a store still failing at stop: what it holds is lost after this many more tries
 
 
 class TelemetryIngest:
@@ -80,7 +91,7 @@ class TelemetryIngest:
         with self._changed:
             self._changed.notify_all()
         if self._thread is not None:
-            self._thread.join(timeout=10)
+            self._thread.join(timeout=30)  # a failing store gets TRIES_AT_STOP more tries
         self._flush()  # whatever arrived before the stop
 
     def _run(self) -> None:
@@ -107,10 +118,37 @@ class TelemetryIngest:
             self._write(items)
 
     def _write(self, items: list[PreparedReport]) -> None:
-        try:
-            inserted = self.db.add_reports(items)
-        except Exception:  # a database failure must not end ingest for good
-            log.exception("telemetry batch of %d not stored", len(items))
+        delay, failures = RETRY_FIRST_S, 0
+        while True:
+            try:
+                inserted = self.db.add_reports(items)
+            except sqlite3.OperationalError as exc:  # the store: locked, disk full, I/O error
+                failures += 1
+                if self._stop.is_set() and failures > TRIES_AT_STOP:
+                    self.dropped += len(items)
+                    log.error("telemetry store still failing at stop (%s): %d reports not stored", exc, len(items))
+                    return
+                if failures == 1 or delay == RETRY_MAX_S:
+                    log.error("telemetry store failing (%s); holding %d reports, trying again in %.1f s (%d queued)",
+                              exc, len(items), delay, self.pending)  # fmt: skip
+                if self._stop.is_set():
+                    time.sleep(1.0)  # stopping: a few last tries, a second apart
+                else:
+                    self._stop.wait(delay)
+                delay = min(delay * 2, RETRY_MAX_S)
+                continue
+            except Exception:  # something in the reports themselves: store the others
+                if len(items) > 1:
+                    half = len(items) // 2
+                    self._write(items[:half])
+                    self._write(items[half:])
+                    return
+                (row, (device_id, _), _) = items[0]
+                self.dropped += 1
+                log.exception("telemetry report %s from %s cannot be stored; dropped", row[0], device_id)
+                return
+            if failures:
+                log.info("telemetry store back after %d failed tries", failures)
+            self.inserted += inserted
+            self.duplicates += len(items) - inserted
             return
-        self.inserted += inserted
-        self.duplicates += len(items) - inserted

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import tarfile
 import threading
 import time
@@ -272,3 +273,47 @@ def test_metrics_give_fleet_figures_read_from_the_store(client, mosquitto: Local
     assert samples[("edgefleet_telemetry_receiver_restarts_total", ())] == 0
     assert samples[("edgefleet_coordinator_broker_subscribed", ())] == 1
     assert "edgefleet_rollouts" in text
+
+
+def test_a_failing_store_holds_the_batch_and_stores_it_once_the_store_recovers(tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
+    from coordinator.ingest import TelemetryIngest
+
+    caplog.set_level(logging.INFO, "coordinator.ingest")
+    db = FleetDB(tmp_path / "fleet.db")
+    with db.locked() as conn:  # a full disk, as SQLite sees it: the file may not grow
+        pages = conn.execute("pragma page_count").fetchone()[0]
+        conn.execute(f"pragma max_page_count = {pages}")
+    ingest = TelemetryIngest(db, batch=50, linger_s=0.0)
+    ingest.start()
+    for i in range(120):
+        ingest.put(Telemetry(device_id=f"pi-{i % 3}", window_s=1.0, inference_count=i, error_count=0))
+    wait_until(lambda: "telemetry store failing (database or disk is full)" in caplog.text, timeout=10,
+               what="the failure logged")  # fmt: skip
+    assert ingest.inserted == 0 and ingest.dropped == 0
+    with db.locked() as conn:
+        conn.execute("pragma max_page_count = 1073741823")
+    wait_until(lambda: ingest.inserted == 120, timeout=15, what="the held reports stored")
+    ingest.stop()
+    assert ingest.dropped == 0 and "telemetry store back after" in caplog.text
+    assert sum(len(db.telemetry(f"pi-{i}", limit=100)) for i in range(3)) == 120
+    minutes = sum(r["reports"] for i in range(3) for r in db.telemetry_rollups(f"pi-{i}", "minute"))
+    assert minutes == 120, "each report folded into the rollups once"
+
+
+def test_a_report_the_store_refuses_is_set_apart_and_the_rest_of_its_batch_stored(tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
+    from coordinator.ingest import TelemetryIngest
+
+    db = FleetDB(tmp_path / "fleet.db")
+    with db.locked() as conn:  # a row SQLite itself refuses, as a constraint or a corrupt value would
+        conn.execute("create trigger refuse before insert on telemetry when new.inference_count = 13 "
+                     "begin select raise(abort, 'refused by the store'); end")  # fmt: skip
+    ingest = TelemetryIngest(db, batch=64, linger_s=0.5)
+    ingest.start()
+    messages = [Telemetry(device_id="pi-1", window_s=1.0, inference_count=i, error_count=0) for i in range(50)]
+    for message in messages:
+        ingest.put(message)
+    ingest.stop()
+    assert (ingest.inserted, ingest.dropped) == (49, 1)
+    assert f"telemetry report {messages[13].message_id} from pi-1 cannot be stored; dropped" in caplog.text
+    assert sorted(r["inference_count"] for r in db.telemetry("pi-1")) == [i for i in range(50) if i != 13]
+    assert sum(r["reports"] for r in db.telemetry_rollups("pi-1", "minute")) == 49
