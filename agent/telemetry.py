@@ -21,15 +21,28 @@ log = logging.getLogger(__name__)
 OTHER_ERROR_KIND = "other"  # where kinds beyond MAX_ERROR_KINDS in one window are counted
 
 
-def soc_temperature_c(pattern: str = "/sys/class/thermal/thermal_zone*/temp") -> float | None:
-    """The hottest thermal zone in degrees Celsius, or None where the kernel exposes none."""
+# Zones whose reading is not the chip's: Jetson's PMIC-Die zone reports a fixed 100 C.
+_NOT_THE_CHIP = ("pmic",)
+_PLAUSIBLE_C = (-40.0, 150.0)  # outside: a sensor error or a disconnected zone (e.g. -273 C)
+
+
+def soc_temperature_c(zones: str = "/sys/class/thermal/thermal_zone*") -> float | None:
+    """The hottest thermal zone in degrees Celsius, or None where the kernel exposes none.
+
+    Linux thermal zones cover the Pi (``cpu-thermal``), the Jetsons (``CPU-therm``, ``GPU-therm``, ...)
+    and x86 (``x86_pkg_temp``, ``acpitz``); zones that do not measure the chip, and readings no chip can
+    have, are left out.
+    """
     readings = []
-    for path in glob.glob(pattern):
+    for zone in glob.glob(zones):
         try:
-            with open(path) as fh:
-                readings.append(int(fh.read().strip()) / 1000.0)
+            kind = Path(zone, "type").read_text().strip().lower() if Path(zone, "type").exists() else ""
+            celsius = int(Path(zone, "temp").read_text().strip()) / 1000.0
         except (OSError, ValueError):
             continue
+        if any(word in kind for word in _NOT_THE_CHIP) or not _PLAUSIBLE_C[0] <= celsius <= _PLAUSIBLE_C[1]:
+            continue
+        readings.append(celsius)
     return max(readings) if readings else None
 
 
@@ -52,6 +65,7 @@ class InferenceStats:
         self.total_errors = 0
         self._process = psutil.Process()
         self._process.cpu_percent(None)  # the first call only starts the measurement
+        psutil.cpu_percent(None)  # the device's, likewise
 
     def _reset(self, now: float) -> None:
         self._window_start = now
@@ -111,4 +125,6 @@ class InferenceStats:
             cpu_percent=self._process.cpu_percent(None),
             rss_bytes=self._process.memory_info().rss,
             soc_temp_c=soc_temperature_c(),
+            device_cpu_percent=psutil.cpu_percent(None),
+            memory_used_percent=psutil.virtual_memory().percent,
         )

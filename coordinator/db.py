@@ -21,6 +21,7 @@ from coordinator.report_rows import TELEMETRY_COLUMNS, PreparedReport, prepare_a
 from coordinator.rollups import (
     RESOLUTIONS,
     ROLLUP_COLUMNS_6,
+    ROLLUP_COLUMNS_9,
     ROLLUP_SCHEMA,
     Resolution,
     RollupBatch,
@@ -40,7 +41,7 @@ def _now() -> str:
 
 
 class FleetDB:
-    SCHEMA_VERSION = 8  # the number of migrations in _migrate
+    SCHEMA_VERSION = 9  # the number of migrations in _migrate
 
     def __init__(self, path: Path | str) -> None:
         conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
@@ -54,7 +55,7 @@ class FleetDB:
         """Apply, in order, every schema migration newer than the file's ``user_version``."""
         migrations = [
             self._schema_1, self._schema_2, self._schema_3, self._schema_4, self._schema_5, self._schema_6,
-            self._schema_7, self._schema_8,
+            self._schema_7, self._schema_8, self._schema_9,
         ]  # fmt: skip
         assert len(migrations) == self.SCHEMA_VERSION
         with self.locked() as db:
@@ -72,9 +73,24 @@ class FleetDB:
                 db.execute(f"pragma user_version = {version}")
 
     @staticmethod
+    def _schema_9(db: sqlite_utils.Database) -> None:
+        """The whole device's CPU and memory use: in raw telemetry and, as maxima, in the rollups (where a
+        store migrated from before schema 8 already has them: its backfill writes today's columns)."""
+        telemetry = Table(db, "telemetry")
+        for column in ("device_cpu_percent", "memory_used_percent"):
+            if column not in telemetry.columns_dict:
+                telemetry.add_column(column, float)
+        for resolution in RESOLUTIONS:
+            table = Table(db, rollup_table(resolution))
+            for column, kind in ROLLUP_COLUMNS_9.items():
+                if column not in table.columns_dict:
+                    table.add_column(column, kind)
+
+    @staticmethod
     def _schema_8(db: sqlite_utils.Database) -> None:
         """Rollups for the raw telemetry stored before schema 4 kept them, in one transaction that a
         rerun cannot count twice (see ``backfill_rollups``)."""
+        FleetDB._schema_9(db)  # the backfill writes every rollup column this code knows
         backfill_rollups(db.conn)
 
     @staticmethod

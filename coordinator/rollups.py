@@ -26,6 +26,7 @@ __all__ = [
     "MAX_BUCKET_ERROR_KINDS",
     "RESOLUTIONS",
     "ROLLUP_COLUMNS_6",
+    "ROLLUP_COLUMNS_9",
     "ROLLUP_SCHEMA",
     "TELEMETRY_JSON_FIELDS",
     "Resolution",
@@ -66,6 +67,8 @@ _MAXES = (
     "outbox_pending_max",
     "latency_ms_p99_max",
     "disk_used_percent_max",
+    "device_cpu_percent_max",
+    "memory_used_percent_max",
 )
 # The smaller one is kept; NULL where no report had the value.
 _MINS = ("disk_free_bytes_min",)
@@ -78,14 +81,17 @@ _TYPES: dict[str, type] = {
     "latency_ms_weighted_sum": float, "latency_ms_weight": int, "cpu_percent_sum": float,
     "cpu_percent_reports": int, "drift_alerts": int, "latency_ms_mean_max": float, "latency_ms_p95_max": float,
     "rss_bytes_max": int, "soc_temp_c_max": float, "drift_score_max": float, "outbox_pending_max": int,
-    "latency_ms_p99_max": float, "disk_used_percent_max": float, "disk_free_bytes_min": int, _ERRORS: str,
+    "latency_ms_p99_max": float, "disk_used_percent_max": float, "device_cpu_percent_max": float,
+    "memory_used_percent_max": float, "disk_free_bytes_min": int, _ERRORS: str,
 }  # fmt: skip
-# The columns each migration gave the rollup tables: schema 4 created them, schema 6 added p99, disk and error kinds.
+# The columns each migration gave the rollup tables: schema 4 created them, schema 6 added p99, disk and
+# error kinds, schema 9 the device's CPU and memory.
 ROLLUP_COLUMNS_6: dict[str, type] = {
     c: _TYPES[c] for c in ("latency_ms_p99_max", "disk_used_percent_max", "disk_free_bytes_min", _ERRORS)
 }
+ROLLUP_COLUMNS_9: dict[str, type] = {c: _TYPES[c] for c in ("device_cpu_percent_max", "memory_used_percent_max")}
 ROLLUP_SCHEMA: dict[str, type] = {"device_id": str, "bucket_start": str} | {
-    c: _TYPES[c] for c in _SUMS + _MAXES if c not in ROLLUP_COLUMNS_6
+    c: _TYPES[c] for c in _SUMS + _MAXES if c not in ROLLUP_COLUMNS_6 and c not in ROLLUP_COLUMNS_9
 }
 
 
@@ -180,7 +186,7 @@ def _values(message: Telemetry) -> list[Any]:
         cpu or 0.0, 0 if cpu is None else 1, int(m.drift_alert),
         latency, _finite(m.latency_ms_p95), m.rss_bytes, _finite(m.soc_temp_c), _finite(m.drift_score),
         m.outbox_pending, _finite(m.latency_ms_p99), _finite(m.disk_used_percent),
-        m.disk_free_bytes,
+        _finite(m.device_cpu_percent), _finite(m.memory_used_percent), m.disk_free_bytes,
         Counter(m.errors_by_kind) if m.errors_by_kind else _NO_ERRORS,
     ]  # fmt: skip
 

@@ -182,9 +182,15 @@ class Telemetry(Message):
     disk_used_percent: float | None = Field(
         default=None, ge=0, le=100, description="Used share of the data dir's filesystem, in percent."
     )
-    cpu_percent: float | None = None
-    rss_bytes: int | None = None
-    soc_temp_c: float | None = None
+    cpu_percent: float | None = Field(default=None, description="The agent process's CPU use, percent of one core.")
+    rss_bytes: int | None = Field(default=None, ge=0, description="The agent process's resident memory.")
+    soc_temp_c: float | None = Field(default=None, description="The hottest plausible thermal zone, in Celsius.")
+    device_cpu_percent: float | None = Field(
+        default=None, ge=0, le=100, description="The whole device's CPU use over the window, percent of all cores."
+    )
+    memory_used_percent: float | None = Field(
+        default=None, ge=0, le=100, description="The device's memory in use, percent (psutil's virtual_memory)."
+    )
     drift_score: float | None = Field(default=None, description="Mean PSI of the inputs against the reference.")
     confidence_drift_score: float | None = Field(
         default=None, description="PSI of the output's per-row top confidence against the reference."

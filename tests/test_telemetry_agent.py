@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ import pytest
 from agent.api import InferenceApi, InferenceService
 from agent.client import InferenceClient
 from agent.model import LoadedModel, load_model
-from agent.telemetry import OTHER_ERROR_KIND, InferenceStats
+from agent.telemetry import OTHER_ERROR_KIND, InferenceStats, soc_temperature_c
 from protocol.bundle import Manifest, extract_bundle
 from protocol.errors import InvalidMessage
 from protocol.messages import MAX_ERROR_KINDS, Telemetry, parse
@@ -101,3 +102,43 @@ def test_a_telemetry_message_without_the_new_fields_still_parses() -> None:
     assert (telemetry.errors_by_kind, telemetry.latency_ms_p99, telemetry.disk_free_bytes) == ({}, None, None)
     with pytest.raises(InvalidMessage, match="errors_by_kind"):
         parse(Telemetry, old[:-1] + b', "errors_by_kind": {"' + b"k" * 65 + b'": 1}}')
+
+
+def _zone(root: Path, n: int, kind: str | None, millidegrees: str) -> None:
+    zone = root / f"thermal_zone{n}"
+    zone.mkdir(parents=True)
+    (zone / "temp").write_text(millidegrees + "\n")
+    if kind is not None:
+        (zone / "type").write_text(kind + "\n")
+
+
+def test_soc_temperature_is_the_hottest_zone_that_measures_the_chip(tmp_path: Path) -> None:
+    # As a Jetson Xavier NX lays them out: PMIC-Die reads a fixed 100 C whatever the chip does.
+    _zone(tmp_path, 0, "CPU-therm", "51500")
+    _zone(tmp_path, 1, "GPU-therm", "48000")
+    _zone(tmp_path, 2, "PMIC-Die", "100000")
+    _zone(tmp_path, 3, "AUX-therm", "-273150")  # a zone with no sensor behind it
+    _zone(tmp_path, 4, "thermal-fan-est", "not a number")
+    assert soc_temperature_c(str(tmp_path / "thermal_zone*")) == 51.5
+
+    pi = tmp_path / "pi"
+    _zone(pi, 0, "cpu-thermal", "62300")
+    _zone(pi, 1, None, "40000")  # an older kernel without the zone's type: still read
+    assert soc_temperature_c(str(pi / "thermal_zone*")) == pytest.approx(62.3)
+    assert soc_temperature_c(str(tmp_path / "none" / "thermal_zone*")) is None  # a VM: no zones, no figure
+
+
+def test_a_window_carries_the_whole_devices_cpu_and_memory_beside_the_agents_own() -> None:
+    stats = InferenceStats()
+    sum(i * i for i in range(300_000))  # some CPU in the window
+
+    telemetry = stats.take("gw-1", None)
+
+    assert telemetry.device_cpu_percent is not None and 0.0 <= telemetry.device_cpu_percent <= 100.0
+    memory = psutil.virtual_memory().percent
+    assert telemetry.memory_used_percent == pytest.approx(memory, abs=5.0)
+    assert telemetry.rss_bytes == pytest.approx(psutil.Process().memory_info().rss, rel=0.2)
+    assert telemetry.cpu_percent is not None and telemetry.cpu_percent > 0.0  # the agent process's own
+    impossible = json.loads(telemetry.to_bytes()) | {"memory_used_percent": 1000.0}
+    with pytest.raises(InvalidMessage, match="memory_used_percent"):
+        parse(Telemetry, json.dumps(impossible).encode())

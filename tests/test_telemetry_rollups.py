@@ -387,3 +387,27 @@ def test_a_nearly_full_data_disk_is_an_alert_from_the_run_of_reports_over_the_li
     assert (alert.device_id, alert.severity, alert.since) == ("gw-1", "warning", received[2])
     assert "93.5% used" in alert.detail and "3072 MiB free" in alert.detail
     assert ("gw-2", "disk_full") in strict and ("gw-3", "disk_full") not in strict
+
+
+def test_the_devices_cpu_and_memory_peaks_are_kept_and_a_version_8_store_gets_their_columns(tmp_path: Path) -> None:
+    path = tmp_path / "fleet.db"
+    old = sqlite_utils.Database(path)
+    for version in range(1, 8):  # schema 8 only backfills rollups, and schema 9 comes before it in this code
+        getattr(FleetDB, f"_schema_{version}")(old)
+    old.execute("pragma user_version = 8")
+    assert "device_cpu_percent_max" not in old["telemetry_minute"].columns_dict
+    old.conn.close()
+
+    db = FleetDB(path)
+    db.add_telemetry_batch([
+        _report(at=T0 + timedelta(seconds=5), device_cpu_percent=35.0, memory_used_percent=61.0),
+        _report(at=T0 + timedelta(seconds=15), device_cpu_percent=92.5, memory_used_percent=58.0),
+        _report(at=T0 + timedelta(seconds=25)),  # an older agent: neither figure
+    ])  # fmt: skip
+    db.add_telemetry(_report("gw-2", at=T0 + timedelta(seconds=5), device_cpu_percent=10.0, memory_used_percent=88.0))
+
+    [minute] = db.telemetry_rollups("gw-1", "minute")
+    assert (minute["reports"], minute["device_cpu_percent_max"], minute["memory_used_percent_max"]) == (3, 92.5, 61.0)
+    [fleet] = db.fleet_rollups("hour")
+    assert (fleet["device_cpu_percent_max"], fleet["memory_used_percent_max"]) == (92.5, 88.0)
+    assert {row["device_cpu_percent"] for row in db.telemetry("gw-1")} == {None, 92.5, 35.0}
