@@ -33,7 +33,16 @@ from agent.telemetry import InferenceStats
 from agent.update_lock import UpdateLock
 from protocol.bundle import Manifest, SignedManifest
 from protocol.errors import BundleError
-from protocol.messages import BundleRef, ChunkRequest, Command, CommandResult, ErrorInfo, Message, ReportedState
+from protocol.messages import (
+    BundleRef,
+    ChunkRequest,
+    Command,
+    CommandResult,
+    ErrorInfo,
+    Message,
+    ReportedState,
+    Telemetry,
+)
 from protocol.signing import TrustedKeys, load_trusted_keys
 from protocol.topics import Channel
 
@@ -335,37 +344,42 @@ class Agent:
 
     def _telemetry_loop(self) -> None:
         while not self._stop.wait(self.telemetry_interval_s):
-            model = self.model
-            telemetry = self.stats.take(
-                self.config.device_id,
-                model.digest if model else None,
-                model.runtime.key if model else None,
-                model.skipped_runtimes if model else None,
-                data_dir=self.config.data_dir,
-            )
-            threshold = self.config.drift.threshold
-            if model is not None and model.drift is not None:
-                score, features = model.drift.score()
-                telemetry.drift_score = score
-                telemetry.drift_features = features
-                if score is not None and score > threshold:
-                    telemetry.drift_alert = True
-                    log.warning("input drift %.3f over threshold %.2f on %s", score, threshold, features)
-            if model is not None and model.confidence_drift is not None:
-                confidence = model.confidence_drift.score()
-                telemetry.confidence_drift_score = confidence
-                if confidence is not None and confidence > threshold:
-                    telemetry.drift_alert = True
-                    log.warning(
-                        "output confidence drift %.3f over threshold %.2f on %r",
-                        confidence,
-                        threshold,
-                        model.confidence_drift.output,
-                    )
-            outbox = self.outbox.stats()
-            telemetry.outbox_pending = outbox.pending
-            telemetry.outbox_dropped = {channel.value: n for channel, n in outbox.dropped.items() if n}
-            self._send(Channel.TELEMETRY, telemetry)
+            self._send(Channel.TELEMETRY, self.telemetry_window())
+
+    def telemetry_window(self) -> Telemetry:
+        """Close the current telemetry window: inference figures, the device's health, drift against the
+        active bundle's reference (an alert over the configured threshold) and the outbox's state."""
+        model = self.model
+        telemetry = self.stats.take(
+            self.config.device_id,
+            model.digest if model else None,
+            model.runtime.key if model else None,
+            model.skipped_runtimes if model else None,
+            data_dir=self.config.data_dir,
+        )
+        threshold = self.config.drift.threshold
+        if model is not None and model.drift is not None:
+            score, features = model.drift.score()
+            telemetry.drift_score = score
+            telemetry.drift_features = features
+            if score is not None and score > threshold:
+                telemetry.drift_alert = True
+                log.warning("input drift %.3f over threshold %.2f on %s", score, threshold, features)
+        if model is not None and model.confidence_drift is not None:
+            confidence = model.confidence_drift.score()
+            telemetry.confidence_drift_score = confidence
+            if confidence is not None and confidence > threshold:
+                telemetry.drift_alert = True
+                log.warning(
+                    "output confidence drift %.3f over threshold %.2f on %r",
+                    confidence,
+                    threshold,
+                    model.confidence_drift.output,
+                )
+        outbox = self.outbox.stats()
+        telemetry.outbox_pending = outbox.pending
+        telemetry.outbox_dropped = {channel.value: n for channel, n in outbox.dropped.items() if n}
+        return telemetry
 
     def _watchdog_loop(self, interval_s: float) -> None:
         """Tell systemd we are alive while the reconcile worker is; a hung worker gets us restarted."""

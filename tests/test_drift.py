@@ -325,3 +325,59 @@ def test_the_migration_adds_confidence_drift_to_raw_telemetry_of_an_old_store(tm
     new = Telemetry(device_id="gw-1", window_s=1.0, inference_count=0, error_count=0, confidence_drift_score=0.3)
     assert db.add_telemetry(new)
     assert db.telemetry("gw-1")[0]["confidence_drift_score"] == pytest.approx(0.3)
+
+
+def test_a_running_agents_telemetry_window_raises_the_drift_alert_and_reports_its_outbox(
+    tmp_path: Path, keys: Keys, digits: DigitsModels
+) -> None:
+    from agent.config import AgentConfig
+    from agent.daemon import Agent
+    from agent.outbox import Outbox
+    from protocol.messages import parse
+    from protocol.topics import Channel
+
+    session = ort.InferenceSession(str(digits.v1), providers=["CPUExecutionProvider"])
+    reference, live = digits.x_test[:225], digits.x_test[225:]
+    stats, _ = input_stats({"pixels": reference})
+    confidence = confidence_stats("logits", session.run(["logits"], {"pixels": reference})[0])
+    archive, digest = build(
+        digits.v1, tmp_path / "v1.bundle", keys, version="1.0.0", reference_stats=stats, reference_confidence=confidence
+    )
+    signed = extract_bundle(archive, tmp_path / "files")
+    manifest = verify_manifest(signed, load_trusted_keys([keys.public]))
+    config = AgentConfig.model_validate({
+        "device_id": "gw-1", "device_class": "x86-gateway", "data_dir": tmp_path / "data",
+        "trusted_keys": [keys.public], "drift": {"threshold": 0.25, "window": 225},
+    })  # fmt: skip
+    agent = Agent(config)
+    agent.outbox = Outbox(tmp_path / "small-outbox.db", max_bytes=1 << 20, max_messages=3)  # a tiny bound
+    try:
+
+        def window_after(rows: np.ndarray) -> Telemetry:
+            agent.model = load_model(digest, manifest, tmp_path / "files" / manifest.model_file, drift_window=225)
+            for batch in np.array_split(rows, 45):  # as the local API serves and observes each request
+                agent.model.predict({"pixels": batch})
+                agent.stats.record(1.0)
+                assert agent.model.drift is not None
+                agent.model.drift.observe({"pixels": batch})
+            return parse(Telemetry, agent.telemetry_window().to_bytes())  # as it goes out
+
+        calm = window_after(live)
+        rng = np.random.default_rng(8)
+        shuffled = window_after(np.stack([rng.permutation(column) for column in live.T], axis=1))
+        shifted = window_after(np.clip(live + 6.0, 0.0, 16.0))
+        for _ in range(5):  # two more than the outbox holds: the oldest telemetry is evicted
+            agent.outbox.put(Channel.TELEMETRY, calm)
+        with_outbox = agent.telemetry_window()
+    finally:
+        agent.stop()
+
+    assert not calm.drift_alert and calm.bundle_digest == digest and calm.inference_count == 45
+    assert calm.drift_score is not None and calm.drift_score < 0.25
+    assert shuffled.drift_alert, "the inputs' marginals hold, but the model is much less sure"
+    assert shuffled.confidence_drift_score is not None and shuffled.confidence_drift_score > 1.0
+    assert shuffled.drift_score == pytest.approx(calm.drift_score)
+    assert shifted.drift_alert and shifted.drift_score is not None and shifted.drift_score > 0.25
+    assert shifted.drift_features and max(shifted.drift_features.values()) > 0.25
+    assert (with_outbox.outbox_pending, with_outbox.outbox_dropped) == (3, {"telemetry": 2})
+    assert with_outbox.device_cpu_percent is not None and with_outbox.memory_used_percent is not None
