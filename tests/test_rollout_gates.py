@@ -1,0 +1,104 @@
+"""The rollout engine's telemetry gates on a real fleet store: error rate and p95 latency on the new
+bundle halt the rollout and give every device its previous bundle back; healthy telemetry, or too
+little of it, lets the wave pass."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from coordinator.db import FleetDB
+from coordinator.rollouts import Gates, RolloutEngine, RolloutSpec
+from protocol.messages import Availability, BundleRef, ReportedState, Telemetry
+
+OLD, NEW = "a" * 64, "b" * 64
+DEVICES = ["gw-1", "gw-2", "gw-3"]
+
+
+def _report(db: FleetDB, device_id: str, digest: str, version: str) -> None:
+    db.record_reported(
+        ReportedState(
+            device_id=device_id, device_class="x86-gateway", agent_version="t", status="ready",
+            started_at="2026-01-01T00:00:00Z", active=BundleRef(digest=digest, name="digits", version=version),
+        )
+    )  # fmt: skip
+
+
+def _window(device_id: str, digest: str, *, served: int, errors: int = 0, p95_ms: float = 10.0) -> Telemetry:
+    return Telemetry(
+        device_id=device_id, window_s=10.0, bundle_digest=digest, inference_count=served - errors,
+        error_count=errors, errors_by_kind={"runtime": errors} if errors else {}, latency_ms_p95=p95_ms,
+    )  # fmt: skip
+
+
+class Fleet:
+    """A fleet store with three devices on ``OLD`` and a rollout engine whose deploys are recorded."""
+
+    def __init__(self, path: Path) -> None:
+        self.db = FleetDB(path)
+        for digest, version in ((OLD, "1.0.0"), (NEW, "2.0.0")):
+            self.db.add_bundle({"digest": digest, "name": "digits", "version": version, "device_class": "x86-gateway"})
+        for device_id in DEVICES:
+            _report(self.db, device_id, OLD, "1.0.0")
+            self.db.record_availability(Availability(device_id=device_id, state="online"))
+            # What the old bundle did before the rollout: the latency baseline.
+            self.db.add_telemetry(_window(device_id, OLD, served=100, p95_ms=10.0))
+        self.deploys: list[tuple[str, list[str]]] = []
+        self.engine = RolloutEngine(self.db, lambda digest, ids: self.deploys.append((digest, sorted(ids))))
+
+    def roll_out(self, gates: Gates, new_windows: list[Telemetry]) -> dict[str, Any]:
+        """Roll ``NEW`` out in one wave; the devices activate it and send ``new_windows``; then the gates."""
+        rollout = self.engine.create(
+            RolloutSpec(model="digits", version="2.0.0", waves=["100%"], soak_s=0, gates=gates)
+        )
+        assert self.deploys == [(NEW, DEVICES)]
+        for device_id in DEVICES:
+            _report(self.db, device_id, NEW, "2.0.0")
+        self.engine.tick()  # the devices are seen active; the soak starts
+        self.db.add_telemetry_batch(new_windows)
+        self.engine.tick()  # the soak is over: the gates
+        return self.engine.get(rollout["id"])
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Fleet:
+    return Fleet(tmp_path / "fleet.db")
+
+
+def test_an_error_rate_over_the_gate_halts_and_rolls_every_device_back(fleet: Fleet) -> None:
+    windows = [_window(d, NEW, served=100, errors=errors) for d, errors in zip(DEVICES, (2, 12, 4), strict=True)]
+
+    done = fleet.roll_out(Gates(max_error_rate=0.05), windows)
+
+    assert done["status"] == "halted", done
+    assert done["reason"] == "error rate 0.060 on the new bundle exceeds 0.05"  # 18 of 300 served
+    assert fleet.deploys[-1] == (OLD, DEVICES)
+    assert {d["state"] for d in done["device_states"]} == {"rolled_back"}
+
+
+def test_a_p95_latency_regression_over_the_gate_halts_the_rollout(fleet: Fleet) -> None:
+    windows = [_window(d, NEW, served=100, p95_ms=p95) for d, p95 in zip(DEVICES, (24.0, 31.0, 35.0), strict=True)]
+
+    done = fleet.roll_out(Gates(max_p95_latency_ratio=2.0), windows)
+
+    assert done["status"] == "halted", done
+    assert done["reason"] == "p95 latency 31.00 ms is 3.10x the previous 10.00 ms (limit 2.0x)"  # medians
+    assert fleet.deploys[-1] == (OLD, DEVICES)
+
+
+@pytest.mark.parametrize(
+    ("windows", "why"),
+    [
+        ([_window(d, NEW, served=100, errors=1, p95_ms=15.0) for d in DEVICES], "within every gate"),
+        ([_window("gw-1", NEW, served=10, errors=5, p95_ms=90.0)], "too few served for the gates to judge"),
+    ],
+)
+def test_a_wave_within_its_gates_or_with_too_little_traffic_completes(
+    fleet: Fleet, windows: list[Telemetry], why: str
+) -> None:
+    done = fleet.roll_out(Gates(max_error_rate=0.05, max_p95_latency_ratio=2.0, min_inferences=20), windows)
+
+    assert done["status"] == "completed", why
+    assert fleet.deploys == [(NEW, DEVICES)], "nothing rolled back"
