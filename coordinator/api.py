@@ -160,6 +160,12 @@ def create_app(coordinator: Coordinator, *, token: str | None) -> FastAPI:
     def telemetry(device_id: str, limit: int = Query(100, ge=1, le=1000)) -> list[dict[str, Any]]:
         return coordinator.db.telemetry(device_id, limit=min(limit, 1000))
 
+    @app.get("/api/v1/telemetry/latest", dependencies=[api], tags=["telemetry"])
+    def latest_telemetry() -> list[dict[str, Any]]:
+        """Every device's most recent figures in one read: when its latest window arrived, its drift alert,
+        and the latest p95 latency, drift scores, device CPU and memory, temperature, disk and outbox."""
+        return coordinator.db.latest_telemetry()
+
     app.include_router(rollout_router(coordinator.rollouts), dependencies=[api])
     public = coordinator.config.api.public_artifacts  # bytes by hash, verified by signature on the device
     app.include_router(artifact_router(coordinator.registry), dependencies=[] if public else [api])

@@ -33,7 +33,13 @@ from coordinator.rollups import (
 )
 from protocol.messages import Availability, Command, CommandResult, ReportedState, Telemetry
 
-__all__ = ["FleetDB"]
+__all__ = ["LATEST_FIGURES", "FleetDB"]
+
+# What the fleet overview shows of each device's recent telemetry.
+LATEST_FIGURES = (
+    "latency_ms_p95", "drift_score", "confidence_drift_score", "device_cpu_percent", "memory_used_percent",
+    "soc_temp_c", "disk_used_percent", "outbox_pending",
+)  # fmt: skip
 
 
 def _now() -> str:
@@ -420,6 +426,25 @@ class FleetDB:
                     "device_id = ?", [device_id], order_by="received_at desc", limit=limit
                 )
             )
+
+    def latest_telemetry(self, lookback: int = 30) -> list[dict[str, Any]]:
+        """Per device that has reported: when its latest window arrived, that window's drift alert, and
+        each of ``LATEST_FIGURES`` from the latest of its last ``lookback`` windows that carries it (an idle
+        window has no latency); a figure none of them carries is None. One read, index-bounded per device."""
+        recent = (
+            "(select * from telemetry t where t.device_id = d.device_id order by t.received_at desc limit :lookback)"
+        )
+        figures = ", ".join(f"(select {c} from {recent} where {c} is not null limit 1) as {c}" for c in LATEST_FIGURES)
+        sql = (
+            f"select d.device_id, l.received_at, l.drift_alert, {figures} from devices d join telemetry l on l.rowid ="
+            " (select rowid from telemetry where device_id = d.device_id order by received_at desc limit 1)"
+            " order by d.device_id"
+        )
+        with self.locked() as db:
+            rows = list(db.query(sql, {"lookback": lookback}))
+        for row in rows:
+            row["drift_alert"] = bool(row["drift_alert"])
+        return rows
 
     def telemetry_rollups(
         self, device_id: str, resolution: Resolution, *, since: datetime | None = None, limit: int = 120

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from agent.client import InferenceClient
+from compression.stats import input_stats
 from edgefleet.fleet import LocalFleet, wait_until
 from tests.conftest import DigitsModels, Keys, build
 
@@ -17,6 +18,7 @@ pytestmark = pytest.mark.slow
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DEVICES = ("gw-1", "gw-2")
+NO_VALUE = "\u2013"  # what the dashboard shows for a figure it does not have
 
 
 def _chromium(profile: Path, *args: str) -> str:
@@ -57,8 +59,21 @@ def test_dashboard_shows_the_fleet_device_charts_and_renders(
         fleet.add_agent(device_id, telemetry_interval_s=1.0)
     fleet.start_agents(list(DEVICES))
     wait_until(lambda: all(fleet.device(d) for d in DEVICES), timeout=20, what="agents to register")
-    bundle, digest = build(digits.v1, tmp_path / "v1.bundle", keys, version="1.0.0")
+    # v1 carries the reference statistics of its inputs, so the agents score drift against it.
+    stats, _ = input_stats({"pixels": digits.x_test})
+    bundle, digest = build(digits.v1, tmp_path / "v1.bundle", keys, version="1.0.0", reference_stats=stats)
     fleet.upload(bundle)
+    fleet.deploy(digest)
+    fleet.wait_active(digest, list(DEVICES))
+    # A finished two-wave rollout of v2 and back to v1 by operator: the rollouts view has waves, gates and states.
+    v2, _ = build(digits.v2, tmp_path / "v2.bundle", keys, version="2.0.0")
+    fleet.upload(v2)
+    created = fleet.http.post("/api/v1/rollouts", json={"model": "digits", "version": "2.0.0", "waves": ["1", "100%"],
+                                                        "soak_s": 0.5})  # fmt: skip
+    assert created.status_code == 201, created.text
+    rollout = created.json()
+    wait_until(lambda: fleet.get(f"/api/v1/rollouts/{rollout['id']}")["status"] == "completed", timeout=60,
+               what="the rollout to complete")  # fmt: skip
     fleet.deploy(digest)
     fleet.wait_active(digest, list(DEVICES))
     for round_ in range(3):
@@ -100,10 +115,23 @@ def test_dashboard_shows_the_fleet_device_charts_and_renders(
     assert 'id="error"' not in device, device
     paths = re.findall(r'<path class="series" d="([^"]+)"[^>]*data-series="([^"]+)" data-points="(\d+)"', device)
     series = {name: (d, int(points)) for d, name, points in paths}
-    assert {"p50", "p95", "inferences", "errors"} <= series.keys(), paths
-    d, points = series["inferences"]
+    assert {"p50", "p95", "p99", "inferences/s", "errors", "inputs", "CPU", "memory", "data disk"} <= series.keys()
+    d, points = series["inferences/s"]
     assert points >= 2 and d.count("L") == points - 1
     assert re.search(r"<circle ", device)
-    assert screenshot.stat().st_size > 10_000
-    # The rollouts view reads rollouts and events (none yet) without an error.
-    assert 'id="error"' not in rollouts and "No rollouts yet." in rollouts and "<h2>Recent events</h2>" in rollouts
+    assert 'data-chart="Throughput per minute"' in device and "History (per minute, " in device
+    kept = tmp_path.parent / f"{tmp_path.name}-dashboard-device.png"  # outlives the test's tmp_path cleanup
+    shutil.copy(screenshot, kept)
+    assert screenshot.stat().st_size > 10_000, kept
+    # The overview read every device's latest figures in one request: CPU and memory shown.
+    figures = dict(re.findall(r'<td class="num" data-figure="(\w+)">([^<]*)</td>', _row(overview, "gw-1")))
+    assert 0 <= float(figures["cpu"]) <= 100 and 0 < float(figures["memory"]) <= 100, figures
+    assert figures["temperature"] == NO_VALUE or float(figures["temperature"]) > 0, figures  # VMs have no zones
+    # The rollouts view: the rollout's waves, its gate result and each device's state.
+    assert 'id="error"' not in rollouts and "<h2>Recent events</h2>" in rollouts
+    block = re.search(rf'<div class="rollout" data-rollout="{rollout["id"]}">(.*?)</table>', rollouts, re.S)
+    assert block, rollouts[:3000]
+    assert "digits:2.0.0" in block.group(1) and ">completed<" in block.group(1)
+    assert re.findall(r'<span class="wave done">(wave \d: \d)</span>', block.group(1)) == ["wave 1: 1", "wave 2: 2"]
+    assert "Gate / reason: every wave passed its gates" in block.group(1)
+    assert block.group(1).count(">active<") == len(DEVICES)

@@ -411,3 +411,22 @@ def test_the_devices_cpu_and_memory_peaks_are_kept_and_a_version_8_store_gets_th
     [fleet] = db.fleet_rollups("hour")
     assert (fleet["device_cpu_percent_max"], fleet["memory_used_percent_max"]) == (92.5, 88.0)
     assert {row["device_cpu_percent"] for row in db.telemetry("gw-1")} == {None, 92.5, 35.0}
+
+
+def test_latest_figures_come_from_the_newest_recent_window_that_has_each(db: FleetDB) -> None:
+    for device_id in ("gw-1", "gw-2", "gw-3"):
+        db.record_reported(ReportedState(device_id=device_id, device_class="x86-gateway", agent_version="t",
+                                         status="idle", started_at="2026-01-01T00:00:00Z"))  # fmt: skip
+    db.add_telemetry(_report(latency_ms_p95=4.0, device_cpu_percent=10.0, soc_temp_c=50.0))
+    db.add_telemetry(_report(device_cpu_percent=35.0, drift_alert=True))  # idle: no latency in this window
+    db.add_telemetry(_report("gw-2", device_cpu_percent=80.0))
+
+    latest = {row["device_id"]: row for row in db.latest_telemetry()}
+
+    assert set(latest) == {"gw-1", "gw-2"}, "a device without telemetry has no latest figures"
+    gw1 = latest["gw-1"]
+    assert (gw1["latency_ms_p95"], gw1["device_cpu_percent"], gw1["soc_temp_c"], gw1["drift_alert"]) == (
+        4.0, 35.0, 50.0, True,
+    )  # fmt: skip
+    assert db.latest_telemetry(lookback=1)[0]["latency_ms_p95"] is None, "only the last `lookback` windows count"
+    assert latest["gw-2"]["latency_ms_p95"] is None and latest["gw-2"]["drift_alert"] is False

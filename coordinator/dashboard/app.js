@@ -103,18 +103,13 @@ function lineChart(title, unit, series) {
 }
 
 // -- views ---------------------------------------------------------------------------------------
-async function latestTelemetry(devices) {
-  // Idle windows carry no latency, so take each figure from the latest window that has it.
-  const rows = await Promise.all(devices.map((d) => api(`/devices/${encodeURIComponent(d.device_id)}/telemetry?limit=30`).catch(() => [])));
-  const last = (list, col) => { const r = list.find((x) => x[col] !== null && x[col] !== undefined); return r ? r[col] : null; };
-  return Object.fromEntries(devices.map((d, i) => [d.device_id, rows[i].length ? {
-    drift_score: last(rows[i], "drift_score"), drift_alert: rows[i][0].drift_alert, latency_ms_p95: last(rows[i], "latency_ms_p95"),
-  } : null]));
+async function latestTelemetry() {
+  // One read for the whole fleet: each figure from the latest recent window that carries it.
+  return Object.fromEntries((await api("/telemetry/latest")).map((t) => [t.device_id, t]));
 }
 
 async function overview() {
-  const [devices, alerts, bundles] = await Promise.all([api("/devices"), api("/alerts"), api("/bundles")]);
-  const latest = await latestTelemetry(devices);
+  const [devices, alerts, bundles, latest] = await Promise.all([api("/devices"), api("/alerts"), api("/bundles"), latestTelemetry()]);
   const names = Object.fromEntries(bundles.map((b) => [b.digest, `${b.name} ${b.version}`]));
   const model = (d) => (d.active_digest ? names[d.active_digest] || d.active_version || d.active_digest.slice(0, 12) : null);
   const online = devices.filter((d) => d.availability === "online").length;
@@ -128,6 +123,9 @@ async function overview() {
       h("td", { class: "num" }, t ? fmt(t.drift_score, 3) : "–",
         t && t.drift_alert ? h("span", { class: "pill warning" }, " drift") : null),
       h("td", { class: "num" }, t ? fmt(t.latency_ms_p95) : "–"),
+      h("td", { class: "num", "data-figure": "cpu" }, t ? fmt(t.device_cpu_percent, 0) : "–"),
+      h("td", { class: "num", "data-figure": "memory" }, t ? fmt(t.memory_used_percent, 0) : "–"),
+      h("td", { class: "num", "data-figure": "temperature" }, t ? fmt(t.soc_temp_c, 1) : "–"),
       h("td", {}, when(d.last_seen)));
   });
   return [
@@ -139,17 +137,22 @@ async function overview() {
       card("Model versions", Object.keys(countBy(devices, model)).length, countList(countBy(devices, model)))),
     h("h2", {}, "Devices"),
     devices.length
-      ? table(["Device", "Availability", "Class", "Model version", "Runtime", "Status", "Last error", "Drift score", "p95 ms", "Last seen"], rows)
+      ? table(["Device", "Availability", "Class", "Model version", "Runtime", "Status", "Last error", "Drift score", "p95 ms", "CPU %", "Memory %", "Temp °C", "Last seen"], rows)
       : h("p", { class: "muted" }, "No device has reported yet."),
     h("h2", {}, "Alerts"), alertTable(alerts),
   ];
 }
 
 async function device(id) {
-  const [d, telemetry] = await Promise.all([api(`/devices/${encodeURIComponent(id)}`), api(`/devices/${encodeURIComponent(id)}/telemetry?limit=500`)]);
+  const path = `/devices/${encodeURIComponent(id)}`;
+  const [d, telemetry, minutes] = await Promise.all([
+    api(path), api(`${path}/telemetry?limit=500`), api(`${path}/telemetry/rollups?resolution=minute&limit=180`)]);
   const rows = telemetry.slice().reverse();
   const at = (r) => new Date(r.received_at).getTime();
   const series = (name, col) => ({ name, points: rows.map((r) => [at(r), r[col]]) });
+  const perSecond = (r) => (r.window_s > 0 ? r.inference_count / r.window_s : null);
+  const buckets = minutes.slice().reverse();
+  const bucket = (name, value) => ({ name, points: buckets.map((b) => [new Date(b.bucket_start).getTime(), value(b)]) });
   const reported = d.reported || {};
   return [
     h("h2", {}, `Device ${d.device_id}`),
@@ -162,10 +165,18 @@ async function device(id) {
     d.last_error ? h("p", { class: "error-text" }, "Last error: " + d.last_error) : null,
     h("h2", {}, `Telemetry (${rows.length} windows)`),
     h("div", { class: "charts" },
-      lineChart("Latency", "ms", [series("p50", "latency_ms_p50"), series("p95", "latency_ms_p95")]),
-      lineChart("Throughput", "inferences per window", [series("inferences", "inference_count")]),
+      lineChart("Latency", "ms", [series("p50", "latency_ms_p50"), series("p95", "latency_ms_p95"), series("p99", "latency_ms_p99")]),
+      lineChart("Throughput", "inferences per second", [{ name: "inferences/s", points: rows.map((r) => [at(r), perSecond(r)]) }]),
       lineChart("Errors", "per window", [series("errors", "error_count")]),
-      lineChart("Drift score", "mean PSI", [series("drift", "drift_score")])),
+      lineChart("Drift", "PSI against the bundle's reference", [series("inputs", "drift_score"), series("output confidence", "confidence_drift_score")]),
+      lineChart("Device health", "% used", [series("CPU", "device_cpu_percent"), series("memory", "memory_used_percent"), series("data disk", "disk_used_percent")]),
+      lineChart("Temperature", "°C, hottest zone", [series("SoC", "soc_temp_c")]),
+      lineChart("Outbox", "messages waiting", [series("pending", "outbox_pending")])),
+    h("h2", {}, `History (per minute, ${buckets.length} minutes)`),
+    h("div", { class: "charts" },
+      lineChart("Throughput per minute", "inferences per second", [bucket("inferences/s, minute", (b) => (b.window_s > 0 ? b.inference_count / b.window_s : null))]),
+      lineChart("Latency per minute", "ms", [bucket("mean", (b) => b.latency_ms_mean), bucket("p95, worst window", (b) => b.latency_ms_p95_max)]),
+      lineChart("Error rate per minute", "errors / requests", [bucket("error rate", (b) => b.error_rate)])),
   ];
 }
 
@@ -186,7 +197,10 @@ async function rollouts() {
   const details = await Promise.all(list.map((r) => api(`/rollouts/${encodeURIComponent(r.id)}`)));
   const blocks = details.map((r) => h("div", { class: "rollout", "data-rollout": r.id },
     h("div", {}, h("strong", {}, `${r.model}:${r.version}`), " ", pill(r.status), h("span", { class: "muted" }, `  ${r.id} · created ${when(r.created_at)}`)),
-    h("div", { class: "waves" }, (r.waves || []).map((n, i) => h("span", { class: "wave " + (i < r.wave ? "done" : i === r.wave ? "current" : "") }, `wave ${i + 1}: ${n}`))),
+    h("div", { class: "waves" }, (r.waves || []).map((n, i) => {
+      const passed = r.status === "completed" ? r.waves.length : r.wave;  // a completed rollout passed its last wave too
+      return h("span", { class: "wave " + (i < passed ? "done" : i === r.wave ? "current" : "") }, `wave ${i + 1}: ${n}`);
+    })),
     r.reason ? h("div", { class: r.status === "halted" || r.status === "rolled_back" ? "error-text" : "muted" }, "Gate / reason: " + r.reason) : null,
     table(["Device", "Wave", "State", "From", "To", "Detail"], (r.device_states || []).map((x) => h("tr", {},
       h("td", {}, x.device_id), h("td", { class: "num" }, x.wave + 1), h("td", {}, pill(x.state)),
@@ -279,7 +293,7 @@ async function render() {
   } catch (err) {
     content = [h("div", { class: "banner", id: "error" }, String(err.message || err))];
   }
-  main.replaceChildren(...content.filter(Boolean));
+  main.replaceChildren(...content.flat().filter(Boolean));  // a view may return a list of blocks as one item
   timer = setTimeout(render, REFRESH_MS);
 }
 
