@@ -12,49 +12,18 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
 from sqlite_utils.db import Table
 
+from coordinator.config import AlertThresholds
 from coordinator.db import FleetDB
+from coordinator.rollups import RESOLUTIONS, bucket_start, rollup_table
 
-__all__ = ["Alert", "AlertThresholds", "compute_alerts"]
+__all__ = ["Alert", "AlertKind", "AlertThresholds", "compute_alerts"]
 
 Severity = Literal["critical", "warning"]
 AlertKind = Literal["offline", "drift", "error_rate", "latency_regression", "disk_full"]
-_YEAR_S = 365 * 86400.0  # bounds the windows so that "now - window" stays a valid date
-
-
-class AlertThresholds(BaseModel):
-    """When a device's state or telemetry becomes an alert."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    offline_after_s: float = Field(
-        default=300.0, gt=0, le=_YEAR_S, title="Staleness", description="An online device silent for longer is offline."
-    )
-    window_s: float = Field(
-        default=900.0,
-        gt=0,
-        le=_YEAR_S,
-        title="Recent window",
-        description="Seconds of telemetry the error rate is taken over.",
-    )
-    max_error_rate: float = Field(
-        default=0.05, ge=0, le=1, title="Error rate", description="Errors / (inferences + errors) in the window."
-    )
-    min_requests: int = Field(
-        default=20, ge=1, title="Minimum requests", description="Fewer requests in the window raise no error alert."
-    )
-    max_p95_latency_ratio: float = Field(
-        default=1.5, gt=0, title="Latency ratio", description="Active bundle's p95 / previous bundle's p95."
-    )
-    max_disk_used_percent: float = Field(
-        default=90.0,
-        ge=0,
-        le=100,
-        title="Disk usage",
-        description="Used percent of the agent's data filesystem, in its latest report, above which the disk is full.",
-    )
+# A device's telemetry read per bundle for the latency comparison: its most recent windows that carry a p95.
+LATENCY_WINDOWS = 1000
 
 
 @dataclass(frozen=True)
@@ -87,26 +56,35 @@ def compute_alerts(
     """Every alert that holds now, critical first, then by device."""
     limits = thresholds or AlertThresholds()
     now = now or datetime.now(UTC)
-    window_start = (now - timedelta(seconds=limits.window_s)).isoformat()
+    window_start = now - timedelta(seconds=limits.window_s)
+    # Every read is bounded by an index per device (the latest window, recent runs, recent p95s) or by
+    # the window's minute buckets, never by the size of the raw telemetry: the store is locked meanwhile.
     with db.locked() as conn:
         devices = list(Table(conn, "devices").rows_where(order_by="device_id"))
         latest = {
             row["device_id"]: row
             for row in conn.query(
-                "select t.* from telemetry t join (select device_id, max(received_at) m from telemetry"
-                " group by device_id) l on t.device_id = l.device_id and t.received_at = l.m"
+                "select t.* from devices d join telemetry t on t.rowid = (select rowid from telemetry"
+                " where device_id = d.device_id order by received_at desc limit 1)"
             )
         }
-        recent: dict[str, list[dict[str, Any]]] = {}
-        for row in Table(conn, "telemetry").rows_where("received_at >= ?", [window_start], order_by="received_at"):
-            recent.setdefault(row["device_id"], []).append(row)
+        # Errors and requests over the minutes the window covers (bucketed where the device closed each window).
+        recent = {
+            row["device_id"]: row
+            for row in conn.query(
+                "select device_id, sum(error_count) as errors, sum(inference_count) + sum(error_count) as served,"
+                " min(case when error_count > 0 then bucket_start end) as since"
+                f" from {rollup_table('minute')} where bucket_start >= ? group by device_id",
+                [bucket_start(window_start, RESOLUTIONS["minute"])],
+            )
+        }
         alerts: list[Alert] = []
         for device in devices:
             device_id = device["device_id"]
             alerts += _offline(device, latest.get(device_id), limits, now)
             alerts += _drift(conn, device_id, latest.get(device_id))
             alerts += _disk_full(conn, device_id, latest.get(device_id), limits)
-            alerts += _error_rate(device_id, recent.get(device_id, []), limits)
+            alerts += _error_rate(device_id, recent.get(device_id), limits)
             alerts += _latency_regression(conn, device, limits)
     return sorted(alerts, key=lambda a: (a.severity != "critical", a.device_id, a.kind))
 
@@ -178,17 +156,15 @@ def _disk_full(conn: Any, device_id: str, latest: dict[str, Any] | None, limits:
     return [Alert("disk_full", device_id, "warning", since, detail)]
 
 
-def _error_rate(device_id: str, rows: list[dict[str, Any]], limits: AlertThresholds) -> list[Alert]:
-    errors = sum(r["error_count"] or 0 for r in rows)
-    served = errors + sum(r["inference_count"] or 0 for r in rows)
+def _error_rate(device_id: str, recent: dict[str, Any] | None, limits: AlertThresholds) -> list[Alert]:
+    errors, served = (recent["errors"], recent["served"]) if recent else (0, 0)
     if served < limits.min_requests or errors / served <= limits.max_error_rate:
         return []
-    since = next(r["received_at"] for r in rows if r["error_count"])
     detail = (
         f"error rate {errors / served:.3f} ({errors} of {served} requests in {limits.window_s:.0f} s) "
         f"exceeds {limits.max_error_rate}"
     )
-    return [Alert("error_rate", device_id, "critical", since, detail)]
+    return [Alert("error_rate", device_id, "critical", recent["since"] if recent else None, detail)]
 
 
 def _latency_regression(conn: Any, device: dict[str, Any], limits: AlertThresholds) -> list[Alert]:
@@ -199,15 +175,17 @@ def _latency_regression(conn: Any, device: dict[str, Any], limits: AlertThreshol
         return []
 
     def p95s(digest: str) -> tuple[float | None, str | None]:
+        """The median p95 of the bundle's recent windows on this device, and the first of them."""
         rows = list(
             Table(conn, "telemetry").rows_where(
                 "device_id = ? and bundle_digest = ? and latency_ms_p95 is not null",
                 [device["device_id"], digest],
-                order_by="received_at",
+                order_by="received_at desc",
                 select="received_at, latency_ms_p95",
+                limit=LATENCY_WINDOWS,
             )
         )
-        return _median([r["latency_ms_p95"] for r in rows]), (rows[0]["received_at"] if rows else None)
+        return _median([r["latency_ms_p95"] for r in rows]), (rows[-1]["received_at"] if rows else None)
 
     new, since = p95s(active)
     old, _ = p95s(previous)

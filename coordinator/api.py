@@ -171,7 +171,7 @@ def create_app(coordinator: Coordinator, *, token: str | None) -> FastAPI:
     app.include_router(artifact_router(coordinator.registry), dependencies=[] if public else [api])
     app.include_router(registry_router(coordinator.models), dependencies=[api])
     app.include_router(security_router(security))
-    app.include_router(dashboard_router(coordinator.db), dependencies=[api])
+    app.include_router(dashboard_router(coordinator.db, coordinator.config.alerts), dependencies=[api])
     app.include_router(campaign_router(coordinator), dependencies=[api])
     app.mount("/dashboard", dashboard_files(), name="dashboard")
     return app

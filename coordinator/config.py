@@ -147,6 +147,42 @@ class CampaignsConfig(BaseModel):
         return self
 
 
+_YEAR_S = 365 * 86400.0  # bounds the windows so that "now - window" stays a valid date
+
+
+class AlertThresholds(BaseModel):
+    """When a device's state or telemetry becomes an alert (coordinator/alerts.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    offline_after_s: float = Field(
+        default=300.0, gt=0, le=_YEAR_S, title="Staleness", description="An online device silent for longer is offline."
+    )
+    window_s: float = Field(
+        default=900.0,
+        gt=0,
+        le=_YEAR_S,
+        title="Recent window",
+        description="Seconds of telemetry the error rate is taken over.",
+    )
+    max_error_rate: float = Field(
+        default=0.05, ge=0, le=1, title="Error rate", description="Errors / (inferences + errors) in the window."
+    )
+    min_requests: int = Field(
+        default=20, ge=1, title="Minimum requests", description="Fewer requests in the window raise no error alert."
+    )
+    max_p95_latency_ratio: float = Field(
+        default=1.5, gt=0, title="Latency ratio", description="Active bundle's p95 / previous bundle's p95."
+    )
+    max_disk_used_percent: float = Field(
+        default=90.0,
+        ge=0,
+        le=100,
+        title="Disk usage",
+        description="Used percent of the agent's data filesystem, in its latest report, above which the disk is full.",
+    )
+
+
 class CoordinatorConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -171,6 +207,11 @@ class CoordinatorConfig(BaseModel):
         description="How long raw telemetry and its minute and hour rollups are kept.",
     )
     campaigns: CampaignsConfig = Field(default_factory=CampaignsConfig, description="Federated campaigns.")
+    alerts: AlertThresholds = Field(
+        default_factory=AlertThresholds,
+        description="When device state and telemetry become alerts, in the API, the dashboard and /metrics; "
+        "the alerts endpoint's query parameters override them per request.",
+    )
 
     @model_validator(mode="after")
     def _coordinator_has_broker_credentials(self) -> CoordinatorConfig:

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, get_args
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from coordinator.alerts import AlertThresholds, compute_alerts
+from coordinator.alerts import AlertKind, compute_alerts
 
 if TYPE_CHECKING:
     from coordinator.service import Coordinator
@@ -61,12 +61,12 @@ class FleetCollector(Collector):
         yield family
 
     def _alerts(self) -> Iterator[Metric]:
-        counts = Counter(alert.kind for alert in compute_alerts(self.coordinator.db, AlertThresholds()))
+        counts = Counter(alert.kind for alert in compute_alerts(self.coordinator.db, self.coordinator.config.alerts))
         family = GaugeMetricFamily(
-            "edgefleet_fleet_alerts", "Alerts that hold now (default thresholds), by kind", labels=["kind"]
+            "edgefleet_fleet_alerts", "Alerts that hold now (the configured thresholds), by kind", labels=["kind"]
         )
-        for kind, count in sorted(counts.items()):
-            family.add_metric([kind], count)
+        for kind in sorted(get_args(AlertKind)):  # every kind, 0 included: a rule sees 0, not an absent series
+            family.add_metric([kind], counts[kind])
         yield family
 
     def _rollouts(self) -> Iterator[Metric]:

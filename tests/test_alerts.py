@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import ValidationError
 
 from coordinator.alerts import AlertThresholds, compute_alerts
 from coordinator.db import FleetDB
@@ -144,3 +145,29 @@ def test_alerts_endpoint_needs_a_token_and_takes_thresholds(tmp_path: Path) -> N
     assert (alert["kind"], alert["device_id"], alert["severity"]) == ("offline", "gw-1", "critical")
     bad = http.get("/api/v1/alerts?max_error_rate=2", headers={"Authorization": "Bearer alerts-token-0123456789"})
     assert bad.status_code == 422
+
+
+def test_configured_thresholds_apply_to_the_api_and_metrics_and_a_query_overrides_them(tmp_path: Path) -> None:
+    from coordinator.api import create_app
+    from coordinator.config import BrokerConfig, CoordinatorConfig
+    from coordinator.service import Coordinator
+    from protocol.signing import generate_keypair
+
+    (tmp_path / "k.pub").write_bytes(generate_keypair()[1])
+    config = CoordinatorConfig(
+        data_dir=tmp_path / "c", trusted_keys=[tmp_path / "k.pub"], broker=BrokerConfig(),
+        alerts=AlertThresholds(max_error_rate=0.2, min_requests=10),
+    )  # fmt: skip
+    coordinator = Coordinator(config)
+    _device(coordinator.db, "gw-1")
+    _telemetry(coordinator.db, "gw-1", inference_count=85, error_count=15)  # 15% failed
+    headers = {"Authorization": "Bearer alerts-token-0123456789"}
+    http = TestClient(create_app(coordinator, token="alerts-token-0123456789"), headers=headers)
+
+    assert http.get("/api/v1/alerts").json() == [], "15% is within the configured 20%"
+    assert 'edgefleet_fleet_alerts{kind="error_rate"} 0.0' in http.get("/metrics").text
+    [alert] = http.get("/api/v1/alerts?max_error_rate=0.1").json()
+    assert alert["kind"] == "error_rate" and "15 of 100" in alert["detail"]
+    assert http.get("/api/v1/alerts?max_error_rate=0.1&min_requests=500").json() == [], "both given: both apply"
+    with pytest.raises(ValidationError, match="max_error_rate"):
+        CoordinatorConfig(data_dir=tmp_path / "c", trusted_keys=[tmp_path / "k.pub"], alerts={"max_error_rate": 3})
