@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 
+from protocol import histogram
 from protocol.messages import MAX_ERROR_KINDS, Telemetry
 
 __all__ = ["OTHER_ERROR_KIND", "InferenceStats", "disk_usage", "soc_temperature_c"]
@@ -72,11 +73,14 @@ class InferenceStats:
         self._count = 0
         self._errors: Counter[str] = Counter()
         self._latencies: list[float] = []
+        self._histogram: Counter[int] = Counter()  # every request, where the samples stop at max_samples
 
     def record(self, latency_ms: float) -> None:
+        bucket = histogram.bucket_of(latency_ms)
         with self._lock:
             self._count += 1
             self.total_inferences += 1
+            self._histogram[bucket] += 1
             if len(self._latencies) < self._max:
                 self._latencies.append(latency_ms)
 
@@ -103,6 +107,7 @@ class InferenceStats:
         now = time.monotonic()
         with self._lock:
             count, errors, latencies, start = self._count, self._errors, self._latencies, self._window_start
+            buckets = self._histogram
             self._reset(now)
         lat = np.asarray(latencies) if latencies else None
         p50, p95, p99 = (None, None, None) if lat is None else (float(p) for p in np.percentile(lat, (50, 95, 99)))
@@ -120,6 +125,7 @@ class InferenceStats:
             latency_ms_p50=p50,
             latency_ms_p95=p95,
             latency_ms_p99=p99,
+            latency_histogram=dict(buckets),
             disk_free_bytes=None if disk is None else disk[0],
             disk_used_percent=None if disk is None else disk[1],
             cpu_percent=self._process.cpu_percent(None),

@@ -46,8 +46,9 @@ def dashboard_router(db: FleetDB, alert_thresholds: AlertThresholds | None = Non
         device_id: str, resolution: Resolution = _RESOLUTION, since: datetime | None = _SINCE, limit: int = _LIMIT
     ) -> list[dict[str, Any]]:
         """A device's telemetry per minute or hour, newest first: reports, inferences, errors, error rate,
-        errors by kind, mean latency (per inference), mean CPU, the maxima of latency, p95, p99, RSS,
-        temperature, drift and disk used percent, and the least free disk space.
+        errors by kind, mean latency (per inference), the bucket's latency histogram and its p50, p95 and p99
+        (over every request, within a histogram bucket's 25%), mean CPU, the maxima of the windows' latency,
+        p95, p99, RSS, temperature, drift, device CPU, memory and disk used percent, and the least free disk.
 
         E.g. ``?resolution=hour&since=2026-01-01T00:00:00Z&limit=48``. A device with no telemetry has no buckets.
         """
@@ -61,7 +62,8 @@ def dashboard_router(db: FleetDB, alert_thresholds: AlertThresholds | None = Non
         device_class: str | None = Query(None, max_length=128, description="Only the devices of this class."),
     ) -> list[dict[str, Any]]:
         """The same buckets summed over the fleet, or over one device class, with the number of devices reporting;
-        error kinds are added up over the devices, maxima and minima taken over them."""
+        error kinds and latency histograms are added up over the devices (so p50/p95/p99 are the fleet's),
+        maxima and minima taken over them."""
         return db.fleet_rollups(resolution, device_class=device_class, since=since, limit=limit)
 
     return router

@@ -80,12 +80,14 @@ class FleetDB:
 
     @staticmethod
     def _schema_9(db: sqlite_utils.Database) -> None:
-        """The whole device's CPU and memory use: in raw telemetry and, as maxima, in the rollups (where a
-        store migrated from before schema 8 already has them: its backfill writes today's columns)."""
+        """The whole device's CPU and memory use and the latency histogram: in raw telemetry and in the
+        rollups (where a store migrated from before schema 8 already has them: its backfill writes today's
+        columns)."""
         telemetry = Table(db, "telemetry")
-        for column in ("device_cpu_percent", "memory_used_percent"):
+        added: dict[str, type] = {"device_cpu_percent": float, "memory_used_percent": float, "latency_histogram": str}
+        for column, kind in added.items():
             if column not in telemetry.columns_dict:
-                telemetry.add_column(column, float)
+                telemetry.add_column(column, kind)
         for resolution in RESOLUTIONS:
             table = Table(db, rollup_table(resolution))
             for column, kind in ROLLUP_COLUMNS_9.items():

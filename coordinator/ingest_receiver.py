@@ -7,8 +7,9 @@ these 2-core machines). Apart, each has a core (bench/bench_ingest.py). The coor
 supervises and stops it (coordinator/ingest_link.py): ``python -m coordinator.ingest_receiver FD``,
 where FD is its end of a socket pair carrying pickled tuples whose first item names them:
 
-- from the coordinator: ``("start", BrokerSettings, client id)`` first, then ``("stop",)``; the end
-  of the stream (the coordinator died) stops the receiver too;
+- from the coordinator: ``("start", BrokerSettings, client id, TELEMETRY_COLUMNS)`` first (a receiver
+  whose own columns differ, the code upgraded under a running coordinator, refuses to start), then
+  ``("stop",)``; the end of the stream (the coordinator died) stops the receiver too;
 - to the coordinator: ``("reports", [PreparedReport, ...])`` (coordinator/report_rows.py),
   ``("rejected", DeviceTopic | None)``, ``("subscribed", bool)`` and ``("log", level, logger, text)``:
   the receiver's log records, logged again by the coordinator where its logging is set up.
@@ -45,7 +46,7 @@ from gmqtt import Client
 from gmqtt.mqtt.constants import UNLIMITED_RECONNECTS, MQTTv311
 
 from coordinator import gmqtt_acks
-from coordinator.report_rows import PreparedReport, prepare_arrived
+from coordinator.report_rows import TELEMETRY_COLUMNS, PreparedReport, prepare_arrived
 from protocol.errors import ProtocolError
 from protocol.messages import Telemetry, parse, sent_by
 from protocol.topics import Channel, DeviceTopic, channel_subscription, parse_topic
@@ -225,11 +226,18 @@ def main(argv: list[str] | None = None) -> None:
     # Ctrl-C in a terminal reaches the whole process group: the coordinator stops us in its own order.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     conn = Connection(int(args[0]))
-    command, broker, client_id = conn.recv()
+    command, broker, client_id, columns = conn.recv()
     if command != "start":
         raise SystemExit(f"expected start, got {command!r}")
     receiver = Receiver(broker, client_id, conn)
     logging.basicConfig(level=logging.INFO, handlers=[_ToCoordinator(receiver)], force=True)
+    if columns != tuple(TELEMETRY_COLUMNS):
+        # The code on disk changed under a running coordinator (an upgrade): rows it cannot store would be
+        # lost. Not connecting leaves the reports with the broker's session until the coordinator restarts.
+        log.error("telemetry receiver not started: its reports have %d columns where the coordinator stores %d; "
+                  "the installed edgefleet changed under the running coordinator: restart it",
+                  len(TELEMETRY_COLUMNS), len(columns))  # fmt: skip
+        raise SystemExit(2)
     # gmqtt logs every failed reconnect try (two warnings each 2 s while a broker is away); our own
     # callbacks say once that the connection was lost and once that it is back.
     logging.getLogger("gmqtt").setLevel(logging.ERROR)

@@ -16,6 +16,7 @@ from collections import Counter
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, get_origin
 
+from protocol import histogram
 from protocol.messages import Telemetry
 
 if TYPE_CHECKING:
@@ -74,6 +75,8 @@ _MAXES = (
 _MINS = ("disk_free_bytes_min",)
 # Failed requests per kind, as a JSON object whose counts are added up; NULL where no report had errors.
 _ERRORS = "errors_by_kind"
+# Requests per latency bucket (protocol/histogram.py), likewise: the bucket's percentiles are made of it.
+_HISTOGRAM = "latency_histogram"
 MAX_BUCKET_ERROR_KINDS = 32  # a bucket keeps the most frequent kinds, so a device cannot grow it without end
 _N_SUMS, _N_MAXES = len(_SUMS), len(_MAXES)
 _TYPES: dict[str, type] = {
@@ -82,14 +85,16 @@ _TYPES: dict[str, type] = {
     "cpu_percent_reports": int, "drift_alerts": int, "latency_ms_mean_max": float, "latency_ms_p95_max": float,
     "rss_bytes_max": int, "soc_temp_c_max": float, "drift_score_max": float, "outbox_pending_max": int,
     "latency_ms_p99_max": float, "disk_used_percent_max": float, "device_cpu_percent_max": float,
-    "memory_used_percent_max": float, "disk_free_bytes_min": int, _ERRORS: str,
+    "memory_used_percent_max": float, "disk_free_bytes_min": int, _ERRORS: str, _HISTOGRAM: str,
 }  # fmt: skip
 # The columns each migration gave the rollup tables: schema 4 created them, schema 6 added p99, disk and
-# error kinds, schema 9 the device's CPU and memory.
+# error kinds, schema 9 the device's CPU and memory and the latency histogram.
 ROLLUP_COLUMNS_6: dict[str, type] = {
     c: _TYPES[c] for c in ("latency_ms_p99_max", "disk_used_percent_max", "disk_free_bytes_min", _ERRORS)
 }
-ROLLUP_COLUMNS_9: dict[str, type] = {c: _TYPES[c] for c in ("device_cpu_percent_max", "memory_used_percent_max")}
+ROLLUP_COLUMNS_9: dict[str, type] = {
+    c: _TYPES[c] for c in ("device_cpu_percent_max", "memory_used_percent_max", _HISTOGRAM)
+}
 ROLLUP_SCHEMA: dict[str, type] = {"device_id": str, "bucket_start": str} | {
     c: _TYPES[c] for c in _SUMS + _MAXES if c not in ROLLUP_COLUMNS_6 and c not in ROLLUP_COLUMNS_9
 }
@@ -119,24 +124,31 @@ def _iso(epoch_s: float) -> str:
 
 def _upsert_sql(resolution: Resolution) -> str:
     table = rollup_table(resolution)
-    columns = ("device_id", "bucket_start", *_SUMS, *_MAXES, *_MINS, _ERRORS)
+    columns = ("device_id", "bucket_start", *_SUMS, *_MAXES, *_MINS, _ERRORS, _HISTOGRAM)
     updates = [f"{c} = {c} + excluded.{c}" for c in _SUMS]
     # SQLite's two-argument max() is NULL if either side is; fall back to whichever side has a value.
     updates += [f"{c} = coalesce(max({c}, excluded.{c}), {c}, excluded.{c})" for c in _MAXES]
     updates += [f"{c} = coalesce(min({c}, excluded.{c}), {c}, excluded.{c})" for c in _MINS]
-    # Both sides' counts added per kind; only a bucket that already had errors and gets more pays for the
-    # JSON work, and the limit keeps the most frequent kinds.
-    updates.append(
-        f"{_ERRORS} = case when excluded.{_ERRORS} is null then {table}.{_ERRORS}"
-        f" when {table}.{_ERRORS} is null then excluded.{_ERRORS}"
-        " else (select json_group_object(key, n) from (select key, sum(value) as n from ("
-        f"select key, value from json_each({table}.{_ERRORS})"
-        f" union all select key, value from json_each(excluded.{_ERRORS}))"
-        f" group by key order by n desc, key limit {MAX_BUCKET_ERROR_KINDS})) end"
-    )
+    # Error kinds are limited to the most frequent; the histogram has a fixed number of buckets.
+    updates.append(_add_counts_sql(table, _ERRORS, limit=MAX_BUCKET_ERROR_KINDS))
+    updates.append(_add_counts_sql(table, _HISTOGRAM, limit=None))
     return (
         f"insert into {table} ({', '.join(columns)}) values ({', '.join('?' * len(columns))})"
         f" on conflict (device_id, bucket_start) do update set {', '.join(updates)}"
+    )
+
+
+def _add_counts_sql(table: str, column: str, *, limit: int | None) -> str:
+    """An upsert's update of a JSON object of counts: both sides' counts added per key (keeping the
+    ``limit`` largest). Only a bucket that already has counts and gets more pays for the JSON work."""
+    order = f" order by n desc, key limit {limit}" if limit is not None else ""
+    return (
+        f"{column} = case when excluded.{column} is null then {table}.{column}"
+        f" when {table}.{column} is null then excluded.{column}"
+        " else (select json_group_object(key, n) from (select key, sum(value) as n from ("
+        f"select key, value from json_each({table}.{column})"
+        f" union all select key, value from json_each(excluded.{column}))"
+        f" group by key{order})) end"
     )
 
 
@@ -157,6 +169,11 @@ def _error_kinds_json(counts: Counter[str]) -> str | None:
     return json.dumps(dict(kept[:MAX_BUCKET_ERROR_KINDS])) if kept else None
 
 
+def _histogram_json(counts: Counter[int]) -> str | None:
+    """The stored form of a bucket's latency histogram: requests per bucket index, NULL for none."""
+    return json.dumps({str(b): n for b, n in sorted(counts.items()) if n > 0}) if counts else None
+
+
 def _finite(value: float | None) -> float | None:
     # json.loads takes NaN and Infinity: one such report must not poison a bucket (NaN is NULL in
     # SQLite, and NULL + x stays NULL) nor make it unserialisable as JSON.
@@ -164,6 +181,7 @@ def _finite(value: float | None) -> float | None:
 
 
 _NO_ERRORS: Counter[str] = Counter()  # shared by every report without errors: never changed in place
+_NO_LATENCIES: Counter[int] = Counter()  # likewise, for reports without a histogram
 
 
 def contribution(message: Telemetry, received_s: float) -> tuple[tuple[str, int], list[Any]]:
@@ -177,7 +195,7 @@ def contribution(message: Telemetry, received_s: float) -> tuple[tuple[str, int]
 
 def _values(message: Telemetry) -> list[Any]:
     """One report's contribution, in the order of ``_SUMS``, ``_MAXES``, ``_MINS``, then its error kinds
-    (a Counter); a non-finite value counts as absent."""
+    and its latency histogram (Counters); a non-finite value counts as absent."""
     m = message
     latency, cpu = _finite(m.latency_ms_mean), _finite(m.cpu_percent)
     return [
@@ -188,6 +206,7 @@ def _values(message: Telemetry) -> list[Any]:
         m.outbox_pending, _finite(m.latency_ms_p99), _finite(m.disk_used_percent),
         _finite(m.device_cpu_percent), _finite(m.memory_used_percent), m.disk_free_bytes,
         Counter(m.errors_by_kind) if m.errors_by_kind else _NO_ERRORS,
+        Counter(m.latency_histogram) if m.latency_histogram else _NO_LATENCIES,
     ]  # fmt: skip
 
 
@@ -196,10 +215,11 @@ def _merge(into: list[Any], values: list[Any]) -> None:
         into[i] += values[i]
     for i in range(_N_SUMS, _N_SUMS + _N_MAXES):
         into[i] = _max(into[i], values[i])
-    for i in range(_N_SUMS + _N_MAXES, len(values) - 1):
+    for i in range(_N_SUMS + _N_MAXES, len(values) - 2):
         into[i] = _min(into[i], values[i])
-    if values[-1]:
-        into[-1] = into[-1] + values[-1]  # a new Counter: the one in ``into`` may be shared with a minute
+    for i in (-2, -1):  # error kinds, latency histogram
+        if values[i]:
+            into[i] = into[i] + values[i]  # a new Counter: the one in ``into`` may be shared with a minute
 
 
 class RollupBatch:
@@ -230,12 +250,12 @@ class RollupBatch:
             key = (device_id, minute // 3600 * 3600)
             current = hours.get(key)
             if current is None:
-                hours[key] = list(values)  # the Counter stays shared until a merge replaces it
+                hours[key] = list(values)  # the Counters stay shared until a merge replaces them
             else:
                 _merge(current, values)
         for sql, buckets in ((_UPSERT["minute"], self._minutes), (_UPSERT["hour"], hours)):
             rows = [
-                (device_id, _iso(start), *values[:-1], _error_kinds_json(values[-1]))
+                (device_id, _iso(start), *values[:-2], _error_kinds_json(values[-2]), _histogram_json(values[-1]))
                 for (device_id, start), values in buckets.items()
             ]
             if rows:
@@ -343,6 +363,9 @@ def rollup_view(row: dict[str, Any]) -> dict[str, Any]:
         "drift_alerts": row["drift_alerts"],
         "errors_by_kind": _error_kinds(row),
     }
+    latencies = _histogram(row)
+    p50, p95, p99 = histogram.quantiles(latencies, (0.50, 0.95, 0.99))
+    view |= {"latency_ms_p50": p50, "latency_ms_p95": p95, "latency_ms_p99": p99, "latency_histogram": latencies}
     view |= {column: row[column] for column in _MAXES + _MINS}
     if "devices" in row:
         view["devices"] = row["devices"]
@@ -359,13 +382,24 @@ def _error_kinds(row: dict[str, Any]) -> dict[str, int]:
     return json.loads(row[_ERRORS]) if row.get(_ERRORS) else {}
 
 
+def _histogram(row: dict[str, Any]) -> dict[int, int]:
+    """A bucket's latency histogram, or (for a sum of buckets) every bucket's added up."""
+    total: Counter[int] = Counter()
+    if "latency_histogram_list" in row:
+        objects = json.loads(row["latency_histogram_list"] or "[]")
+    else:
+        objects = [json.loads(row[_HISTOGRAM])] if row.get(_HISTOGRAM) else []
+    for counts in objects:
+        total.update({int(bucket): n for bucket, n in counts.items()})
+    return dict(sorted(total.items()))
+
+
 def fleet_rollup_sql(resolution: Resolution, *, device_class: bool) -> str:
     """Buckets summed over devices (optionally of one class): exact, since buckets hold only sums, minima and maxima."""
     aggregates = [f"sum(r.{c}) as {c}" for c in _SUMS] + [f"max(r.{c}) as {c}" for c in _MAXES]
     aggregates += [f"min(r.{c}) as {c}" for c in _MINS]
-    aggregates.append(
-        f"json_group_array(json(r.{_ERRORS})) filter (where r.{_ERRORS} is not null) as errors_by_kind_list"
-    )
+    for column in (_ERRORS, _HISTOGRAM):
+        aggregates.append(f"json_group_array(json(r.{column})) filter (where r.{column} is not null) as {column}_list")
     join = " join devices d on d.device_id = r.device_id and d.device_class = :device_class" if device_class else ""
     return (
         f"select r.bucket_start, count(distinct r.device_id) as devices, {', '.join(aggregates)}"

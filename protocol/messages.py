@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
+from protocol import histogram
 from protocol.errors import InvalidMessage, describe_errors
 
 __all__ = [
@@ -173,6 +174,12 @@ class Telemetry(Message):
     latency_ms_p50: float | None = None
     latency_ms_p95: float | None = None
     latency_ms_p99: float | None = Field(default=None, description="99th percentile latency of the window, in ms.")
+    latency_histogram: dict[Annotated[int, Field(ge=0, lt=histogram.BUCKETS)], Annotated[int, Field(ge=0)]] = Field(
+        default_factory=dict,
+        max_length=histogram.BUCKETS,
+        description="Requests per latency bucket of protocol/histogram.py (bucket index -> count; empty buckets "
+        "left out): what minute, hour and fleet percentiles are made of.",
+    )
     errors_by_kind: dict[ErrorKind, Annotated[int, Field(ge=0)]] = Field(
         default_factory=dict,
         max_length=MAX_ERROR_KINDS,

@@ -210,6 +210,7 @@ def test_stored_report_rows_are_what_pydantic_and_sqlite_utils_would_write(tmp_p
             errors_by_kind={"runtime": 2}, runtime_skipped=["tensorrt: not installed"], drift_features={"x": 0.3},
             outbox_dropped={"telemetry": 1}, drift_alert=True, latency_ms_p99=float("inf"), cpu_percent=float("nan"),
             rss_bytes=123, disk_used_percent=50.0, runtime="onnx-cpu", bundle_digest="a" * 64,
+            latency_histogram={40: 7, 3: 2}, device_cpu_percent=12.5, memory_used_percent=40.0,
         ),
         Telemetry(device_id="pi-3", window_s=0, inference_count=0, error_count=0,
                   sent_at=datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=timezone(timedelta(hours=-5)))),

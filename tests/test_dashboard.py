@@ -120,6 +120,7 @@ def test_dashboard_shows_the_fleet_device_charts_and_renders(
     assert points >= 2 and d.count("L") == points - 1
     assert re.search(r"<circle ", device)
     assert 'data-chart="Throughput per minute"' in device and "History (per minute, " in device
+    assert {"p50 (minute)", "p95 (minute)", "p99 (minute)"} <= series.keys(), "percentiles of the minute's histogram"
     kept = tmp_path.parent / f"{tmp_path.name}-dashboard-device.png"  # outlives the test's tmp_path cleanup
     shutil.copy(screenshot, kept)
     assert screenshot.stat().st_size > 10_000, kept

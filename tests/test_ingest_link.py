@@ -3,6 +3,7 @@ real Mosquitto and SQLite file."""
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import signal
@@ -248,3 +249,34 @@ def test_the_ingest_user_cannot_publish(hardened_broker: LocalBroker, secured_br
     finally:
         watcher.stop()
         ingest.stop()
+
+
+def test_a_receiver_whose_rows_differ_from_the_coordinators_says_why_and_does_not_start(
+    mosquitto: LocalBroker,
+) -> None:
+    """As after an upgrade on disk under a running coordinator: the receiver it starts again is newer."""
+    import socket
+    from multiprocessing.connection import Connection
+
+    from coordinator.ingest_link import _receiver_env, _settings
+    from coordinator.report_rows import TELEMETRY_COLUMNS
+
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "coordinator.ingest_receiver", str(theirs.fileno())],
+            pass_fds=[theirs.fileno()], env=_receiver_env(),
+        )  # fmt: skip
+        conn = Connection(ours.detach())
+    older = tuple(c for c in TELEMETRY_COLUMNS if c != "latency_histogram")
+    conn.send(("start", _settings(BrokerConfig(url=mosquitto.url)), "edgefleet-coordinator", older))
+    events = []
+    while True:
+        try:
+            events.append(conn.recv())
+        except EOFError:
+            break
+    assert proc.wait(timeout=10) == 2
+    [(kind, level, _, text)] = events  # no report, no subscription: the broker keeps the reports
+    assert kind == "log" and level == logging.ERROR and "restart it" in text, text
+    assert f"{len(TELEMETRY_COLUMNS)} columns where the coordinator stores {len(older)}" in text

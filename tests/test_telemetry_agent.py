@@ -16,6 +16,7 @@ from agent.api import InferenceApi, InferenceService
 from agent.client import InferenceClient
 from agent.model import LoadedModel, load_model
 from agent.telemetry import OTHER_ERROR_KIND, InferenceStats, soc_temperature_c
+from protocol import histogram
 from protocol.bundle import Manifest, extract_bundle
 from protocol.errors import InvalidMessage
 from protocol.messages import MAX_ERROR_KINDS, Telemetry, parse
@@ -142,3 +143,37 @@ def test_a_window_carries_the_whole_devices_cpu_and_memory_beside_the_agents_own
     impossible = json.loads(telemetry.to_bytes()) | {"memory_used_percent": 1000.0}
     with pytest.raises(InvalidMessage, match="memory_used_percent"):
         parse(Telemetry, json.dumps(impossible).encode())
+
+
+def test_a_window_counts_every_request_in_the_shared_latency_buckets() -> None:
+    rng = np.random.default_rng(3)
+    latencies = rng.lognormal(mean=0.5, sigma=0.8, size=5000)  # ms
+    stats = InferenceStats(max_samples=1000)  # samples stop at 1000; the histogram counts all
+    for latency_ms in latencies:
+        stats.record(float(latency_ms))
+
+    telemetry = parse(Telemetry, stats.take("gw-1", None).to_bytes())  # as the coordinator receives it
+
+    assert sum(telemetry.latency_histogram.values()) == telemetry.inference_count == 5000
+    expected = np.bincount([histogram.bucket_of(x) for x in latencies], minlength=histogram.BUCKETS)
+    assert telemetry.latency_histogram == {b: int(n) for b, n in enumerate(expected) if n}
+    for q, estimate in zip(
+        (50, 95, 99), histogram.quantiles(telemetry.latency_histogram, (0.5, 0.95, 0.99)), strict=True
+    ):
+        exact = float(np.percentile(latencies, q))
+        assert estimate is not None and abs(estimate - exact) <= 0.25 * exact, (q, estimate, exact)
+        assert histogram.bucket_of(estimate) == histogram.bucket_of(exact)
+    assert stats.take("gw-1", None).latency_histogram == {}, "the next window starts empty"
+    with pytest.raises(InvalidMessage, match="latency_histogram"):
+        parse(Telemetry, b'{"device_id": "gw-1", "window_s": 1, "inference_count": 1, "error_count": 0, '
+                         b'"latency_histogram": {"72": 1}}')  # fmt: skip
+
+
+def test_histogram_quantiles_interpolate_inside_a_bucket_and_saturate_at_the_ends() -> None:
+    b = histogram.bucket_of(10.0)
+    lower, upper = histogram.BOUNDS_MS[b - 1], histogram.BOUNDS_MS[b]
+    assert lower < 10.0 <= upper
+    assert histogram.quantiles({b: 4}, (0.25, 1.0)) == [pytest.approx(lower + (upper - lower) / 4), upper]
+    assert histogram.quantiles({}, (0.5,)) == [None]
+    assert histogram.quantiles({histogram.BUCKETS - 1: 3}, (0.99,)) == [histogram.BOUNDS_MS[-1]]  # over a minute
+    assert histogram.bucket_of(0.0) == histogram.bucket_of(-1.0) == histogram.bucket_of(float("nan")) == 0

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import sqlite3
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import sqlite_utils
 from fastapi.testclient import TestClient
@@ -15,6 +17,7 @@ from coordinator.config import TelemetryRetentionConfig
 from coordinator.db import FleetDB
 from coordinator.rollups import TelemetryPruner
 from edgefleet.fleet import wait_until
+from protocol import histogram
 from protocol.messages import ReportedState, Telemetry, parse
 
 T0 = datetime(2026, 3, 1, 10, 0, tzinfo=UTC)
@@ -430,3 +433,40 @@ def test_latest_figures_come_from_the_newest_recent_window_that_has_each(db: Fle
     )  # fmt: skip
     assert db.latest_telemetry(lookback=1)[0]["latency_ms_p95"] is None, "only the last `lookback` windows count"
     assert latest["gw-2"]["latency_ms_p95"] is None and latest["gw-2"]["drift_alert"] is False
+
+
+def test_minute_hour_and_fleet_percentiles_come_from_the_added_up_histograms(db: FleetDB) -> None:
+    rng = np.random.default_rng(11)
+    samples: dict[str, list[float]] = {"gw-1": [], "gw-2": []}
+    reports = []
+    for second in range(0, 60, 10):  # six windows per device in one minute
+        for device_id, scale in (("gw-1", 1.0), ("gw-2", 4.0)):
+            latencies = rng.lognormal(mean=np.log(scale), sigma=0.6, size=200)
+            samples[device_id] += latencies.tolist()
+            counts = dict(Counter(histogram.bucket_of(x) for x in latencies))
+            p95 = float(np.percentile(latencies, 95))
+            at = T0 + timedelta(seconds=second)
+            reports.append(_report(device_id, at=at, inference_count=200, latency_histogram=counts, latency_ms_p95=p95))
+    db.add_telemetry_batch(reports[:6])  # three windows per device in one batch: added up before the upsert
+    for report in reports[6:]:  # then one at a time: added up by the upsert itself
+        db.add_telemetry(report)
+
+    def close(estimate: float | None, exact: float) -> bool:
+        return estimate is not None and histogram.bucket_of(estimate) == histogram.bucket_of(exact)
+
+    [minute] = db.telemetry_rollups("gw-1", "minute")
+    [hour] = db.telemetry_rollups("gw-1", "hour")
+    [fleet] = db.fleet_rollups("minute")
+    every = samples["gw-1"] + samples["gw-2"]
+    for q in (50, 95, 99):
+        assert close(minute[f"latency_ms_p{q}"], float(np.percentile(samples["gw-1"], q))), (q, minute)
+        assert hour[f"latency_ms_p{q}"] == minute[f"latency_ms_p{q}"]
+        assert close(fleet[f"latency_ms_p{q}"], float(np.percentile(every, q))), (q, fleet)
+    assert sum(minute["latency_histogram"].values()) == 1200 and sum(fleet["latency_histogram"].values()) == 2400
+    # The p95 of the fleet is not the largest window p95 (what the maxima keep), nor any mean of them.
+    assert fleet["latency_ms_p95"] < fleet["latency_ms_p95_max"]
+    quiet = db.telemetry_rollups("gw-3", "minute")
+    assert quiet == []
+    db.add_telemetry(_report("gw-3"))  # an older agent: no histogram, no percentiles
+    [old] = db.telemetry_rollups("gw-3", "minute")
+    assert (old["latency_ms_p95"], old["latency_histogram"]) == (None, {})

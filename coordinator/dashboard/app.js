@@ -175,7 +175,8 @@ async function device(id) {
     h("h2", {}, `History (per minute, ${buckets.length} minutes)`),
     h("div", { class: "charts" },
       lineChart("Throughput per minute", "inferences per second", [bucket("inferences/s, minute", (b) => (b.window_s > 0 ? b.inference_count / b.window_s : null))]),
-      lineChart("Latency per minute", "ms", [bucket("mean", (b) => b.latency_ms_mean), bucket("p95, worst window", (b) => b.latency_ms_p95_max)]),
+      lineChart("Latency per minute", "ms, from every request's bucket", [bucket("p50 (minute)", (b) => b.latency_ms_p50),
+        bucket("p95 (minute)", (b) => b.latency_ms_p95), bucket("p99 (minute)", (b) => b.latency_ms_p99)]),
       lineChart("Error rate per minute", "errors / requests", [bucket("error rate", (b) => b.error_rate)])),
   ];
 }
