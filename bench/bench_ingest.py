@@ -2,6 +2,7 @@
 
 Run by hand: python bench/bench_ingest.py [--messages 60000] [--devices 200] [--publishers 2]
                                             [--publisher paho|mosquitto_pub] [--order together|apart]
+                                            [--report agent|minimal]
 
 Publishers send telemetry for many device ids as fast as the broker takes it (QoS 1, as agents do),
 with 5% duplicate deliveries; a plain paho subscriber drains the same topics in the same run as the
@@ -39,7 +40,25 @@ from protocol.signing import generate_keypair
 from protocol.topics import PREFIX, Channel, topic
 
 
-def _messages(devices: list[str], count: int) -> list[tuple[str, bytes]]:
+def _report(device_id: str, i: int, kind: str) -> Telemetry:
+    """``minimal``: counters only (the figures before 2026-11-24 were taken with these); ``agent``: what a
+    serving agent's window carries: latency percentiles and histogram, errors by kind, device health, drift."""
+    if kind == "minimal":
+        return Telemetry(device_id=device_id, window_s=1.0, inference_count=i % 50, error_count=0)
+    served = 40 + i % 50
+    histogram = {b: n for b, n in zip(range(38, 50), (1, 3, 6, 9, 7, 5, 3, 2, 1, 1, 1, 1), strict=True)}
+    histogram[38] += served - sum(histogram.values())
+    return Telemetry(
+        device_id=device_id, window_s=10.0, bundle_digest="ab" * 32, runtime="onnxruntime-cpu",
+        inference_count=served, error_count=i % 3, errors_by_kind={"invalid_argument": i % 3} if i % 3 else {},
+        latency_ms_mean=0.81, latency_ms_p50=0.74, latency_ms_p95=1.52, latency_ms_p99=2.31,
+        latency_histogram=histogram, disk_free_bytes=12 << 30, disk_used_percent=41.5, cpu_percent=12.5,
+        rss_bytes=118 << 20, soc_temp_c=51.2, device_cpu_percent=23.0, memory_used_percent=48.7,
+        drift_score=0.04, confidence_drift_score=0.02, drift_features={"pixels[12]": 0.11}, outbox_pending=0,
+    )  # fmt: skip
+
+
+def _messages(devices: list[str], count: int, kind: str) -> list[tuple[str, bytes]]:
     """``count`` telemetry messages round-robin over ``devices``; every 20th repeats the one before it
     (a duplicate delivery, as after a lost PUBACK)."""
     messages: list[tuple[str, bytes]] = []
@@ -48,18 +67,17 @@ def _messages(devices: list[str], count: int) -> list[tuple[str, bytes]]:
         if i % 20 == 19:
             messages.append(messages[-1])
         else:
-            message = Telemetry(device_id=device_id, window_s=1.0, inference_count=i % 50, error_count=0)
-            messages.append((topic(device_id, Channel.TELEMETRY), message.to_bytes()))
+            messages.append((topic(device_id, Channel.TELEMETRY), _report(device_id, i, kind).to_bytes()))
     return messages
 
 
-def _publisher(port: int, devices: list[str], count: int, seed: int, ready: Any) -> None:
+def _publisher(port: int, devices: list[str], count: int, seed: int, ready: Any, kind: str) -> None:
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"pub-{seed}-{os.getpid()}")
     client.max_inflight_messages_set(1000)
     client.max_queued_messages_set(0)
     client.connect("127.0.0.1", port)
     client.loop_start()
-    messages = _messages(devices, count)  # prepared first, so the publishers measure the broker, not pydantic
+    messages = _messages(devices, count, kind)  # prepared first, so the publishers measure the broker, not pydantic
     ready.wait()
     for name, payload in messages:
         client.publish(name, payload, qos=1)
@@ -132,16 +150,18 @@ class RawDrain:
 class Publishers:
     """One publishing burst of ``per`` messages from each of ``count`` publishers, paho or C."""
 
-    def __init__(self, kind: str, port: int, devices: list[str], count: int, per: int, work: Path) -> None:
+    def __init__(self, kind: str, port: int, devices: list[str], count: int, per: int, work: Path, report: str) -> None:
         self.kind, self.total = kind, per * count
         self.duplicates = self.total // 20 if kind == "mosquitto_pub" else (per // 20) * count
         if kind == "mosquitto_pub":
-            self.cpub = CPublishers(port, _messages(devices, self.total), work)
+            self.cpub = CPublishers(port, _messages(devices, self.total, report), work)
             self.procs: list[Any] = []
             return
         ctx = mp.get_context("spawn")
         self.ready = ctx.Event()
-        self.procs = [ctx.Process(target=_publisher, args=(port, devices, per, p, self.ready)) for p in range(count)]
+        self.procs = [
+            ctx.Process(target=_publisher, args=(port, devices, per, p, self.ready, report)) for p in range(count)
+        ]
         for proc in self.procs:
             proc.start()
         time.sleep(3 + per / 20000)  # let the publishers prepare their payloads
@@ -169,6 +189,10 @@ def main() -> None:
     parser.add_argument("--publishers", type=int, default=2, help="Python publisher processes (paho).")
     parser.add_argument("--publisher", choices=["paho", "mosquitto_pub"], default="paho")
     parser.add_argument(
+        "--report", choices=["agent", "minimal"], default="agent",
+        help="agent: every figure a serving agent's window carries (~0.9 KB); minimal: counters only (~0.7 KB).",
+    )  # fmt: skip
+    parser.add_argument(
         "--order", choices=["together", "apart"], default="together",
         help="together: the raw subscriber and the coordinator drain one burst at once, sharing the CPUs; "
         "apart: each drains its own burst with the machine to itself, raw first.",
@@ -194,7 +218,7 @@ def main() -> None:
                     fleet.start_coordinator()
                 drain = RawDrain(broker.port)
                 time.sleep(0.5)
-                burst = Publishers(args.publisher, broker.port, devices, args.publishers, per, work)
+                burst = Publishers(args.publisher, broker.port, devices, args.publishers, per, work, args.report)
                 cpu_before = _cpu_s(fleet.coordinator.pid) if fleet.coordinator is not None else {}
                 raw_cpu = psutil.Process().cpu_times()  # this process: the raw subscriber's thread
                 started = burst.go()
@@ -206,7 +230,7 @@ def main() -> None:
                     drain.client.disconnect()
                     drain.client.loop_stop()
                     fleet.start_coordinator()
-                    burst = Publishers(args.publisher, broker.port, devices, args.publishers, per, work)
+                    burst = Publishers(args.publisher, broker.port, devices, args.publishers, per, work, args.report)
                     assert fleet.coordinator is not None
                     cpu_before = _cpu_s(fleet.coordinator.pid)
                     started = burst.go()
@@ -221,7 +245,8 @@ def main() -> None:
             finally:
                 fleet.stop()
     print(f"{burst.total} messages ({unique} unique, 5% duplicate deliveries) from {args.devices} device ids, QoS 1, "
-          f"published by {args.publisher}; {os.cpu_count()} CPUs; raw and coordinator {args.order}")  # fmt: skip
+          f"published by {args.publisher}, {args.report} reports; {os.cpu_count()} CPUs; raw and coordinator "
+          f"{args.order}")  # fmt: skip
     print(f"raw paho drain:       {raw_rate:8.0f} msg/s  (CPU per message: {raw_cpu_s / burst.total * 1e6:.0f} us)")
     print(
         f"coordinator ingest:   {ingest_rate:8.0f} msg/s  ({ingest_rate / raw_rate:.2f}x raw; target >= 0.7x, >= 10k)"
