@@ -13,6 +13,7 @@ import math
 import sqlite3
 import threading
 from collections import Counter
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, get_origin
 
@@ -163,13 +164,13 @@ def _min(a: float | None, b: float | None) -> float | None:
     return b if a is None else a if b is None else min(a, b)
 
 
-def _error_kinds_json(counts: Counter[str]) -> str | None:
+def _error_kinds_json(counts: Mapping[str, int]) -> str | None:
     """The stored form of a bucket's error kinds: the most frequent first, NULL for none."""
     kept = sorted(((k, n) for k, n in counts.items() if n > 0), key=lambda kn: (-kn[1], kn[0]))
     return json.dumps(dict(kept[:MAX_BUCKET_ERROR_KINDS])) if kept else None
 
 
-def _histogram_json(counts: Counter[int]) -> str | None:
+def _histogram_json(counts: Mapping[int, int]) -> str | None:
     """The stored form of a bucket's latency histogram: requests per bucket index, NULL for none."""
     return json.dumps({str(b): n for b, n in sorted(counts.items()) if n > 0}) if counts else None
 
@@ -180,8 +181,19 @@ def _finite(value: float | None) -> float | None:
     return value if value is None or math.isfinite(value) else None
 
 
-_NO_ERRORS: Counter[str] = Counter()  # shared by every report without errors: never changed in place
-_NO_LATENCIES: Counter[int] = Counter()  # likewise, for reports without a histogram
+def _add_counts(into: Mapping[Any, int], more: Mapping[Any, int]) -> Mapping[Any, int]:
+    """Counts per key of both, as a new dict (neither is changed: a report's own dict may be shared)."""
+    if not into:
+        return more
+    total = dict(into)
+    for key, n in more.items():
+        total[key] = total.get(key, 0) + n
+    return total
+
+
+# Counts are plain dicts, never changed in place: cheap to hand between processes (a Counter costs ~10 us
+# to unpickle), and a report's own dict can be used as it is.
+_NO_COUNTS: Mapping[Any, int] = {}
 
 
 def contribution(message: Telemetry, received_s: float) -> tuple[tuple[str, int], list[Any]]:
@@ -195,7 +207,7 @@ def contribution(message: Telemetry, received_s: float) -> tuple[tuple[str, int]
 
 def _values(message: Telemetry) -> list[Any]:
     """One report's contribution, in the order of ``_SUMS``, ``_MAXES``, ``_MINS``, then its error kinds
-    and its latency histogram (Counters); a non-finite value counts as absent."""
+    and its latency histogram (counts per key); a non-finite value counts as absent."""
     m = message
     latency, cpu = _finite(m.latency_ms_mean), _finite(m.cpu_percent)
     return [
@@ -205,8 +217,8 @@ def _values(message: Telemetry) -> list[Any]:
         latency, _finite(m.latency_ms_p95), m.rss_bytes, _finite(m.soc_temp_c), _finite(m.drift_score),
         m.outbox_pending, _finite(m.latency_ms_p99), _finite(m.disk_used_percent),
         _finite(m.device_cpu_percent), _finite(m.memory_used_percent), m.disk_free_bytes,
-        Counter(m.errors_by_kind) if m.errors_by_kind else _NO_ERRORS,
-        Counter(m.latency_histogram) if m.latency_histogram else _NO_LATENCIES,
+        m.errors_by_kind or _NO_COUNTS,
+        m.latency_histogram or _NO_COUNTS,
     ]  # fmt: skip
 
 
@@ -219,7 +231,7 @@ def _merge(into: list[Any], values: list[Any]) -> None:
         into[i] = _min(into[i], values[i])
     for i in (-2, -1):  # error kinds, latency histogram
         if values[i]:
-            into[i] = into[i] + values[i]  # a new Counter: the one in ``into`` may be shared with a minute
+            into[i] = _add_counts(into[i], values[i])  # a new dict: the one in ``into`` may be shared
 
 
 class RollupBatch:
@@ -250,7 +262,7 @@ class RollupBatch:
             key = (device_id, minute // 3600 * 3600)
             current = hours.get(key)
             if current is None:
-                hours[key] = list(values)  # the Counters stay shared until a merge replaces them
+                hours[key] = list(values)  # the counts stay shared until a merge replaces them
             else:
                 _merge(current, values)
         for sql, buckets in ((_UPSERT["minute"], self._minutes), (_UPSERT["hour"], hours)):
