@@ -190,23 +190,60 @@ def test_less_confident_outputs_raise_the_score_and_it_falls_back_as_the_window_
 
 
 def test_deferred_binning_counts_every_single_row_prediction_in_order() -> None:
-    # Single-row predictions are binned in groups; a window read must still see each of them, in order,
-    # with the values they had when predicted (the caller owns the returned array and may change it).
+    # Predictions are binned when a score is read; a read must still see the window's rows, in order, with
+    # the values they had when predicted (the caller owns the returned array and may change it).
     rng = np.random.default_rng(8)
     stats = confidence_stats("logits", _logits(rng, 2000, 4.0))
     assert stats is not None
-    deferred = ConfidenceMonitor(stats, window=100, min_rows=1, pending_rows=64)
-    direct = ConfidenceMonitor(stats, window=100, min_rows=1, pending_rows=1)
+    monitor = ConfidenceMonitor(stats, window=100, min_rows=1)
+    seen = []
     for row in _logits(rng, 250, 3.0):
         output = row[None].copy()
-        deferred.observe({"logits": output})
-        direct.observe({"logits": output})
+        monitor.observe({"logits": output})
+        seen.append(output[0].copy())
         output[:] = 0.0
-        if rng.random() < 0.05:  # reads at odd moments flush what is pending
-            assert deferred.counts().tolist() == direct.counts().tolist()
-    assert deferred.rows == direct.rows == 100
-    assert deferred.counts().tolist() == direct.counts().tolist()
-    assert deferred.score() == pytest.approx(direct.score())
+        if rng.random() < 0.05:  # reads at odd moments bin what waits
+            last = np.array(seen[-100:])
+            expected = np.bincount(np.searchsorted(stats.edges, max_confidence(last, "softmax")), minlength=10)
+            assert monitor.counts().tolist() == expected.tolist()
+    last = np.array(seen[-100:])
+    expected = np.bincount(np.searchsorted(stats.edges, max_confidence(last, "softmax")), minlength=10)
+    assert monitor.rows == 100 and monitor.counts().tolist() == expected.tolist()
+    assert monitor.score() == pytest.approx(float(psi(np.array(stats.expected), expected / 100)))
+
+
+def test_input_rows_wait_for_the_score_and_only_the_window_is_binned() -> None:
+    rng = np.random.default_rng(9)
+    reference = rng.standard_normal((2000, 5))
+    drift = InputDrift(_stats(reference), window=120)
+    seen = []
+    for _ in range(400):
+        row = rng.standard_normal((1, 5)) + 0.3
+        drift.observe(row)
+        seen.append(row[0].copy())
+        row[:] = 99.0  # the caller reuses its array
+        if rng.random() < 0.03:
+            drift.counts()
+    last = np.array(seen[-120:])
+    edges = np.quantile(reference, QUANTILES, axis=0)
+    expected = np.stack([np.bincount((last[:, f, None] > edges[:, f]).sum(axis=1), minlength=12) for f in range(5)])
+    assert drift.rows == 120 and drift.counts().tolist() == expected.tolist()
+
+
+def test_a_wide_input_is_watched_through_an_even_spread_of_its_features() -> None:
+    from agent.drift import MAX_FEATURES
+
+    rng = np.random.default_rng(10)
+    reference = rng.standard_normal((500, 3072)).astype(np.float32)  # a 32x32x3 image's pixels
+    monitor = DriftMonitor({"image": _stats(reference)}, window=200, min_rows=50)
+    watched = monitor.inputs["image"].watched
+    assert len(watched) == MAX_FEATURES and watched[0] == 0 and watched[-1] == 3071
+    assert np.all(np.diff(watched) >= 11), "evenly spread"
+    live = rng.standard_normal((200, 3072)).astype(np.float32)
+    live[:, watched[100]] += 3.0  # one watched pixel moves
+    monitor.observe({"image": live.reshape(200, 32, 32, 3)})
+    score, worst = monitor.score()
+    assert score is not None and next(iter(worst)) == f"image[{watched[100]}]", worst
 
 
 def test_outputs_the_reference_does_not_describe_are_ignored() -> None:
