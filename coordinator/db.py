@@ -83,16 +83,11 @@ class FleetDB:
         """The whole device's CPU and memory use and the latency histogram: in raw telemetry and in the
         rollups (where a store migrated from before schema 8 already has them: its backfill writes today's
         columns)."""
-        telemetry = Table(db, "telemetry")
-        added: dict[str, type] = {"device_cpu_percent": float, "memory_used_percent": float, "latency_histogram": str}
-        for column, kind in added.items():
-            if column not in telemetry.columns_dict:
-                telemetry.add_column(column, kind)
+        _add_columns(
+            db, "telemetry", {"device_cpu_percent": float, "memory_used_percent": float, "latency_histogram": str}
+        )
         for resolution in RESOLUTIONS:
-            table = Table(db, rollup_table(resolution))
-            for column, kind in ROLLUP_COLUMNS_9.items():
-                if column not in table.columns_dict:
-                    table.add_column(column, kind)
+            _add_columns(db, rollup_table(resolution), ROLLUP_COLUMNS_9)
 
     @staticmethod
     def _schema_8(db: sqlite_utils.Database) -> None:
@@ -104,25 +99,16 @@ class FleetDB:
     @staticmethod
     def _schema_7(db: sqlite_utils.Database) -> None:
         """Output confidence drift in raw telemetry."""
-        telemetry = Table(db, "telemetry")
-        if "confidence_drift_score" not in telemetry.columns_dict:
-            telemetry.add_column("confidence_drift_score", float)
+        _add_columns(db, "telemetry", {"confidence_drift_score": float})
 
     @staticmethod
     def _schema_6(db: sqlite_utils.Database) -> None:
         """p99 latency, disk usage and failures by kind: in raw telemetry and in the rollups."""
-        telemetry = Table(db, "telemetry")
-        added: dict[str, type] = {
+        _add_columns(db, "telemetry", {
             "latency_ms_p99": float, "errors_by_kind": str, "disk_free_bytes": int, "disk_used_percent": float,
-        }  # fmt: skip
-        for column, kind in added.items():
-            if column not in telemetry.columns_dict:
-                telemetry.add_column(column, kind)
+        })  # fmt: skip
         for resolution in RESOLUTIONS:
-            table = Table(db, rollup_table(resolution))
-            for column, kind in ROLLUP_COLUMNS_6.items():
-                if column not in table.columns_dict:
-                    table.add_column(column, kind)
+            _add_columns(db, rollup_table(resolution), ROLLUP_COLUMNS_6)
 
     @staticmethod
     def _schema_5(db: sqlite_utils.Database) -> None:
@@ -167,17 +153,11 @@ class FleetDB:
     @staticmethod
     def _schema_2(db: sqlite_utils.Database) -> None:
         """Device groups and tags; registry stages with their history; drift in telemetry."""
-        devices = Table(db, "devices")
-        for column in ("tags", "group_name"):
-            if column not in devices.columns_dict:
-                devices.add_column(column, str)
+        _add_columns(db, "devices", {"tags": str, "group_name": str})
         Table(db, "stages").create(
             {"model": str, "version": str, "stage": str, "updated_at": str}, pk=("model", "version"), if_not_exists=True
         )
-        telemetry = Table(db, "telemetry")
-        for column, kind in (("drift_score", float), ("drift_alert", int), ("drift_features", str)):
-            if column not in telemetry.columns_dict:
-                telemetry.add_column(column, kind)
+        _add_columns(db, "telemetry", {"drift_score": float, "drift_alert": int, "drift_features": str})
         Table(db, "stage_history").create(
             {"id": int, "model": str, "version": str, "stage": str, "previous": str, "at": str},
             pk="id",
@@ -512,6 +492,14 @@ class FleetDB:
                 if cursor.rowcount < chunk:
                     break
         return deleted
+
+
+def _add_columns(db: sqlite_utils.Database, table: str, columns: dict[str, type]) -> None:
+    """Add the columns ``table`` lacks (a migration run again after an interruption finds some there)."""
+    existing = Table(db, table).columns_dict
+    for column, kind in columns.items():
+        if column not in existing:
+            Table(db, table).add_column(column, kind)
 
 
 def _insert_telemetry(conn: sqlite3.Connection, rows: list[list[Any]]) -> set[str]:

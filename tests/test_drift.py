@@ -255,9 +255,9 @@ def test_outputs_the_reference_does_not_describe_are_ignored() -> None:
     assert monitor.rows == 0 and monitor.score() is None
 
 
-def test_a_digits_bundle_carries_its_reference_confidence_and_the_agent_scores_it(
-    tmp_path: Path, keys: Keys, digits: DigitsModels
-) -> None:
+def _digits_with_references(tmp_path: Path, keys: Keys, digits: DigitsModels) -> tuple[Manifest, str, np.ndarray]:
+    """A verified digits bundle whose manifest carries the input and confidence statistics of the first 225
+    test images (extracted under ``tmp_path / "files"``): its manifest, its digest, and the other images."""
     session = ort.InferenceSession(str(digits.v1), providers=["CPUExecutionProvider"])
     reference, live = digits.x_test[:225], digits.x_test[225:]
     stats, _ = input_stats({"pixels": reference})
@@ -266,8 +266,15 @@ def test_a_digits_bundle_carries_its_reference_confidence_and_the_agent_scores_i
         digits.v1, tmp_path / "v1.bundle", keys, version="1.0.0", reference_stats=stats, reference_confidence=confidence
     )
     signed = extract_bundle(archive, tmp_path / "files")
-    manifest = verify_manifest(signed, load_trusted_keys([keys.public]))
-    assert manifest.reference_confidence == confidence and confidence is not None
+    return verify_manifest(signed, load_trusted_keys([keys.public])), digest, live
+
+
+def test_a_digits_bundle_carries_its_reference_confidence_and_the_agent_scores_it(
+    tmp_path: Path, keys: Keys, digits: DigitsModels
+) -> None:
+    manifest, digest, live = _digits_with_references(tmp_path, keys, digits)
+    confidence = manifest.reference_confidence
+    assert confidence is not None and manifest.reference_stats is not None
     assert confidence.kind == "softmax" and confidence.classes == 10 and confidence.samples == 225
 
     def scores(rows: np.ndarray) -> tuple[float | None, float | None]:
@@ -373,15 +380,7 @@ def test_a_running_agents_telemetry_window_raises_the_drift_alert_and_reports_it
     from protocol.messages import parse
     from protocol.topics import Channel
 
-    session = ort.InferenceSession(str(digits.v1), providers=["CPUExecutionProvider"])
-    reference, live = digits.x_test[:225], digits.x_test[225:]
-    stats, _ = input_stats({"pixels": reference})
-    confidence = confidence_stats("logits", session.run(["logits"], {"pixels": reference})[0])
-    archive, digest = build(
-        digits.v1, tmp_path / "v1.bundle", keys, version="1.0.0", reference_stats=stats, reference_confidence=confidence
-    )
-    signed = extract_bundle(archive, tmp_path / "files")
-    manifest = verify_manifest(signed, load_trusted_keys([keys.public]))
+    manifest, digest, live = _digits_with_references(tmp_path, keys, digits)
     config = AgentConfig.model_validate({
         "device_id": "gw-1", "device_class": "x86-gateway", "data_dir": tmp_path / "data",
         "trusted_keys": [keys.public], "drift": {"threshold": 0.25, "window": 225},
