@@ -38,15 +38,26 @@ def test_concurrent_single_requests_are_batched_and_answered_correctly(
     model: LoadedModel, digits: DigitsModels
 ) -> None:
     batcher = MicroBatcher(max_batch_size=16, max_delay_ms=5)
-    rows = [digits.x_test[i : i + 1] for i in range(200)]
-    expected = ort.InferenceSession(str(digits.v1)).run(["logits"], {"pixels": digits.x_test[:200]})[0]
+    callers, rounds = 16, 12
+    expected = ort.InferenceSession(str(digits.v1)).run(["logits"], {"pixels": digits.x_test[: callers * rounds]})[0]
+    together = threading.Barrier(callers)  # each round's requests arrive at once, however busy the machine
+
+    def caller(index: int) -> list[tuple[int, np.ndarray]]:
+        answers = []
+        for r in range(rounds):
+            row = r * callers + index
+            together.wait(timeout=30)
+            answers.append((row, batcher.predict(model, {"pixels": digits.x_test[row : row + 1]})["logits"]))
+        return answers
+
     try:
-        with ThreadPoolExecutor(max_workers=16) as pool:
-            results = list(pool.map(lambda row: batcher.predict(model, {"pixels": row})["logits"], rows))
+        with ThreadPoolExecutor(max_workers=callers) as pool:
+            answered = [a for answers in pool.map(caller, range(callers)) for a in answers]
     finally:
         batcher.close()
-    np.testing.assert_allclose(np.concatenate(results), expected, rtol=1e-5, atol=1e-5)
-    assert batcher.stats.requests == 200
+    results = np.concatenate([logits for _, logits in sorted(answered, key=lambda a: a[0])])
+    np.testing.assert_allclose(results, expected, rtol=1e-5, atol=1e-5)
+    assert batcher.stats.requests == callers * rounds
     assert batcher.stats.mean_batch > 1.5, f"concurrent callers should share batches ({batcher.stats})"
 
 
