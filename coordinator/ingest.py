@@ -5,7 +5,8 @@ fill), idempotent by message id (a duplicate delivery is never counted twice).
 The reports were acknowledged to the broker when they arrived, so a batch the store refuses is not
 given up: while the store itself fails (locked, full, an I/O error) the writer keeps the batch and tries
 again with backoff, the queue fills and holds the receiver back; a batch failing for one of its own
-reports is split until that report is found, and only it is dropped, counted and logged.
+reports (a value SQLite refuses) is split until that report is found, and only it is dropped, counted
+and logged. At stop a failing store gets a few last tries, then what is queued is dropped and counted.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ class TelemetryIngest:
         self.inserted = 0
         self.duplicates = 0
         self.dropped = 0
+        self._given_up = False  # the store failed its last tries at stop: the rest is dropped at once
 
     def put(self, message: Telemetry) -> None:
         """Queue a report that arrived in this process just now."""
@@ -83,6 +85,7 @@ class TelemetryIngest:
 
     def start(self) -> None:
         self._stop.clear()  # started again after a stop (the coordinator's API restarted in process)
+        self._given_up = False
         self._thread = threading.Thread(target=self._run, name="telemetry-ingest", daemon=True)
         self._thread.start()
 
@@ -120,35 +123,52 @@ class TelemetryIngest:
     def _write(self, items: list[PreparedReport]) -> None:
         delay, failures = RETRY_FIRST_S, 0
         while True:
+            if self._given_up:  # stopping with a store that failed its last tries: no more waiting
+                self.dropped += len(items)
+                return
             try:
                 inserted = self.db.add_reports(items)
-            except sqlite3.OperationalError as exc:  # the store: locked, disk full, I/O error
-                failures += 1
+            except Exception as exc:
+                if _refused_report(exc):  # something in the reports themselves: store the others
+                    self._set_apart(items)
+                    return
+                failures += 1  # the store: locked, disk full, I/O error, damaged, or code that does not fit it
                 if self._stop.is_set() and failures > TRIES_AT_STOP:
+                    self._given_up = True
                     self.dropped += len(items)
-                    log.error("telemetry store still failing at stop (%s): %d reports not stored", exc, len(items))
+                    log.error("telemetry store still failing at stop (%s): the %d reports queued are not stored",
+                              exc, len(items) + self.pending)  # fmt: skip
                     return
                 if failures == 1 or delay == RETRY_MAX_S:
-                    log.error("telemetry store failing (%s); holding %d reports, trying again in %.1f s (%d queued)",
-                              exc, len(items), delay, self.pending)  # fmt: skip
+                    log.error("telemetry store failing (%s: %s); holding %d reports, trying again in %.1f s "
+                              "(%d queued)", type(exc).__name__, exc, len(items), delay, self.pending)  # fmt: skip
                 if self._stop.is_set():
                     time.sleep(1.0)  # stopping: a few last tries, a second apart
                 else:
                     self._stop.wait(delay)
                 delay = min(delay * 2, RETRY_MAX_S)
                 continue
-            except Exception:  # something in the reports themselves: store the others
-                if len(items) > 1:
-                    half = len(items) // 2
-                    self._write(items[:half])
-                    self._write(items[half:])
-                    return
-                (row, (device_id, _), _) = items[0]
-                self.dropped += 1
-                log.exception("telemetry report %s from %s cannot be stored; dropped", row[0], device_id)
-                return
             if failures:
                 log.info("telemetry store back after %d failed tries", failures)
             self.inserted += inserted
             self.duplicates += len(items) - inserted
             return
+
+    def _set_apart(self, items: list[PreparedReport]) -> None:
+        """Store ``items`` but those the store refuses, found by halving (a batch of 2000: ~22 writes)."""
+        if len(items) > 1:
+            half = len(items) // 2
+            self._write(items[:half])
+            self._write(items[half:])
+            return
+        (row, (device_id, _), _) = items[0]
+        self.dropped += 1
+        log.exception("telemetry report %s from %s cannot be stored; dropped", row[0], device_id)
+
+
+def _refused_report(exc: Exception) -> bool:
+    """Whether SQLite (or the binding of values) refused a report's values, rather than failed as a store."""
+    if isinstance(exc, sqlite3.OperationalError):
+        return "integer overflow" in str(exc)  # counts added up past 2**63; the rest: locked, full, I/O
+    return isinstance(exc, sqlite3.IntegrityError | sqlite3.DataError | sqlite3.InterfaceError | OverflowError
+                      | ValueError | TypeError)  # fmt: skip

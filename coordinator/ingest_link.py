@@ -21,7 +21,7 @@ from typing import Any
 from agent.config import BrokerConfig
 from coordinator.ingest import TelemetryIngest
 from coordinator.ingest_receiver import INGEST_SUFFIX, BrokerSettings, ingest_username
-from coordinator.report_rows import TELEMETRY_COLUMNS
+from coordinator.report_rows import REPORT_LAYOUT
 from protocol.topics import DeviceTopic
 
 __all__ = ["INGEST_SUFFIX", "IngestLink", "ingest_username"]
@@ -119,7 +119,7 @@ class IngestLink:
         with self._lock:
             self._proc, self._conn = proc, conn
             stopping = self._stopping.is_set()  # a stop that came while this one started saw no receiver
-        conn.send(("start", _settings(self.broker), self.client_id, tuple(TELEMETRY_COLUMNS)))
+        conn.send(("start", _settings(self.broker), self.client_id, REPORT_LAYOUT))
         if stopping:
             conn.send(("stop",))
         return conn

@@ -7,8 +7,8 @@ these 2-core machines). Apart, each has a core (bench/bench_ingest.py). The coor
 supervises and stops it (coordinator/ingest_link.py): ``python -m coordinator.ingest_receiver FD``,
 where FD is its end of a socket pair carrying pickled tuples whose first item names them:
 
-- from the coordinator: ``("start", BrokerSettings, client id, TELEMETRY_COLUMNS)`` first (a receiver
-  whose own columns differ, the code upgraded under a running coordinator, refuses to start), then
+- from the coordinator: ``("start", BrokerSettings, client id, REPORT_LAYOUT)`` first (a receiver that
+  prepares reports otherwise, the code upgraded under a running coordinator, refuses to start), then
   ``("stop",)``; the end of the stream (the coordinator died) stops the receiver too;
 - to the coordinator: ``("reports", [PreparedReport, ...])`` (coordinator/report_rows.py),
   ``("rejected", DeviceTopic | None)``, ``("subscribed", bool)`` and ``("log", level, logger, text)``:
@@ -46,7 +46,7 @@ from gmqtt import Client
 from gmqtt.mqtt.constants import UNLIMITED_RECONNECTS, MQTTv311
 
 from coordinator import gmqtt_acks
-from coordinator.report_rows import TELEMETRY_COLUMNS, PreparedReport, prepare_arrived
+from coordinator.report_rows import REPORT_LAYOUT, TELEMETRY_COLUMNS, PreparedReport, prepare_arrived
 from protocol.errors import ProtocolError
 from protocol.messages import Telemetry, parse, sent_by
 from protocol.topics import Channel, DeviceTopic, channel_subscription, parse_topic
@@ -226,17 +226,18 @@ def main(argv: list[str] | None = None) -> None:
     # Ctrl-C in a terminal reaches the whole process group: the coordinator stops us in its own order.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     conn = Connection(int(args[0]))
-    command, broker, client_id, columns = conn.recv()
+    command, broker, client_id, *layout = conn.recv()  # an older coordinator sends no layout
     if command != "start":
         raise SystemExit(f"expected start, got {command!r}")
     receiver = Receiver(broker, client_id, conn)
     logging.basicConfig(level=logging.INFO, handlers=[_ToCoordinator(receiver)], force=True)
-    if columns != tuple(TELEMETRY_COLUMNS):
-        # The code on disk changed under a running coordinator (an upgrade): rows it cannot store would be
-        # lost. Not connecting leaves the reports with the broker's session until the coordinator restarts.
-        log.error("telemetry receiver not started: its reports have %d columns where the coordinator stores %d; "
+    if layout != [REPORT_LAYOUT]:
+        # The code on disk changed under a running coordinator (an upgrade): reports prepared the new way
+        # would not fit its store. Not connecting leaves them with the broker's session until it restarts.
+        theirs = f"{len(layout[0][0])} columns" if layout else "an older layout"
+        log.error("telemetry receiver not started: it prepares reports of %d columns, the coordinator stores %s; "
                   "the installed edgefleet changed under the running coordinator: restart it",
-                  len(TELEMETRY_COLUMNS), len(columns))  # fmt: skip
+                  len(TELEMETRY_COLUMNS), theirs)  # fmt: skip
         raise SystemExit(2)
     # gmqtt logs every failed reconnect try (two warnings each 2 s while a broker is away); our own
     # callbacks say once that the connection was lost and once that it is back.

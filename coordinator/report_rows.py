@@ -13,10 +13,18 @@ from typing import Any, get_args
 
 from pydantic_core import to_json
 
-from coordinator.rollups import TELEMETRY_JSON_FIELDS, contribution
+from coordinator.rollups import CONTRIBUTION_LAYOUT, TELEMETRY_JSON_FIELDS, contribution
 from protocol.messages import Telemetry
 
-__all__ = ["REPORT_FIELDS", "TELEMETRY_COLUMNS", "PreparedReport", "prepare", "prepare_arrived", "telemetry_row"]
+__all__ = [
+    "REPORT_FIELDS",
+    "REPORT_LAYOUT",
+    "TELEMETRY_COLUMNS",
+    "PreparedReport",
+    "prepare",
+    "prepare_arrived",
+    "telemetry_row",
+]
 
 # A stored report: its fields but the schema version, then when it arrived.
 REPORT_FIELDS = [name for name in Telemetry.model_fields if name != "schema_version"]
@@ -26,6 +34,8 @@ assert REPORT_FIELDS[0] == "message_id", "the message id must lead a telemetry r
 
 # (row: the values of TELEMETRY_COLUMNS, (device id, minute start): its rollup bucket, its rollup values)
 PreparedReport = tuple[list[Any], tuple[str, int], list[Any]]
+# What a prepared report's row and contribution hold: the receiver's and the writer's must be the same.
+REPORT_LAYOUT = (tuple(TELEMETRY_COLUMNS), CONTRIBUTION_LAYOUT)
 
 
 def prepare(message: Telemetry, received_at: datetime) -> PreparedReport:

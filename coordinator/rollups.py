@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from coordinator.db import FleetDB
 
 __all__ = [
+    "CONTRIBUTION_LAYOUT",
     "MAX_BUCKET_ERROR_KINDS",
     "RESOLUTIONS",
     "ROLLUP_COLUMNS_6",
@@ -80,6 +81,8 @@ _ERRORS = "errors_by_kind"
 _HISTOGRAM = "latency_histogram"
 MAX_BUCKET_ERROR_KINDS = 32  # a bucket keeps the most frequent kinds, so a device cannot grow it without end
 _N_SUMS, _N_MAXES = len(_SUMS), len(_MAXES)
+# What a report's contribution lists, in order (see ``contribution``).
+CONTRIBUTION_LAYOUT = (*_SUMS, *_MAXES, *_MINS, _ERRORS, _HISTOGRAM)
 _TYPES: dict[str, type] = {
     "reports": int, "inference_count": int, "error_count": int, "window_s": float,
     "latency_ms_weighted_sum": float, "latency_ms_weight": int, "cpu_percent_sum": float,

@@ -18,6 +18,7 @@ __all__ = [
     "MAX_CONTROL_BYTES",
     "MAX_ERROR_KINDS",
     "MAX_PUBLIC_KEY_CHARS",
+    "MAX_WINDOW_COUNT",
     "Availability",
     "BundleRef",
     "CampaignAssignment",
@@ -42,6 +43,9 @@ MAX_CONTROL_BYTES = 64 * 1024  # any JSON message
 MAX_CHUNK_BYTES = 256 * 1024  # data in one chunk; well under Mosquitto's 2 MB and AWS IoT's 128 KB at default 64 KiB
 SHA256 = r"^[0-9a-f]{64}$"
 MAX_ERROR_KINDS = 16  # distinct error kinds in one telemetry window
+# Requests counted in one telemetry window, at most (a million a second for twelve days): the coordinator
+# adds counts up in SQLite, whose integers end at 2**63.
+MAX_WINDOW_COUNT = 2**40
 MAX_PUBLIC_KEY_CHARS = 1024  # a P-521 public key in PEM is ~270 characters
 ErrorKind = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 
@@ -168,8 +172,8 @@ class Telemetry(Message):
     bundle_digest: str | None = None
     runtime: str | None = None
     runtime_skipped: list[str] = Field(default_factory=list)
-    inference_count: int = Field(ge=0)
-    error_count: int = Field(ge=0)
+    inference_count: int = Field(ge=0, le=MAX_WINDOW_COUNT)
+    error_count: int = Field(ge=0, le=MAX_WINDOW_COUNT)
     latency_ms_mean: float | None = None
     latency_ms_p50: float | None = None
     latency_ms_p95: float | None = None
@@ -178,13 +182,24 @@ class Telemetry(Message):
         default_factory=dict,
         max_length=histogram.BUCKETS,
         description="Requests per latency bucket of protocol/histogram.py (bucket index -> count; empty buckets "
-        "left out): what minute, hour and fleet percentiles are made of.",
+        "left out): what minute, hour and fleet percentiles are made of. Adds up to inference_count at most.",
     )
     errors_by_kind: dict[ErrorKind, Annotated[int, Field(ge=0)]] = Field(
         default_factory=dict,
         max_length=MAX_ERROR_KINDS,
         description="Failed requests per kind (e.g. invalid_argument, unavailable, runtime); adds up to error_count.",
     )
+
+    @model_validator(mode="after")
+    def _counts_add_up(self) -> Telemetry:
+        # What the coordinator adds up per bucket stays within the window's own counts (and so within SQLite's
+        # integers): a histogram of more requests than were served, or more errors by kind than errors, is no report.
+        if sum(self.latency_histogram.values()) > self.inference_count:
+            raise ValueError("latency_histogram counts more requests than inference_count")
+        if sum(self.errors_by_kind.values()) > self.error_count:
+            raise ValueError("errors_by_kind counts more failures than error_count")
+        return self
+
     disk_free_bytes: int | None = Field(default=None, ge=0, description="Free bytes on the data dir's filesystem.")
     disk_used_percent: float | None = Field(
         default=None, ge=0, le=100, description="Used share of the data dir's filesystem, in percent."

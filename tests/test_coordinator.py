@@ -284,11 +284,12 @@ def test_a_failing_store_holds_the_batch_and_stores_it_once_the_store_recovers(t
         pages = conn.execute("pragma page_count").fetchone()[0]
         conn.execute(f"pragma max_page_count = {pages}")
     ingest = TelemetryIngest(db, batch=50, linger_s=0.0)
+    for i in range(120):  # queued first, and each too big for a page's free space: no batch fits
+        ingest.put(Telemetry(device_id=f"pi-{i % 3}", window_s=1.0, inference_count=i, error_count=0,
+                             runtime_skipped=["cuda: " + "x" * 4000]))  # fmt: skip
     ingest.start()
-    for i in range(120):
-        ingest.put(Telemetry(device_id=f"pi-{i % 3}", window_s=1.0, inference_count=i, error_count=0))
-    wait_until(lambda: "telemetry store failing (database or disk is full)" in caplog.text, timeout=10,
-               what="the failure logged")  # fmt: skip
+    wait_until(lambda: "telemetry store failing (OperationalError: database or disk is full)" in caplog.text,
+               timeout=10, what="the failure logged")  # fmt: skip
     assert ingest.inserted == 0 and ingest.dropped == 0
     with db.locked() as conn:
         conn.execute("pragma max_page_count = 1073741823")
@@ -317,3 +318,24 @@ def test_a_report_the_store_refuses_is_set_apart_and_the_rest_of_its_batch_store
     assert f"telemetry report {messages[13].message_id} from pi-1 cannot be stored; dropped" in caplog.text
     assert sorted(r["inference_count"] for r in db.telemetry("pi-1")) == [i for i in range(50) if i != 13]
     assert sum(r["reports"] for r in db.telemetry_rollups("pi-1", "minute")) == 49
+
+
+def test_a_store_still_failing_at_stop_gets_a_few_tries_then_what_is_queued_is_counted_lost(
+    tmp_path: Path, caplog
+) -> None:  # type: ignore[no-untyped-def]
+    from coordinator.ingest import TRIES_AT_STOP, TelemetryIngest
+
+    db = FleetDB(tmp_path / "fleet.db")
+    with db.locked() as conn:
+        conn.execute(f"pragma max_page_count = {conn.execute('pragma page_count').fetchone()[0]}")
+    ingest = TelemetryIngest(db, batch=10)
+    for i in range(60):  # queued before the writer runs: six batches wait at stop; rows too big for free space
+        ingest.put(Telemetry(device_id="pi-1", window_s=1.0, inference_count=i, error_count=0,
+                             runtime_skipped=["cuda: " + "x" * 4000]))  # fmt: skip
+    ingest.start()
+    started = time.monotonic()
+    ingest.stop()
+
+    assert (ingest.inserted, ingest.dropped) == (0, 60)
+    assert time.monotonic() - started < 15 + TRIES_AT_STOP, "one batch's last tries, not six"
+    assert caplog.text.count("telemetry store still failing at stop") == 1

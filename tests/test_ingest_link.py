@@ -259,7 +259,7 @@ def test_a_receiver_whose_rows_differ_from_the_coordinators_says_why_and_does_no
     from multiprocessing.connection import Connection
 
     from coordinator.ingest_link import _receiver_env, _settings
-    from coordinator.report_rows import TELEMETRY_COLUMNS
+    from coordinator.report_rows import REPORT_LAYOUT, TELEMETRY_COLUMNS
 
     ours, theirs = socket.socketpair()
     with ours, theirs:
@@ -269,7 +269,7 @@ def test_a_receiver_whose_rows_differ_from_the_coordinators_says_why_and_does_no
         )  # fmt: skip
         conn = Connection(ours.detach())
     older = tuple(c for c in TELEMETRY_COLUMNS if c != "latency_histogram")
-    conn.send(("start", _settings(BrokerConfig(url=mosquitto.url)), "edgefleet-coordinator", older))
+    conn.send(("start", _settings(BrokerConfig(url=mosquitto.url)), "edgefleet-coordinator", (older, REPORT_LAYOUT[1])))
     events = []
     while True:
         try:
@@ -279,4 +279,4 @@ def test_a_receiver_whose_rows_differ_from_the_coordinators_says_why_and_does_no
     assert proc.wait(timeout=10) == 2
     [(kind, level, _, text)] = events  # no report, no subscription: the broker keeps the reports
     assert kind == "log" and level == logging.ERROR and "restart it" in text, text
-    assert f"{len(TELEMETRY_COLUMNS)} columns where the coordinator stores {len(older)}" in text
+    assert f"reports of {len(TELEMETRY_COLUMNS)} columns, the coordinator stores {len(older)} columns" in text

@@ -177,3 +177,14 @@ def test_histogram_quantiles_interpolate_inside_a_bucket_and_saturate_at_the_end
     assert histogram.quantiles({}, (0.5,)) == [None]
     assert histogram.quantiles({histogram.BUCKETS - 1: 3}, (0.99,)) == [histogram.BOUNDS_MS[-1]]  # over a minute
     assert histogram.bucket_of(0.0) == histogram.bucket_of(-1.0) == histogram.bucket_of(float("nan")) == 0
+
+
+def test_counts_by_bucket_or_kind_cannot_exceed_the_windows_own_counts() -> None:
+    base = b'{"device_id": "gw-1", "window_s": 1, "inference_count": 5, "error_count": 2'
+    assert parse(Telemetry, base + b', "latency_histogram": {"3": 5}, "errors_by_kind": {"runtime": 2}}')
+    with pytest.raises(InvalidMessage, match="more requests than inference_count"):
+        parse(Telemetry, base + b', "latency_histogram": {"3": 4, "9": 2}}')
+    with pytest.raises(InvalidMessage, match="more failures than error_count"):
+        parse(Telemetry, base + b', "errors_by_kind": {"runtime": 3}}')
+    with pytest.raises(InvalidMessage, match="inference_count"):  # SQLite adds counts up in 64-bit integers
+        parse(Telemetry, base.replace(b'"inference_count": 5', b'"inference_count": 9223372036854775807') + b"}")
