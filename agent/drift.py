@@ -133,9 +133,12 @@ class InputDrift:
             return  # a shape the statistics do not describe (e.g. a different sequence length)
         self._recent.add(rows.copy() if self._all else rows[:, self.watched])
 
-    def _bin(self) -> None:
-        """Move the waiting rows into the ring as bin indices: the number of edges below each value."""
-        rows = self._recent.take()
+    def take_waiting(self) -> np.ndarray | None:
+        """The rows observed since the last binning (the newest ``window`` of them)."""
+        return self._recent.take()
+
+    def push(self, rows: np.ndarray | None) -> None:
+        """Bin ``rows`` into the window: each value's bin is the number of edges below it."""
         if rows is None:
             return
         bins = np.zeros(rows.shape, dtype=np.int16)
@@ -143,30 +146,36 @@ class InputDrift:
             bins += rows > edge
         self._ring.push(bins)
 
+    def binned_scores(self) -> tuple[np.ndarray | None, int]:
+        """PSI per watched feature over the binned window (None before any row), and its rows."""
+        rows = self._ring.rows
+        return (psi(self.expected, self._ring.counts() / rows) if rows else None), rows
+
     @property
     def rows(self) -> int:
-        self._bin()
+        self.push(self.take_waiting())
         return self._ring.rows
 
     def counts(self) -> np.ndarray:
         """Rows per (watched feature, bin) in the window."""
-        self._bin()
+        self.push(self.take_waiting())
         return self._ring.counts()
 
     def scores(self) -> np.ndarray | None:
         """PSI per watched feature over the window, or None before any row was seen."""
-        if self.rows == 0:
-            return None
-        return psi(self.expected, self.counts() / self.rows)
+        self.push(self.take_waiting())
+        return self.binned_scores()[0]
 
 
 class DriftMonitor:
-    """All inputs of one model that have reference statistics; thread-safe."""
+    """All inputs of one model that have reference statistics; thread-safe: requests observe while the
+    telemetry thread scores, and binning happens outside the lock requests take."""
 
     def __init__(self, reference: dict[str, InputStats], *, window: int = 500, min_rows: int = 50) -> None:
         self.inputs = {name: InputDrift(stats, window) for name, stats in reference.items()}
         self.min_rows = min_rows
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the waiting rows
+        self._scoring = threading.Lock()  # the binned windows: one scorer at a time
 
     def observe(self, inputs: dict[str, np.ndarray]) -> None:
         with self._lock:
@@ -175,9 +184,14 @@ class DriftMonitor:
                     drift.observe(inputs[name])
 
     def score(self) -> tuple[float | None, dict[str, float]]:
-        """The model's drift score (mean PSI over all features) and the worst features by name."""
-        with self._lock:
-            per_input = {name: (d.scores(), d.rows) for name, d in self.inputs.items()}
+        """The model's drift score (mean PSI over the watched features) and the worst features by name."""
+        with self._scoring:
+            with self._lock:
+                waiting = {name: d.take_waiting() for name, d in self.inputs.items()}
+            per_input = {}
+            for name, drift in self.inputs.items():
+                drift.push(waiting[name])
+                per_input[name] = drift.binned_scores()
         worst: dict[str, float] = {}
         values = []
         for name, (scores, rows) in per_input.items():

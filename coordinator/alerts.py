@@ -16,14 +16,14 @@ from sqlite_utils.db import Table
 
 from coordinator.config import AlertThresholds
 from coordinator.db import FleetDB
-from coordinator.rollups import RESOLUTIONS, bucket_start, rollup_table
 
 __all__ = ["Alert", "AlertKind", "AlertThresholds", "compute_alerts"]
 
 Severity = Literal["critical", "warning"]
 AlertKind = Literal["offline", "drift", "error_rate", "latency_regression", "disk_full"]
-# A device's telemetry read per bundle for the latency comparison: its most recent windows that carry a p95.
-LATENCY_WINDOWS = 1000
+# The latency comparison reads a device's most recent windows, of whichever bundle: a regression is judged
+# while both bundles are among them (at a window every 10 s, the first ~14 hours after an update).
+LATENCY_WINDOWS = 5000
 
 
 @dataclass(frozen=True)
@@ -57,8 +57,8 @@ def compute_alerts(
     limits = thresholds or AlertThresholds()
     now = now or datetime.now(UTC)
     window_start = now - timedelta(seconds=limits.window_s)
-    # Every read is bounded by an index per device (the latest window, recent runs, recent p95s) or by
-    # the window's minute buckets, never by the size of the raw telemetry: the store is locked meanwhile.
+    # Every read is bounded by an index: per device (its latest window, recent runs, its recent windows)
+    # or by the window's arrivals, never by the size of the raw telemetry: the store is locked meanwhile.
     with db.locked() as conn:
         devices = list(Table(conn, "devices").rows_where(order_by="device_id"))
         latest = {
@@ -68,14 +68,14 @@ def compute_alerts(
                 " where device_id = d.device_id order by received_at desc limit 1)"
             )
         }
-        # Errors and requests over the minutes the window covers (bucketed where the device closed each window).
+        # Errors and requests of the reports received in the window, added up by SQLite (indexed by arrival).
         recent = {
             row["device_id"]: row
             for row in conn.query(
                 "select device_id, sum(error_count) as errors, sum(inference_count) + sum(error_count) as served,"
-                " min(case when error_count > 0 then bucket_start end) as since"
-                f" from {rollup_table('minute')} where bucket_start >= ? group by device_id",
-                [bucket_start(window_start, RESOLUTIONS["minute"])],
+                " min(case when error_count > 0 then received_at end) as since"
+                " from telemetry where received_at >= ? group by device_id",
+                [window_start.isoformat()],
             )
         }
         alerts: list[Alert] = []
@@ -174,18 +174,17 @@ def _latency_regression(conn: Any, device: dict[str, Any], limits: AlertThreshol
     if not active or not previous or active == previous:
         return []
 
+    rows = list(
+        Table(conn, "telemetry").rows_where(
+            "device_id = ?", [device["device_id"]], order_by="received_at desc",
+            select="received_at, bundle_digest, latency_ms_p95", limit=LATENCY_WINDOWS,
+        )
+    )  # fmt: skip
+
     def p95s(digest: str) -> tuple[float | None, str | None]:
         """The median p95 of the bundle's recent windows on this device, and the first of them."""
-        rows = list(
-            Table(conn, "telemetry").rows_where(
-                "device_id = ? and bundle_digest = ? and latency_ms_p95 is not null",
-                [device["device_id"], digest],
-                order_by="received_at desc",
-                select="received_at, latency_ms_p95",
-                limit=LATENCY_WINDOWS,
-            )
-        )
-        return _median([r["latency_ms_p95"] for r in rows]), (rows[-1]["received_at"] if rows else None)
+        mine = [r for r in rows if r["bundle_digest"] == digest and r["latency_ms_p95"] is not None]
+        return _median([r["latency_ms_p95"] for r in mine]), (mine[-1]["received_at"] if mine else None)
 
     new, since = p95s(active)
     old, _ = p95s(previous)

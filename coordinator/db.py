@@ -20,6 +20,7 @@ from sqlite_utils.db import Table
 from coordinator.report_rows import TELEMETRY_COLUMNS, PreparedReport, prepare_arrived
 from coordinator.rollups import (
     RESOLUTIONS,
+    ROLLUP_COLUMN_TYPES,
     ROLLUP_COLUMNS_6,
     ROLLUP_COLUMNS_9,
     ROLLUP_SCHEMA,
@@ -81,8 +82,7 @@ class FleetDB:
     @staticmethod
     def _schema_9(db: sqlite_utils.Database) -> None:
         """The whole device's CPU and memory use and the latency histogram: in raw telemetry and in the
-        rollups (where a store migrated from before schema 8 already has them: its backfill writes today's
-        columns)."""
+        rollups (a store migrated from before schema 8 got every rollup column there)."""
         _add_columns(
             db, "telemetry", {"device_cpu_percent": float, "memory_used_percent": float, "latency_histogram": str}
         )
@@ -93,7 +93,8 @@ class FleetDB:
     def _schema_8(db: sqlite_utils.Database) -> None:
         """Rollups for the raw telemetry stored before schema 4 kept them, in one transaction that a
         rerun cannot count twice (see ``backfill_rollups``)."""
-        FleetDB._schema_9(db)  # the backfill writes every rollup column this code knows
+        for resolution in RESOLUTIONS:  # the backfill writes every rollup column this code knows
+            _add_columns(db, rollup_table(resolution), ROLLUP_COLUMN_TYPES)
         backfill_rollups(db.conn)
 
     @staticmethod
@@ -416,7 +417,10 @@ class FleetDB:
         recent = (
             "(select * from telemetry t where t.device_id = d.device_id order by t.received_at desc limit :lookback)"
         )
-        figures = ", ".join(f"(select {c} from {recent} where {c} is not null limit 1) as {c}" for c in LATEST_FIGURES)
+        figures = ", ".join(
+            f"(select {c} from {recent} where {c} is not null order by received_at desc limit 1) as {c}"
+            for c in LATEST_FIGURES
+        )
         sql = (
             f"select d.device_id, l.received_at, l.drift_alert, {figures} from devices d join telemetry l on l.rowid ="
             " (select rowid from telemetry where device_id = d.device_id order by received_at desc limit 1)"

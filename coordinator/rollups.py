@@ -30,6 +30,7 @@ __all__ = [
     "RESOLUTIONS",
     "ROLLUP_COLUMNS_6",
     "ROLLUP_COLUMNS_9",
+    "ROLLUP_COLUMN_TYPES",
     "ROLLUP_SCHEMA",
     "TELEMETRY_JSON_FIELDS",
     "Resolution",
@@ -99,6 +100,7 @@ ROLLUP_COLUMNS_6: dict[str, type] = {
 ROLLUP_COLUMNS_9: dict[str, type] = {
     c: _TYPES[c] for c in ("device_cpu_percent_max", "memory_used_percent_max", _HISTOGRAM)
 }
+ROLLUP_COLUMN_TYPES: dict[str, type] = dict(_TYPES)  # every column a rollup table has today, but its key
 ROLLUP_SCHEMA: dict[str, type] = {"device_id": str, "bucket_start": str} | {
     c: _TYPES[c] for c in _SUMS + _MAXES if c not in ROLLUP_COLUMNS_6 and c not in ROLLUP_COLUMNS_9
 }

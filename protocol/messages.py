@@ -213,7 +213,9 @@ class Telemetry(Message):
     memory_used_percent: float | None = Field(
         default=None, ge=0, le=100, description="The device's memory in use, percent (psutil's virtual_memory)."
     )
-    drift_score: float | None = Field(default=None, description="Mean PSI of the inputs against the reference.")
+    drift_score: float | None = Field(
+        default=None, description="Mean PSI of the inputs against the reference (256 evenly spread features at most)."
+    )
     confidence_drift_score: float | None = Field(
         default=None, description="PSI of the output's per-row top confidence against the reference."
     )

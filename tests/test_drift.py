@@ -417,3 +417,32 @@ def test_a_running_agents_telemetry_window_raises_the_drift_alert_and_reports_it
     assert shifted.drift_features and max(shifted.drift_features.values()) > 0.25
     assert (with_outbox.outbox_pending, with_outbox.outbox_dropped) == (3, {"telemetry": 2})
     assert with_outbox.device_cpu_percent is not None and with_outbox.memory_used_percent is not None
+
+
+def test_requests_observe_while_the_telemetry_thread_scores() -> None:
+    import threading
+
+    rng = np.random.default_rng(12)
+    monitor = DriftMonitor({"x": _stats(rng.standard_normal((2000, 8)))}, window=300, min_rows=50)
+    batches = [rng.standard_normal((1, 8)).astype(np.float32) for _ in range(3000)]
+    failures: list[BaseException] = []
+
+    def serve() -> None:
+        try:
+            for batch in batches:
+                monitor.observe({"x": batch})
+        except BaseException as exc:  # pragma: no cover - reported below
+            failures.append(exc)
+
+    requests = [threading.Thread(target=serve) for _ in range(4)]
+    for thread in requests:
+        thread.start()
+    scores = []
+    while any(thread.is_alive() for thread in requests):
+        scores.append(monitor.score()[0])
+    for thread in requests:
+        thread.join()
+    final, _ = monitor.score()
+
+    assert not failures and monitor.inputs["x"].rows == 300, "the window holds the newest rows only"
+    assert final is not None and final < 0.1 and all(s is None or s < 0.2 for s in scores)

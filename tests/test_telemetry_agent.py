@@ -131,7 +131,9 @@ def test_soc_temperature_is_the_hottest_zone_that_measures_the_chip(tmp_path: Pa
 
 def test_a_window_carries_the_whole_devices_cpu_and_memory_beside_the_agents_own() -> None:
     stats = InferenceStats()
-    sum(i * i for i in range(300_000))  # some CPU in the window
+    process, before = psutil.Process(), sum(psutil.Process().cpu_times()[:2])
+    while sum(process.cpu_times()[:2]) - before < 0.05:  # CPU the clock ticks can see, in the window
+        sum(i * i for i in range(10_000))
 
     telemetry = stats.take("gw-1", None)
 
