@@ -37,10 +37,13 @@ def soc_temperature_c(zones: str = "/sys/class/thermal/thermal_zone*") -> float 
     readings = []
     for zone in glob.glob(zones):
         try:
-            kind = Path(zone, "type").read_text().strip().lower() if Path(zone, "type").exists() else ""
             celsius = int(Path(zone, "temp").read_text().strip()) / 1000.0
         except (OSError, ValueError):
             continue
+        try:
+            kind = Path(zone, "type").read_text().strip().lower()
+        except OSError:  # an older kernel: no type, the reading stands
+            kind = ""
         if any(word in kind for word in _NOT_THE_CHIP) or not _PLAUSIBLE_C[0] <= celsius <= _PLAUSIBLE_C[1]:
             continue
         readings.append(celsius)

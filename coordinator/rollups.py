@@ -84,7 +84,8 @@ MAX_BUCKET_ERROR_KINDS = 32  # a bucket keeps the most frequent kinds, so a devi
 _N_SUMS, _N_MAXES = len(_SUMS), len(_MAXES)
 # What a report's contribution lists, in order (see ``contribution``).
 CONTRIBUTION_LAYOUT = (*_SUMS, *_MAXES, *_MINS, _ERRORS, _HISTOGRAM)
-_TYPES: dict[str, type] = {
+# Every column a rollup table has today, but its key.
+ROLLUP_COLUMN_TYPES: dict[str, type] = {
     "reports": int, "inference_count": int, "error_count": int, "window_s": float,
     "latency_ms_weighted_sum": float, "latency_ms_weight": int, "cpu_percent_sum": float,
     "cpu_percent_reports": int, "drift_alerts": int, "latency_ms_mean_max": float, "latency_ms_p95_max": float,
@@ -95,14 +96,13 @@ _TYPES: dict[str, type] = {
 # The columns each migration gave the rollup tables: schema 4 created them, schema 6 added p99, disk and
 # error kinds, schema 9 the device's CPU and memory and the latency histogram.
 ROLLUP_COLUMNS_6: dict[str, type] = {
-    c: _TYPES[c] for c in ("latency_ms_p99_max", "disk_used_percent_max", "disk_free_bytes_min", _ERRORS)
+    c: ROLLUP_COLUMN_TYPES[c] for c in ("latency_ms_p99_max", "disk_used_percent_max", "disk_free_bytes_min", _ERRORS)
 }
 ROLLUP_COLUMNS_9: dict[str, type] = {
-    c: _TYPES[c] for c in ("device_cpu_percent_max", "memory_used_percent_max", _HISTOGRAM)
+    c: ROLLUP_COLUMN_TYPES[c] for c in ("device_cpu_percent_max", "memory_used_percent_max", _HISTOGRAM)
 }
-ROLLUP_COLUMN_TYPES: dict[str, type] = dict(_TYPES)  # every column a rollup table has today, but its key
 ROLLUP_SCHEMA: dict[str, type] = {"device_id": str, "bucket_start": str} | {
-    c: _TYPES[c] for c in _SUMS + _MAXES if c not in ROLLUP_COLUMNS_6 and c not in ROLLUP_COLUMNS_9
+    c: ROLLUP_COLUMN_TYPES[c] for c in _SUMS + _MAXES if c not in ROLLUP_COLUMNS_6 and c not in ROLLUP_COLUMNS_9
 }
 
 
@@ -391,24 +391,24 @@ def rollup_view(row: dict[str, Any]) -> dict[str, Any]:
 
 def _error_kinds(row: dict[str, Any]) -> dict[str, int]:
     """A bucket's error kinds, or (for a sum of buckets) the kinds of every bucket added up, the most frequent first."""
-    if "errors_by_kind_list" in row:  # a fleet bucket: a JSON array of each device's object
-        total: Counter[str] = Counter()
-        for kinds in json.loads(row["errors_by_kind_list"] or "[]"):
-            total.update(kinds)
-        return dict(total.most_common())
-    return json.loads(row[_ERRORS]) if row.get(_ERRORS) else {}
+    return dict(_added_counts(row, _ERRORS).most_common())
 
 
 def _histogram(row: dict[str, Any]) -> dict[int, int]:
-    """A bucket's latency histogram, or (for a sum of buckets) every bucket's added up."""
-    total: Counter[int] = Counter()
-    if "latency_histogram_list" in row:
-        objects = json.loads(row["latency_histogram_list"] or "[]")
+    """A bucket's latency histogram, or (for a sum of buckets) every bucket's added up, by bucket index."""
+    return dict(sorted((int(bucket), n) for bucket, n in _added_counts(row, _HISTOGRAM).items()))
+
+
+def _added_counts(row: dict[str, Any], column: str) -> Counter[str]:
+    """A bucket's JSON object of counts, or a fleet bucket's (a JSON array of each device's object) added up."""
+    if f"{column}_list" in row:
+        objects = json.loads(row[f"{column}_list"] or "[]")
     else:
-        objects = [json.loads(row[_HISTOGRAM])] if row.get(_HISTOGRAM) else []
+        objects = [json.loads(row[column])] if row.get(column) else []
+    total: Counter[str] = Counter()
     for counts in objects:
-        total.update({int(bucket): n for bucket, n in counts.items()})
-    return dict(sorted(total.items()))
+        total.update(counts)
+    return total
 
 
 def fleet_rollup_sql(resolution: Resolution, *, device_class: bool) -> str:
