@@ -215,6 +215,16 @@ class LocalFleet:
         response = self.http.get(f"/api/v1/devices/{device_id}")
         return None if response.status_code == 404 else dict(response.json())
 
+    def wait_registered(self, device_ids: list[str], timeout: float = 60.0) -> None:
+        """Until the coordinator knows each device's class: its reported state arrived (its availability
+        alone, which may come first, makes a device row without a class, and a deploy by class skips it)."""
+
+        def all_known() -> bool:
+            devices = {d["device_id"]: d for d in self.get("/api/v1/devices")}
+            return all(devices.get(i, {}).get("device_class") for i in device_ids)
+
+        wait_until(all_known, timeout=timeout, interval=0.2, what=f"{device_ids} to register")
+
     def wait_active(self, digest: str, device_ids: list[str], timeout: float = 60.0) -> None:
         def all_active() -> bool:
             devices = {d["device_id"]: d for d in self.get("/api/v1/devices")}

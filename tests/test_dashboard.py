@@ -58,7 +58,7 @@ def test_dashboard_shows_the_fleet_device_charts_and_renders(
     for device_id in DEVICES:
         fleet.add_agent(device_id, telemetry_interval_s=1.0)
     fleet.start_agents(list(DEVICES))
-    wait_until(lambda: all(fleet.device(d) for d in DEVICES), timeout=20, what="agents to register")
+    fleet.wait_registered(list(DEVICES), timeout=20)
     # v1 carries the reference statistics of its inputs, so the agents score drift against it.
     stats, _ = input_stats({"pixels": digits.x_test})
     bundle, digest = build(digits.v1, tmp_path / "v1.bundle", keys, version="1.0.0", reference_stats=stats)

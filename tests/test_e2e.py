@@ -30,7 +30,7 @@ def _start(fleet: LocalFleet, *device_ids: str, trusted: list[Path] | None = Non
     for device_id in device_ids:
         fleet.add_agent(device_id)
         fleet.start_agent(device_id)
-    wait_until(lambda: all(fleet.device(d) for d in device_ids), timeout=20, what="agents to register")
+    fleet.wait_registered(list(device_ids), timeout=20)
 
 
 def _reported(fleet: LocalFleet, device_id: str) -> dict:

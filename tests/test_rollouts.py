@@ -67,7 +67,7 @@ def test_canary_rollout_halts_at_the_failing_class_and_a_good_bundle_reaches_eve
     for device_id in pis:
         fleet.add_agent(device_id, "rpi4", telemetry_interval_s=1.0)
     fleet.start_agents(gateways + pis)
-    wait_until(lambda: len(fleet.get("/api/v1/devices")) == 20, timeout=60, what="20 agents registered")
+    fleet.wait_registered(gateways + pis)
 
     v1 = {}
     for device_class in ("x86-gateway", "rpi4"):
@@ -130,7 +130,7 @@ def test_offline_devices_do_not_block_a_rollout_and_converge_when_they_return(
     for device_id in ids:
         fleet.add_agent(device_id, "x86-gateway")
     fleet.start_agents(ids)
-    wait_until(lambda: len(fleet.get("/api/v1/devices")) == 10, timeout=60, what="agents registered")
+    fleet.wait_registered(ids)
     v1, d1 = build(digits.v1, tmp_path / "v1.bundle", keys, version="1.0.0")
     v2, d2 = build(digits.v2, tmp_path / "v2.bundle", keys, version="2.0.0")
     fleet.upload(v1)
@@ -165,7 +165,7 @@ def test_drift_alerts_on_the_new_bundle_halt_the_rollout_and_roll_back(
     for device_id in ids:
         fleet.add_agent(device_id, "x86-gateway", telemetry_interval_s=1.0)
     fleet.start_agents(ids)
-    wait_until(lambda: len(fleet.get("/api/v1/devices")) == 2, timeout=60, what="agents registered")
+    fleet.wait_registered(ids)
     v1, d1 = build(digits.v1, tmp_path / "v1.bundle", keys, version="1.0.0")
     fleet.upload(v1)
     fleet.deploy(d1)
