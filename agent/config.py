@@ -9,9 +9,9 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from agent.errors import ConfigError
-from protocol.errors import describe_errors
-from protocol.topics import validate_device_id
+from edgefleet.agent.errors import ConfigError
+from edgefleet.protocol.errors import describe_errors
+from edgefleet.protocol.topics import validate_device_id
 
 __all__ = ["AgentConfig", "ApiConfig", "BrokerConfig", "FeedbackConfig", "FetchConfig", "StoreConfig", "load_config"]
 

@@ -11,29 +11,29 @@ import threading
 import time
 from datetime import UTC, datetime
 
-from agent import __version__
-from agent.api import InferenceApi, InferenceService
-from agent.batcher import MicroBatcher
-from agent.commands import CommandVerifier
-from agent.config import AgentConfig
-from agent.device_class import DeviceClass, load_device_class
-from agent.errors import ActivationError
-from agent.federated_node import FederatedParticipant
-from agent.fetcher import ChunkFetcher, HttpMirror
-from agent.model import LoadedModel, load_model
-from agent.outbox import Outbox, OutboxError
-from agent.outbox_sender import OutboxSender
-from agent.reconcile import Reconciler
-from agent.runtimes import RuntimeOptions
-from agent.samples import RecentRequests, SampleStore
-from agent.store import ModelStore
-from agent.sync import AgentLink, Handlers
-from agent.systemd import notify, watchdog_interval_s
-from agent.telemetry import InferenceStats
-from agent.update_lock import UpdateLock
-from protocol.bundle import Manifest, SignedManifest
-from protocol.errors import BundleError
-from protocol.messages import (
+from edgefleet.agent import __version__
+from edgefleet.agent.bundles.fetcher import ChunkFetcher, HttpMirror
+from edgefleet.agent.bundles.reconcile import Reconciler
+from edgefleet.agent.bundles.store import ModelStore
+from edgefleet.agent.config import AgentConfig
+from edgefleet.agent.device_class import DeviceClass, load_device_class
+from edgefleet.agent.errors import ActivationError
+from edgefleet.agent.learning.participant import FederatedParticipant
+from edgefleet.agent.learning.samples import RecentRequests, SampleStore
+from edgefleet.agent.mqtt.commands import CommandVerifier
+from edgefleet.agent.mqtt.link import AgentLink, Handlers
+from edgefleet.agent.mqtt.outbox import Outbox, OutboxError
+from edgefleet.agent.mqtt.sender import OutboxSender
+from edgefleet.agent.runtimes import RuntimeOptions
+from edgefleet.agent.serving.batcher import MicroBatcher
+from edgefleet.agent.serving.model import LoadedModel, load_model
+from edgefleet.agent.serving.server import InferenceApi, InferenceService
+from edgefleet.agent.serving.update_lock import UpdateLock
+from edgefleet.agent.systemd import notify, watchdog_interval_s
+from edgefleet.agent.telemetry.stats import InferenceStats
+from edgefleet.protocol.bundle import Manifest, SignedManifest
+from edgefleet.protocol.errors import BundleError
+from edgefleet.protocol.messages import (
     BundleRef,
     ChunkRequest,
     Command,
@@ -43,8 +43,8 @@ from protocol.messages import (
     ReportedState,
     Telemetry,
 )
-from protocol.signing import TrustedKeys, load_trusted_keys
-from protocol.topics import Channel
+from edgefleet.protocol.signing import TrustedKeys, load_trusted_keys
+from edgefleet.protocol.topics import Channel
 
 __all__ = ["Agent"]
 

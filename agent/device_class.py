@@ -9,9 +9,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from agent.errors import ConfigError
-from firmware_configs import CONFIG_DIR
-from protocol.errors import describe_errors
+from edgefleet.agent.errors import ConfigError
+from edgefleet.firmware_configs import CONFIG_DIR
+from edgefleet.protocol.errors import describe_errors
 
 __all__ = ["DeviceClass", "Probe", "detect_device_class", "load_device_class", "probe_hardware"]
 

@@ -16,9 +16,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from agent.config import AgentConfig, parse_config
-from agent.device_class import load_device_class
-from protocol.signing import key_id, load_public_key
+from edgefleet.agent.config import AgentConfig, parse_config
+from edgefleet.agent.device_class import load_device_class
+from edgefleet.protocol.signing import key_id, load_public_key
 
 __all__ = [
     "EnrollRequest",

@@ -13,11 +13,11 @@ import sys
 from pathlib import Path
 from types import FrameType
 
-from agent.config import load_config
-from agent.errors import ConfigError
-from edgefleet.exit_codes import ExitCode
-from edgefleet.log_setup import configure_logging
-from protocol.errors import ProtocolError
+from edgefleet.agent.config import load_config
+from edgefleet.agent.errors import ConfigError
+from edgefleet.common.exit_codes import ExitCode
+from edgefleet.common.log_setup import configure_logging
+from edgefleet.protocol.errors import ProtocolError
 
 __all__ = ["main", "run_daemon"]
 
@@ -26,7 +26,7 @@ log = logging.getLogger("agent")
 
 def run_daemon(config: Path) -> int:
     """Run the agent with the config at ``config``; the exit code (ExitCode) once it stopped."""
-    from agent.daemon import Agent
+    from edgefleet.agent.daemon import Agent
 
     try:
         cfg = load_config(config)

@@ -35,17 +35,17 @@ import onnxruntime as ort
 import psutil
 import torch
 
-from agent.api import InferenceApi, InferenceService, tensor_to_proto
-from agent.batcher import MicroBatcher
-from agent.client import InferenceClient
-from agent.model import LoadedModel, load_model
-from agent.telemetry import InferenceStats
-from compression.builder import build_bundle
-from edgefleet.broker import LocalBroker
-from edgefleet.fleet import LocalFleet, wait_until
-from protocol.bundle import Manifest, extract_bundle
-from protocol.grpc_gen import inference_pb2, inference_pb2_grpc
-from protocol.signing import load_private_key, write_keypair
+from edgefleet.agent.serving.batcher import MicroBatcher
+from edgefleet.agent.serving.client import InferenceClient
+from edgefleet.agent.serving.model import LoadedModel, load_model
+from edgefleet.agent.serving.server import InferenceApi, InferenceService, tensor_to_proto
+from edgefleet.agent.telemetry.stats import InferenceStats
+from edgefleet.compression.builder import build_bundle
+from edgefleet.local.broker import LocalBroker
+from edgefleet.local.fleet import LocalFleet, wait_until
+from edgefleet.protocol.bundle import Manifest, extract_bundle
+from edgefleet.protocol.grpc_gen import inference_pb2, inference_pb2_grpc
+from edgefleet.protocol.signing import load_private_key, write_keypair
 
 
 class SmallCnn(torch.nn.Module):

@@ -28,9 +28,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import numpy as np
 import torch
 
-from compression import CompressionReport, EvalOptions, compress
-from compression.digits import load_digits_data, train_digits_cnn
-from compression.evaluate import open_runtime_for
+from edgefleet.compression import CompressionReport, EvalOptions, compress
+from edgefleet.compression.evaluate import open_runtime_for
+from edgefleet.local.digits import load_digits_data, train_digits_cnn
 
 SEQ_LEN = 64
 ROUNDS = 60  # interleaved A/B timing rounds

@@ -22,17 +22,17 @@ from pathlib import Path
 
 import psutil
 
-from agent.config import BrokerConfig
-from agent.fetcher import ChunkFetcher
-from agent.mqtt_client import make_client
-from compression.builder import build_bundle
-from edgefleet.broker import LocalBroker
-from edgefleet.chaos import padded_identity_model
-from edgefleet.fleet import LocalFleet, wait_until
-from protocol.bundle import Manifest, SignedManifest
-from protocol.messages import BundleRef, DesiredState, ReportedState, decode_chunk, parse
-from protocol.signing import load_private_key, write_keypair
-from protocol.topics import RETAINED, Channel, device_subscriptions, topic
+from edgefleet.agent.bundles.fetcher import ChunkFetcher
+from edgefleet.agent.config import BrokerConfig
+from edgefleet.common.mqtt import make_client
+from edgefleet.compression.builder import build_bundle
+from edgefleet.local.broker import LocalBroker
+from edgefleet.local.chaos import padded_identity_model
+from edgefleet.local.fleet import LocalFleet, wait_until
+from edgefleet.protocol.bundle import Manifest, SignedManifest
+from edgefleet.protocol.messages import BundleRef, DesiredState, ReportedState, decode_chunk, parse
+from edgefleet.protocol.signing import load_private_key, write_keypair
+from edgefleet.protocol.topics import RETAINED, Channel, device_subscriptions, topic
 
 DEVICE_CLASS = "x86-gateway"
 

@@ -14,9 +14,9 @@ import numpy as np
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from agent.drift import ConfidenceMonitor, DriftMonitor
-from compression.stats import confidence_stats
-from protocol.model_card import InputStats
+from edgefleet.agent.telemetry.drift import ConfidenceMonitor, DriftMonitor
+from edgefleet.compression.stats import confidence_stats
+from edgefleet.protocol.model_card import InputStats
 
 QUANTILES = [i / 10 for i in range(11)]
 

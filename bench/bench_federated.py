@@ -39,16 +39,16 @@ import torch
 from flwr.app import ArrayRecord, Context, Message
 from sklearn.model_selection import train_test_split
 
-from compression.digits import load_digits_data
-from federated.client_app import app as client_app
-from federated.data import dirichlet_split, fill_sample_store, load_samples
-from federated.inprocess import InProcessGrid, InProcessNode
-from federated.models import build_model
-from federated.rounds import CampaignObserver, CampaignOutcome, RoundRecord, run_rounds
-from federated.spec import CampaignSpec
-from federated.strategies import build_strategy
-from federated.training import LocalData, TrainConfig, evaluate, train
-from federated.weights import arrays_to_model, model_to_arrays
+from edgefleet.federated.client.client_app import app as client_app
+from edgefleet.federated.client.data import dirichlet_split, fill_sample_store, load_samples
+from edgefleet.federated.client.training import LocalData, TrainConfig, evaluate, train
+from edgefleet.federated.inprocess import InProcessGrid, InProcessNode
+from edgefleet.federated.models import build_model
+from edgefleet.federated.server.rounds import CampaignObserver, CampaignOutcome, RoundRecord, run_rounds
+from edgefleet.federated.server.strategies import build_strategy
+from edgefleet.federated.spec import CampaignSpec
+from edgefleet.federated.weights import arrays_to_model, model_to_arrays
+from edgefleet.local.digits import load_digits_data
 
 DELTA = 1e-5
 TARGET_EPSILON = 3.0

@@ -17,15 +17,15 @@ import onnxruntime as ort
 import torch
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-from agent.api import InferenceApi, InferenceService
-from agent.client import InferenceClient
-from agent.model import load_model
-from agent.telemetry import InferenceStats
-from compression.builder import build_bundle
-from compression.digits import load_digits_data, train_digits_mlp
-from compression.export import export_onnx
-from protocol.bundle import Manifest, extract_bundle
-from protocol.signing import generate_keypair
+from edgefleet.agent.serving.client import InferenceClient
+from edgefleet.agent.serving.model import load_model
+from edgefleet.agent.serving.server import InferenceApi, InferenceService
+from edgefleet.agent.telemetry.stats import InferenceStats
+from edgefleet.compression.builder import build_bundle
+from edgefleet.compression.export import export_onnx
+from edgefleet.local.digits import load_digits_data, train_digits_mlp
+from edgefleet.protocol.bundle import Manifest, extract_bundle
+from edgefleet.protocol.signing import generate_keypair
 
 
 def _percentiles(samples: list[float]) -> tuple[float, float]:

@@ -33,11 +33,11 @@ import paho.mqtt.client as mqtt
 import psutil
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edgefleet.broker import LocalBroker
-from edgefleet.fleet import LocalFleet, wait_until
-from protocol.messages import Telemetry
-from protocol.signing import generate_keypair
-from protocol.topics import PREFIX, Channel, topic
+from edgefleet.local.broker import LocalBroker
+from edgefleet.local.fleet import LocalFleet, wait_until
+from edgefleet.protocol.messages import Telemetry
+from edgefleet.protocol.signing import generate_keypair
+from edgefleet.protocol.topics import PREFIX, Channel, topic
 
 
 def _report(device_id: str, i: int, kind: str) -> Telemetry:

@@ -31,14 +31,14 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from agent.config import BrokerConfig
-from agent.mqtt_client import make_client
-from edgefleet.broker import LocalBroker
-from edgefleet.fleet import LocalFleet, wait_until
-from protocol.errors import InvalidMessage
-from protocol.messages import Telemetry, parse
-from protocol.signing import write_keypair
-from protocol.topics import Channel, coordinator_subscriptions, parse_topic
+from edgefleet.agent.config import BrokerConfig
+from edgefleet.common.mqtt import make_client
+from edgefleet.local.broker import LocalBroker
+from edgefleet.local.fleet import LocalFleet, wait_until
+from edgefleet.protocol.errors import InvalidMessage
+from edgefleet.protocol.messages import Telemetry, parse
+from edgefleet.protocol.signing import write_keypair
+from edgefleet.protocol.topics import Channel, coordinator_subscriptions, parse_topic
 
 
 class WireTap:

@@ -16,10 +16,10 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from compression.builder import build_bundle
-from edgefleet.broker import LocalBroker
-from edgefleet.fleet import LocalFleet, wait_until
-from protocol.signing import load_private_key, write_keypair
+from edgefleet.compression.builder import build_bundle
+from edgefleet.local.broker import LocalBroker
+from edgefleet.local.fleet import LocalFleet, wait_until
+from edgefleet.protocol.signing import load_private_key, write_keypair
 
 
 def padded_model(path: Path, megabytes: float) -> Path:

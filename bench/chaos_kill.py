@@ -11,11 +11,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from compression.builder import build_bundle
-from edgefleet.broker import LocalBroker
-from edgefleet.chaos import padded_identity_model, run_chaos
-from edgefleet.fleet import LocalFleet, wait_until
-from protocol.signing import load_private_key, write_keypair
+from edgefleet.compression.builder import build_bundle
+from edgefleet.local.broker import LocalBroker
+from edgefleet.local.chaos import padded_identity_model, run_chaos
+from edgefleet.local.fleet import LocalFleet, wait_until
+from edgefleet.protocol.signing import load_private_key, write_keypair
 
 
 def main() -> None:

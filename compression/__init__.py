@@ -9,21 +9,21 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from compression.candidates.base import BuildOptions
-    from compression.data import EvalData
-    from compression.evaluate import EvalOptions
-    from compression.pipeline import Example, compress
-    from compression.report import CompressionReport
+    from edgefleet.compression.candidates.base import BuildOptions
+    from edgefleet.compression.data import EvalData
+    from edgefleet.compression.evaluate import EvalOptions
+    from edgefleet.compression.pipeline import Example, compress
+    from edgefleet.compression.report import CompressionReport
 
 __all__ = ["BuildOptions", "CompressionReport", "EvalData", "EvalOptions", "Example", "compress"]
 
 _LAZY = {
-    "compress": "compression.pipeline",
-    "Example": "compression.pipeline",
-    "BuildOptions": "compression.candidates.base",
-    "EvalOptions": "compression.evaluate",
-    "EvalData": "compression.data",
-    "CompressionReport": "compression.report",
+    "compress": "edgefleet.compression.pipeline",
+    "Example": "edgefleet.compression.pipeline",
+    "BuildOptions": "edgefleet.compression.candidates.base",
+    "EvalOptions": "edgefleet.compression.evaluate",
+    "EvalData": "edgefleet.compression.data",
+    "CompressionReport": "edgefleet.compression.report",
 }
 
 

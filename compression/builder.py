@@ -15,9 +15,9 @@ import numpy as np
 import onnxruntime as ort
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from protocol.bundle import FileEntry, Manifest, TestVector, pack_bundle, sha256_file, sign_manifest
-from protocol.model_card import ConfidenceStats, InputStats, Lineage, PreprocessingStep, PrivacyReport, Recipe
-from protocol.tensors import TensorData, TensorSpec, onnx_type_to_dtype
+from edgefleet.protocol.bundle import FileEntry, Manifest, TestVector, pack_bundle, sha256_file, sign_manifest
+from edgefleet.protocol.model_card import ConfidenceStats, InputStats, Lineage, PreprocessingStep, PrivacyReport, Recipe
+from edgefleet.protocol.tensors import TensorData, TensorSpec, onnx_type_to_dtype
 
 __all__ = ["build_bundle", "describe_onnx", "sample_inputs"]
 

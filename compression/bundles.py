@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from compression.builder import build_bundle
-from compression.candidates.base import Candidate
-from compression.evaluate import feed_names, fixed_batch, open_runtime_for
-from compression.metrics import Metric
-from compression.source import ReferenceModel
-from protocol.model_card import ConfidenceStats, InputStats, Lineage, PreprocessingStep, Recipe
+from edgefleet.compression.builder import build_bundle
+from edgefleet.compression.candidates.base import Candidate
+from edgefleet.compression.evaluate import feed_names, fixed_batch, open_runtime_for
+from edgefleet.compression.metrics import Metric
+from edgefleet.compression.source import ReferenceModel
+from edgefleet.protocol.model_card import ConfidenceStats, InputStats, Lineage, PreprocessingStep, Recipe
 
 __all__ = ["TOLERANCES", "BundleSpec", "candidate_metrics", "write_bundle"]
 

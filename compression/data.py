@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from compression.errors import DataError
-from protocol.tensors import TensorSpec
+from edgefleet.compression.errors import DataError
+from edgefleet.protocol.tensors import TensorSpec
 
 __all__ = ["EvalData", "data_from_mapping", "input_names_in", "load_data", "resolve_import"]
 

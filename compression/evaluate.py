@@ -24,10 +24,10 @@ from typing import Any, Literal
 import numpy as np
 import psutil
 
-from agent.runtimes import Runtime, RuntimeOptions, backend, import_errors
-from compression.candidates.base import Candidate, Measurement
-from compression.data import EvalData
-from compression.metrics import Metric, cosine_rows
+from edgefleet.agent.runtimes import Runtime, RuntimeOptions, backend, import_errors
+from edgefleet.compression.candidates.base import Candidate, Measurement
+from edgefleet.compression.data import EvalData
+from edgefleet.compression.metrics import Metric, cosine_rows
 
 __all__ = ["EvalOptions", "evaluate_candidates", "feed_names", "fixed_batch", "open_runtime_for", "run_rows"]
 
@@ -116,7 +116,7 @@ def _memory_subprocess(candidate: Candidate, batches: dict[str, dict[str, np.nda
             [
                 sys.executable,
                 "-m",
-                "compression.memprobe",
+                "edgefleet.compression.memprobe",
                 candidate.model_format,
                 str(candidate.path),
                 str(feeds_path),

@@ -41,7 +41,7 @@ def main(argv: list[str]) -> int:
     import numpy as np
     import psutil
 
-    from agent.runtimes import RuntimeOptions, backend
+    from edgefleet.agent.runtimes import RuntimeOptions, backend
 
     model_format, model_path, feeds_path, threads = argv[0], Path(argv[1]), Path(argv[2]), int(argv[3])
     key = "litert" if model_format == "tflite" else "onnxruntime-cpu"

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from compression.errors import MetricError
+from edgefleet.compression.errors import MetricError
 
 __all__ = ["METRICS", "Metric", "cosine_rows", "get_metric"]
 

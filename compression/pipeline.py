@@ -1,7 +1,7 @@
 """The compression API: from a reference model and data to measured candidates, a choice per device
 class, signed bundles and a report.
 
-    from compression import compress
+    from edgefleet.compression import compress
     report = compress("pkg.models:make_net", "val.npz", metric="accuracy", out_dir=Path("out"),
                       name="digits", version="1.1.0", private_key=load_private_key(Path("keys/signing.key")))
 """
@@ -20,19 +20,19 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from agent.device_class import DeviceClass, load_device_class
-from compression.bundles import BundleSpec, write_bundle
-from compression.candidates import BuildContext, BuildOptions, Candidate, build_candidates, plan_candidates
-from compression.data import EvalData, data_from_mapping, input_names_in, load_data
-from compression.errors import DataError
-from compression.evaluate import EvalOptions, evaluate_candidates
-from compression.metrics import get_metric
-from compression.report import CompressionReport
-from compression.selection import select_candidate
-from compression.source import ReferenceModel, load_reference
-from compression.stats import confidence_stats, input_stats
-from firmware_configs import CONFIG_DIR
-from protocol.model_card import PreprocessingStep
+from edgefleet.agent.device_class import DeviceClass, load_device_class
+from edgefleet.compression.bundles import BundleSpec, write_bundle
+from edgefleet.compression.candidates import BuildContext, BuildOptions, Candidate, build_candidates, plan_candidates
+from edgefleet.compression.data import EvalData, data_from_mapping, input_names_in, load_data
+from edgefleet.compression.errors import DataError
+from edgefleet.compression.evaluate import EvalOptions, evaluate_candidates
+from edgefleet.compression.metrics import get_metric
+from edgefleet.compression.report import CompressionReport
+from edgefleet.compression.selection import select_candidate
+from edgefleet.compression.source import ReferenceModel, load_reference
+from edgefleet.compression.stats import confidence_stats, input_stats
+from edgefleet.firmware_configs import CONFIG_DIR
+from edgefleet.protocol.model_card import PreprocessingStep
 
 if TYPE_CHECKING:
     import torch

@@ -11,8 +11,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from compression.candidates.base import Candidate
-from compression.selection import ClassSelection
+from edgefleet.compression.candidates.base import Candidate
+from edgefleet.compression.selection import ClassSelection
 
 __all__ = ["CompressionReport"]
 

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from agent.device_class import DeviceClass
-from compression.candidates.base import Candidate
+from edgefleet.agent.device_class import DeviceClass
+from edgefleet.compression.candidates.base import Candidate
 
 __all__ = ["ClassSelection", "class_hardware", "select_candidate"]
 

@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import onnxruntime as ort
 
-from compression.builder import describe_onnx
-from compression.data import resolve_import
-from compression.errors import ExportError, ModelSourceError
-from protocol.bundle import sha256_file
-from protocol.tensors import TensorSpec
+from edgefleet.compression.builder import describe_onnx
+from edgefleet.compression.data import resolve_import
+from edgefleet.compression.errors import ExportError, ModelSourceError
+from edgefleet.protocol.bundle import sha256_file
+from edgefleet.protocol.tensors import TensorSpec
 
 if TYPE_CHECKING:
     import torch
@@ -116,7 +116,7 @@ def _export(
 ) -> ReferenceModel:
     import torch
 
-    from compression.export import export_onnx
+    from edgefleet.compression.export import export_onnx
 
     module.eval()
     names = list(example)

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from agent.drift import max_confidence
-from protocol.model_card import ConfidenceKind, ConfidenceStats, InputStats
+from edgefleet.agent.telemetry.drift import max_confidence
+from edgefleet.protocol.model_card import ConfidenceKind, ConfidenceStats, InputStats
 
 __all__ = ["MAX_FEATURES", "QUANTILES", "confidence_kind", "confidence_stats", "input_stats"]
 

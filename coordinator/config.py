@@ -8,9 +8,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from agent.config import BrokerConfig
-from coordinator.errors import Rejected
-from protocol.errors import describe_errors
+from edgefleet.agent.config import BrokerConfig
+from edgefleet.coordinator.errors import Rejected
+from edgefleet.protocol.errors import describe_errors
 
 __all__ = [
     "ApiServerConfig",

@@ -5,20 +5,20 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from coordinator.config import CampaignsConfig, CoordinatorConfig
-from coordinator.db import FleetDB
-from coordinator.errors import Conflict, NotFound
-from coordinator.link import CoordinatorLink
-from coordinator.model_registry import ModelRegistry
-from coordinator.registry import Registry
-from coordinator.rollouts import RolloutEngine
-from coordinator.rollups import TelemetryPruner
-from protocol.messages import BundleRef, DesiredState
-from protocol.signing import load_trusted_keys
+from edgefleet.coordinator.config import CampaignsConfig, CoordinatorConfig
+from edgefleet.coordinator.errors import Conflict, NotFound
+from edgefleet.coordinator.mqtt.link import CoordinatorLink
+from edgefleet.coordinator.registry.artifacts import Registry
+from edgefleet.coordinator.registry.models import ModelRegistry
+from edgefleet.coordinator.rollouts.engine import RolloutEngine
+from edgefleet.coordinator.store.sqlite import FleetDB
+from edgefleet.coordinator.telemetry.rollups import TelemetryPruner
+from edgefleet.protocol.messages import BundleRef, DesiredState
+from edgefleet.protocol.signing import load_trusted_keys
 
 if TYPE_CHECKING:
-    from coordinator.campaigns import CampaignManager
-    from federated.flower_processes import TlsFiles
+    from edgefleet.coordinator.campaigns.manager import CampaignManager
+    from edgefleet.federated.processes import TlsFiles
 
 __all__ = ["Coordinator"]
 
@@ -53,8 +53,8 @@ class Coordinator:
     def _campaigns(self, config: CoordinatorConfig) -> CampaignManager | None:
         """Campaigns need the federated extra; without it the API says so instead of failing to start."""
         try:
-            from coordinator.campaign_engines import DeploymentEngine
-            from coordinator.campaigns import CampaignManager
+            from edgefleet.coordinator.campaigns.engines import DeploymentEngine
+            from edgefleet.coordinator.campaigns.manager import CampaignManager
         except ImportError as exc:
             log.info("federated campaigns are off: %s (pip install edgefleet[federated])", exc)
             return None
@@ -117,7 +117,7 @@ class Coordinator:
 
 
 def _superlink_tls(settings: CampaignsConfig) -> TlsFiles | None:
-    from federated.flower_processes import TlsFiles
+    from edgefleet.federated.processes import TlsFiles
 
     if settings.superlink_certfile and settings.superlink_keyfile and settings.superlink_ca_file:
         return TlsFiles(settings.superlink_certfile, settings.superlink_keyfile, settings.superlink_ca_file)

@@ -14,9 +14,9 @@ __all__ = ["main"]
 def main() -> None:
     argv = sys.argv[1:]
     if argv[:2] == ["agent", "run"] and not {"-h", "--help"} & set(argv[2:]):
-        from agent.run import main as run_agent
+        from edgefleet.agent.run import main as run_agent
 
         sys.exit(run_agent(argv[2:]))
-    from edgefleet.cli import main as cli_main
+    from edgefleet.cli.main import main as cli_main
 
     cli_main()

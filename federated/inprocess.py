@@ -24,7 +24,7 @@ from flwr.serverapp.grid import Grid
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
-from federated.secure_aggregation import is_secure_message
+from edgefleet.federated.secure_aggregation import is_secure_message
 
 __all__ = ["InProcessGrid", "InProcessNode"]
 

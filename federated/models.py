@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from federated.errors import CampaignError
+from edgefleet.federated.errors import CampaignError
 
 __all__ = ["ARCHITECTURES", "Mlp", "architecture", "build_model", "mlp"]
 

@@ -43,7 +43,7 @@ from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECOR
 from flwr.server.workflow.constant import Key as WorkflowKey
 from flwr.serverapp.grid import Grid
 
-from federated.weights import array_to_numpy
+from edgefleet.federated.weights import array_to_numpy
 
 __all__ = [
     "MAX_WEIGHT",

@@ -8,8 +8,8 @@ import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord
 
-from agent.npy import read_npy
-from federated.errors import CampaignError
+from edgefleet.common.npy import read_npy
+from edgefleet.federated.errors import CampaignError
 
 __all__ = ["array_to_numpy", "arrays_to_model", "load_onnx_weights", "model_to_arrays"]
 

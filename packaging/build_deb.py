@@ -31,7 +31,7 @@ from pathlib import Path
 
 from render_unit import DEFAULT_CLASS, render_unit
 
-from agent.device_class import load_device_class
+from edgefleet.agent.device_class import load_device_class
 
 __all__ = ["PACKAGE", "BuildError", "Project", "build_deb", "build_wheel", "debian_version", "download_deps"]
 

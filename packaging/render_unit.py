@@ -23,9 +23,9 @@ import sys
 import tomllib
 from pathlib import Path
 
-from agent.device_class import DeviceClass, detect_device_class, load_device_class, probe_hardware
-from agent.errors import ConfigError
-from firmware_configs import CONFIG_DIR
+from edgefleet.agent.device_class import DeviceClass, detect_device_class, load_device_class, probe_hardware
+from edgefleet.agent.errors import ConfigError
+from edgefleet.firmware_configs import CONFIG_DIR
 
 __all__ = [
     "DEFAULT_CLASS",

@@ -20,10 +20,10 @@ from typing import Literal
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from protocol.errors import BundleError, UnsafeArchive, describe_errors
-from protocol.model_card import ConfidenceStats, InputStats, Lineage, PreprocessingStep, PrivacyReport, Recipe
-from protocol.signing import TrustedKeys, key_id, sign_bytes, verify_bytes
-from protocol.tensors import TensorData, TensorSpec
+from edgefleet.protocol.errors import BundleError, UnsafeArchive, describe_errors
+from edgefleet.protocol.model_card import ConfidenceStats, InputStats, Lineage, PreprocessingStep, PrivacyReport, Recipe
+from edgefleet.protocol.signing import TrustedKeys, key_id, sign_bytes, verify_bytes
+from edgefleet.protocol.tensors import TensorData, TensorSpec
 
 __all__ = [
     "MANIFEST_NAME",

@@ -15,9 +15,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from protocol.errors import InvalidMessage, SignatureError
-from protocol.messages import MAX_CONTROL_BYTES, Command
-from protocol.signing import TrustedKeys, key_id
+from edgefleet.protocol.errors import InvalidMessage, SignatureError
+from edgefleet.protocol.messages import MAX_CONTROL_BYTES, Command
+from edgefleet.protocol.signing import TrustedKeys, key_id
 
 __all__ = ["COMMAND_CONTEXT", "SignedCommand", "sign_command", "verify_signed_command"]
 

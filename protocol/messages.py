@@ -10,8 +10,8 @@ from typing import Annotated, Any, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
-from protocol import histogram
-from protocol.errors import InvalidMessage, describe_errors
+from edgefleet.protocol import histogram
+from edgefleet.protocol.errors import InvalidMessage, describe_errors
 
 __all__ = [
     "MAX_CHUNK_BYTES",

@@ -8,7 +8,7 @@ from typing import Annotated
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from protocol.errors import ProtocolError
+from edgefleet.protocol.errors import ProtocolError
 
 __all__ = [
     "DTYPES",

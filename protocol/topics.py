@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from enum import StrEnum
 
-from protocol.errors import InvalidMessage
+from edgefleet.protocol.errors import InvalidMessage
 
 __all__ = [
     "COORDINATOR_STATUS",

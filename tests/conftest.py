@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edgefleet.broker import LocalBroker
-from edgefleet.fleet import LocalFleet
-from protocol.signing import load_private_key, write_keypair
+from edgefleet.local.broker import LocalBroker
+from edgefleet.local.fleet import LocalFleet
+from edgefleet.protocol.signing import load_private_key, write_keypair
 
 
 @dataclass
@@ -72,8 +72,8 @@ class DigitsModels:
 
 @pytest.fixture(scope="session")
 def digits(tmp_path_factory: pytest.TempPathFactory) -> DigitsModels:
-    from compression.digits import load_digits_data, train_digits_mlp
-    from compression.export import export_onnx
+    from edgefleet.compression.export import export_onnx
+    from edgefleet.local.digits import load_digits_data, train_digits_mlp
 
     folder = tmp_path_factory.mktemp("digits")
     data = load_digits_data()
@@ -105,7 +105,7 @@ def fleet(tmp_path: Path, mosquitto: LocalBroker, keys: Keys) -> Iterator[LocalF
 
 def build(model: Path, out: Path, keys: Keys, *, version: str, device_class: str = "x86-gateway", **kw):  # type: ignore[no-untyped-def]
     """Build and sign a bundle; return (path, digest)."""
-    from compression.builder import build_bundle
+    from edgefleet.compression.builder import build_bundle
 
     return build_bundle(
         model,
@@ -143,8 +143,8 @@ def broker_auth_lines(auth: Any) -> str:
 @pytest.fixture
 def secured_broker(tmp_path: Path) -> Iterator[SecuredBroker]:
     """A real Mosquitto with password_file and acl_file that only the coordinator's user can use at first."""
-    from coordinator.broker_auth import BrokerAuth
-    from coordinator.config import BrokerAuthConfig
+    from edgefleet.coordinator.config import BrokerAuthConfig
+    from edgefleet.coordinator.security.broker_auth import BrokerAuth
 
     folder = tmp_path / "broker-auth"
     password = "coordinator-password-0123456789"

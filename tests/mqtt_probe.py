@@ -10,8 +10,8 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from agent.config import BrokerConfig
-from agent.mqtt_client import make_client
+from edgefleet.agent.config import BrokerConfig
+from edgefleet.common.mqtt import make_client
 
 
 class MqttProbe:

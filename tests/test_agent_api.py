@@ -11,15 +11,15 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from agent.api import InferenceApi, InferenceService, tensor_to_proto
-from agent.batcher import MicroBatcher
-from agent.model import LoadedModel, load_model
-from agent.samples import RecentRequests, SampleStore
-from agent.store import ModelStore
-from agent.telemetry import InferenceStats
-from agent.update_lock import UpdateLock
-from protocol.bundle import Manifest, extract_bundle
-from protocol.grpc_gen import inference_pb2, inference_pb2_grpc
+from edgefleet.agent.bundles.store import ModelStore
+from edgefleet.agent.learning.samples import RecentRequests, SampleStore
+from edgefleet.agent.serving.batcher import MicroBatcher
+from edgefleet.agent.serving.model import LoadedModel, load_model
+from edgefleet.agent.serving.server import InferenceApi, InferenceService, tensor_to_proto
+from edgefleet.agent.serving.update_lock import UpdateLock
+from edgefleet.agent.telemetry.stats import InferenceStats
+from edgefleet.protocol.bundle import Manifest, extract_bundle
+from edgefleet.protocol.grpc_gen import inference_pb2, inference_pb2_grpc
 from tests.conftest import DigitsModels, Keys, build
 
 

@@ -10,12 +10,12 @@ from pathlib import Path
 import paho.mqtt.publish as publish
 import pytest
 
-from agent.client import InferenceClient
-from edgefleet.broker import LocalBroker, free_port
-from edgefleet.fleet import LocalFleet, wait_until
-from protocol.grpc_gen import inference_pb2, inference_pb2_grpc
-from protocol.messages import CampaignAssignment
-from protocol.topics import Channel, topic
+from edgefleet.agent.serving.client import InferenceClient
+from edgefleet.local.broker import LocalBroker, free_port
+from edgefleet.local.fleet import LocalFleet, wait_until
+from edgefleet.protocol.grpc_gen import inference_pb2, inference_pb2_grpc
+from edgefleet.protocol.messages import CampaignAssignment
+from edgefleet.protocol.topics import Channel, topic
 from tests.conftest import DigitsModels, Keys, build
 
 pytestmark = pytest.mark.slow

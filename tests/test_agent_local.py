@@ -10,15 +10,15 @@ import onnxruntime as ort
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from agent.api import InferenceApi, InferenceService
-from agent.client import InferenceClient
-from agent.config import load_config
-from agent.errors import ActivationError, ConfigError, InputError
-from agent.model import LoadedModel, load_model
-from agent.store import ModelStore, StoreState
-from agent.telemetry import InferenceStats
-from protocol.bundle import Manifest, extract_bundle, sha256_file
-from protocol.errors import BundleError
+from edgefleet.agent.bundles.store import ModelStore, StoreState
+from edgefleet.agent.config import load_config
+from edgefleet.agent.errors import ActivationError, ConfigError, InputError
+from edgefleet.agent.serving.client import InferenceClient
+from edgefleet.agent.serving.model import LoadedModel, load_model
+from edgefleet.agent.serving.server import InferenceApi, InferenceService
+from edgefleet.agent.telemetry.stats import InferenceStats
+from edgefleet.protocol.bundle import Manifest, extract_bundle, sha256_file
+from edgefleet.protocol.errors import BundleError
 from tests.conftest import DigitsModels, Keys, build
 from tests.models import two_input_model
 
@@ -191,7 +191,7 @@ def test_api_answers_invalid_argument_for_misfit_tensors(api, inputs, message) -
 
 
 def test_api_refuses_bytes_that_do_not_match_dtype_and_shape(api) -> None:  # type: ignore[no-untyped-def]
-    from protocol.grpc_gen import inference_pb2, inference_pb2_grpc
+    from edgefleet.protocol.grpc_gen import inference_pb2, inference_pb2_grpc
 
     server, holder, model = api
     holder["model"] = model

@@ -8,10 +8,10 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from agent.config import AgentConfig
-from agent.daemon import Agent
-from agent.node_key import NODE_KEY_FILE, load_or_create_node_key
-from protocol.messages import ReportedState, parse
+from edgefleet.agent.config import AgentConfig
+from edgefleet.agent.daemon import Agent
+from edgefleet.agent.learning.node_key import NODE_KEY_FILE, load_or_create_node_key
+from edgefleet.protocol.messages import ReportedState, parse
 from tests.conftest import Keys
 
 

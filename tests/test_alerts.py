@@ -9,9 +9,9 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
-from coordinator.alerts import AlertThresholds, compute_alerts
-from coordinator.db import FleetDB
-from protocol.messages import Availability, BundleRef, ReportedState, Telemetry
+from edgefleet.coordinator.health.alerts import AlertThresholds, compute_alerts
+from edgefleet.coordinator.store.sqlite import FleetDB
+from edgefleet.protocol.messages import Availability, BundleRef, ReportedState, Telemetry
 
 V1 = BundleRef(digest="1" * 64, name="digits", version="1.0.0")
 V2 = BundleRef(digest="2" * 64, name="digits", version="2.0.0")
@@ -125,10 +125,10 @@ def test_latency_regression_compares_the_active_bundle_with_the_previous_one(db:
 
 
 def test_alerts_endpoint_needs_a_token_and_takes_thresholds(tmp_path: Path) -> None:
-    from coordinator.api import create_app
-    from coordinator.config import BrokerConfig, CoordinatorConfig
-    from coordinator.service import Coordinator
-    from protocol.signing import generate_keypair
+    from edgefleet.coordinator.api.app import create_app
+    from edgefleet.coordinator.config import BrokerConfig, CoordinatorConfig
+    from edgefleet.coordinator.service import Coordinator
+    from edgefleet.protocol.signing import generate_keypair
 
     (tmp_path / "k.pub").write_bytes(generate_keypair()[1])
     config = CoordinatorConfig(data_dir=tmp_path / "c", trusted_keys=[tmp_path / "k.pub"], broker=BrokerConfig())
@@ -148,10 +148,10 @@ def test_alerts_endpoint_needs_a_token_and_takes_thresholds(tmp_path: Path) -> N
 
 
 def test_configured_thresholds_apply_to_the_api_and_metrics_and_a_query_overrides_them(tmp_path: Path) -> None:
-    from coordinator.api import create_app
-    from coordinator.config import BrokerConfig, CoordinatorConfig
-    from coordinator.service import Coordinator
-    from protocol.signing import generate_keypair
+    from edgefleet.coordinator.api.app import create_app
+    from edgefleet.coordinator.config import BrokerConfig, CoordinatorConfig
+    from edgefleet.coordinator.service import Coordinator
+    from edgefleet.protocol.signing import generate_keypair
 
     (tmp_path / "k.pub").write_bytes(generate_keypair()[1])
     config = CoordinatorConfig(

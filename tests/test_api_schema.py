@@ -11,11 +11,11 @@ schemathesis = pytest.importorskip("schemathesis", reason="schemathesis (dev ext
 
 from hypothesis import HealthCheck, settings  # noqa: E402
 
-from agent.config import BrokerConfig  # noqa: E402
-from coordinator.api import create_app  # noqa: E402
-from coordinator.config import CoordinatorConfig  # noqa: E402
-from coordinator.service import Coordinator  # noqa: E402
-from protocol.signing import generate_keypair  # noqa: E402
+from edgefleet.agent.config import BrokerConfig  # noqa: E402
+from edgefleet.coordinator.api.app import create_app  # noqa: E402
+from edgefleet.coordinator.config import CoordinatorConfig  # noqa: E402
+from edgefleet.coordinator.service import Coordinator  # noqa: E402
+from edgefleet.protocol.signing import generate_keypair  # noqa: E402
 
 TOKEN = "schema-token-0123456789abcdef"
 

@@ -15,14 +15,14 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent.config import BrokerConfig
-from agent.fetcher import HttpMirror, MirrorError
-from coordinator.api import create_app
-from coordinator.config import ApiServerConfig, CoordinatorConfig
-from coordinator.service import Coordinator
-from edgefleet.broker import free_port
-from edgefleet.fleet import LocalFleet
-from protocol.bundle import Manifest, SignedManifest, extract_bundle
+from edgefleet.agent.bundles.fetcher import HttpMirror, MirrorError
+from edgefleet.agent.config import BrokerConfig
+from edgefleet.coordinator.api.app import create_app
+from edgefleet.coordinator.config import ApiServerConfig, CoordinatorConfig
+from edgefleet.coordinator.service import Coordinator
+from edgefleet.local.broker import free_port
+from edgefleet.local.fleet import LocalFleet
+from edgefleet.protocol.bundle import Manifest, SignedManifest, extract_bundle
 from tests.conftest import DigitsModels, Keys, build
 
 TOKEN = "mirror-test-token-0123456789"

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.broker_auth import BrokerAuth, check_password, hash_password, render_acl_file
-from edgefleet.broker import LocalBroker
-from edgefleet.fleet import wait_until
-from protocol.messages import Availability, DesiredState
-from protocol.topics import PREFIX, Channel, topic
+from edgefleet.coordinator.security.broker_auth import BrokerAuth, check_password, hash_password, render_acl_file
+from edgefleet.local.broker import LocalBroker
+from edgefleet.local.fleet import wait_until
+from edgefleet.protocol.messages import Availability, DesiredState
+from edgefleet.protocol.topics import PREFIX, Channel, topic
 from tests.conftest import SecuredBroker, broker_auth_lines
 from tests.mqtt_probe import MqttProbe
 

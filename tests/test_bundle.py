@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from protocol.bundle import (
+from edgefleet.protocol.bundle import (
     MANIFEST_NAME,
     Manifest,
     SignedManifest,
@@ -16,8 +16,8 @@ from protocol.bundle import (
     verify_files,
     verify_manifest,
 )
-from protocol.errors import BundleError, SignatureError, UnsafeArchive
-from protocol.signing import load_trusted_keys
+from edgefleet.protocol.errors import BundleError, SignatureError, UnsafeArchive
+from edgefleet.protocol.signing import load_trusted_keys
 from tests.conftest import DigitsModels, Keys, build
 
 

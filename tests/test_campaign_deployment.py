@@ -13,23 +13,23 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from agent.config import FederatedConfig
-from agent.federated_node import FederatedParticipant
-from agent.node_key import load_or_create_node_key
-from compression.digits import load_digits_data
-from coordinator.campaign_engines import DeploymentEngine
-from coordinator.campaigns import CampaignManager
-from coordinator.db import FleetDB
-from coordinator.model_registry import ModelRegistry
-from coordinator.registry import Registry
-from edgefleet.cli import app
-from edgefleet.fleet import LocalFleet, wait_until
-from federated.data import dirichlet_split, fill_sample_store
-from federated.flower_processes import DeploymentError, SuperNodeProcess, TlsFiles
-from federated.privacy import PrivacyLedger
-from federated.spec import CampaignSpec
-from protocol.messages import Availability, CampaignAssignment, ReportedState
-from protocol.signing import load_trusted_keys
+from edgefleet.agent.config import FederatedConfig
+from edgefleet.agent.learning.node_key import load_or_create_node_key
+from edgefleet.agent.learning.participant import FederatedParticipant
+from edgefleet.cli.main import app
+from edgefleet.coordinator.campaigns.engines import DeploymentEngine
+from edgefleet.coordinator.campaigns.manager import CampaignManager
+from edgefleet.coordinator.registry.artifacts import Registry
+from edgefleet.coordinator.registry.models import ModelRegistry
+from edgefleet.coordinator.store.sqlite import FleetDB
+from edgefleet.federated.client.data import dirichlet_split, fill_sample_store
+from edgefleet.federated.client.privacy import PrivacyLedger
+from edgefleet.federated.processes import DeploymentError, SuperNodeProcess, TlsFiles
+from edgefleet.federated.spec import CampaignSpec
+from edgefleet.local.digits import load_digits_data
+from edgefleet.local.fleet import LocalFleet, wait_until
+from edgefleet.protocol.messages import Availability, CampaignAssignment, ReportedState
+from edgefleet.protocol.signing import load_trusted_keys
 from tests.conftest import DigitsModels, Keys, build
 from tests.test_dashboard import CHROMIUM, _chromium
 from tests.test_tls import _ca, _server_cert

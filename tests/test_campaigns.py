@@ -14,18 +14,18 @@ import paho.mqtt.publish as publish
 import pytest
 from fastapi.testclient import TestClient
 
-from agent.config import BrokerConfig
-from compression.digits import load_digits_data
-from coordinator.api import create_app
-from coordinator.campaign_engines import InProcessEngine
-from coordinator.config import CampaignsConfig, CoordinatorConfig
-from coordinator.service import Coordinator
-from edgefleet.broker import LocalBroker
-from edgefleet.fleet import wait_until
-from federated.data import dirichlet_split, fill_sample_store
-from protocol.bundle import Manifest
-from protocol.messages import Availability, ReportedState
-from protocol.topics import Channel, topic
+from edgefleet.agent.config import BrokerConfig
+from edgefleet.coordinator.api.app import create_app
+from edgefleet.coordinator.campaigns.engines import InProcessEngine
+from edgefleet.coordinator.config import CampaignsConfig, CoordinatorConfig
+from edgefleet.coordinator.service import Coordinator
+from edgefleet.federated.client.data import dirichlet_split, fill_sample_store
+from edgefleet.local.broker import LocalBroker
+from edgefleet.local.digits import load_digits_data
+from edgefleet.local.fleet import wait_until
+from edgefleet.protocol.bundle import Manifest
+from edgefleet.protocol.messages import Availability, ReportedState
+from edgefleet.protocol.topics import Channel, topic
 from tests.conftest import DigitsModels, Keys, build
 
 TOKEN = "campaign-token-0123456789"

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from edgefleet.chaos import padded_identity_model, run_chaos
-from edgefleet.fleet import LocalFleet, wait_until
+from edgefleet.local.chaos import padded_identity_model, run_chaos
+from edgefleet.local.fleet import LocalFleet, wait_until
 from tests.conftest import Keys, build
 
 pytestmark = pytest.mark.slow

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from edgefleet.cli import app
-from edgefleet.exit_codes import ExitCode
+from edgefleet.cli.main import app
+from edgefleet.common.exit_codes import ExitCode
 from tests.conftest import DigitsModels
 
 runner = CliRunner()

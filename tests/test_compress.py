@@ -15,24 +15,24 @@ import typer
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from typer.testing import CliRunner
 
-from agent.device_class import load_device_class
-from agent.errors import ConfigError
-from agent.model import load_model
-from compression import BuildOptions, CompressionReport, EvalOptions, compress
-from compression.bundles import BundleSpec, write_bundle
-from compression.candidates.base import Candidate
-from compression.compress_cli import compress_command
-from compression.data import EvalData
-from compression.digits import DigitsData, load_digits_data, train_digits_cnn, train_digits_mlp
-from compression.errors import DataError, ExportError, MetricError, ModelSourceError
-from compression.evaluate import evaluate_candidates
-from compression.metrics import get_metric
-from compression.pipeline import shipped_device_classes
-from compression.source import ReferenceModel
-from protocol.bundle import extract_bundle, verify_files, verify_manifest
-from protocol.model_card import PreprocessingStep
-from protocol.signing import generate_keypair, load_private_key, load_trusted_keys
-from protocol.tensors import TensorSpec
+from edgefleet.agent.device_class import load_device_class
+from edgefleet.agent.errors import ConfigError
+from edgefleet.agent.serving.model import load_model
+from edgefleet.cli.compress import compress_command
+from edgefleet.compression import BuildOptions, CompressionReport, EvalOptions, compress
+from edgefleet.compression.bundles import BundleSpec, write_bundle
+from edgefleet.compression.candidates.base import Candidate
+from edgefleet.compression.data import EvalData
+from edgefleet.compression.errors import DataError, ExportError, MetricError, ModelSourceError
+from edgefleet.compression.evaluate import evaluate_candidates
+from edgefleet.compression.metrics import get_metric
+from edgefleet.compression.pipeline import shipped_device_classes
+from edgefleet.compression.source import ReferenceModel
+from edgefleet.local.digits import DigitsData, load_digits_data, train_digits_cnn, train_digits_mlp
+from edgefleet.protocol.bundle import extract_bundle, verify_files, verify_manifest
+from edgefleet.protocol.model_card import PreprocessingStep
+from edgefleet.protocol.signing import generate_keypair, load_private_key, load_trusted_keys
+from edgefleet.protocol.tensors import TensorSpec
 from tests.models import two_input_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from agent.device_class import DeviceClass, load_device_class
-from compression import BuildOptions, CompressionReport, EvalOptions, compress
-from compression.candidates.base import Candidate, Measurement
-from compression.digits import DigitsData, load_digits_data, train_digits_mlp
-from compression.metrics import get_metric
-from compression.selection import select_candidate
+from edgefleet.agent.device_class import DeviceClass, load_device_class
+from edgefleet.compression import BuildOptions, CompressionReport, EvalOptions, compress
+from edgefleet.compression.candidates.base import Candidate, Measurement
+from edgefleet.compression.metrics import get_metric
+from edgefleet.compression.selection import select_candidate
+from edgefleet.local.digits import DigitsData, load_digits_data, train_digits_mlp
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 

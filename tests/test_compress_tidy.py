@@ -15,11 +15,11 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from compression import EvalOptions, compress
-from compression.candidates.quantize import ArrayReader
-from compression.digits import DigitsData, load_digits_data, train_digits_cnn
-from compression.export import export_onnx
-from compression.onnx_tidy import tidy_file, tidy_model
+from edgefleet.compression import EvalOptions, compress
+from edgefleet.compression.candidates.quantize import ArrayReader
+from edgefleet.compression.export import export_onnx
+from edgefleet.compression.tidy import tidy_file, tidy_model
+from edgefleet.local.digits import DigitsData, load_digits_data, train_digits_cnn
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 

@@ -14,15 +14,15 @@ import paho.mqtt.subscribe as subscribe
 import pytest
 from fastapi.testclient import TestClient
 
-from agent.config import BrokerConfig
-from coordinator.api import create_app
-from coordinator.config import CoordinatorConfig
-from coordinator.db import FleetDB
-from coordinator.service import Coordinator
-from edgefleet.broker import LocalBroker
-from edgefleet.fleet import wait_until
-from protocol.messages import DesiredState, ReportedState, Telemetry, parse
-from protocol.topics import Channel, topic
+from edgefleet.agent.config import BrokerConfig
+from edgefleet.coordinator.api.app import create_app
+from edgefleet.coordinator.config import CoordinatorConfig
+from edgefleet.coordinator.service import Coordinator
+from edgefleet.coordinator.store.sqlite import FleetDB
+from edgefleet.local.broker import LocalBroker
+from edgefleet.local.fleet import wait_until
+from edgefleet.protocol.messages import DesiredState, ReportedState, Telemetry, parse
+from edgefleet.protocol.topics import Channel, topic
 from tests.conftest import DigitsModels, Keys, build
 
 TOKEN = "test-token-0123456789abcdef"
@@ -148,7 +148,7 @@ def test_invalid_device_messages_are_counted_and_dropped(client, mosquitto: Loca
 
 
 def test_batched_ingest_stores_each_message_once_and_flushes_on_stop(tmp_path: Path) -> None:
-    from coordinator.ingest import TelemetryIngest
+    from edgefleet.coordinator.telemetry.writer import TelemetryIngest
 
     db = FleetDB(tmp_path / "fleet.db")
     ingest = TelemetryIngest(db, batch=64)
@@ -176,7 +176,7 @@ class _StalledDisk(FleetDB):
 
 @pytest.mark.parametrize("stall_s", [0.5, 3.0])
 def test_a_full_ingest_queue_holds_the_mqtt_thread_back_before_it_drops(tmp_path: Path, stall_s: float) -> None:
-    from coordinator.ingest import TelemetryIngest
+    from edgefleet.coordinator.telemetry.writer import TelemetryIngest
 
     db = _StalledDisk(tmp_path / "fleet.db")
     ingest = TelemetryIngest(db, batch=8, linger_s=0.0, max_queue=8, block_s=1.5)
@@ -201,7 +201,7 @@ def test_stored_report_rows_are_what_pydantic_would_write(tmp_path: Path) -> Non
     import json
     from datetime import UTC, datetime, timedelta, timezone
 
-    from coordinator.report_rows import TELEMETRY_COLUMNS, telemetry_row
+    from edgefleet.coordinator.telemetry.rows import TELEMETRY_COLUMNS, telemetry_row
 
     reports = [
         Telemetry(device_id="pi-1", window_s=1.0, inference_count=3, error_count=0),
@@ -232,7 +232,7 @@ def test_stored_report_rows_are_what_pydantic_would_write(tmp_path: Path) -> Non
 def test_metrics_give_fleet_figures_read_from_the_store(client, mosquitto: LocalBroker) -> None:  # type: ignore[no-untyped-def]
     from prometheus_client.parser import text_string_to_metric_families
 
-    from protocol.messages import Availability, BundleRef
+    from edgefleet.protocol.messages import Availability, BundleRef
 
     # Prepare: three devices in two classes, two running digits 1.0, one of them offline (an alert);
     # two reports delivered, one of them twice.
@@ -276,9 +276,9 @@ def test_metrics_give_fleet_figures_read_from_the_store(client, mosquitto: Local
 
 
 def test_a_failing_store_holds_the_batch_and_stores_it_once_the_store_recovers(tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
-    from coordinator.ingest import TelemetryIngest
+    from edgefleet.coordinator.telemetry.writer import TelemetryIngest
 
-    caplog.set_level(logging.INFO, "coordinator.ingest")
+    caplog.set_level(logging.INFO, "edgefleet.coordinator.telemetry.writer")
     db = FleetDB(tmp_path / "fleet.db")
     with db.locked() as conn:  # a full disk, as SQLite sees it: the file may not grow
         pages = conn.execute("pragma page_count").fetchone()[0]
@@ -302,7 +302,7 @@ def test_a_failing_store_holds_the_batch_and_stores_it_once_the_store_recovers(t
 
 
 def test_a_report_the_store_refuses_is_set_apart_and_the_rest_of_its_batch_stored(tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
-    from coordinator.ingest import TelemetryIngest
+    from edgefleet.coordinator.telemetry.writer import TelemetryIngest
 
     db = FleetDB(tmp_path / "fleet.db")
     with db.locked() as conn:  # a row SQLite itself refuses, as a constraint or a corrupt value would
@@ -323,7 +323,7 @@ def test_a_report_the_store_refuses_is_set_apart_and_the_rest_of_its_batch_store
 def test_a_store_still_failing_at_stop_gets_a_few_tries_then_what_is_queued_is_counted_lost(
     tmp_path: Path, caplog
 ) -> None:  # type: ignore[no-untyped-def]
-    from coordinator.ingest import TRIES_AT_STOP, TelemetryIngest
+    from edgefleet.coordinator.telemetry.writer import TRIES_AT_STOP, TelemetryIngest
 
     db = FleetDB(tmp_path / "fleet.db")
     with db.locked() as conn:

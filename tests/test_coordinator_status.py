@@ -6,19 +6,19 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from agent.commands import CommandVerifier
-from agent.config import BrokerConfig
-from agent.outbox import Outbox
-from agent.outbox_sender import OutboxSender
-from agent.sync import AgentLink, Handlers
-from coordinator.db import FleetDB
-from coordinator.link import CoordinatorLink
-from coordinator.registry import Registry
-from edgefleet.broker import LocalBroker
-from edgefleet.fleet import wait_until
-from protocol.messages import Telemetry
-from protocol.signing import load_trusted_keys
-from protocol.topics import Channel
+from edgefleet.agent.config import BrokerConfig
+from edgefleet.agent.mqtt.commands import CommandVerifier
+from edgefleet.agent.mqtt.link import AgentLink, Handlers
+from edgefleet.agent.mqtt.outbox import Outbox
+from edgefleet.agent.mqtt.sender import OutboxSender
+from edgefleet.coordinator.mqtt.link import CoordinatorLink
+from edgefleet.coordinator.registry.artifacts import Registry
+from edgefleet.coordinator.store.sqlite import FleetDB
+from edgefleet.local.broker import LocalBroker
+from edgefleet.local.fleet import wait_until
+from edgefleet.protocol.messages import Telemetry
+from edgefleet.protocol.signing import load_trusted_keys
+from edgefleet.protocol.topics import Channel
 from tests.conftest import Keys
 
 DEVICE = "gw-status"

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.client import InferenceClient
-from compression.stats import input_stats
-from edgefleet.fleet import LocalFleet, wait_until
+from edgefleet.agent.serving.client import InferenceClient
+from edgefleet.compression.stats import input_stats
+from edgefleet.local.fleet import LocalFleet, wait_until
 from tests.conftest import DigitsModels, Keys, build
 
 pytestmark = pytest.mark.slow

@@ -15,10 +15,10 @@ from types import ModuleType
 
 import pytest
 
-from agent.config import load_config
-from agent.device_class import load_device_class
-from agent.errors import ConfigError
-from firmware_configs import shipped_classes
+from edgefleet.agent.config import load_config
+from edgefleet.agent.device_class import load_device_class
+from edgefleet.agent.errors import ConfigError
+from edgefleet.firmware_configs import shipped_classes
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGING = ROOT / "packaging"
@@ -311,8 +311,8 @@ def test_the_wheel_in_the_package_is_the_lean_core_with_the_device_classes(unpac
         names = set(archive.namelist())
         metadata = archive.read(f"edgefleet-{VERSION}.dist-info/METADATA").decode()
 
-    assert {f"firmware_configs/{name}.toml" for name in shipped_classes()} <= names
-    assert {"agent/cli.py", "agent/device_class.py", "edgefleet/cli.py"} <= names
+    assert {f"edgefleet/firmware_configs/{name}.toml" for name in shipped_classes()} <= names
+    assert {"edgefleet/cli/agent.py", "edgefleet/agent/device_class.py", "edgefleet/cli/main.py"} <= names
     core = [line for line in metadata.splitlines() if line.startswith("Requires-Dist:") and "extra ==" not in line]
     assert core and not [line for line in core if any(heavy in line for heavy in ("torch", "flwr", "opacus"))]
 

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.device_class import Probe, detect_device_class, load_device_class, probe_hardware
-from agent.errors import ConfigError
-from agent.runtimes import KNOWN_RUNTIMES
-from firmware_configs import CONFIG_DIR, shipped_classes
+from edgefleet.agent.device_class import Probe, detect_device_class, load_device_class, probe_hardware
+from edgefleet.agent.errors import ConfigError
+from edgefleet.agent.runtimes import KNOWN_RUNTIMES
+from edgefleet.firmware_configs import CONFIG_DIR, shipped_classes
 
 REQUIRED = {"jetson-orin-nano", "jetson-agx-orin", "jetson-xavier-nx", "rpi5", "rpi4", "x86-gateway"}
 
@@ -70,7 +70,7 @@ def test_detection_reads_device_tree_and_tegra_release(
     expected: str | None,
 ) -> None:
     # platform.machine() is the one input a test cannot set up with files.
-    monkeypatch.setattr("agent.device_class.platform.machine", lambda: arch)
+    monkeypatch.setattr("edgefleet.agent.device_class.platform.machine", lambda: arch)
     probe = probe_hardware(_root(tmp_path, model, tegra))
     assert probe.device_tree_model == model
     assert detect_device_class(probe) == expected

@@ -15,15 +15,15 @@ import sqlite_utils
 from pydantic import ValidationError
 from sqlite_utils.db import Table
 
-from agent.drift import ConfidenceMonitor, DriftMonitor, InputDrift, max_confidence, psi
-from agent.model import load_model
-from compression.stats import confidence_stats, input_stats
-from coordinator.alerts import compute_alerts
-from coordinator.db import FleetDB
-from protocol.bundle import Manifest, extract_bundle, verify_manifest
-from protocol.messages import Availability, Telemetry
-from protocol.model_card import ConfidenceStats, InputStats
-from protocol.signing import load_trusted_keys
+from edgefleet.agent.serving.model import load_model
+from edgefleet.agent.telemetry.drift import ConfidenceMonitor, DriftMonitor, InputDrift, max_confidence, psi
+from edgefleet.compression.stats import confidence_stats, input_stats
+from edgefleet.coordinator.health.alerts import compute_alerts
+from edgefleet.coordinator.store.sqlite import FleetDB
+from edgefleet.protocol.bundle import Manifest, extract_bundle, verify_manifest
+from edgefleet.protocol.messages import Availability, Telemetry
+from edgefleet.protocol.model_card import ConfidenceStats, InputStats
+from edgefleet.protocol.signing import load_trusted_keys
 from tests.conftest import DigitsModels, Keys, build
 
 QUANTILES = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
@@ -67,8 +67,8 @@ def test_bin_counts_match_numpy_histograms() -> None:
 def test_features_with_ties_score_no_drift_on_data_like_the_reference() -> None:
     # Digits pixels: many are always 0 and others take few values, so deciles tie. The bin shares
     # are counted at build time with the device's rule; from the quantiles alone the score read ~8.
-    from compression.digits import load_digits_data
-    from compression.stats import input_stats
+    from edgefleet.compression.stats import input_stats
+    from edgefleet.local.digits import load_digits_data
 
     data = load_digits_data()
     reference, _ = input_stats({"pixels": data.x_train})
@@ -231,7 +231,7 @@ def test_input_rows_wait_for_the_score_and_only_the_window_is_binned() -> None:
 
 
 def test_a_wide_input_is_watched_through_an_even_spread_of_its_features() -> None:
-    from agent.drift import MAX_FEATURES
+    from edgefleet.agent.telemetry.drift import MAX_FEATURES
 
     rng = np.random.default_rng(10)
     reference = rng.standard_normal((500, 3072)).astype(np.float32)  # a 32x32x3 image's pixels
@@ -374,11 +374,11 @@ def test_the_migration_adds_confidence_drift_to_raw_telemetry_of_an_old_store(tm
 def test_a_running_agents_telemetry_window_raises_the_drift_alert_and_reports_its_outbox(
     tmp_path: Path, keys: Keys, digits: DigitsModels
 ) -> None:
-    from agent.config import AgentConfig
-    from agent.daemon import Agent
-    from agent.outbox import Outbox
-    from protocol.messages import parse
-    from protocol.topics import Channel
+    from edgefleet.agent.config import AgentConfig
+    from edgefleet.agent.daemon import Agent
+    from edgefleet.agent.mqtt.outbox import Outbox
+    from edgefleet.protocol.messages import parse
+    from edgefleet.protocol.topics import Channel
 
     manifest, digest, live = _digits_with_references(tmp_path, keys, digits)
     config = AgentConfig.model_validate({

@@ -11,11 +11,11 @@ import onnxruntime as ort
 import paho.mqtt.publish as publish
 import pytest
 
-from agent.client import InferenceClient
-from edgefleet.broker import LocalBroker
-from edgefleet.fleet import LocalFleet, wait_until
-from protocol.messages import BundleRef, DesiredState
-from protocol.topics import Channel, topic
+from edgefleet.agent.serving.client import InferenceClient
+from edgefleet.local.broker import LocalBroker
+from edgefleet.local.fleet import LocalFleet, wait_until
+from edgefleet.protocol.messages import BundleRef, DesiredState
+from edgefleet.protocol.topics import Channel, topic
 from tests.conftest import DigitsModels, Keys, build
 
 pytestmark = pytest.mark.slow

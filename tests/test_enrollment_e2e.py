@@ -15,11 +15,11 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from edgefleet.broker import free_port, wait_for_port
-from edgefleet.cli import app
-from edgefleet.exit_codes import ExitCode
-from edgefleet.fleet import wait_until, write_toml
-from protocol.signing import generate_keypair
+from edgefleet.cli.main import app
+from edgefleet.common.exit_codes import ExitCode
+from edgefleet.local.broker import free_port, wait_for_port
+from edgefleet.local.fleet import wait_until, write_toml
+from edgefleet.protocol.signing import generate_keypair
 from tests.conftest import Keys, SecuredBroker
 
 pytestmark = pytest.mark.slow

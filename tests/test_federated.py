@@ -12,19 +12,19 @@ import torch
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from opacus.accountants import RDPAccountant
 
-from compression.digits import load_digits_data
-from federated.client_app import BUDGET_EXHAUSTED, NO_DATA
-from federated.client_app import app as client_app
-from federated.data import dirichlet_split, fill_sample_store, load_samples
-from federated.errors import BudgetExhausted, LocalDataError
-from federated.inprocess import InProcessGrid, InProcessNode
-from federated.models import build_model
-from federated.privacy import PrivacyLedger, central_epsilon, epsilon_of
-from federated.rounds import moving_average, run_rounds
-from federated.spec import CampaignSpec
-from federated.strategies import build_strategy
-from federated.training import LocalData, TrainConfig, evaluate, train
-from federated.weights import arrays_to_model, load_onnx_weights, model_to_arrays
+from edgefleet.federated.client.client_app import BUDGET_EXHAUSTED, NO_DATA
+from edgefleet.federated.client.client_app import app as client_app
+from edgefleet.federated.client.data import dirichlet_split, fill_sample_store, load_samples
+from edgefleet.federated.client.privacy import PrivacyLedger, central_epsilon, epsilon_of
+from edgefleet.federated.client.training import LocalData, TrainConfig, evaluate, train
+from edgefleet.federated.errors import BudgetExhausted, LocalDataError
+from edgefleet.federated.inprocess import InProcessGrid, InProcessNode
+from edgefleet.federated.models import build_model
+from edgefleet.federated.server.rounds import moving_average, run_rounds
+from edgefleet.federated.server.strategies import build_strategy
+from edgefleet.federated.spec import CampaignSpec
+from edgefleet.federated.weights import arrays_to_model, load_onnx_weights, model_to_arrays
+from edgefleet.local.digits import load_digits_data
 
 
 @pytest.fixture(scope="module")
@@ -295,7 +295,7 @@ def test_moving_average_keeps_each_arrays_dtype() -> None:
 def test_standardized_mlp_ignores_each_samples_scale_and_exports_to_onnx(tmp_path: Path, digits) -> None:  # type: ignore[no-untyped-def]
     import onnxruntime as ort
 
-    from compression.export import export_onnx
+    from edgefleet.compression.export import export_onnx
 
     model = build_model("mlp", {"sizes": [64, 10], "standardize": True})
     # The same weight names as the plain architecture: a base bundle's weights load by name.
@@ -403,10 +403,10 @@ def test_dirichlet_split_is_skewed_and_complete(digits) -> None:  # type: ignore
 
 def test_the_server_app_runs_in_process_and_records_rounds_in_the_fleet_db(tmp_path: Path, stores: list[Path]) -> None:
     # Prepare: what the deployment engine hands the ServerApp: starting weights, run config, fleet DB
-    from coordinator.campaign_store import CampaignStore
-    from coordinator.db import FleetDB
-    from federated.server_app import app as server_app
-    from federated.server_app import load_outcome, write_arrays
+    from edgefleet.coordinator.campaigns.store import CampaignStore
+    from edgefleet.coordinator.store.sqlite import FleetDB
+    from edgefleet.federated.server.server_app import app as server_app
+    from edgefleet.federated.server.server_app import load_outcome, write_arrays
 
     fleet_db = tmp_path / "fleet.db"
     store = CampaignStore(FleetDB(fleet_db))

@@ -16,17 +16,17 @@ from pathlib import Path
 import psutil
 import pytest
 
-from agent.config import BrokerConfig
-from coordinator.broker_auth import BrokerAuth, render_acl_file
-from coordinator.config import CoordinatorConfig
-from coordinator.db import FleetDB
-from coordinator.ingest import TelemetryIngest
-from coordinator.ingest_link import IngestLink, ingest_username
-from coordinator.service import Coordinator
-from edgefleet.broker import LocalBroker
-from edgefleet.fleet import wait_until
-from protocol.messages import CoordinatorStatus, Telemetry, parse
-from protocol.topics import COORDINATOR_STATUS, PREFIX, Channel, topic
+from edgefleet.agent.config import BrokerConfig
+from edgefleet.coordinator.config import CoordinatorConfig
+from edgefleet.coordinator.security.broker_auth import BrokerAuth, render_acl_file
+from edgefleet.coordinator.service import Coordinator
+from edgefleet.coordinator.store.sqlite import FleetDB
+from edgefleet.coordinator.telemetry.supervisor import IngestLink, ingest_username
+from edgefleet.coordinator.telemetry.writer import TelemetryIngest
+from edgefleet.local.broker import LocalBroker
+from edgefleet.local.fleet import wait_until
+from edgefleet.protocol.messages import CoordinatorStatus, Telemetry, parse
+from edgefleet.protocol.topics import COORDINATOR_STATUS, PREFIX, Channel, topic
 from tests.conftest import Keys, SecuredBroker, broker_auth_lines
 from tests.mqtt_probe import MqttProbe
 
@@ -100,7 +100,7 @@ def test_a_burst_is_stored_exactly_once_and_bad_reports_are_rejected(
     counts = sorted(row["inference_count"] for row in ingest.db.telemetry("dev-1", limit=1000))
     assert counts == list(range(1, 400, 4)), "the spoofed report was not stored under dev-1 or dev-0"
     # The receiver process's reasons reach the coordinator's log, under the ingest link's logger.
-    reasons = [r.getMessage() for r in caplog.records if r.name == "coordinator.ingest_link"]
+    reasons = [r.getMessage() for r in caplog.records if r.name == "edgefleet.coordinator.telemetry.supervisor"]
     assert sum("rejected message on" in reason for reason in reasons) == 3, reasons
     assert any("speaks for" in reason or "dev-0" in reason for reason in reasons), reasons
 
@@ -148,7 +148,7 @@ def test_the_receiver_ends_with_the_coordinator(tmp_path: Path, mosquitto: Local
 import sys, time
 from pathlib import Path
 sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})
-from agent.config import BrokerConfig
+from edgefleet.agent.config import BrokerConfig
 from tests.test_ingest_link import Ingest
 with Ingest(Path({str(tmp_path / "fleet.db")!r}), BrokerConfig(url={mosquitto.url!r})) as ingest:
     print(ingest.link.pid, flush=True)
@@ -189,7 +189,7 @@ def test_acl_lets_the_ingest_user_only_read_telemetry() -> None:
 
 
 def test_a_device_cannot_take_the_ingest_username(secured_broker: SecuredBroker) -> None:
-    from coordinator.broker_auth import BrokerAuthError
+    from edgefleet.coordinator.security.broker_auth import BrokerAuthError
 
     auth = BrokerAuth(secured_broker.auth, username=secured_broker.username, password=secured_broker.password)
     with pytest.raises(BrokerAuthError, match="coordinator's broker usernames"):
@@ -258,14 +258,14 @@ def test_a_receiver_whose_rows_differ_from_the_coordinators_says_why_and_does_no
     import socket
     from multiprocessing.connection import Connection
 
-    from coordinator.ingest_link import _receiver_env, _settings
-    from coordinator.report_rows import REPORT_LAYOUT, TELEMETRY_COLUMNS
+    from edgefleet.coordinator.telemetry.rows import REPORT_LAYOUT, TELEMETRY_COLUMNS
+    from edgefleet.coordinator.telemetry.supervisor import _settings
 
     ours, theirs = socket.socketpair()
     with ours, theirs:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "coordinator.ingest_receiver", str(theirs.fileno())],
-            pass_fds=[theirs.fileno()], env=_receiver_env(),
+            [sys.executable, "-m", "edgefleet.coordinator.telemetry.receiver", str(theirs.fileno())],
+            pass_fds=[theirs.fileno()],
         )  # fmt: skip
         conn = Connection(ours.detach())
     older = tuple(c for c in TELEMETRY_COLUMNS if c != "latency_histogram")

@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from protocol.errors import InvalidMessage
-from protocol.messages import (
+from edgefleet.protocol.errors import InvalidMessage
+from edgefleet.protocol.messages import (
     MAX_CHUNK_BYTES,
     MAX_CONTROL_BYTES,
     BundleRef,
@@ -83,7 +83,7 @@ def test_chunk_with_error_and_data_is_rejected() -> None:
 
 
 def test_campaign_assignment_needs_a_superlink_and_a_clean_campaign_id() -> None:
-    from protocol.messages import CampaignAssignment
+    from edgefleet.protocol.messages import CampaignAssignment
 
     joined = parse(
         CampaignAssignment, CampaignAssignment(device_id="a", campaign_id="c1", superlink="h:9092").to_bytes()

@@ -20,14 +20,14 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 
-from agent.config import BrokerConfig
-from agent.mqtt_client import make_client
-from agent.outbox import PRIORITY, Outbox
-from agent.outbox_sender import OutboxSender
-from edgefleet.broker import LocalBroker
-from edgefleet.fleet import wait_until
-from protocol.messages import Availability, CommandResult, ReportedState, Telemetry
-from protocol.topics import RETAINED, Channel, parse_topic, topic
+from edgefleet.agent.config import BrokerConfig
+from edgefleet.agent.mqtt.outbox import PRIORITY, Outbox
+from edgefleet.agent.mqtt.sender import OutboxSender
+from edgefleet.common.mqtt import make_client
+from edgefleet.local.broker import LocalBroker
+from edgefleet.local.fleet import wait_until
+from edgefleet.protocol.messages import Availability, CommandResult, ReportedState, Telemetry
+from edgefleet.protocol.topics import RETAINED, Channel, parse_topic, topic
 
 DEVICE = "gw-outbox"
 ROOMY = {"max_bytes": 10_000_000, "max_messages": 10_000}
@@ -232,9 +232,9 @@ _PUT_THEN_SIGKILL = textwrap.dedent(
     """
     import os, signal, sys
     from pathlib import Path
-    from agent.outbox import Outbox
-    from protocol.messages import Telemetry
-    from protocol.topics import Channel
+    from edgefleet.agent.mqtt.outbox import Outbox
+    from edgefleet.protocol.messages import Telemetry
+    from edgefleet.protocol.topics import Channel
 
     box = Outbox(Path(sys.argv[1]), max_bytes=10_000_000, max_messages=10_000)
     for n in range(int(sys.argv[2])):
@@ -276,7 +276,7 @@ def test_a_corrupt_file_is_moved_aside_and_a_fresh_outbox_works(
         path.write_bytes(data)
     original = path.read_bytes()
 
-    with caplog.at_level(logging.ERROR, logger="agent.outbox"):
+    with caplog.at_level(logging.ERROR, logger="edgefleet.agent.mqtt.outbox"):
         box = open_outbox(path)
 
     [aside] = tmp_path.glob("outbox.db.corrupt-*")

@@ -28,7 +28,7 @@ def test_agent_modules_import_without_the_coordinator_or_training_extras() -> No
     import sys
 
     code = (
-        "import sys, agent.daemon, agent.cli, protocol.bundle;"
+        "import sys, edgefleet.agent.daemon, edgefleet.cli.agent, edgefleet.protocol.bundle;"
         "bad = {'torch', 'flwr', 'opacus', 'fastapi', 'sqlite_utils'} & set(sys.modules);"
         "print(sorted(bad)); sys.exit(1 if bad else 0)"
     )

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from protocol.errors import InvalidMessage
-from protocol.messages import CampaignAssignment, ReportedState, parse
+from edgefleet.protocol.errors import InvalidMessage
+from edgefleet.protocol.messages import CampaignAssignment, ReportedState, parse
 
 PEM = "-----BEGIN PUBLIC KEY-----\nMHYwEAYHKoZIzj0CAQYFK4EEACIDYgAE\n-----END PUBLIC KEY-----\n"
 

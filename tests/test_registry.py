@@ -10,15 +10,15 @@ import paho.mqtt.publish as publish
 import pytest
 from fastapi.testclient import TestClient
 
-from agent.config import BrokerConfig
-from coordinator.api import create_app
-from coordinator.config import CoordinatorConfig
-from coordinator.db import FleetDB
-from coordinator.service import Coordinator
-from edgefleet.broker import LocalBroker
-from edgefleet.fleet import wait_until
-from protocol.messages import ReportedState
-from protocol.topics import Channel, topic
+from edgefleet.agent.config import BrokerConfig
+from edgefleet.coordinator.api.app import create_app
+from edgefleet.coordinator.config import CoordinatorConfig
+from edgefleet.coordinator.service import Coordinator
+from edgefleet.coordinator.store.sqlite import FleetDB
+from edgefleet.local.broker import LocalBroker
+from edgefleet.local.fleet import wait_until
+from edgefleet.protocol.messages import ReportedState
+from edgefleet.protocol.topics import Channel, topic
 from tests.conftest import DigitsModels, Keys, build
 
 TOKEN = "registry-token-0123456789"

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from coordinator.db import FleetDB
-from coordinator.rollouts import Gates, RolloutEngine, RolloutSpec
-from protocol.messages import Availability, BundleRef, ReportedState, Telemetry
+from edgefleet.coordinator.rollouts.engine import Gates, RolloutEngine, RolloutSpec
+from edgefleet.coordinator.store.sqlite import FleetDB
+from edgefleet.protocol.messages import Availability, BundleRef, ReportedState, Telemetry
 
 OLD, NEW = "a" * 64, "b" * 64
 DEVICES = ["gw-1", "gw-2", "gw-3"]

@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
-from agent.client import InferenceClient
-from compression.stats import input_stats
-from coordinator.rollouts import parse_waves
-from edgefleet.fleet import LocalFleet, wait_until
-from protocol.bundle import Manifest, extract_bundle, pack_bundle, sign_manifest
+from edgefleet.agent.serving.client import InferenceClient
+from edgefleet.compression.stats import input_stats
+from edgefleet.coordinator.rollouts.engine import parse_waves
+from edgefleet.local.fleet import LocalFleet, wait_until
+from edgefleet.protocol.bundle import Manifest, extract_bundle, pack_bundle, sign_manifest
 from tests.conftest import DigitsModels, Keys, build
 
 

@@ -13,10 +13,10 @@ import pytest
 import sqlite_utils
 from sqlite_utils.db import Table
 
-import coordinator.db
-from coordinator.db import FleetDB
-from coordinator.rollups import RESOLUTIONS, RollupBatch, backfill_rollups
-from protocol.messages import Telemetry
+from edgefleet.coordinator.store import sqlite as store_sqlite
+from edgefleet.coordinator.store.sqlite import FleetDB
+from edgefleet.coordinator.telemetry.rollups import RESOLUTIONS, RollupBatch, backfill_rollups
+from edgefleet.protocol.messages import Telemetry
 
 T0 = datetime(2025, 6, 1, 10, 0, tzinfo=UTC)  # in the past, so ingest buckets these reports by when they were sent
 
@@ -86,7 +86,7 @@ def test_the_backfill_works_in_chunks(tmp_path: Path, monkeypatch: pytest.Monkey
     old = _schema_3_store(tmp_path / "fleet.db")
     _store_raw(old, _history())
     old.conn.close()
-    monkeypatch.setattr(coordinator.db, "backfill_rollups", functools.partial(backfill_rollups, chunk=2))
+    monkeypatch.setattr(store_sqlite, "backfill_rollups", functools.partial(backfill_rollups, chunk=2))
 
     db = FleetDB(tmp_path / "fleet.db")
 
@@ -100,7 +100,7 @@ def test_a_backfill_interrupted_half_way_leaves_nothing_and_the_rerun_counts_onc
     old = _schema_3_store(path)
     _store_raw(old, _history())
     old.conn.close()
-    monkeypatch.setattr(coordinator.db, "backfill_rollups", functools.partial(backfill_rollups, chunk=2))
+    monkeypatch.setattr(store_sqlite, "backfill_rollups", functools.partial(backfill_rollups, chunk=2))
     write, calls = RollupBatch.write, []
 
     def crash_on_the_second_chunk(self: RollupBatch, conn: sqlite3.Connection) -> None:
@@ -178,7 +178,7 @@ def test_rows_that_are_not_reports_are_skipped_with_one_warning(
     ])  # fmt: skip
     old.conn.close()
 
-    with caplog.at_level(logging.WARNING, logger="coordinator.rollups"):
+    with caplog.at_level(logging.WARNING, logger="edgefleet.coordinator.telemetry.rollups"):
         db = FleetDB(tmp_path / "fleet.db")
 
     assert _rollups(db) == _rollups(_live(tmp_path / "live.db", _history()))

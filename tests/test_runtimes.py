@@ -17,9 +17,9 @@ from typing import ClassVar, Literal
 import numpy as np
 import pytest
 
-from agent.runtimes import RUNTIMES, Runtime, RuntimeOptions, open_runtime, skip_reason
-from agent.runtimes.onnx_gpu import OnnxCudaRuntime, OnnxTensorrtRuntime, ProviderNotActiveError
-from protocol.tensors import TensorSpec
+from edgefleet.agent.runtimes import RUNTIMES, Runtime, RuntimeOptions, open_runtime, skip_reason
+from edgefleet.agent.runtimes.onnx_gpu import OnnxCudaRuntime, OnnxTensorrtRuntime, ProviderNotActiveError
+from edgefleet.protocol.tensors import TensorSpec
 from tests.models import affine_model
 
 ASSETS = Path(__file__).parent / "assets"

@@ -8,7 +8,7 @@ import io
 import numpy as np
 import pytest
 
-from agent.samples import pack_arrays, unpack_arrays
+from edgefleet.agent.learning.samples import pack_arrays, unpack_arrays
 
 ARRAYS = {
     "pixels": np.arange(64, dtype=np.float32).reshape(1, 64) / 7,
@@ -57,7 +57,7 @@ def test_flower_arrays_decode_without_ast_as_flower_decodes_them(monkeypatch: py
     # Campaign clients decode the global weights in threads at once; Array.numpy() would parse with ast.
     from flwr.app import Array
 
-    from federated.weights import array_to_numpy
+    from edgefleet.federated.weights import array_to_numpy
 
     arrays = {name: Array(value) for name, value in ARRAYS.items() if value.dtype.kind != "U"}
     expected = {name: array.numpy() for name, array in arrays.items()}

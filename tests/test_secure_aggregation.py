@@ -11,17 +11,17 @@ from flwr.app import Context, Message
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 from pydantic import ValidationError
 
-from compression.digits import load_digits_data
-from federated.client_app import BUDGET_EXHAUSTED
-from federated.client_app import app as client_app
-from federated.data import dirichlet_split, fill_sample_store
-from federated.inprocess import InProcessGrid, InProcessNode
-from federated.models import build_model
-from federated.privacy import PrivacyLedger, epsilon_of
-from federated.rounds import run_rounds
-from federated.spec import CampaignSpec
-from federated.strategies import build_strategy
-from federated.weights import model_to_arrays
+from edgefleet.federated.client.client_app import BUDGET_EXHAUSTED
+from edgefleet.federated.client.client_app import app as client_app
+from edgefleet.federated.client.data import dirichlet_split, fill_sample_store
+from edgefleet.federated.client.privacy import PrivacyLedger, epsilon_of
+from edgefleet.federated.inprocess import InProcessGrid, InProcessNode
+from edgefleet.federated.models import build_model
+from edgefleet.federated.server.rounds import run_rounds
+from edgefleet.federated.server.strategies import build_strategy
+from edgefleet.federated.spec import CampaignSpec
+from edgefleet.federated.weights import model_to_arrays
+from edgefleet.local.digits import load_digits_data
 from tests.test_federated import _nodes
 
 ARCH = {"architecture_args": {"sizes": [64, 10], "standardize": True}}

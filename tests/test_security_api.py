@@ -11,17 +11,17 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from agent.commands import CommandVerifier
-from agent.config import BrokerConfig
-from agent.enrollment import EnrollResponse
-from coordinator.api import create_app
-from coordinator.config import CoordinatorConfig
-from coordinator.security_api import Security
-from coordinator.service import Coordinator
-from edgefleet.broker import LocalBroker
-from edgefleet.fleet import wait_until
-from protocol.signing import generate_keypair, key_id, load_public_key
-from protocol.topics import Channel, topic
+from edgefleet.agent.config import BrokerConfig
+from edgefleet.agent.enrollment import EnrollResponse
+from edgefleet.agent.mqtt.commands import CommandVerifier
+from edgefleet.coordinator.api.app import create_app
+from edgefleet.coordinator.api.security import Security
+from edgefleet.coordinator.config import CoordinatorConfig
+from edgefleet.coordinator.service import Coordinator
+from edgefleet.local.broker import LocalBroker
+from edgefleet.local.fleet import wait_until
+from edgefleet.protocol.signing import generate_keypair, key_id, load_public_key
+from edgefleet.protocol.topics import Channel, topic
 from tests.conftest import Keys, SecuredBroker
 from tests.mqtt_probe import MqttProbe
 

@@ -10,11 +10,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.commands import CommandVerifier
-from protocol.commands import SignedCommand, sign_command
-from protocol.errors import InvalidMessage, SignatureError
-from protocol.messages import Command
-from protocol.signing import TrustedKeys, key_id
+from edgefleet.agent.mqtt.commands import CommandVerifier
+from edgefleet.protocol.commands import SignedCommand, sign_command
+from edgefleet.protocol.errors import InvalidMessage, SignatureError
+from edgefleet.protocol.messages import Command
+from edgefleet.protocol.signing import TrustedKeys, key_id
 
 KEY = Ed25519PrivateKey.generate()
 OTHER = Ed25519PrivateKey.generate()

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.campaign_store import CampaignStore
-from coordinator.db import FleetDB
-from protocol.messages import (
+from edgefleet.coordinator.campaigns.store import CampaignStore
+from edgefleet.coordinator.store.sqlite import FleetDB
+from edgefleet.protocol.messages import (
     Availability,
     BundleRef,
     Command,

@@ -12,14 +12,14 @@ import numpy as np
 import psutil
 import pytest
 
-from agent.api import InferenceApi, InferenceService
-from agent.client import InferenceClient
-from agent.model import LoadedModel, load_model
-from agent.telemetry import OTHER_ERROR_KIND, InferenceStats, soc_temperature_c
-from protocol import histogram
-from protocol.bundle import Manifest, extract_bundle
-from protocol.errors import InvalidMessage
-from protocol.messages import MAX_ERROR_KINDS, Telemetry, parse
+from edgefleet.agent.serving.client import InferenceClient
+from edgefleet.agent.serving.model import LoadedModel, load_model
+from edgefleet.agent.serving.server import InferenceApi, InferenceService
+from edgefleet.agent.telemetry.stats import OTHER_ERROR_KIND, InferenceStats, soc_temperature_c
+from edgefleet.protocol import histogram
+from edgefleet.protocol.bundle import Manifest, extract_bundle
+from edgefleet.protocol.errors import InvalidMessage
+from edgefleet.protocol.messages import MAX_ERROR_KINDS, Telemetry, parse
 from tests.conftest import DigitsModels, Keys, build
 
 

@@ -13,12 +13,12 @@ import pytest
 import sqlite_utils
 from fastapi.testclient import TestClient
 
-from coordinator.config import TelemetryRetentionConfig
-from coordinator.db import FleetDB
-from coordinator.rollups import TelemetryPruner
-from edgefleet.fleet import wait_until
-from protocol import histogram
-from protocol.messages import ReportedState, Telemetry, parse
+from edgefleet.coordinator.config import TelemetryRetentionConfig
+from edgefleet.coordinator.store.sqlite import FleetDB
+from edgefleet.coordinator.telemetry.rollups import TelemetryPruner
+from edgefleet.local.fleet import wait_until
+from edgefleet.protocol import histogram
+from edgefleet.protocol.messages import ReportedState, Telemetry, parse
 
 T0 = datetime(2026, 3, 1, 10, 0, tzinfo=UTC)
 TOKEN = "rollups-token-0123456789"
@@ -213,10 +213,10 @@ def test_retention_config_has_defaults_and_forbids_unknown_keys() -> None:
 
 
 def test_rollup_endpoints_need_a_token_and_are_bounded(tmp_path: Path) -> None:
-    from coordinator.api import create_app
-    from coordinator.config import BrokerConfig, CoordinatorConfig
-    from coordinator.service import Coordinator
-    from protocol.signing import generate_keypair
+    from edgefleet.coordinator.api.app import create_app
+    from edgefleet.coordinator.config import BrokerConfig, CoordinatorConfig
+    from edgefleet.coordinator.service import Coordinator
+    from edgefleet.protocol.signing import generate_keypair
 
     (tmp_path / "k.pub").write_bytes(generate_keypair()[1])
     config = CoordinatorConfig(data_dir=tmp_path / "c", trusted_keys=[tmp_path / "k.pub"], broker=BrokerConfig())
@@ -306,7 +306,7 @@ def test_p99_disk_and_error_kinds_are_kept_per_bucket(db: FleetDB) -> None:
 
 
 def test_a_bucket_keeps_only_the_most_frequent_error_kinds(db: FleetDB) -> None:
-    from coordinator.rollups import MAX_BUCKET_ERROR_KINDS
+    from edgefleet.coordinator.telemetry.rollups import MAX_BUCKET_ERROR_KINDS
 
     kinds = [f"kind_{i:02d}" for i in range(MAX_BUCKET_ERROR_KINDS + 8)]
     for start in range(0, len(kinds), 10):  # 16 kinds at most per message: several reports and batches
@@ -367,7 +367,7 @@ def test_a_version_5_database_gets_the_new_columns_and_keeps_its_rows(tmp_path: 
 def test_a_nearly_full_data_disk_is_an_alert_from_the_run_of_reports_over_the_limit(
     tmp_path: Path, db: FleetDB
 ) -> None:
-    from coordinator.alerts import AlertThresholds, compute_alerts
+    from edgefleet.coordinator.health.alerts import AlertThresholds, compute_alerts
 
     now = datetime.now(UTC)
     for device_id in ("gw-1", "gw-2", "gw-3"):

@@ -17,17 +17,17 @@ import torch
 import typer
 from typer.testing import CliRunner
 
-from agent.model import load_model
-from compression import BuildOptions, CompressionReport, EvalOptions, compress
-from compression.bundles import BundleSpec, write_bundle
-from compression.compress_cli import compress_command
-from compression.digits import DigitsData, load_digits_data, train_digits_cnn, train_digits_mlp
-from compression.metrics import get_metric
-from compression.source import ReferenceModel
-from compression.tflite_export import TfliteEnvError, probe_env
-from protocol.bundle import extract_bundle, verify_manifest
-from protocol.signing import generate_keypair, load_private_key, load_trusted_keys
-from protocol.tensors import TensorSpec
+from edgefleet.agent.serving.model import load_model
+from edgefleet.cli.compress import compress_command
+from edgefleet.compression import BuildOptions, CompressionReport, EvalOptions, compress
+from edgefleet.compression.bundles import BundleSpec, write_bundle
+from edgefleet.compression.candidates.tflite_export import TfliteEnvError, probe_env
+from edgefleet.compression.metrics import get_metric
+from edgefleet.compression.source import ReferenceModel
+from edgefleet.local.digits import DigitsData, load_digits_data, train_digits_cnn, train_digits_mlp
+from edgefleet.protocol.bundle import extract_bundle, verify_manifest
+from edgefleet.protocol.signing import generate_keypair, load_private_key, load_trusted_keys
+from edgefleet.protocol.tensors import TensorSpec
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 

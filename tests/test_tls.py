@@ -14,10 +14,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from agent.config import BrokerConfig
-from agent.mqtt_client import make_client
-from edgefleet.broker import LocalBroker
-from edgefleet.fleet import wait_until
+from edgefleet.agent.config import BrokerConfig
+from edgefleet.common.mqtt import make_client
+from edgefleet.local.broker import LocalBroker
+from edgefleet.local.fleet import wait_until
 from tests.mqtt_probe import MqttProbe
 
 
@@ -119,8 +119,8 @@ def test_plain_mqtt_to_a_tls_listener_gets_no_session(tls_broker: tuple[LocalBro
 def test_the_coordinators_telemetry_connection_speaks_tls(
     tmp_path: Path, tls_broker: tuple[LocalBroker, Path, Path], caplog: pytest.LogCaptureFixture
 ) -> None:
-    from protocol.messages import Telemetry
-    from protocol.topics import Channel, topic
+    from edgefleet.protocol.messages import Telemetry
+    from edgefleet.protocol.topics import Channel, topic
     from tests.test_ingest_link import Ingest
 
     broker, ca, other_ca = tls_broker

@@ -1,7 +1,7 @@
 import pytest
 
-from protocol.errors import InvalidMessage
-from protocol.topics import (
+from edgefleet.protocol.errors import InvalidMessage
+from edgefleet.protocol.topics import (
     COORDINATOR_STATUS,
     PREFIX,
     Channel,

@@ -11,7 +11,7 @@ import importlib
 import logging
 from pathlib import Path
 
-from agent.runtimes.base import RUNTIMES, Runtime, RuntimeOptions, register_runtime
+from edgefleet.agent.runtimes.base import RUNTIMES, Runtime, RuntimeOptions, register_runtime
 
 __all__ = [
     "KNOWN_RUNTIMES",
@@ -44,7 +44,7 @@ def backend(key: str) -> type[Runtime] | None:
     if key not in RUNTIMES and key not in import_errors and key in _MODULES:
         module = _MODULES[key]
         try:
-            importlib.import_module(f"agent.runtimes.{module}")
+            importlib.import_module(f"edgefleet.agent.runtimes.{module}")
         except ImportError as exc:
             for other, other_module in _MODULES.items():
                 if other_module == module:

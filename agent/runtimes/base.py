@@ -10,7 +10,7 @@ from typing import ClassVar, Literal
 
 import numpy as np
 
-from protocol.tensors import TensorSpec
+from edgefleet.protocol.tensors import TensorSpec
 
 __all__ = ["RUNTIMES", "Runtime", "RuntimeOptions", "register_runtime"]
 

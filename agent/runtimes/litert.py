@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from agent.runtimes.base import Runtime, RuntimeOptions, register_runtime
-from protocol.tensors import DTYPES, TensorSpec
+from edgefleet.agent.runtimes.base import Runtime, RuntimeOptions, register_runtime
+from edgefleet.protocol.tensors import DTYPES, TensorSpec
 
 try:
     from ai_edge_litert.interpreter import Interpreter

@@ -8,8 +8,8 @@ from typing import ClassVar
 import numpy as np
 import onnxruntime as ort
 
-from agent.runtimes.base import Runtime, RuntimeOptions, register_runtime
-from protocol.tensors import TensorSpec, onnx_type_to_dtype
+from edgefleet.agent.runtimes.base import Runtime, RuntimeOptions, register_runtime
+from edgefleet.protocol.tensors import TensorSpec, onnx_type_to_dtype
 
 __all__ = ["OnnxCpuRuntime", "OnnxRuntimeBase"]
 

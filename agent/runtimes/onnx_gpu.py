@@ -8,8 +8,8 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from agent.runtimes.base import RuntimeOptions, register_runtime
-from agent.runtimes.onnx_cpu import OnnxRuntimeBase
+from edgefleet.agent.runtimes.base import RuntimeOptions, register_runtime
+from edgefleet.agent.runtimes.onnx_cpu import OnnxRuntimeBase
 
 __all__ = ["OnnxCudaRuntime", "OnnxTensorrtRuntime", "ProviderNotActiveError", "nvidia_device_reason"]
 

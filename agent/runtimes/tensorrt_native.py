@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from agent.runtimes.base import Runtime, RuntimeOptions, register_runtime
-from agent.runtimes.onnx_gpu import nvidia_device_reason
-from protocol.tensors import DTYPES, TensorSpec
+from edgefleet.agent.runtimes.base import Runtime, RuntimeOptions, register_runtime
+from edgefleet.agent.runtimes.onnx_gpu import nvidia_device_reason
+from edgefleet.protocol.tensors import DTYPES, TensorSpec
 
 try:
     import tensorrt as trt

@@ -10,8 +10,8 @@ import time
 import traceback
 from collections.abc import Callable
 
-from compression.candidates import distill, fp16, onnx_graph, prune, quantize, tensorrt, tflite
-from compression.candidates.base import (
+from edgefleet.compression.candidates import distill, fp16, onnx_graph, prune, quantize, tensorrt, tflite
+from edgefleet.compression.candidates.base import (
     TECHNIQUES,
     BuildContext,
     BuildOptions,
@@ -19,7 +19,7 @@ from compression.candidates.base import (
     Measurement,
     technique,
 )
-from compression.errors import CompressionError
+from edgefleet.compression.errors import CompressionError
 
 __all__ = [
     "DEFAULT_TECHNIQUES",

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from compression.data import EvalData
-from compression.metrics import Metric
-from compression.source import ReferenceModel
+from edgefleet.compression.data import EvalData
+from edgefleet.compression.metrics import Metric
+from edgefleet.compression.source import ReferenceModel
 
 __all__ = [
     "TECHNIQUES",

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from compression.candidates.base import BuildContext, Candidate, not_built, technique, tool_version
-from compression.training import reference_outputs, train
+from edgefleet.compression.candidates.base import BuildContext, Candidate, not_built, technique, tool_version
+from edgefleet.compression.training import reference_outputs, train
 
 __all__ = ["distilled"]
 
@@ -17,8 +17,8 @@ __all__ = ["distilled"]
 def _train_student(ctx: BuildContext, out: Path, candidate: Candidate) -> None:
     import torch
 
-    from compression.export import export_onnx
-    from compression.source import load_torch_module
+    from edgefleet.compression.export import export_onnx
+    from edgefleet.compression.source import load_torch_module
 
     options = ctx.options
     assert options.student is not None and ctx.data.train_inputs is not None
@@ -82,7 +82,7 @@ def distilled(ctx: BuildContext) -> list[Candidate]:
     )
 
     def make_int8(out: Path) -> None:
-        from compression.candidates.quantize import prepared, quantize_dynamic_file
+        from edgefleet.compression.candidates.quantize import prepared, quantize_dynamic_file
 
         if student.path is None:
             raise RuntimeError(f"the student was not built: {student.reason}")

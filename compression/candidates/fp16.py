@@ -9,7 +9,7 @@ from pathlib import Path
 
 import onnx
 
-from compression.candidates.base import BuildContext, Candidate, technique, tool_version
+from edgefleet.compression.candidates.base import BuildContext, Candidate, technique, tool_version
 
 __all__ = ["fp16"]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from compression.candidates.base import BuildContext, Candidate, technique, tool_version
+from edgefleet.compression.candidates.base import BuildContext, Candidate, technique, tool_version
 
 __all__ = ["fp32", "ort_optimized", "write_optimized"]
 

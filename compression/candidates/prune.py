@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from compression.candidates.base import BuildContext, Candidate, not_built, technique, tool_version
-from compression.training import reference_outputs, train
+from edgefleet.compression.candidates.base import BuildContext, Candidate, not_built, technique, tool_version
+from edgefleet.compression.training import reference_outputs, train
 
 __all__ = ["prunable_layers", "pruned"]
 
@@ -31,7 +31,7 @@ def _prune(ctx: BuildContext, out: Path, method: str, amount: float) -> dict[str
     import torch
     from torch.nn.utils import prune
 
-    from compression.export import export_onnx
+    from edgefleet.compression.export import export_onnx
 
     reference = ctx.reference
     assert reference.module is not None

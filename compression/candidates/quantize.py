@@ -17,9 +17,9 @@ from onnx import numpy_helper
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from compression.candidates.base import BuildContext, Candidate, Param, technique, tool_version
-from compression.errors import CompressionError
-from compression.onnx_tidy import tidy_file
+from edgefleet.compression.candidates.base import BuildContext, Candidate, Param, technique, tool_version
+from edgefleet.compression.errors import CompressionError
+from edgefleet.compression.tidy import tidy_file
 
 __all__ = ["ArrayReader", "constants_to_initializers", "int8_dynamic", "int8_static", "quantize_dynamic_file"]
 

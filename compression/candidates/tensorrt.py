@@ -11,7 +11,7 @@ import importlib.util
 import shutil
 from pathlib import Path
 
-from compression.candidates.base import BuildContext, Candidate, not_built, technique, tool_version
+from edgefleet.compression.candidates.base import BuildContext, Candidate, not_built, technique, tool_version
 
 __all__ = ["tensorrt_engine", "unavailable_reason"]
 

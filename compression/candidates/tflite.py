@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from compression.candidates.base import BuildContext, Candidate, Param, not_built, technique, tool_version
-from compression.tflite_export import EnvExport, TfliteEnvError, probe_env
+from edgefleet.compression.candidates.base import BuildContext, Candidate, Param, not_built, technique, tool_version
+from edgefleet.compression.candidates.tflite_export import EnvExport, TfliteEnvError, probe_env
 
 __all__ = ["INSTALL_HINT", "tflite"]
 
@@ -33,7 +33,7 @@ def _in_process(ctx: BuildContext, variant: str) -> Callable[[Path], None]:
     def make(out: Path) -> None:
         import torch
 
-        from compression.tflite_worker import convert_fp32, convert_int8
+        from edgefleet.compression.candidates.tflite_worker import convert_fp32, convert_int8
 
         assert ctx.reference.module is not None
         module = ctx.reference.module.eval()

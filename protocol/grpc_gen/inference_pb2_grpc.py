@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from protocol.grpc_gen import inference_pb2 as protocol_dot_grpc__gen_dot_inference__pb2
+from edgefleet.protocol.grpc_gen import inference_pb2 as edgefleet_dot_protocol_dot_grpc__gen_dot_inference__pb2
 
 GRPC_GENERATED_VERSION = '1.81.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in protocol/grpc_gen/inference_pb2_grpc.py depends on'
+        + ' but the generated code in edgefleet/protocol/grpc_gen/inference_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,38 +36,38 @@ class InferenceStub:
         """
         self.Predict = channel.unary_unary(
                 '/edgefleet.inference.v1.Inference/Predict',
-                request_serializer=protocol_dot_grpc__gen_dot_inference__pb2.PredictRequest.SerializeToString,
-                response_deserializer=protocol_dot_grpc__gen_dot_inference__pb2.PredictResponse.FromString,
+                request_serializer=edgefleet_dot_protocol_dot_grpc__gen_dot_inference__pb2.PredictRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_protocol_dot_grpc__gen_dot_inference__pb2.PredictResponse.FromString,
                 _registered_method=True)
         self.PredictBatch = channel.unary_unary(
                 '/edgefleet.inference.v1.Inference/PredictBatch',
-                request_serializer=protocol_dot_grpc__gen_dot_inference__pb2.PredictBatchRequest.SerializeToString,
-                response_deserializer=protocol_dot_grpc__gen_dot_inference__pb2.PredictBatchResponse.FromString,
+                request_serializer=edgefleet_dot_protocol_dot_grpc__gen_dot_inference__pb2.PredictBatchRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_protocol_dot_grpc__gen_dot_inference__pb2.PredictBatchResponse.FromString,
                 _registered_method=True)
         self.PredictStream = channel.stream_stream(
                 '/edgefleet.inference.v1.Inference/PredictStream',
-                request_serializer=protocol_dot_grpc__gen_dot_inference__pb2.PredictRequest.SerializeToString,
-                response_deserializer=protocol_dot_grpc__gen_dot_inference__pb2.PredictResponse.FromString,
+                request_serializer=edgefleet_dot_protocol_dot_grpc__gen_dot_inference__pb2.PredictRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_protocol_dot_grpc__gen_dot_inference__pb2.PredictResponse.FromString,
                 _registered_method=True)
         self.ModelInfo = channel.unary_unary(
                 '/edgefleet.inference.v1.Inference/ModelInfo',
-                request_serializer=protocol_dot_grpc__gen_dot_inference__pb2.ModelInfoRequest.SerializeToString,
-                response_deserializer=protocol_dot_grpc__gen_dot_inference__pb2.ModelInfoResponse.FromString,
+                request_serializer=edgefleet_dot_protocol_dot_grpc__gen_dot_inference__pb2.ModelInfoRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_protocol_dot_grpc__gen_dot_inference__pb2.ModelInfoResponse.FromString,
                 _registered_method=True)
         self.Feedback = channel.unary_unary(
                 '/edgefleet.inference.v1.Inference/Feedback',
-                request_serializer=protocol_dot_grpc__gen_dot_inference__pb2.FeedbackRequest.SerializeToString,
-                response_deserializer=protocol_dot_grpc__gen_dot_inference__pb2.FeedbackResponse.FromString,
+                request_serializer=edgefleet_dot_protocol_dot_grpc__gen_dot_inference__pb2.FeedbackRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_protocol_dot_grpc__gen_dot_inference__pb2.FeedbackResponse.FromString,
                 _registered_method=True)
         self.AcquireUpdateLock = channel.unary_unary(
                 '/edgefleet.inference.v1.Inference/AcquireUpdateLock',
-                request_serializer=protocol_dot_grpc__gen_dot_inference__pb2.AcquireLockRequest.SerializeToString,
-                response_deserializer=protocol_dot_grpc__gen_dot_inference__pb2.LockResponse.FromString,
+                request_serializer=edgefleet_dot_protocol_dot_grpc__gen_dot_inference__pb2.AcquireLockRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_protocol_dot_grpc__gen_dot_inference__pb2.LockResponse.FromString,
                 _registered_method=True)
         self.ReleaseUpdateLock = channel.unary_unary(
                 '/edgefleet.inference.v1.Inference/ReleaseUpdateLock',
-                request_serializer=protocol_dot_grpc__gen_dot_inference__pb2.ReleaseLockRequest.SerializeToString,
-                response_deserializer=protocol_dot_grpc__gen_dot_inference__pb2.ReleaseLockResponse.FromString,
+                request_serializer=edgefleet_dot_protocol_dot_grpc__gen_dot_inference__pb2.ReleaseLockRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_protocol_dot_grpc__gen_dot_inference__pb2.ReleaseLockResponse.FromString,
                 _registered_method=True)
 
 
@@ -121,38 +121,38 @@ def add_InferenceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Predict': grpc.unary_unary_rpc_method_handler(
                     servicer.Predict,
-                    request_deserializer=protocol_dot_grpc__gen_dot_inference__pb2.PredictRequest.FromString,
-                    response_serializer=protocol_dot_grpc__gen_dot_inference__pb2.PredictResponse.SerializeToString,
+                    request_deserializer=edgefleet_dot_protocol_dot_grpc__gen_dot_inference__pb2.PredictRequest.FromString,
+                    response_serializer=edgefleet_dot_protocol_dot_grpc__gen_dot_inference__pb2.PredictResponse.SerializeToString,
             ),
             'PredictBatch': grpc.unary_unary_rpc_method_handler(
                     servicer.PredictBatch,
-                    request_deserializer=protocol_dot_grpc__gen_dot_inference__pb2.PredictBatchRequest.FromString,
-                    response_serializer=protocol_dot_grpc__gen_dot_inference__pb2.PredictBatchResponse.SerializeToString,
+                    request_deserializer=edgefleet_dot_protocol_dot_grpc__gen_dot_inference__pb2.PredictBatchRequest.FromString,
+                    response_serializer=edgefleet_dot_protocol_dot_grpc__gen_dot_inference__pb2.PredictBatchResponse.SerializeToString,
             ),
             'PredictStream': grpc.stream_stream_rpc_method_handler(
                     servicer.PredictStream,
-                    request_deserializer=protocol_dot_grpc__gen_dot_inference__pb2.PredictRequest.FromString,
-                    response_serializer=protocol_dot_grpc__gen_dot_inference__pb2.PredictResponse.SerializeToString,
+                    request_deserializer=edgefleet_dot_protocol_dot_grpc__gen_dot_inference__pb2.PredictRequest.FromString,
+                    response_serializer=edgefleet_dot_protocol_dot_grpc__gen_dot_inference__pb2.PredictResponse.SerializeToString,
             ),
             'ModelInfo': grpc.unary_unary_rpc_method_handler(
                     servicer.ModelInfo,
-                    request_deserializer=protocol_dot_grpc__gen_dot_inference__pb2.ModelInfoRequest.FromString,
-                    response_serializer=protocol_dot_grpc__gen_dot_inference__pb2.ModelInfoResponse.SerializeToString,
+                    request_deserializer=edgefleet_dot_protocol_dot_grpc__gen_dot_inference__pb2.ModelInfoRequest.FromString,
+                    response_serializer=edgefleet_dot_protocol_dot_grpc__gen_dot_inference__pb2.ModelInfoResponse.SerializeToString,
             ),
             'Feedback': grpc.unary_unary_rpc_method_handler(
                     servicer.Feedback,
-                    request_deserializer=protocol_dot_grpc__gen_dot_inference__pb2.FeedbackRequest.FromString,
-                    response_serializer=protocol_dot_grpc__gen_dot_inference__pb2.FeedbackResponse.SerializeToString,
+                    request_deserializer=edgefleet_dot_protocol_dot_grpc__gen_dot_inference__pb2.FeedbackRequest.FromString,
+                    response_serializer=edgefleet_dot_protocol_dot_grpc__gen_dot_inference__pb2.FeedbackResponse.SerializeToString,
             ),
             'AcquireUpdateLock': grpc.unary_unary_rpc_method_handler(
                     servicer.AcquireUpdateLock,
-                    request_deserializer=protocol_dot_grpc__gen_dot_inference__pb2.AcquireLockRequest.FromString,
-                    response_serializer=protocol_dot_grpc__gen_dot_inference__pb2.LockResponse.SerializeToString,
+                    request_deserializer=edgefleet_dot_protocol_dot_grpc__gen_dot_inference__pb2.AcquireLockRequest.FromString,
+                    response_serializer=edgefleet_dot_protocol_dot_grpc__gen_dot_inference__pb2.LockResponse.SerializeToString,
             ),
             'ReleaseUpdateLock': grpc.unary_unary_rpc_method_handler(
                     servicer.ReleaseUpdateLock,
-                    request_deserializer=protocol_dot_grpc__gen_dot_inference__pb2.ReleaseLockRequest.FromString,
-                    response_serializer=protocol_dot_grpc__gen_dot_inference__pb2.ReleaseLockResponse.SerializeToString,
+                    request_deserializer=edgefleet_dot_protocol_dot_grpc__gen_dot_inference__pb2.ReleaseLockRequest.FromString,
+                    response_serializer=edgefleet_dot_protocol_dot_grpc__gen_dot_inference__pb2.ReleaseLockResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -180,8 +180,8 @@ class Inference:
             request,
             target,
             '/edgefleet.inference.v1.Inference/Predict',
-            protocol_dot_grpc__gen_dot_inference__pb2.PredictRequest.SerializeToString,
-            protocol_dot_grpc__gen_dot_inference__pb2.PredictResponse.FromString,
+            edgefleet_dot_protocol_dot_grpc__gen_dot_inference__pb2.PredictRequest.SerializeToString,
+            edgefleet_dot_protocol_dot_grpc__gen_dot_inference__pb2.PredictResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -207,8 +207,8 @@ class Inference:
             request,
             target,
             '/edgefleet.inference.v1.Inference/PredictBatch',
-            protocol_dot_grpc__gen_dot_inference__pb2.PredictBatchRequest.SerializeToString,
-            protocol_dot_grpc__gen_dot_inference__pb2.PredictBatchResponse.FromString,
+            edgefleet_dot_protocol_dot_grpc__gen_dot_inference__pb2.PredictBatchRequest.SerializeToString,
+            edgefleet_dot_protocol_dot_grpc__gen_dot_inference__pb2.PredictBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -234,8 +234,8 @@ class Inference:
             request_iterator,
             target,
             '/edgefleet.inference.v1.Inference/PredictStream',
-            protocol_dot_grpc__gen_dot_inference__pb2.PredictRequest.SerializeToString,
-            protocol_dot_grpc__gen_dot_inference__pb2.PredictResponse.FromString,
+            edgefleet_dot_protocol_dot_grpc__gen_dot_inference__pb2.PredictRequest.SerializeToString,
+            edgefleet_dot_protocol_dot_grpc__gen_dot_inference__pb2.PredictResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -261,8 +261,8 @@ class Inference:
             request,
             target,
             '/edgefleet.inference.v1.Inference/ModelInfo',
-            protocol_dot_grpc__gen_dot_inference__pb2.ModelInfoRequest.SerializeToString,
-            protocol_dot_grpc__gen_dot_inference__pb2.ModelInfoResponse.FromString,
+            edgefleet_dot_protocol_dot_grpc__gen_dot_inference__pb2.ModelInfoRequest.SerializeToString,
+            edgefleet_dot_protocol_dot_grpc__gen_dot_inference__pb2.ModelInfoResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -288,8 +288,8 @@ class Inference:
             request,
             target,
             '/edgefleet.inference.v1.Inference/Feedback',
-            protocol_dot_grpc__gen_dot_inference__pb2.FeedbackRequest.SerializeToString,
-            protocol_dot_grpc__gen_dot_inference__pb2.FeedbackResponse.FromString,
+            edgefleet_dot_protocol_dot_grpc__gen_dot_inference__pb2.FeedbackRequest.SerializeToString,
+            edgefleet_dot_protocol_dot_grpc__gen_dot_inference__pb2.FeedbackResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -315,8 +315,8 @@ class Inference:
             request,
             target,
             '/edgefleet.inference.v1.Inference/AcquireUpdateLock',
-            protocol_dot_grpc__gen_dot_inference__pb2.AcquireLockRequest.SerializeToString,
-            protocol_dot_grpc__gen_dot_inference__pb2.LockResponse.FromString,
+            edgefleet_dot_protocol_dot_grpc__gen_dot_inference__pb2.AcquireLockRequest.SerializeToString,
+            edgefleet_dot_protocol_dot_grpc__gen_dot_inference__pb2.LockResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -342,8 +342,8 @@ class Inference:
             request,
             target,
             '/edgefleet.inference.v1.Inference/ReleaseUpdateLock',
-            protocol_dot_grpc__gen_dot_inference__pb2.ReleaseLockRequest.SerializeToString,
-            protocol_dot_grpc__gen_dot_inference__pb2.ReleaseLockResponse.FromString,
+            edgefleet_dot_protocol_dot_grpc__gen_dot_inference__pb2.ReleaseLockRequest.SerializeToString,
+            edgefleet_dot_protocol_dot_grpc__gen_dot_inference__pb2.ReleaseLockResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,1 @@
+"""Federated participation: labelled samples, the supervised SuperNode, the node's key."""

@@ -1,0 +1,1 @@
+"""What the agent measures: request statistics per window and drift against reference statistics."""

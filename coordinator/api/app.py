@@ -1,0 +1,177 @@
+"""The coordinator's REST API (FastAPI): bundles, devices, deployments, telemetry, metrics."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import Depends, FastAPI, Query, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ConfigDict, Field
+
+from edgefleet.coordinator.api.artifacts import artifact_router
+from edgefleet.coordinator.api.campaigns import campaign_router
+from edgefleet.coordinator.api.dashboard import dashboard_files, dashboard_router
+from edgefleet.coordinator.api.registry import registry_router
+from edgefleet.coordinator.api.rollouts import rollout_router
+from edgefleet.coordinator.api.security import Security, security_router
+from edgefleet.coordinator.errors import Conflict, CoordinatorError, NotFound, Rejected
+from edgefleet.coordinator.health.metrics import fleet_registry
+from edgefleet.coordinator.mqtt.signer import CommandNotSent
+from edgefleet.coordinator.security.broker_auth import BrokerAuthError
+from edgefleet.coordinator.security.enrollment import EnrollmentRefused
+from edgefleet.coordinator.security.tokens import Forbidden, Unauthorized
+from edgefleet.coordinator.service import Coordinator
+
+__all__ = ["create_app"]
+
+MAX_UPLOAD_BYTES = 512 * 1024 * 1024
+
+
+class DesiredRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    bundle_digest: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class DeploymentRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    bundle_digest: str = Field(pattern=r"^[0-9a-f]{64}$")
+    device_ids: list[str] | None = Field(default=None, description="Omit to target every device of the bundle's class.")
+
+
+class LabelsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    tags: list[str] | None = Field(default=None, max_length=64)
+    group: str | None = Field(default=None, max_length=128, description="Empty string removes the group.")
+
+
+_STATUS = {
+    NotFound: 404,
+    Rejected: 422,
+    Conflict: 409,
+    Unauthorized: 401,
+    EnrollmentRefused: 401,
+    Forbidden: 403,
+    BrokerAuthError: 502,
+    CommandNotSent: 503,
+}
+
+
+def create_app(coordinator: Coordinator, *, token: str | None) -> FastAPI:
+    """The REST API; ``token`` is the bootstrap admin token (None: the API is open)."""
+    security = Security(coordinator, bootstrap_token=token)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        security.start()
+        coordinator.start()
+        try:
+            yield
+        finally:
+            coordinator.stop()
+
+    app = FastAPI(title="edgefleet coordinator", version="0.1.0", lifespan=lifespan)
+    app.state.security = security
+
+    @app.exception_handler(CoordinatorError)
+    async def _domain_error(_request: Request, exc: CoordinatorError) -> JSONResponse:
+        status = _STATUS.get(type(exc), 400)
+        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        return JSONResponse(status_code=status, content={"detail": exc.reason}, headers=headers)
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, Any]:
+        # Connected means both MQTT connections are subscribed: only then does nothing devices send go missing.
+        return {"ok": True, "broker_connected": coordinator.link.subscribed.is_set()}
+
+    fleet_metrics = fleet_registry(coordinator)
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        """The process's counters (prometheus-client's registry) and this coordinator's fleet figures."""
+        return Response(generate_latest() + generate_latest(fleet_metrics), media_type=CONTENT_TYPE_LATEST)
+
+    # Reading needs a read-only token, anything else operator; admin routes say so themselves.
+    api = Depends(security.auth.by_method)
+
+    @app.post("/api/v1/bundles", status_code=201, dependencies=[api])
+    async def upload_bundle(request: Request) -> dict[str, Any]:
+        """Upload a signed bundle archive as the raw request body."""
+        body = bytearray()
+        async for part in request.stream():
+            body += part
+            if len(body) > MAX_UPLOAD_BYTES:
+                raise Rejected(f"upload exceeds {MAX_UPLOAD_BYTES} bytes")
+        digest, manifest = coordinator.registry.add_upload(bytes(body))
+        return {
+            "digest": digest,
+            "name": manifest.name,
+            "version": manifest.version,
+            "device_class": manifest.device_class,
+        }
+
+    @app.get("/api/v1/bundles", dependencies=[api])
+    def list_bundles() -> list[dict[str, Any]]:
+        return [{k: v for k, v in b.items() if k != "manifest"} for b in coordinator.db.bundles()]
+
+    @app.get("/api/v1/bundles/{digest}", dependencies=[api])
+    def get_bundle(digest: str) -> dict[str, Any]:
+        bundle = coordinator.db.bundle(digest)
+        if bundle is None:
+            raise NotFound(f"no bundle {digest}")
+        return bundle
+
+    @app.get("/api/v1/devices", dependencies=[api])
+    def list_devices(
+        device_class: str | None = None,
+        tag: str | None = None,
+        group: str | None = None,
+        availability: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Devices with their reported and desired state, filtered by class, tag, group or availability."""
+        return coordinator.db.devices(device_class, tag=tag, group=group, availability=availability)
+
+    @app.put("/api/v1/devices/{device_id}/labels", dependencies=[api])
+    def label_device(device_id: str, body: LabelsRequest) -> dict[str, Any]:
+        """Set a device's tags (replacing them) and/or group."""
+        try:
+            return coordinator.db.label_device(device_id, tags=body.tags, group=body.group)
+        except KeyError:
+            raise NotFound(f"no device {device_id!r}") from None
+
+    @app.get("/api/v1/devices/{device_id}", dependencies=[api])
+    def get_device(device_id: str) -> dict[str, Any]:
+        device = coordinator.db.device(device_id)
+        if device is None:
+            raise NotFound(f"no device {device_id!r}")
+        return device
+
+    @app.put("/api/v1/devices/{device_id}/desired", dependencies=[api])
+    def set_desired(device_id: str, body: DesiredRequest) -> dict[str, Any]:
+        return coordinator.deploy(body.bundle_digest, [device_id])[0]
+
+    @app.post("/api/v1/deployments", dependencies=[api])
+    def deploy(body: DeploymentRequest) -> list[dict[str, Any]]:
+        return coordinator.deploy(body.bundle_digest, body.device_ids)
+
+    @app.get("/api/v1/devices/{device_id}/telemetry", dependencies=[api])
+    def telemetry(device_id: str, limit: int = Query(100, ge=1, le=1000)) -> list[dict[str, Any]]:
+        return coordinator.db.telemetry(device_id, limit=min(limit, 1000))
+
+    @app.get("/api/v1/telemetry/latest", dependencies=[api], tags=["telemetry"])
+    def latest_telemetry() -> list[dict[str, Any]]:
+        """Every device's most recent figures in one read: when its latest window arrived, its drift alert,
+        and the latest p95 latency, drift scores, device CPU and memory, temperature, disk and outbox."""
+        return coordinator.db.latest_telemetry()
+
+    app.include_router(rollout_router(coordinator.rollouts), dependencies=[api])
+    public = coordinator.config.api.public_artifacts  # bytes by hash, verified by signature on the device
+    app.include_router(artifact_router(coordinator.registry), dependencies=[] if public else [api])
+    app.include_router(registry_router(coordinator.models), dependencies=[api])
+    app.include_router(security_router(security))
+    app.include_router(dashboard_router(coordinator.db, coordinator.config.alerts), dependencies=[api])
+    app.include_router(campaign_router(coordinator), dependencies=[api])
+    app.mount("/dashboard", dashboard_files(), name="dashboard")
+    return app

@@ -1,0 +1,1 @@
+"""Federated campaigns: selection, engines (in-process, Flower deployment), results."""

@@ -1,0 +1,1 @@
+"""Fleet health: the signals alerts, rollout gates and /metrics all read."""

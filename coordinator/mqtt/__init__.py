@@ -1,0 +1,1 @@
+"""The coordinator's MQTT control channels: the link and the command signer."""

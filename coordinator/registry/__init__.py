@@ -1,0 +1,1 @@
+"""The model registry: verified bundle artefacts by digest, model versions and stages."""

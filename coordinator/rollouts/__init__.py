@@ -1,0 +1,1 @@
+"""Staged rollouts: waves, gates on fleet health, rollback."""

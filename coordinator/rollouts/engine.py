@@ -1,0 +1,461 @@
+"""Staged rollouts: move devices' desired bundle wave by wave, gated by how the model behaves.
+
+A rollout never pushes steps to devices; it only writes desired state (through ``deploy``) and
+reads what devices report. A background ticker advances every running rollout:
+
+  assign the wave -> wait until its online devices run the bundle (or fail, or time out)
+  -> soak -> check gates (activation failures, error rate, p95 latency vs the previous bundle,
+     devices reporting drift of inputs or output confidence on the new bundle)
+  -> next wave, or halt and set every touched device's desired bundle back to what it ran before.
+
+Offline devices keep their new desired state and converge when they return.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from sqlite_utils.db import Table
+
+from edgefleet.coordinator.errors import Conflict, NotFound, Rejected
+from edgefleet.coordinator.store.sqlite import FleetDB
+
+__all__ = ["Gates", "RolloutEngine", "RolloutSpec", "parse_waves"]
+
+log = logging.getLogger(__name__)
+
+Status = Literal["running", "paused", "halted", "aborted", "completed", "rolled_back"]
+DeviceState = Literal["pending", "assigned", "active", "failed", "rolled_back", "skipped"]
+
+
+class Gates(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_failure_fraction: float = Field(default=0.0, ge=0, le=1, description="Activation failures tolerated.")
+    max_error_rate: float = Field(
+        default=0.05, ge=0, le=1, description="Inference errors / requests on the new bundle."
+    )
+    max_p95_latency_ratio: float = Field(default=2.0, gt=0, description="New p95 latency / previous p95.")
+    min_inferences: int = Field(
+        default=20, ge=0, description="Error-rate and latency gates apply once this many were served."
+    )
+    max_drift_alert_fraction: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="Devices running the new bundle that may report a drift alert (inputs or output confidence) "
+        "on it during the soak, as a fraction of them; more halts and rolls back. None: drift does not gate.",
+    )
+
+
+class RolloutSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    version: str
+    device_class: str | None = Field(default=None, description="Only devices of this class.")
+    device_ids: list[str] | None = Field(default=None, description="Only these devices.")
+    tag: str | None = Field(default=None, description="Only devices carrying this tag.")
+    group: str | None = Field(default=None, description="Only devices in this group.")
+    waves: list[str] = Field(default=["10%", "50%", "100%"], description="Cumulative: '10%' or a device count.")
+    soak_s: float = Field(default=60.0, ge=0, description="Wait after a wave is active, before gates are checked.")
+    wave_timeout_s: float = Field(
+        default=600.0, gt=0, description="Online devices not done by then (e.g. holding an update lock) are skipped."
+    )
+    gates: Gates = Field(default_factory=Gates)
+
+    @field_validator("waves")
+    @classmethod
+    def _check_waves(cls, waves: list[str]) -> list[str]:
+        parse_waves(waves, 100)
+        return waves
+
+
+def parse_waves(waves: list[str], devices: int) -> list[int]:
+    """Cumulative device counts per wave; the last wave always covers every device."""
+    if not waves:
+        raise ValueError("at least one wave is needed")
+    counts = []
+    for wave in waves:
+        text = wave.strip()
+        try:
+            if text.endswith("%"):
+                share = float(text[:-1])
+                if not 0 < share <= 100:
+                    raise ValueError
+                counts.append(max(1, -(-int(share * devices) // 100)))
+            else:
+                count = int(text)
+                if count < 1:
+                    raise ValueError
+                counts.append(min(count, devices))
+        except ValueError:
+            raise ValueError(f"wave {wave!r}: use a percentage like '10%' or a device count like '5'") from None
+    if any(b < a for a, b in itertools.pairwise(counts)):
+        raise ValueError(f"waves must not shrink: {waves}")
+    counts[-1] = devices
+    return counts
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def _order(rollout_id: str, device_id: str) -> str:
+    """A stable shuffle: canary waves take devices from every class, not the first ids."""
+    return hashlib.sha256(f"{rollout_id}/{device_id}".encode()).hexdigest()
+
+
+class RolloutEngine:
+    def __init__(
+        self,
+        db: FleetDB,
+        deploy: Callable[[str, list[str]], Any],
+        *,
+        resolve_version: Callable[[str, str], str] = lambda _model, version: version,
+        tick_s: float = 1.0,
+    ) -> None:
+        self.db = db
+        self._deploy = deploy
+        self._resolve = resolve_version
+        self.tick_s = tick_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        with db.locked() as d:
+            Table(d, "rollouts").create(
+                {
+                    "id": str, "model": str, "version": str, "status": str, "spec": str, "wave": int,
+                    "waves": str, "wave_started_at": float, "soak_started_at": float, "reason": str,
+                    "created_at": str, "updated_at": str,
+                },
+                pk="id", if_not_exists=True,
+            )  # fmt: skip
+            Table(d, "rollout_devices").create(
+                {
+                    "rollout_id": str, "device_id": str, "wave": int, "from_digest": str, "to_digest": str,
+                    "state": str, "assigned_at": float, "detail": str,
+                },
+                pk=("rollout_id", "device_id"), if_not_exists=True,
+            )  # fmt: skip
+            Table(d, "events").create(
+                {"id": int, "at": str, "kind": str, "rollout_id": str, "device_id": str, "detail": str},
+                pk="id", if_not_exists=True,
+            )  # fmt: skip
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="rollouts", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.tick_s):
+            try:
+                self.tick()
+            except Exception:  # one bad rollout must not stop the others for good
+                log.exception("rollout tick failed")
+
+    # -- operations ----------------------------------------------------------------------
+    def create(self, spec: RolloutSpec) -> dict[str, Any]:
+        """Plan the waves and assign the first; ``version`` may be a stage name (production, staging)."""
+        spec = spec.model_copy(update={"version": self._resolve(spec.model, spec.version)})
+        bundles = {
+            b["device_class"]: b["digest"]
+            for b in self.db.bundles()
+            if b["name"] == spec.model and b["version"] == spec.version
+        }
+        if not bundles:
+            raise NotFound(f"no bundle of {spec.model}:{spec.version} in the registry")
+        devices = self.db.devices(device_class=spec.device_class, tag=spec.tag, group=spec.group)
+        if spec.device_ids is not None:
+            devices = [d for d in devices if d["device_id"] in set(spec.device_ids)]
+        targets = [d for d in devices if d.get("device_class") in bundles]
+        if not targets:
+            classes = sorted(bundles)
+            raise Conflict(f"no device matches the target with a bundle of {spec.model}:{spec.version} ({classes})")
+        rollout_id = uuid.uuid4().hex[:12]
+        counts = parse_waves(spec.waves, len(targets))
+        targets.sort(key=lambda d: _order(rollout_id, d["device_id"]))
+        rows = []
+        for rank, device in enumerate(targets):
+            wave = next(i for i, count in enumerate(counts) if rank < count)
+            rows.append(
+                {
+                    "rollout_id": rollout_id, "device_id": device["device_id"], "wave": wave,
+                    "from_digest": device.get("active_digest"), "to_digest": bundles[device["device_class"]],
+                    "state": "pending", "assigned_at": None, "detail": None,
+                }
+            )  # fmt: skip
+        with self.db.locked() as d:
+            Table(d, "rollouts").insert(
+                {
+                    "id": rollout_id, "model": spec.model, "version": spec.version, "status": "running",
+                    "spec": spec.model_dump_json(), "wave": 0, "waves": json.dumps(counts),
+                    "wave_started_at": None, "soak_started_at": None, "reason": None,
+                    "created_at": _now(), "updated_at": _now(),
+                }
+            )  # fmt: skip
+            Table(d, "rollout_devices").insert_all(rows)
+        self._event("created", rollout_id, None, f"{len(targets)} devices in {len(counts)} waves {counts}")
+        self.tick()
+        return self.get(rollout_id)
+
+    def get(self, rollout_id: str) -> dict[str, Any]:
+        with self.db.locked() as d:
+            rows = list(Table(d, "rollouts").rows_where("id = ?", [rollout_id]))
+            if not rows:
+                raise NotFound(f"no rollout {rollout_id}")
+            devices = list(Table(d, "rollout_devices").rows_where("rollout_id = ?", [rollout_id], order_by="wave"))
+        rollout = rows[0]
+        counts: dict[str, int] = {}
+        for device in devices:
+            counts[device["state"]] = counts.get(device["state"], 0) + 1
+        return {
+            "id": rollout["id"], "model": rollout["model"], "version": rollout["version"],
+            "status": rollout["status"], "wave": rollout["wave"], "waves": json.loads(rollout["waves"]),
+            "reason": rollout["reason"], "created_at": rollout["created_at"], "updated_at": rollout["updated_at"],
+            "devices": counts, "device_states": devices,
+        }  # fmt: skip
+
+    def overview(self) -> list[dict[str, Any]]:
+        with self.db.locked() as d:
+            ids = [r["id"] for r in Table(d, "rollouts").rows_where(order_by="created_at desc")]
+        return [{k: v for k, v in self.get(i).items() if k != "device_states"} for i in ids]
+
+    def events(self, rollout_id: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
+        with self.db.locked() as d:
+            where, args = ("rollout_id = ?", [rollout_id]) if rollout_id else (None, [])
+            return list(Table(d, "events").rows_where(where, args, order_by="id desc", limit=limit))
+
+    def pause(self, rollout_id: str) -> dict[str, Any]:
+        return self._transition(rollout_id, {"running"}, "paused", "paused by operator")
+
+    def resume(self, rollout_id: str) -> dict[str, Any]:
+        return self._transition(rollout_id, {"paused"}, "running", "resumed by operator")
+
+    def abort(self, rollout_id: str) -> dict[str, Any]:
+        """Stop advancing; devices keep what they were given (use rollback to undo)."""
+        return self._transition(rollout_id, {"running", "paused"}, "aborted", "aborted by operator")
+
+    def rollback(self, rollout_id: str, reason: str = "rolled back by operator") -> dict[str, Any]:
+        rollout = self.get(rollout_id)
+        if rollout["status"] == "rolled_back":
+            raise Conflict(f"rollout {rollout_id} is rolled back already")
+        self._roll_back(rollout_id, reason, status="rolled_back")
+        return self.get(rollout_id)
+
+    def _transition(self, rollout_id: str, allowed: set[str], status: str, reason: str) -> dict[str, Any]:
+        rollout = self.get(rollout_id)
+        if rollout["status"] not in allowed:
+            raise Conflict(f"rollout {rollout_id} is {rollout['status']}; cannot become {status}")
+        self._update(rollout_id, status=status, reason=reason)
+        self._event(status, rollout_id, None, reason)
+        return self.get(rollout_id)
+
+    # -- the ticker ----------------------------------------------------------------------
+    def tick(self) -> None:
+        with self.db.locked() as d:
+            running = [r["id"] for r in Table(d, "rollouts").rows_where("status = ?", ["running"])]
+        for rollout_id in running:
+            self._advance(rollout_id)
+
+    def _advance(self, rollout_id: str) -> None:
+        with self.db.locked() as d:
+            rollout = next(Table(d, "rollouts").rows_where("id = ?", [rollout_id]))
+            members = list(Table(d, "rollout_devices").rows_where("rollout_id = ?", [rollout_id]))
+        spec = RolloutSpec.model_validate_json(rollout["spec"])
+        wave, waves = rollout["wave"], json.loads(rollout["waves"])
+        devices = {d["device_id"]: d for d in self.db.devices()}
+        now = time.time()
+
+        in_wave = [m for m in members if m["wave"] == wave]
+        pending = [m["device_id"] for m in in_wave if m["state"] == "pending"]
+        if pending:
+            self._assign(rollout_id, pending, in_wave)
+            self._update(rollout_id, wave_started_at=now, soak_started_at=None)
+            return
+
+        self._observe(rollout_id, members, devices)
+        with self.db.locked() as d:
+            members = list(Table(d, "rollout_devices").rows_where("rollout_id = ?", [rollout_id]))
+        touched = [m for m in members if m["state"] in ("assigned", "active", "failed")]
+        failed = [m for m in touched if m["state"] == "failed"]
+        if touched and len(failed) / len(touched) > spec.gates.max_failure_fraction:
+            reasons = "; ".join(f"{m['device_id']}: {m['detail']}" for m in failed[:3])
+            self._halt(rollout_id, f"{len(failed)} of {len(touched)} devices failed to activate ({reasons})")
+            return
+
+        in_wave = [m for m in members if m["wave"] == wave]
+        waiting = [
+            m for m in in_wave
+            if m["state"] == "assigned" and (devices.get(m["device_id"]) or {}).get("availability") == "online"
+        ]  # fmt: skip
+        started = rollout["wave_started_at"] or now
+        if waiting and now - started < spec.wave_timeout_s:
+            return
+        for member in waiting:  # online but not done in time (e.g. an app holds the update lock)
+            self._set_state(rollout_id, member["device_id"], "skipped", "did not activate within the wave timeout")
+
+        if rollout["soak_started_at"] is None:
+            self._update(rollout_id, soak_started_at=now)
+            self._event("wave_active", rollout_id, None, f"wave {wave + 1}/{len(waves)} active; soaking {spec.soak_s}s")
+            return
+        if now - rollout["soak_started_at"] < spec.soak_s:
+            return
+        problem = self._telemetry_gates(rollout_id, members, spec.gates, since=started)
+        if problem:
+            self._halt(rollout_id, problem)
+            return
+        if wave + 1 < len(waves):
+            self._update(rollout_id, wave=wave + 1, wave_started_at=None, soak_started_at=None)
+            self._event("wave_passed", rollout_id, None, f"wave {wave + 1}/{len(waves)} passed its gates")
+        else:
+            self._update(rollout_id, status="completed", reason="every wave passed its gates")
+            self._event("completed", rollout_id, None, "every wave passed its gates")
+
+    def _assign(self, rollout_id: str, device_ids: list[str], in_wave: list[dict[str, Any]]) -> None:
+        by_digest: dict[str, list[str]] = {}
+        for member in in_wave:
+            if member["device_id"] in device_ids:
+                by_digest.setdefault(member["to_digest"], []).append(member["device_id"])
+        for digest, ids in by_digest.items():
+            self._deploy(digest, ids)
+        with self.db.locked() as d:
+            for device_id in device_ids:
+                Table(d, "rollout_devices").update(
+                    (rollout_id, device_id), {"state": "assigned", "assigned_at": time.time()}
+                )
+        self._event("wave_assigned", rollout_id, None, f"{len(device_ids)} devices: {', '.join(sorted(device_ids))}")
+
+    def _observe(self, rollout_id: str, members: list[dict[str, Any]], devices: dict[str, dict[str, Any]]) -> None:
+        for member in members:
+            if member["state"] != "assigned":
+                continue
+            device = devices.get(member["device_id"]) or {}
+            reported = device.get("reported") or {}
+            error = reported.get("last_error") or {}
+            if device.get("active_digest") == member["to_digest"]:
+                self._set_state(rollout_id, member["device_id"], "active", None)
+            elif error.get("bundle_digest") == member["to_digest"] and str(error.get("reason", "")).startswith(
+                ("refused", "reverted")
+            ):
+                self._set_state(rollout_id, member["device_id"], "failed", error.get("reason"))
+
+    def _telemetry_gates(
+        self, rollout_id: str, members: list[dict[str, Any]], gates: Gates, since: float
+    ) -> str | None:
+        active = [m for m in members if m["state"] == "active"]
+        if not active:
+            return None
+        since_iso = datetime.fromtimestamp(since, UTC).isoformat()
+        with self.db.locked() as d:
+            new = self._window(d, active, "to_digest", since_iso)
+            old = self._window(d, active, "from_digest", None)
+            drifting = self._drifting(d, active, since_iso)
+        # Drift does not wait for min_inferences: an alert already summarises a window of inputs.
+        if gates.max_drift_alert_fraction is not None and len(drifting) / len(active) > gates.max_drift_alert_fraction:
+            names = ", ".join(sorted(drifting)[:5])
+            return (
+                f"drift alerts (inputs or output confidence) from {len(drifting)} of {len(active)} devices on the "
+                f"new bundle ({names}) exceed the limit of {gates.max_drift_alert_fraction:.0%}"
+            )
+        served = new["inferences"] + new["errors"]
+        if served < gates.min_inferences:
+            return None
+        error_rate = new["errors"] / served
+        if error_rate > gates.max_error_rate:
+            return f"error rate {error_rate:.3f} on the new bundle exceeds {gates.max_error_rate}"
+        if new["p95"] and old["p95"] and new["p95"] / old["p95"] > gates.max_p95_latency_ratio:
+            return (
+                f"p95 latency {new['p95']:.2f} ms is {new['p95'] / old['p95']:.2f}x the previous "
+                f"{old['p95']:.2f} ms (limit {gates.max_p95_latency_ratio}x)"
+            )
+        return None
+
+    @staticmethod
+    def _drifting(d: Any, members: list[dict[str, Any]], since: str) -> set[str]:
+        """Devices that reported a drift alert while running their new bundle since ``since``."""
+        return {
+            member["device_id"]
+            for member in members
+            if d.execute(
+                "select 1 from telemetry where device_id = ? and bundle_digest = ? and received_at >= ? "
+                "and drift_alert = 1 limit 1",
+                [member["device_id"], member["to_digest"], since],
+            ).fetchone()
+        }
+
+    @staticmethod
+    def _window(d: Any, members: list[dict[str, Any]], column: str, since: str | None) -> dict[str, float]:
+        inferences = errors = 0
+        p95s: list[float] = []
+        for member in members:
+            digest = member[column]
+            if digest is None:
+                continue
+            where, args = "device_id = ? and bundle_digest = ?", [member["device_id"], digest]
+            if since:
+                where, args = where + " and received_at >= ?", [*args, since]
+            for row in Table(d, "telemetry").rows_where(where, args):
+                inferences += row["inference_count"] or 0
+                errors += row["error_count"] or 0
+                if row["latency_ms_p95"] is not None:
+                    p95s.append(row["latency_ms_p95"])
+        p95s.sort()
+        return {"inferences": inferences, "errors": errors, "p95": p95s[len(p95s) // 2] if p95s else 0.0}
+
+    def _halt(self, rollout_id: str, reason: str) -> None:
+        log.warning("rollout %s halted: %s", rollout_id, reason)
+        self._roll_back(rollout_id, reason, status="halted")
+
+    def _roll_back(self, rollout_id: str, reason: str, *, status: str) -> None:
+        """Every device the rollout touched gets the bundle it ran before as its desired state."""
+        with self.db.locked() as d:
+            members = list(Table(d, "rollout_devices").rows_where("rollout_id = ?", [rollout_id]))
+        by_digest: dict[str, list[str]] = {}
+        for member in members:
+            if member["state"] in ("assigned", "active", "failed", "skipped") and member["from_digest"]:
+                by_digest.setdefault(member["from_digest"], []).append(member["device_id"])
+        for digest, ids in by_digest.items():
+            self._deploy(digest, ids)
+            for device_id in ids:
+                self._set_state(rollout_id, device_id, "rolled_back", reason)
+        self._update(rollout_id, status=status, reason=reason)
+        self._event(status, rollout_id, None, reason)
+
+    # -- rows ----------------------------------------------------------------------------
+    def _set_state(self, rollout_id: str, device_id: str, state: DeviceState, detail: str | None) -> None:
+        with self.db.locked() as d:
+            Table(d, "rollout_devices").update((rollout_id, device_id), {"state": state, "detail": detail})
+        self._event(f"device_{state}", rollout_id, device_id, detail or "")
+
+    def _update(self, rollout_id: str, **fields: Any) -> None:
+        with self.db.locked() as d:
+            Table(d, "rollouts").update(rollout_id, fields | {"updated_at": _now()})
+
+    def _event(self, kind: str, rollout_id: str | None, device_id: str | None, detail: str) -> None:
+        with self.db.locked() as d:
+            Table(d, "events").insert(
+                {"at": _now(), "kind": kind, "rollout_id": rollout_id, "device_id": device_id, "detail": detail}
+            )
+
+
+def validate_spec(raw: dict[str, Any]) -> RolloutSpec:
+    try:
+        return RolloutSpec.model_validate(raw)
+    except ValueError as exc:
+        raise Rejected(str(exc)) from None

@@ -1,0 +1,1 @@
+"""The fleet store: one interface, its SQLite backend, the numbered migrations."""

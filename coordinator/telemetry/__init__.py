@@ -1,0 +1,1 @@
+"""Telemetry ingest: the receiver process, its supervisor, the writer, rows, rollups, retention."""

@@ -1,0 +1,146 @@
+"""`edgefleet agent ...`: run the daemon, validate its config, ask a running agent what it serves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import typer
+
+from edgefleet.agent.config import load_config
+from edgefleet.agent.device_class import detect_device_class, load_device_class, probe_hardware
+from edgefleet.agent.errors import ConfigError
+from edgefleet.common.exit_codes import ExitCode
+from edgefleet.common.output import Format, FormatOption, fail, print_data
+from edgefleet.firmware_configs import CONFIG_DIR
+from edgefleet.protocol.errors import ProtocolError
+
+app = typer.Typer(help="The daemon on each edge device.", no_args_is_help=True)
+
+
+@app.command()
+def run(config: Path = typer.Option(..., "--config", "-c", help="Agent config file (TOML).")) -> None:
+    """Run the agent until SIGTERM or SIGINT; SIGHUP reloads the config.
+
+    Example: edgefleet agent run --config /etc/edgefleet/agent.toml
+    """
+    from edgefleet.agent.run import run_daemon
+
+    code = run_daemon(config)
+    if code:
+        raise typer.Exit(code)
+
+
+@app.command("validate-config")
+def validate_config(path: Path = typer.Argument(..., help="Agent config file (TOML).")) -> None:
+    """Check a config file; print each problem with its key path, value and reason.
+
+    Example: edgefleet agent validate-config agent.toml
+    """
+    try:
+        config = load_config(path)
+        device_class = load_device_class(config.device_class, config.device_class_dir or CONFIG_DIR)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            typer.echo(f"{exc.path}: {problem}", err=True)
+        raise typer.Exit(int(ExitCode.CONFIG_INVALID)) from None
+    typer.echo(f"{path}: ok (device class {device_class.name}: {device_class.description})")
+
+
+@app.command()
+def enroll(
+    coordinator: str = typer.Option(..., "--coordinator", help="The coordinator's REST API, e.g. https://fleet:8080."),
+    token: str = typer.Option(
+        ..., "--token", envvar="EDGEFLEET_ENROLL_TOKEN", help="One-time enrollment token (from enroll-token)."
+    ),
+    data_dir: Path = typer.Option(..., "--data-dir", help="The agent's data folder for the new config."),
+    out: Path = typer.Option(..., "--out", "-o", help="Agent config to write; key and password files go beside it."),
+    broker_url: str | None = typer.Option(None, "--broker-url", help="Override the broker URL the coordinator gives."),
+    device_id: str | None = typer.Option(None, "--device-id", help="Wished-for id, if the token does not fix one."),
+    coordinator_ca: Path | None = typer.Option(
+        None, "--coordinator-ca", exists=True, dir_okay=False, help="CA bundle for an https coordinator."
+    ),
+    force: bool = typer.Option(False, "--force", help="Replace an existing config and password file."),
+    fmt: Format = FormatOption,
+) -> None:
+    """Exchange an enrollment token for a device identity and write a complete agent config.
+
+    Example: edgefleet agent enroll --coordinator http://fleet:8080 --token efe_...
+    --data-dir /var/lib/edgefleet --out /etc/edgefleet/agent.toml
+    """
+    from edgefleet.agent.enrollment import EnrollmentError, enrolled_files, request_enrollment, write_agent_config
+
+    existing = [p for p in enrolled_files(out) if p.exists()]
+    if existing and not force:  # checked before the token is spent
+        fail(f"{', '.join(map(str, existing))} exist(s); pass --force to replace", ExitCode.USAGE)
+    try:
+        response = request_enrollment(coordinator, token, device_id=device_id, ca_file=coordinator_ca)
+    except EnrollmentError as exc:
+        if exc.status is None:
+            fail(exc.reason, ExitCode.UNREACHABLE)
+        fail(f"enrollment refused ({exc.status}): {exc.reason}", ExitCode.ERROR)
+    try:
+        config = write_agent_config(response, out=out, data_dir=data_dir, broker_url=broker_url)
+    except (ConfigError, ProtocolError, OSError) as exc:
+        # The token is spent by now; the device id tells the operator which identity to revoke.
+        fail(
+            f"enrolled as {response.device_id!r} but could not write the config: {exc}; "
+            "revoke that device and enroll with a new token",
+            ExitCode.CONFIG_INVALID,
+        )
+    for note in response.notes:
+        typer.echo(f"note: {note}", err=True)
+    print_data(
+        {
+            "device_id": config.device_id,
+            "device_class": config.device_class,
+            "config": str(out),
+            "broker": config.broker.url,
+            "broker_auth": "managed" if response.broker.managed else "unmanaged",
+            "command_keys": len(response.command_keys),
+        },
+        fmt,
+    )
+
+
+@app.command("detect-class")
+def detect_class(fmt: Format = FormatOption) -> None:
+    """Detect this device's class from its device tree, Tegra release and architecture.
+
+    Example: edgefleet agent detect-class --format json
+    """
+    probe = probe_hardware()
+    name = detect_device_class(probe)
+    print_data(probe.model_dump() | {"device_class": name}, fmt)
+    if name is None:
+        raise typer.Exit(int(ExitCode.NOT_FOUND))
+
+
+@app.command()
+def status(
+    target: str = typer.Option(..., "--target", help="unix:///path/agent.sock or 127.0.0.1:PORT"),
+    fmt: Format = FormatOption,
+) -> None:
+    """Show the model a running agent serves (its local ModelInfo).
+
+    Example: edgefleet agent status --target unix:///var/lib/edgefleet/agent.sock --format json
+    """
+    from edgefleet.agent.serving.client import InferenceClient
+
+    with InferenceClient(target) as client:
+        try:
+            info = client.model_info()
+        except grpc.RpcError as exc:
+            fail(f"{target}: {exc.details()}", ExitCode.UNREACHABLE)
+    print_data(
+        {
+            "loaded": info.loaded,
+            "model": info.model_name,
+            "version": info.model_version,
+            "bundle_digest": info.bundle_digest,
+            "device_class": info.device_class,
+            "runtime": info.runtime,
+            "activated_at": info.activated_at,
+        },
+        fmt,
+    )

@@ -1,0 +1,1 @@
+"""Shared plumbing every layer may use: errors, exit codes, output, logging, MQTT settings, files."""

@@ -1,0 +1,1 @@
+"""The whole system on one machine (demo, tests, benches): brokers, LocalFleet, chaos, demo models."""

@@ -1,0 +1,1 @@
+"""The server role of a campaign: the ServerApp, rounds, strategies, evaluation, deployment."""
