@@ -2,64 +2,20 @@
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, field_validator
 
-from edgefleet.agent.errors import ConfigError
-from edgefleet.protocol.errors import describe_errors
+from edgefleet.common.mqtt import BrokerConfig
+from edgefleet.common.settings import StrictModel, load_toml_model, parse_model
 from edgefleet.protocol.topics import validate_device_id
 
-__all__ = ["AgentConfig", "ApiConfig", "BrokerConfig", "FeedbackConfig", "FetchConfig", "StoreConfig", "load_config"]
+__all__ = ["AgentConfig", "ApiConfig", "FeedbackConfig", "FetchConfig", "StoreConfig", "load_config"]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class BrokerConfig(_Strict):
-    url: str = Field(
-        default="mqtt://127.0.0.1:1883",
-        title="Broker URL",
-        description="mqtt://host:port, or mqtts://host:port for TLS.",
-    )
-    username: str | None = Field(default=None, description="Broker user name; by convention the device id.")
-    password: str | None = Field(default=None, description="Broker password (prefer password_file).")
-    password_file: Path | None = Field(default=None, description="File holding the broker password.")
-    ca_file: Path | None = Field(default=None, description="CA bundle to verify the broker's TLS certificate.")
-    keepalive_s: int = Field(default=30, ge=5, le=3600, description="MQTT keepalive interval.")
-
-    @field_validator("url")
-    @classmethod
-    def _check_url(cls, url: str) -> str:
-        parts = urlsplit(url)
-        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-            raise ValueError("expected mqtt://host:port or mqtts://host:port")
-        return url
-
-    @property
-    def host(self) -> str:
-        return urlsplit(self.url).hostname or "127.0.0.1"
-
-    @property
-    def port(self) -> int:
-        parts = urlsplit(self.url)
-        return parts.port or (8883 if parts.scheme == "mqtts" else 1883)
-
-    @property
-    def tls(self) -> bool:
-        return urlsplit(self.url).scheme == "mqtts"
-
-    def resolved_password(self) -> str | None:
-        if self.password_file is not None:
-            return self.password_file.read_text().strip()
-        return self.password
-
-
-class ApiConfig(_Strict):
+class ApiConfig(StrictModel):
     socket: Path | None = Field(
         default=None, description="Unix socket of the local gRPC API; default <data_dir>/agent.sock."
     )
@@ -70,7 +26,7 @@ class ApiConfig(_Strict):
     workers: int = Field(default=4, ge=1, le=64, description="Threads serving requests.")
 
 
-class FetchConfig(_Strict):
+class FetchConfig(StrictModel):
     chunk_bytes: int = Field(default=64 * 1024, ge=1024, le=256 * 1024, description="Bytes per chunk request.")
     chunk_timeout_s: float = Field(default=10.0, gt=0, description="Wait for one chunk before asking again.")
     retries: int = Field(default=5, ge=0, description="Requests of one chunk before the download pauses.")
@@ -100,7 +56,7 @@ class FetchConfig(_Strict):
         return url.rstrip("/")
 
 
-class StoreConfig(_Strict):
+class StoreConfig(StrictModel):
     keep_bundles: int = Field(default=3, ge=2, le=100, description="Bundles kept on disk; older ones are deleted.")
     crash_loop_restarts: int = Field(
         default=3, ge=2, le=100, description="Unclean starts within the window that revert the last activation."
@@ -108,25 +64,25 @@ class StoreConfig(_Strict):
     crash_loop_window_s: float = Field(default=300.0, gt=0, description="Window for counting unclean starts.")
 
 
-class FeedbackConfig(_Strict):
+class FeedbackConfig(StrictModel):
     remember_requests: int = Field(default=1000, ge=0, description="Recent requests whose inputs are kept.")
     remember_s: float = Field(default=600.0, gt=0, description="How long a request can still get feedback.")
     max_mb: int = Field(default=256, ge=1, description="Largest size of the stored training samples.")
     max_age_days: float = Field(default=30.0, gt=0, description="Samples older than this are deleted.")
 
 
-class FederatedConfig(_Strict):
+class FederatedConfig(StrictModel):
     enabled: bool = Field(default=True, description="Take part in federated campaigns the coordinator assigns.")
     startup_timeout_s: float = Field(default=60.0, gt=0, description="Longest wait for the SuperNode to register.")
     max_restarts: int = Field(default=3, ge=0, description="Restarts of a SuperNode that died, per campaign.")
 
 
-class DriftConfig(_Strict):
+class DriftConfig(StrictModel):
     threshold: float = Field(default=0.25, gt=0, description="Drift score (mean PSI) that raises an alert.")
     window: int = Field(default=500, ge=50, le=100_000, description="Recent rows compared with the reference.")
 
 
-class AgentConfig(_Strict):
+class AgentConfig(StrictModel):
     device_id: str = Field(title="Device id", description="Unique id; one MQTT topic level.")
     device_class: str = Field(
         description="Hardware class (a file in firmware_configs/); bundles for other classes are refused."
@@ -164,48 +120,8 @@ class AgentConfig(_Strict):
 
 def load_config(path: Path) -> AgentConfig:
     """Read and validate a TOML config; relative paths are taken from the file's folder."""
-    try:
-        raw = tomllib.loads(Path(path).read_text())
-    except OSError as exc:
-        raise ConfigError(str(path), [f"cannot read: {exc.strerror}"]) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(str(path), [f"not valid TOML: {exc}"]) from None
-    return parse_config(raw, source=str(path), base=Path(path).resolve().parent)
+    return load_toml_model(AgentConfig, path)
 
 
 def parse_config(raw: dict[str, Any], *, source: str, base: Path) -> AgentConfig:
-    try:
-        config = AgentConfig.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(source, describe_errors(exc, values=True)) from None
-    return _resolve_paths(config, base)
-
-
-def _resolve_paths(config: AgentConfig, base: Path) -> AgentConfig:
-    def absolute(p: Path | None) -> Path | None:
-        return None if p is None else (p if p.is_absolute() else base / p)
-
-    broker = config.broker.model_copy(
-        update={
-            "password_file": absolute(config.broker.password_file),
-            "ca_file": absolute(config.broker.ca_file),
-        }
-    )
-    api = config.api.model_copy(update={"socket": absolute(config.api.socket)})
-    fetch = config.fetch.model_copy(
-        update={
-            "http_ca_file": absolute(config.fetch.http_ca_file),
-            "http_token_file": absolute(config.fetch.http_token_file),
-        }
-    )
-    return config.model_copy(
-        update={
-            "data_dir": absolute(config.data_dir),
-            "device_class_dir": absolute(config.device_class_dir),
-            "trusted_keys": [absolute(p) for p in config.trusted_keys],
-            "command_keys": [absolute(p) for p in config.command_keys],
-            "broker": broker,
-            "api": api,
-            "fetch": fetch,
-        }
-    )
+    return parse_model(AgentConfig, raw, source=source, base=base)

@@ -39,6 +39,7 @@ from edgefleet.protocol.messages import (
     Command,
     CommandResult,
     ErrorInfo,
+    FailureKind,
     Message,
     ReportedState,
     Telemetry,
@@ -224,7 +225,7 @@ class Agent:
         reason = f"crash loop: {starts} unclean starts within {window:.0f}s after activating {state.active[:12]}"
         log.error("%s; reverting to %s", reason, state.previous[:12])
         self.store.revert(reason)
-        self.last_error = ErrorInfo(reason=f"reverted: {reason}", bundle_digest=state.active)
+        self.last_error = ErrorInfo(reason=f"reverted: {reason}", kind=FailureKind.REVERTED, bundle_digest=state.active)
 
     def _restore_active(self) -> None:
         """Serve the active bundle from disk, verified again; fall back to the previous one."""
@@ -236,7 +237,9 @@ class Agent:
                 self.model = self._load(digest, self.store.verified_bundle(digest, self.trusted))
             except (BundleError, ActivationError) as exc:
                 log.error("stored bundle %s cannot be served: %s", digest[:12], exc.reason)
-                self.last_error = ErrorInfo(reason=f"stored bundle unusable: {exc.reason}", bundle_digest=digest)
+                self.last_error = ErrorInfo(
+                    reason=f"stored bundle unusable: {exc.reason}", kind=FailureKind.UNUSABLE, bundle_digest=digest
+                )
                 continue
             if digest != state.active:
                 self.store.revert(f"stored bundle unusable: {self.last_error.reason if self.last_error else ''}")
@@ -295,7 +298,11 @@ class Agent:
             runtime=model.runtime.key if model else None,
             runtime_skipped=model.skipped_runtimes if model else [],
             last_error=self.last_error
-            or (ErrorInfo(reason=self.federated.last_error) if self.federated.last_error else None),
+            or (
+                ErrorInfo(reason=self.federated.last_error, kind=FailureKind.FEDERATED)
+                if self.federated.last_error
+                else None
+            ),
             rejected_messages=self.link.rejected,
             training_samples=self.samples.count(),
             campaign=self.federated.campaign_id,

@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from edgefleet.agent.errors import ConfigError
+from edgefleet.common.errors import ConfigError
 from edgefleet.firmware_configs import CONFIG_DIR
 from edgefleet.protocol.errors import describe_errors
 

@@ -2,24 +2,13 @@
 
 from __future__ import annotations
 
-__all__ = ["ActivationError", "AgentError", "ConfigError", "FetchError", "InputError"]
+from edgefleet.common.errors import EdgefleetError
+
+__all__ = ["ActivationError", "AgentError", "FetchError", "InputError"]
 
 
-class AgentError(Exception):
+class AgentError(EdgefleetError):
     """Base class for errors the agent reports with a reason."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-class ConfigError(AgentError):
-    """A config file that cannot be read or does not validate; ``problems`` lists each finding."""
-
-    def __init__(self, path: str, problems: list[str]) -> None:
-        super().__init__(f"{path}: " + "; ".join(problems))
-        self.path = path
-        self.problems = problems
 
 
 class FetchError(AgentError):

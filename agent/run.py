@@ -14,7 +14,7 @@ from pathlib import Path
 from types import FrameType
 
 from edgefleet.agent.config import load_config
-from edgefleet.agent.errors import ConfigError
+from edgefleet.common.errors import ConfigError
 from edgefleet.common.exit_codes import ExitCode
 from edgefleet.common.log_setup import configure_logging
 from edgefleet.protocol.errors import ProtocolError

@@ -23,8 +23,7 @@ from pathlib import Path
 import psutil
 
 from edgefleet.agent.bundles.fetcher import ChunkFetcher
-from edgefleet.agent.config import BrokerConfig
-from edgefleet.common.mqtt import make_client
+from edgefleet.common.mqtt import BrokerConfig, make_client
 from edgefleet.compression.builder import build_bundle
 from edgefleet.local.broker import LocalBroker
 from edgefleet.local.chaos import padded_identity_model

@@ -41,9 +41,10 @@ from sklearn.model_selection import train_test_split
 
 from edgefleet.federated.client.client_app import app as client_app
 from edgefleet.federated.client.data import dirichlet_split, fill_sample_store, load_samples
-from edgefleet.federated.client.training import LocalData, TrainConfig, evaluate, train
+from edgefleet.federated.client.training import TrainConfig, train
 from edgefleet.federated.inprocess import InProcessGrid, InProcessNode
 from edgefleet.federated.models import build_model
+from edgefleet.federated.scoring import LocalData, evaluate
 from edgefleet.federated.server.rounds import CampaignObserver, CampaignOutcome, RoundRecord, run_rounds
 from edgefleet.federated.server.strategies import build_strategy
 from edgefleet.federated.spec import CampaignSpec

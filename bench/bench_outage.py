@@ -31,8 +31,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from edgefleet.agent.config import BrokerConfig
-from edgefleet.common.mqtt import make_client
+from edgefleet.common.mqtt import BrokerConfig, make_client
 from edgefleet.local.broker import LocalBroker
 from edgefleet.local.fleet import LocalFleet, wait_until
 from edgefleet.protocol.errors import InvalidMessage

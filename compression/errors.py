@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
+from edgefleet.common.errors import EdgefleetError
+
 __all__ = ["CompressionError", "DataError", "ExportError", "MetricError", "ModelSourceError"]
 
 
-class CompressionError(Exception):
+class CompressionError(EdgefleetError):
     """Base class: bad input to the compressor, with the reason a user can act on."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 class ModelSourceError(CompressionError):

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from edgefleet.agent.config import BrokerConfig
-from edgefleet.coordinator.errors import Rejected
-from edgefleet.protocol.errors import describe_errors
+from edgefleet.common.mqtt import BrokerConfig
+from edgefleet.common.settings import load_toml_model
 
 __all__ = [
     "ApiServerConfig",
@@ -226,50 +224,8 @@ class CoordinatorConfig(BaseModel):
 
 
 def load_config(path: Path) -> CoordinatorConfig:
-    try:
-        raw: dict[str, Any] = tomllib.loads(Path(path).read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise Rejected(f"{path}: cannot read config: {exc}") from None
-    try:
-        config = CoordinatorConfig.model_validate(raw)
-    except ValidationError as exc:
-        raise Rejected(f"{path}: " + "; ".join(describe_errors(exc))) from None
-    base = Path(path).resolve().parent
+    """Read and validate a TOML config; relative paths are taken from the file's folder.
 
-    def absolute(p: Path | None) -> Path | None:
-        return None if p is None or p.is_absolute() else base / p
-
-    return config.model_copy(
-        update={
-            "data_dir": absolute(config.data_dir) or config.data_dir,
-            "trusted_keys": [absolute(p) or p for p in config.trusted_keys],
-            "api": config.api.model_copy(
-                update={"token_file": absolute(config.api.token_file) or config.api.token_file}
-            ),
-            "broker": config.broker.model_copy(
-                update={
-                    "password_file": absolute(config.broker.password_file) or config.broker.password_file,
-                    "ca_file": absolute(config.broker.ca_file) or config.broker.ca_file,
-                }
-            ),
-            "broker_auth": config.broker_auth
-            and config.broker_auth.model_copy(
-                update={
-                    "password_file": absolute(config.broker_auth.password_file) or config.broker_auth.password_file,
-                    "acl_file": absolute(config.broker_auth.acl_file) or config.broker_auth.acl_file,
-                }
-            ),
-            "enrollment": config.enrollment.model_copy(
-                update={
-                    "broker_ca_file": absolute(config.enrollment.broker_ca_file) or config.enrollment.broker_ca_file
-                }
-            ),
-            "command_key": absolute(config.command_key) or config.command_key,
-            "campaigns": config.campaigns.model_copy(
-                update={
-                    key: absolute(getattr(config.campaigns, key)) or getattr(config.campaigns, key)
-                    for key in ("signing_key", "superlink_certfile", "superlink_keyfile", "superlink_ca_file")
-                }
-            ),
-        }
-    )
+    Errors leave the offending values out: this file holds tokens and passwords.
+    """
+    return load_toml_model(CoordinatorConfig, path, values=False)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+from edgefleet.common.errors import EdgefleetError
+
 __all__ = ["Conflict", "CoordinatorError", "NotFound", "Rejected"]
 
 
-class CoordinatorError(Exception):
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
+class CoordinatorError(EdgefleetError):
+    """Base class of the coordinator's errors."""
 
 
 class NotFound(CoordinatorError):

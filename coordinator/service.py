@@ -17,8 +17,8 @@ from edgefleet.protocol.messages import BundleRef, DesiredState
 from edgefleet.protocol.signing import load_trusted_keys
 
 if TYPE_CHECKING:
+    from edgefleet.common.flower_processes import TlsFiles
     from edgefleet.coordinator.campaigns.manager import CampaignManager
-    from edgefleet.federated.processes import TlsFiles
 
 __all__ = ["Coordinator"]
 
@@ -63,7 +63,6 @@ class Coordinator:
         if settings.engine == "deployment":
             engine = DeploymentEngine(
                 config.data_dir / "campaigns",
-                config.data_dir / "fleet.db",
                 self.link.publish_campaign,
                 bind_host=settings.superlink_bind_host,
                 advertise_host=settings.superlink_advertise_host,
@@ -117,7 +116,7 @@ class Coordinator:
 
 
 def _superlink_tls(settings: CampaignsConfig) -> TlsFiles | None:
-    from edgefleet.federated.processes import TlsFiles
+    from edgefleet.common.flower_processes import TlsFiles
 
     if settings.superlink_certfile and settings.superlink_keyfile and settings.superlink_ca_file:
         return TlsFiles(settings.superlink_certfile, settings.superlink_keyfile, settings.superlink_ca_file)

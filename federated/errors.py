@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
+from edgefleet.common.errors import EdgefleetError
+
 __all__ = ["BudgetExhausted", "CampaignError", "FederatedError", "LocalDataError"]
 
 
-class FederatedError(Exception):
+class FederatedError(EdgefleetError):
     """Base class, with the reason a user can act on."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 class CampaignError(FederatedError):

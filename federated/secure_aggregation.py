@@ -18,7 +18,6 @@ mapped onto 2**22 levels; a client uses at most ``MAX_WEIGHT`` samples per round
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -49,8 +48,6 @@ __all__ = [
     "MAX_WEIGHT",
     "SecureRound",
     "array_names",
-    "decline_code",
-    "decline_text",
     "is_secure_message",
     "secure_round",
     "update_parameters",
@@ -61,19 +58,6 @@ CLIPPING_RANGE = 8.0  # |n * update / MAX_WEIGHT| per value; an update is at mos
 ARRAY_NAMES = "array-names"  # config key: the names of the arrays, in the order the update lists them
 
 
-_DECLINE = re.compile(r"declined with code (\d+): ")
-
-
-def decline_text(code: int, reason: str) -> str:
-    """How a device that declines a SecAgg+ round words its error: the protocol has no decline reply,
-    so the code travels in the text (read back by ``decline_code``)."""
-    return f"declined with code {code}: {reason}"
-
-
-def decline_code(text: str) -> int:
-    """The decline code in an error's text, 0 if it is not a decline (a crash, a lost device)."""
-    match = _DECLINE.search(text)
-    return int(match.group(1)) if match else 0
 
 
 def is_secure_message(content: RecordDict) -> bool:

@@ -24,7 +24,7 @@ import tomllib
 from pathlib import Path
 
 from edgefleet.agent.device_class import DeviceClass, detect_device_class, load_device_class, probe_hardware
-from edgefleet.agent.errors import ConfigError
+from edgefleet.common.errors import ConfigError
 from edgefleet.firmware_configs import CONFIG_DIR
 
 __all__ = [

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from pydantic import ValidationError
+from edgefleet.common.errors import EdgefleetError
+from edgefleet.common.settings import describe_errors
 
 __all__ = ["BundleError", "InvalidMessage", "ProtocolError", "SignatureError", "UnsafeArchive", "describe_errors"]
 
 
-class ProtocolError(ValueError):
+class ProtocolError(EdgefleetError, ValueError):
     """Base class: something received or read does not satisfy the contract."""
 
     def __init__(self, reason: str, *, topic: str | None = None) -> None:
         super().__init__(reason)
-        self.reason = reason
         self.topic = topic
 
 
@@ -30,14 +30,3 @@ class SignatureError(BundleError):
 
 class UnsafeArchive(BundleError):
     """A bundle archive that would escape its directory, holds links, or exceeds the size limits."""
-
-
-def describe_errors(exc: ValidationError, *, values: bool = False) -> list[str]:
-    """One line per validation error: the key path, optionally the offending value, and the reason."""
-    lines = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err.get("loc", ())) or "(root)"
-        value = err.get("input")
-        shown = f" (value {value!r})" if values and not isinstance(value, dict) else ""
-        lines.append(f"{loc}{shown}: {err.get('msg')}")
-    return lines

@@ -6,6 +6,7 @@ import json
 import struct
 import uuid
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Annotated, Any, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
@@ -29,6 +30,7 @@ __all__ = [
     "CoordinatorStatus",
     "DesiredState",
     "ErrorInfo",
+    "FailureKind",
     "Message",
     "ReportedState",
     "Telemetry",
@@ -79,10 +81,21 @@ class BundleRef(BaseModel):
     version: str = Field(max_length=64)
 
 
+class FailureKind(StrEnum):
+    """What went wrong with a bundle on a device; the coordinator decides by this, never by the text."""
+
+    DOWNLOAD = "download"  # it could not be fetched yet; the agent tries again
+    REFUSED = "refused"  # fetched and refused: signature, files, device class, load or test vectors
+    REVERTED = "reverted"  # it was active and the device went back to the previous bundle (crash loop)
+    UNUSABLE = "unusable"  # a stored bundle that no longer verifies or loads after a restart
+    FEDERATED = "federated"  # taking part in a campaign failed (not about a bundle)
+
+
 class ErrorInfo(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     reason: str = Field(max_length=2000)
+    kind: FailureKind | None = Field(default=None, description="What failed; None from agents before it existed.")
     bundle_digest: str | None = None
     at: datetime = Field(default_factory=_now)
 

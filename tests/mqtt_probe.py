@@ -10,8 +10,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from edgefleet.agent.config import BrokerConfig
-from edgefleet.common.mqtt import make_client
+from edgefleet.common.mqtt import BrokerConfig, make_client
 
 
 class MqttProbe:

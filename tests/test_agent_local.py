@@ -12,11 +12,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from edgefleet.agent.bundles.store import ModelStore, StoreState
 from edgefleet.agent.config import load_config
-from edgefleet.agent.errors import ActivationError, ConfigError, InputError
+from edgefleet.agent.errors import ActivationError, InputError
 from edgefleet.agent.serving.client import InferenceClient
 from edgefleet.agent.serving.model import LoadedModel, load_model
 from edgefleet.agent.serving.server import InferenceApi, InferenceService
 from edgefleet.agent.telemetry.stats import InferenceStats
+from edgefleet.common.errors import ConfigError
 from edgefleet.protocol.bundle import Manifest, extract_bundle, sha256_file
 from edgefleet.protocol.errors import BundleError
 from tests.conftest import DigitsModels, Keys, build

@@ -11,7 +11,7 @@ schemathesis = pytest.importorskip("schemathesis", reason="schemathesis (dev ext
 
 from hypothesis import HealthCheck, settings  # noqa: E402
 
-from edgefleet.agent.config import BrokerConfig  # noqa: E402
+from edgefleet.common.mqtt import BrokerConfig  # noqa: E402
 from edgefleet.coordinator.api.app import create_app  # noqa: E402
 from edgefleet.coordinator.config import CoordinatorConfig  # noqa: E402
 from edgefleet.coordinator.service import Coordinator  # noqa: E402

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from edgefleet.agent.bundles.fetcher import HttpMirror, MirrorError
-from edgefleet.agent.config import BrokerConfig
+from edgefleet.common.mqtt import BrokerConfig
 from edgefleet.coordinator.api.app import create_app
 from edgefleet.coordinator.config import ApiServerConfig, CoordinatorConfig
 from edgefleet.coordinator.service import Coordinator

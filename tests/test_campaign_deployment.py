@@ -17,6 +17,7 @@ from edgefleet.agent.config import FederatedConfig
 from edgefleet.agent.learning.node_key import load_or_create_node_key
 from edgefleet.agent.learning.participant import FederatedParticipant
 from edgefleet.cli.main import app
+from edgefleet.common.flower_processes import DeploymentError, SuperNodeProcess, TlsFiles
 from edgefleet.coordinator.campaigns.engines import DeploymentEngine
 from edgefleet.coordinator.campaigns.manager import CampaignManager
 from edgefleet.coordinator.registry.artifacts import Registry
@@ -24,7 +25,6 @@ from edgefleet.coordinator.registry.models import ModelRegistry
 from edgefleet.coordinator.store.sqlite import FleetDB
 from edgefleet.federated.client.data import dirichlet_split, fill_sample_store
 from edgefleet.federated.client.privacy import PrivacyLedger
-from edgefleet.federated.processes import DeploymentError, SuperNodeProcess, TlsFiles
 from edgefleet.federated.spec import CampaignSpec
 from edgefleet.local.digits import load_digits_data
 from edgefleet.local.fleet import LocalFleet, wait_until
@@ -96,7 +96,7 @@ def test_campaign_runs_on_a_tls_superlink_with_two_supernodes(tmp_path: Path, ke
     (tmp_path / "tls").mkdir()
     ca_key, ca_cert, ca_file = _ca(tmp_path / "tls", "edgefleet campaigns CA")
     cert, key = _server_cert(tmp_path / "tls", ca_key, ca_cert)
-    engine = DeploymentEngine(root / "campaigns", root / "fleet.db", notify, tls=TlsFiles(cert, key, ca_file))
+    engine = DeploymentEngine(root / "campaigns", notify, tls=TlsFiles(cert, key, ca_file))
     manager = CampaignManager(db, models, registry, signing_key=keys.private, engine=engine)
     spec = CampaignSpec.model_validate(
         {

@@ -14,7 +14,7 @@ import paho.mqtt.publish as publish
 import pytest
 from fastapi.testclient import TestClient
 
-from edgefleet.agent.config import BrokerConfig
+from edgefleet.common.mqtt import BrokerConfig
 from edgefleet.coordinator.api.app import create_app
 from edgefleet.coordinator.campaigns.engines import InProcessEngine
 from edgefleet.coordinator.config import CampaignsConfig, CoordinatorConfig

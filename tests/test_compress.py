@@ -16,9 +16,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from typer.testing import CliRunner
 
 from edgefleet.agent.device_class import load_device_class
-from edgefleet.agent.errors import ConfigError
 from edgefleet.agent.serving.model import load_model
 from edgefleet.cli.compress import compress_command
+from edgefleet.common.errors import ConfigError
 from edgefleet.compression import BuildOptions, CompressionReport, EvalOptions, compress
 from edgefleet.compression.bundles import BundleSpec, write_bundle
 from edgefleet.compression.candidates.base import Candidate

@@ -14,7 +14,7 @@ import paho.mqtt.subscribe as subscribe
 import pytest
 from fastapi.testclient import TestClient
 
-from edgefleet.agent.config import BrokerConfig
+from edgefleet.common.mqtt import BrokerConfig
 from edgefleet.coordinator.api.app import create_app
 from edgefleet.coordinator.config import CoordinatorConfig
 from edgefleet.coordinator.service import Coordinator

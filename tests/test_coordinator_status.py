@@ -6,11 +6,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from edgefleet.agent.config import BrokerConfig
 from edgefleet.agent.mqtt.commands import CommandVerifier
 from edgefleet.agent.mqtt.link import AgentLink, Handlers
 from edgefleet.agent.mqtt.outbox import Outbox
 from edgefleet.agent.mqtt.sender import OutboxSender
+from edgefleet.common.mqtt import BrokerConfig
 from edgefleet.coordinator.mqtt.link import CoordinatorLink
 from edgefleet.coordinator.registry.artifacts import Registry
 from edgefleet.coordinator.store.sqlite import FleetDB

@@ -17,7 +17,7 @@ import pytest
 
 from edgefleet.agent.config import load_config
 from edgefleet.agent.device_class import load_device_class
-from edgefleet.agent.errors import ConfigError
+from edgefleet.common.errors import ConfigError
 from edgefleet.firmware_configs import shipped_classes
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from edgefleet.agent.device_class import Probe, detect_device_class, load_device_class, probe_hardware
-from edgefleet.agent.errors import ConfigError
 from edgefleet.agent.runtimes import KNOWN_RUNTIMES
+from edgefleet.common.errors import ConfigError
 from edgefleet.firmware_configs import CONFIG_DIR, shipped_classes
 
 REQUIRED = {"jetson-orin-nano", "jetson-agx-orin", "jetson-xavier-nx", "rpi5", "rpi4", "x86-gateway"}

@@ -12,19 +12,21 @@ import torch
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from opacus.accountants import RDPAccountant
 
-from edgefleet.federated.client.client_app import BUDGET_EXHAUSTED, NO_DATA
+from edgefleet.federated.accounting import central_epsilon, epsilon_of
 from edgefleet.federated.client.client_app import app as client_app
 from edgefleet.federated.client.data import dirichlet_split, fill_sample_store, load_samples
-from edgefleet.federated.client.privacy import PrivacyLedger, central_epsilon, epsilon_of
-from edgefleet.federated.client.training import LocalData, TrainConfig, evaluate, train
+from edgefleet.federated.client.privacy import PrivacyLedger
+from edgefleet.federated.client.training import TrainConfig, train
 from edgefleet.federated.errors import BudgetExhausted, LocalDataError
 from edgefleet.federated.inprocess import InProcessGrid, InProcessNode
 from edgefleet.federated.models import build_model
+from edgefleet.federated.scoring import LocalData, evaluate
 from edgefleet.federated.server.rounds import moving_average, run_rounds
 from edgefleet.federated.server.strategies import build_strategy
 from edgefleet.federated.spec import CampaignSpec
 from edgefleet.federated.weights import arrays_to_model, load_onnx_weights, model_to_arrays
 from edgefleet.local.digits import load_digits_data
+from edgefleet.protocol.campaign import Decline
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +179,7 @@ def test_client_app_declines_with_a_reason(tmp_path: Path, stores: list[Path]) -
     arrays = model_to_arrays(build_model("mlp"))
     empty = Context(1, 7, {"samples-db": str(tmp_path / "none.sqlite"), "device-id": "d"}, RecordDict(), {})
     reply = client_app(_train_message(spec, arrays), empty)
-    assert reply.has_error() and reply.error.code == NO_DATA and "no sample store" in (reply.error.reason or "")
+    assert reply.has_error() and reply.error.code == Decline.NO_DATA and "no sample store" in (reply.error.reason or "")
     bad = _train_message(spec, arrays)
     bad.content["config"]["campaign"] = '{"model": "x", "rounds": -1}'
     ok_context = Context(1, 7, {"samples-db": str(stores[0]), "device-id": "d"}, RecordDict(), {})
@@ -368,7 +370,7 @@ def test_local_dp_campaign_stops_when_every_client_is_out_of_budget(tmp_path: Pa
     assert outcome.status == "budget_exhausted", outcome.reason
     assert 0 < max(outcome.client_epsilon.values()) <= 4.0
     codes = {d["code"] for r in outcome.rounds for d in r.declined}
-    assert codes == {BUDGET_EXHAUSTED}
+    assert codes == {Decline.BUDGET_EXHAUSTED}
     # The loss on the private samples is not covered by the guarantee, so it is not reported under DP.
     assert all("loss" not in p for r in outcome.rounds for p in r.participants)
     # Every client's reported figure is its ledger's, composed over all the rounds it trained in.
@@ -401,20 +403,14 @@ def test_dirichlet_split_is_skewed_and_complete(digits) -> None:  # type: ignore
     assert np.mean(dominant) > 0.3  # IID would be ~0.1
 
 
-def test_the_server_app_runs_in_process_and_records_rounds_in_the_fleet_db(tmp_path: Path, stores: list[Path]) -> None:
-    # Prepare: what the deployment engine hands the ServerApp: starting weights, run config, fleet DB
-    from edgefleet.coordinator.campaigns.store import CampaignStore
-    from edgefleet.coordinator.store.sqlite import FleetDB
+def test_the_server_app_runs_in_process_and_journals_rounds_in_its_work_dir(tmp_path: Path, stores: list[Path]) -> None:
+    # Prepare: what the deployment engine hands the ServerApp: starting weights and the run config
     from edgefleet.federated.server.server_app import app as server_app
-    from edgefleet.federated.server.server_app import load_outcome, write_arrays
+    from edgefleet.federated.server.server_app import load_outcome, read_rounds, write_arrays
 
-    fleet_db = tmp_path / "fleet.db"
-    store = CampaignStore(FleetDB(fleet_db))
     spec = CampaignSpec(model="digits", rounds=2, min_clients=3, max_clients=3)
-    store.create({"id": "cs", "model": "digits", "base_version": "1", "spec": spec.model_dump(), "abort_requested": 0})
     write_arrays(tmp_path / "initial.npz", model_to_arrays(build_model("mlp")))
-    run_config = {"campaign-id": "cs", "campaign": spec.model_dump_json(), "work-dir": str(tmp_path),
-                  "fleet-db": str(fleet_db)}  # fmt: skip
+    run_config = {"campaign-id": "cs", "campaign": spec.model_dump_json(), "work-dir": str(tmp_path)}
     grid = InProcessGrid(_nodes(stores[:3], tmp_path))
     # Execute
     try:
@@ -424,7 +420,8 @@ def test_the_server_app_runs_in_process_and_records_rounds_in_the_fleet_db(tmp_p
     # Assert
     outcome = load_outcome(tmp_path)
     assert outcome.status == "completed" and len(outcome.rounds) == 2
-    assert [r["round"] for r in store.rounds("cs")] == [1, 2]
-    assert store.get("cs")["round"] == 2
+    assert [r.round for r in read_rounds(tmp_path, 0)] == [1, 2]
+    assert [r.round for r in read_rounds(tmp_path, 1)] == [2]
+    assert not list(tmp_path.glob("*.db")), "the ServerApp writes no database"
     start = arrays_to_model(build_model("mlp"), model_to_arrays(build_model("mlp")))
     assert set(outcome.arrays.keys()) == set(start.state_dict())

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from edgefleet.federated.processes import DeploymentError, SuperLinkProcess, SuperNodeProcess, format_node_config
+from edgefleet.common.flower_processes import DeploymentError, SuperLinkProcess, SuperNodeProcess, format_node_config
 from edgefleet.federated.server.deployment import submit_run
 
 TOY_APP = Path(__file__).parent / "fixtures" / "flower_toy_app"

@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from edgefleet.agent.config import BrokerConfig
+from edgefleet.common.mqtt import BrokerConfig
 from edgefleet.coordinator.config import CoordinatorConfig
 from edgefleet.coordinator.security.broker_auth import BrokerAuth, render_acl_file
 from edgefleet.coordinator.service import Coordinator
@@ -148,7 +148,7 @@ def test_the_receiver_ends_with_the_coordinator(tmp_path: Path, mosquitto: Local
 import sys, time
 from pathlib import Path
 sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})
-from edgefleet.agent.config import BrokerConfig
+from edgefleet.common.mqtt import BrokerConfig
 from tests.test_ingest_link import Ingest
 with Ingest(Path({str(tmp_path / "fleet.db")!r}), BrokerConfig(url={mosquitto.url!r})) as ingest:
     print(ingest.link.pid, flush=True)

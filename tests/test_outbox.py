@@ -20,10 +20,9 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 
-from edgefleet.agent.config import BrokerConfig
 from edgefleet.agent.mqtt.outbox import PRIORITY, Outbox
 from edgefleet.agent.mqtt.sender import OutboxSender
-from edgefleet.common.mqtt import make_client
+from edgefleet.common.mqtt import BrokerConfig, make_client
 from edgefleet.local.broker import LocalBroker
 from edgefleet.local.fleet import wait_until
 from edgefleet.protocol.messages import Availability, CommandResult, ReportedState, Telemetry

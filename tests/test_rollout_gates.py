@@ -11,7 +11,7 @@ import pytest
 
 from edgefleet.coordinator.rollouts.engine import Gates, RolloutEngine, RolloutSpec
 from edgefleet.coordinator.store.sqlite import FleetDB
-from edgefleet.protocol.messages import Availability, BundleRef, ReportedState, Telemetry
+from edgefleet.protocol.messages import Availability, BundleRef, ErrorInfo, FailureKind, ReportedState, Telemetry
 
 OLD, NEW = "a" * 64, "b" * 64
 DEVICES = ["gw-1", "gw-2", "gw-3"]
@@ -102,3 +102,28 @@ def test_a_wave_within_its_gates_or_with_too_little_traffic_completes(
 
     assert done["status"] == "completed", why
     assert fleet.deploys == [(NEW, DEVICES)], "nothing rolled back"
+
+
+def _report_failure(db: FleetDB, device_id: str, kind: FailureKind | None, reason: str) -> None:
+    db.record_reported(
+        ReportedState(
+            device_id=device_id, device_class="x86-gateway", agent_version="t", status="ready",
+            started_at="2026-01-01T00:00:00Z", active=BundleRef(digest=OLD, name="digits", version="1.0.0"),
+            last_error=ErrorInfo(reason=reason, kind=kind, bundle_digest=NEW),
+        )
+    )  # fmt: skip
+
+
+def test_a_failed_activation_is_read_from_its_kind_not_from_the_wording_of_its_reason(tmp_path: Path) -> None:
+    # Prepare: a rollout of NEW to three devices; one refuses it (kind, no prefix in the text), one
+    # reports a download pause whose text starts like a refusal, one says nothing yet.
+    fleet = Fleet(tmp_path / "fleet.db")
+    rollout = fleet.engine.create(RolloutSpec(model="digits", version="2.0.0", waves=["100%"], soak_s=0))
+    _report_failure(fleet.db, "gw-1", FailureKind.REFUSED, "test vector 1 differs")
+    _report_failure(fleet.db, "gw-2", FailureKind.DOWNLOAD, "refused: the mirror answered 403")
+    # Execute
+    fleet.engine.tick()
+    # Assert
+    after = fleet.engine.get(rollout["id"])
+    assert after["status"] == "halted"
+    assert "1 of 3 devices failed to activate (gw-1: test vector 1 differs)" in after["reason"], after["reason"]

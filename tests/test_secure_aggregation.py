@@ -11,10 +11,10 @@ from flwr.app import Context, Message
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 from pydantic import ValidationError
 
-from edgefleet.federated.client.client_app import BUDGET_EXHAUSTED
+from edgefleet.federated.accounting import epsilon_of
 from edgefleet.federated.client.client_app import app as client_app
 from edgefleet.federated.client.data import dirichlet_split, fill_sample_store
-from edgefleet.federated.client.privacy import PrivacyLedger, epsilon_of
+from edgefleet.federated.client.privacy import PrivacyLedger
 from edgefleet.federated.inprocess import InProcessGrid, InProcessNode
 from edgefleet.federated.models import build_model
 from edgefleet.federated.server.rounds import run_rounds
@@ -22,6 +22,7 @@ from edgefleet.federated.server.strategies import build_strategy
 from edgefleet.federated.spec import CampaignSpec
 from edgefleet.federated.weights import model_to_arrays
 from edgefleet.local.digits import load_digits_data
+from edgefleet.protocol.campaign import Decline
 from tests.test_federated import _nodes
 
 ARCH = {"architecture_args": {"sizes": [64, 10], "standardize": True}}
@@ -147,7 +148,7 @@ def test_a_budget_decline_reaches_the_round_record(tmp_path: Path, stores: list[
     outcome = _run(spec, _nodes(stores, tmp_path), model_to_arrays(build_model("mlp", ARCH["architecture_args"])),
                    "budget")  # fmt: skip
     assert outcome.status == "budget_exhausted"
-    assert {d["code"] for d in outcome.rounds[0].declined} == {BUDGET_EXHAUSTED}
+    assert {d["code"] for d in outcome.rounds[0].declined} == {Decline.BUDGET_EXHAUSTED}
     assert "privacy budget" in outcome.rounds[0].declined[0]["reason"]
 
 

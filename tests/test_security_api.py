@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from edgefleet.agent.config import BrokerConfig
 from edgefleet.agent.enrollment import EnrollResponse
 from edgefleet.agent.mqtt.commands import CommandVerifier
+from edgefleet.common.mqtt import BrokerConfig
 from edgefleet.coordinator.api.app import create_app
 from edgefleet.coordinator.api.security import Security
 from edgefleet.coordinator.config import CoordinatorConfig

@@ -14,8 +14,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from edgefleet.agent.config import BrokerConfig
-from edgefleet.common.mqtt import make_client
+from edgefleet.common.mqtt import BrokerConfig, make_client
 from edgefleet.local.broker import LocalBroker
 from edgefleet.local.fleet import wait_until
 from tests.mqtt_probe import MqttProbe

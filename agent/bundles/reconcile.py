@@ -14,7 +14,7 @@ from edgefleet.agent.serving.model import LoadedModel
 from edgefleet.agent.serving.update_lock import UpdateLock
 from edgefleet.protocol.bundle import Manifest, SignedManifest, verify_manifest
 from edgefleet.protocol.errors import BundleError
-from edgefleet.protocol.messages import BundleRef, DesiredState, ErrorInfo
+from edgefleet.protocol.messages import BundleRef, DesiredState, ErrorInfo, FailureKind
 from edgefleet.protocol.signing import TrustedKeys
 
 __all__ = ["Reconciler"]
@@ -94,14 +94,15 @@ class Reconciler:
             loaded = self._load(target.digest, manifest)
         except FetchError as exc:
             log.warning("download of %s paused: %s", target.digest[:12], exc.reason)
-            self._set_status("error", ErrorInfo(reason=f"download: {exc.reason}", bundle_digest=target.digest))
+            error = ErrorInfo(reason=f"download: {exc.reason}", kind=FailureKind.DOWNLOAD, bundle_digest=target.digest)
+            self._set_status("error", error)
             return False
         except (BundleError, ActivationError) as exc:
             log.error("refused bundle %s (%s %s): %s", target.digest[:12], target.name, target.version, exc.reason)
             self.store.refuse(target.digest, exc.reason, desired.revision)
             self._set_status(
                 "ready" if self._current() else "error",
-                ErrorInfo(reason=f"refused: {exc.reason}", bundle_digest=target.digest),
+                ErrorInfo(reason=f"refused: {exc.reason}", kind=FailureKind.REFUSED, bundle_digest=target.digest),
             )
             return True
         if self._lock.holds():

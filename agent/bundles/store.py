@@ -14,31 +14,14 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TypedDict
 
+from edgefleet.common.files import atomic_write, fsync_dir
 from edgefleet.protocol.bundle import Manifest, SignedManifest, sha256_file, verify_files, verify_manifest
 from edgefleet.protocol.errors import BundleError
 from edgefleet.protocol.signing import TrustedKeys
 
-__all__ = ["ModelStore", "Refusal", "StoreState", "atomic_write"]
+__all__ = ["ModelStore", "Refusal", "StoreState"]
 
 log = logging.getLogger(__name__)
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Refusal(TypedDict):
@@ -179,7 +162,7 @@ class ModelStore:
             os.fsync(fh.fileno())
         target = self.blob_path(sha256)
         os.replace(partial, target)
-        _fsync_dir(self.blobs)
+        fsync_dir(self.blobs)
         return target
 
     def put_manifest(self, signed: SignedManifest) -> None:

@@ -20,10 +20,11 @@ from typing import TYPE_CHECKING
 
 from edgefleet.agent.config import FederatedConfig
 from edgefleet.agent.learning.node_key import NodeKey, load_or_create_node_key
+from edgefleet.protocol import campaign as keys
 from edgefleet.protocol.messages import CampaignAssignment
 
 if TYPE_CHECKING:
-    from edgefleet.federated.processes import SuperNodeProcess
+    from edgefleet.common.flower_processes import SuperNodeProcess
 
 __all__ = ["FederatedParticipant"]
 
@@ -103,16 +104,16 @@ class FederatedParticipant:
         assert self._wanted is not None and self._wanted.campaign_id and self._wanted.superlink
         campaign_id = self._wanted.campaign_id
         try:
-            from edgefleet.federated.processes import DeploymentError, SuperNodeProcess
+            from edgefleet.common.flower_processes import DeploymentError, SuperNodeProcess
         except ImportError as exc:
             self.last_error = f"federated campaigns need the federated extra (pip install edgefleet[federated]): {exc}"
             log.error("%s", self.last_error)
             return
         work = self.data_dir / "federated" / campaign_id
         node_config = {
-            "device-id": self.device_id,
-            "samples-db": str(self.samples_path),
-            "state-dir": str(self.data_dir / "federated" / "privacy"),
+            keys.DEVICE_ID: self.device_id,
+            keys.SAMPLES_DB: str(self.samples_path),
+            keys.STATE_DIR: str(self.data_dir / "federated" / "privacy"),
         }
         auth_key = None
         if self._wanted.node_auth:

@@ -14,9 +14,8 @@ from typing import Any, TypeVar
 
 import paho.mqtt.client as mqtt
 
-from edgefleet.agent.config import BrokerConfig
 from edgefleet.agent.mqtt.commands import CommandVerifier
-from edgefleet.common.mqtt import make_client
+from edgefleet.common.mqtt import BrokerConfig, make_client
 from edgefleet.protocol.errors import ProtocolError
 from edgefleet.protocol.messages import (
     Availability,

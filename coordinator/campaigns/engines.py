@@ -6,12 +6,14 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
+from edgefleet.common.flower_processes import SuperLinkProcess, TlsFiles
 from edgefleet.coordinator.campaigns.manager import CampaignRun
 from edgefleet.federated.client.client_app import app as client_app
 from edgefleet.federated.inprocess import InProcessGrid, InProcessNode
-from edgefleet.federated.processes import SuperLinkProcess, TlsFiles
 from edgefleet.federated.server.rounds import CampaignOutcome, run_rounds
+from edgefleet.federated.server.server_app import ABORT_FILE, ROUNDS_FILE, read_rounds
 from edgefleet.federated.server.strategies import build_strategy
+from edgefleet.protocol import campaign as keys
 from edgefleet.protocol.messages import CampaignAssignment
 
 __all__ = ["DeploymentEngine", "InProcessEngine"]
@@ -38,7 +40,7 @@ class InProcessEngine:
         nodes = []
         for device_id in run.devices:
             app = self.wrap(device_id, client_app) if self.wrap else client_app
-            config: NodeConfig = {"device-id": device_id}
+            config: NodeConfig = {keys.DEVICE_ID: device_id}
             config.update(self.node_config(device_id))
             nodes.append(InProcessNode(app, config))  # type: ignore[arg-type]
         grid = InProcessGrid(nodes)
@@ -65,7 +67,6 @@ class DeploymentEngine:
     def __init__(
         self,
         work_root: Path,
-        fleet_db: Path,
         notify: Callable[[CampaignAssignment], None],
         *,
         bind_host: str = "127.0.0.1",
@@ -75,7 +76,7 @@ class DeploymentEngine:
     ) -> None:
         self.tls = tls
         self.node_auth = tls is not None
-        self.work_root, self.fleet_db, self.notify = work_root, fleet_db, notify
+        self.work_root, self.notify = work_root, notify
         self.bind_host, self.advertise_host, self.run_margin_s = bind_host, advertise_host, run_margin_s
         if not self.node_auth:
             log.warning(
@@ -88,10 +89,21 @@ class DeploymentEngine:
         from edgefleet.federated.server.deployment import submit_run
         from edgefleet.federated.server.server_app import APP_DIR, load_outcome, write_arrays
 
+        def relay() -> None:
+            """The rounds the ServerApp finished into the coordinator's store; an abort asked there to it."""
+            for record in read_rounds(work, len(relayed)):
+                run.observer.round_finished(record)
+                relayed.append(record.round)
+            if run.observer.should_abort():
+                (work / ABORT_FILE).touch()
+
         spec = run.spec
         work = self.work_root / run.campaign_id
         work.mkdir(parents=True, exist_ok=True)
         write_arrays(work / "initial.npz", run.initial)
+        for stale in (work / ROUNDS_FILE, work / ABORT_FILE):
+            stale.unlink(missing_ok=True)
+        relayed: list[int] = []
         link = SuperLinkProcess(work / "superlink", host=self.bind_host, tls=self.tls, node_auth=self.node_auth)
         link.start()
         ca = link.root_certificates
@@ -118,9 +130,15 @@ class DeploymentEngine:
                     )
                 )
             budget = spec.rounds * (spec.round_timeout_s + spec.node_wait_s) + self.run_margin_s
-            config = {"campaign-id": run.campaign_id, "campaign": spec.model_dump_json(), "work-dir": str(work),
-                      "fleet-db": str(self.fleet_db)}  # fmt: skip
-            result = submit_run(APP_DIR, link.addresses.control, config, timeout_s=budget, root_certificates=ca)
+            config = {
+                keys.CAMPAIGN_ID: run.campaign_id,
+                keys.CAMPAIGN: spec.model_dump_json(),
+                keys.WORK_DIR: str(work),
+            }
+            result = submit_run(
+                APP_DIR, link.addresses.control, config, timeout_s=budget, root_certificates=ca, on_poll=relay
+            )
+            relay()  # the last rounds, finished after the last look
             if not result.succeeded or not (work / "outcome.json").is_file():
                 tail = result.log.strip().splitlines()[-5:]
                 reason = f"the campaign's ServerApp run {result.status}:{result.sub_status}: {' | '.join(tail)}"
@@ -135,7 +153,7 @@ class DeploymentEngine:
     def _register_nodes(self, run: CampaignRun, link: SuperLinkProcess) -> tuple[list[str], dict[str, str]]:
         """Register each device's reported SuperNode key with the SuperLink: the devices that could be,
         and why each other could not."""
-        from edgefleet.federated.processes import DeploymentError
+        from edgefleet.common.flower_processes import DeploymentError
         from edgefleet.federated.server.deployment import register_node
 
         assert link.root_certificates is not None  # node_auth implies TLS

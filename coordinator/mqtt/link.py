@@ -14,8 +14,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from prometheus_client import Counter
 
-from edgefleet.agent.config import BrokerConfig
-from edgefleet.common.mqtt import make_client
+from edgefleet.common.mqtt import BrokerConfig, make_client
 from edgefleet.coordinator.errors import NotFound
 from edgefleet.coordinator.registry.artifacts import Registry
 from edgefleet.coordinator.store.sqlite import FleetDB

@@ -32,7 +32,12 @@ from edgefleet.coordinator.store.sqlite import FleetDB
 
 __all__ = ["Gates", "RolloutEngine", "RolloutSpec", "parse_waves"]
 
+from edgefleet.protocol.messages import FailureKind
+
 log = logging.getLogger(__name__)
+
+# A device that refused the new bundle, or took it and went back: its activation failed.
+_ACTIVATION_FAILED = (FailureKind.REFUSED, FailureKind.REVERTED)
 
 Status = Literal["running", "paused", "halted", "aborted", "completed", "rolled_back"]
 DeviceState = Literal["pending", "assigned", "active", "failed", "rolled_back", "skipped"]
@@ -350,9 +355,7 @@ class RolloutEngine:
             error = reported.get("last_error") or {}
             if device.get("active_digest") == member["to_digest"]:
                 self._set_state(rollout_id, member["device_id"], "active", None)
-            elif error.get("bundle_digest") == member["to_digest"] and str(error.get("reason", "")).startswith(
-                ("refused", "reverted")
-            ):
+            elif error.get("bundle_digest") == member["to_digest"] and error.get("kind") in _ACTIVATION_FAILED:
                 self._set_state(rollout_id, member["device_id"], "failed", error.get("reason"))
 
     def _telemetry_gates(

@@ -19,7 +19,7 @@ from sqlite_utils.db import Table
 
 from edgefleet.agent.device_class import load_device_class
 from edgefleet.agent.enrollment import EnrolledBroker, EnrollResponse
-from edgefleet.agent.errors import ConfigError
+from edgefleet.common.errors import ConfigError
 from edgefleet.coordinator.config import CoordinatorConfig
 from edgefleet.coordinator.errors import Conflict, CoordinatorError, NotFound, Rejected
 from edgefleet.coordinator.security.broker_auth import BrokerAuth, BrokerAuthError

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
-from edgefleet.agent.config import BrokerConfig
+from edgefleet.common.mqtt import BrokerConfig
 from edgefleet.coordinator.telemetry.receiver import INGEST_SUFFIX, BrokerSettings, ingest_username
 from edgefleet.coordinator.telemetry.rows import REPORT_LAYOUT
 from edgefleet.coordinator.telemetry.writer import TelemetryIngest

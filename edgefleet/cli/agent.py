@@ -9,7 +9,7 @@ import typer
 
 from edgefleet.agent.config import load_config
 from edgefleet.agent.device_class import detect_device_class, load_device_class, probe_hardware
-from edgefleet.agent.errors import ConfigError
+from edgefleet.common.errors import ConfigError
 from edgefleet.common.exit_codes import ExitCode
 from edgefleet.common.output import Format, FormatOption, fail, print_data
 from edgefleet.firmware_configs import CONFIG_DIR

@@ -12,7 +12,7 @@ from pathlib import Path
 import typer
 from pydantic import TypeAdapter, ValidationError
 
-from edgefleet.agent.errors import ConfigError
+from edgefleet.common.errors import ConfigError
 from edgefleet.common.exit_codes import ExitCode
 from edgefleet.common.output import Format, FormatOption, configure_logging, console, fail
 from edgefleet.protocol.model_card import PreprocessingStep

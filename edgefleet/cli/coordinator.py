@@ -27,16 +27,16 @@ def serve(config: Path = typer.Option(..., "--config", "-c", help="Coordinator c
     """
     import uvicorn
 
+    from edgefleet.common.errors import EdgefleetError
     from edgefleet.coordinator.api.app import create_app
     from edgefleet.coordinator.config import load_config
-    from edgefleet.coordinator.errors import Rejected
     from edgefleet.coordinator.service import Coordinator
 
     try:
         cfg = load_config(config)
         coordinator = Coordinator(cfg)
         app_ = create_app(coordinator, token=cfg.api.resolved_token())
-    except (Rejected, OSError, ValueError) as exc:
+    except (EdgefleetError, OSError, ValueError) as exc:
         fail(str(exc), ExitCode.CONFIG_INVALID)
     configure_logging(cfg.log_level)
     # What is loaded by now lives as long as the process: keep it out of the collector's full passes,

@@ -22,29 +22,27 @@ from pydantic import ValidationError
 from edgefleet.common.npy import read_npy
 from edgefleet.federated.client.data import load_samples
 from edgefleet.federated.client.privacy import PrivacyLedger
-from edgefleet.federated.client.training import LocalData, TrainConfig, evaluate, train
+from edgefleet.federated.client.training import TrainConfig, train
 from edgefleet.federated.errors import BudgetExhausted, FederatedError, LocalDataError
 from edgefleet.federated.models import build_model
+from edgefleet.federated.scoring import LocalData, evaluate
 from edgefleet.federated.secure_aggregation import (
     MAX_WEIGHT,
     array_names,
-    decline_text,
     is_secure_message,
     update_parameters,
 )
-from edgefleet.federated.server.strategies import CENTRAL_WEIGHT_KEY, WEIGHT_KEY
 from edgefleet.federated.spec import CampaignSpec
 from edgefleet.federated.weights import arrays_to_model, model_to_arrays
+from edgefleet.protocol import campaign as keys
+from edgefleet.protocol.campaign import Decline, decline_text
 from edgefleet.protocol.errors import describe_errors
 
-__all__ = ["BAD_TASK", "BUDGET_EXHAUSTED", "NO_DATA", "app", "handle_evaluate", "handle_train"]
+__all__ = ["app", "handle_evaluate", "handle_train"]
 
 log = logging.getLogger(__name__)
 
 # Error codes of declined train messages (Flower's own codes are below 100).
-BUDGET_EXHAUSTED = 4001
-NO_DATA = 4002
-BAD_TASK = 4003
 
 app = ClientApp()
 
@@ -52,14 +50,14 @@ app = ClientApp()
 def _task(msg: Message, device: str, config: ConfigRecord) -> tuple[str, CampaignSpec] | Message:
     """The campaign id and spec a message carries, or the decline that says why it carries none."""
     try:
-        return str(config["campaign-id"]), CampaignSpec.model_validate_json(str(config["campaign"]))
+        return str(config[keys.CAMPAIGN_ID]), CampaignSpec.model_validate_json(str(config[keys.CAMPAIGN]))
     except (KeyError, ValidationError) as exc:
         reason = describe_errors(exc) if isinstance(exc, ValidationError) else f"missing {exc}"
-        return _decline(msg, BAD_TASK, f"{device}: bad campaign task: {reason}")
+        return _decline(msg, Decline.BAD_TASK, f"{device}: bad campaign task: {reason}")
 
 
 def _samples(context: Context, spec: CampaignSpec) -> LocalData:
-    samples = Path(str(context.node_config.get("samples-db", "samples.sqlite")))
+    samples = Path(str(context.node_config.get(keys.SAMPLES_DB, "samples.sqlite")))
     data = load_samples(samples, input_name=spec.input_name, label_name=spec.label_name)
     if len(data) < spec.min_samples:
         raise LocalDataError(f"{len(data)} samples, the campaign needs at least {spec.min_samples}")
@@ -91,7 +89,7 @@ def handle_train(msg: Message, context: Context) -> Message:
     """One round of local training. A plain message carries "arrays" and "config" and is answered
     with the new weights; a SecAgg+ message carries Flower's legacy FitIns and is answered with a
     FitRes holding the update (new - global weights), which the mod masks before it leaves."""
-    device = str(context.node_config.get("device-id", context.node_id))
+    device = str(context.node_config.get(keys.DEVICE_ID, context.node_id))
     secure = is_secure_message(msg.content)
     if secure:
         fitins = recorddict_to_fitins(msg.content, keep_input=True)
@@ -99,12 +97,12 @@ def handle_train(msg: Message, context: Context) -> Message:
         names = array_names(config)
         arrays = ArrayRecord({n: Array(read_npy(t)) for n, t in zip(names, fitins.parameters.tensors, strict=True)})
     else:
-        config, arrays = msg.content.config_records["config"], msg.content.array_records["arrays"]
+        config, arrays = msg.content.config_records[keys.CONFIG], msg.content.array_records[keys.ARRAYS]
     task = _task(msg, device, config)
     if isinstance(task, Message):
         return task
     campaign_id, spec = task
-    server_round = int(cast(int, config.get("server-round", 0)))
+    server_round = int(cast(int, config.get(keys.SERVER_ROUND, 0)))
     try:
         data = _samples(context, spec)
         if secure and len(data) > MAX_WEIGHT:
@@ -114,7 +112,7 @@ def handle_train(msg: Message, context: Context) -> Message:
         privacy = spec.privacy if spec.privacy and spec.privacy.mode in ("local", "distributed") else None
         ledger = None
         if privacy is not None:
-            state_dir = Path(str(context.node_config.get("state-dir", "federated-state")))
+            state_dir = Path(str(context.node_config.get(keys.STATE_DIR, "federated-state")))
             ledger = PrivacyLedger.open(state_dir, campaign_id, accountant=privacy.accountant, delta=privacy.delta)
         distributed = privacy is not None and privacy.mode == "distributed"
         cfg = TrainConfig(
@@ -125,7 +123,7 @@ def handle_train(msg: Message, context: Context) -> Message:
             learning_rate=spec.learning_rate,
             momentum=spec.momentum,
             loss=spec.loss,
-            proximal_mu=float(cast(float, config.get("proximal-mu", 0.0))) if spec.strategy == "fedprox" else 0.0,
+            proximal_mu=float(cast(float, config.get(keys.PROXIMAL_MU, 0.0))) if spec.strategy == "fedprox" else 0.0,
             noise_multiplier=privacy.noise_multiplier if privacy else None,
             target_epsilon=privacy.target_epsilon if privacy else None,
             rounds=spec.rounds,
@@ -136,35 +134,36 @@ def handle_train(msg: Message, context: Context) -> Message:
         result = train(model, data, cfg, ledger=ledger, server_round=server_round)
     except BudgetExhausted as exc:
         log.warning("campaign %s round %d: %s", campaign_id, server_round, exc.reason)
-        return _decline(msg, BUDGET_EXHAUSTED, f"{device}: {exc.reason}")
+        return _decline(msg, Decline.BUDGET_EXHAUSTED, f"{device}: {exc.reason}")
     except FederatedError as exc:
         log.warning("campaign %s round %d: %s", campaign_id, server_round, exc.reason)
-        return _decline(msg, NO_DATA if isinstance(exc, LocalDataError) else BAD_TASK, f"{device}: {exc.reason}")
+        code = Decline.NO_DATA if isinstance(exc, LocalDataError) else Decline.BAD_TASK
+        return _decline(msg, code, f"{device}: {exc.reason}")
     metrics: dict[str, int | float | list[int] | list[float]] = {
-        WEIGHT_KEY: result.num_examples,
-        CENTRAL_WEIGHT_KEY: 1.0,
-        "steps": result.steps,
+        keys.NUM_EXAMPLES: result.num_examples,
+        keys.UNIT_WEIGHT: 1.0,
+        keys.STEPS: result.steps,
     }
     if spec.privacy is None:
         # The loss on the private samples is not covered by any DP guarantee: sent only without DP.
-        metrics["train-loss"] = result.loss
+        metrics[keys.TRAIN_LOSS] = result.loss
     if result.epsilon is not None:
-        metrics["epsilon"] = result.epsilon
-        metrics["noise-multiplier"] = float(result.noise_multiplier or 0.0)
+        metrics[keys.EPSILON] = result.epsilon
+        metrics[keys.NOISE_MULTIPLIER] = float(result.noise_multiplier or 0.0)
     if result.local_epsilon is not None:
-        metrics["local-epsilon"] = result.local_epsilon
+        metrics[keys.LOCAL_EPSILON] = result.local_epsilon
     new_arrays = model_to_arrays(model)
     if secure:
         update = update_parameters(names, arrays, new_arrays)
-        legacy: dict[str, bool | bytes | float | int | str] = {"device-id": device}
+        legacy: dict[str, bool | bytes | float | int | str] = {keys.DEVICE_ID: device}
         legacy.update((k, v) for k, v in metrics.items() if isinstance(v, int | float))
         fitres = FitRes(Status(Code.OK, ""), update, result.num_examples, legacy)
         return Message(fitres_to_recorddict(fitres, keep_input=True), reply_to=msg)
     content = RecordDict(
         {
-            "arrays": new_arrays,
-            "metrics": MetricRecord(metrics),
-            "client": ConfigRecord({"device-id": device}),
+            keys.ARRAYS: new_arrays,
+            keys.METRICS: MetricRecord(metrics),
+            keys.CLIENT: ConfigRecord({keys.DEVICE_ID: device}),
         }
     )
     return Message(content, reply_to=msg)
@@ -174,26 +173,27 @@ def handle_train(msg: Message, context: Context) -> Message:
 def handle_evaluate(msg: Message, context: Context) -> Message:
     """Loss (and accuracy) of the global model on this device's samples; refused under DP, whose
     guarantee does not cover statistics of the private samples."""
-    device = str(context.node_config.get("device-id", context.node_id))
-    task = _task(msg, device, msg.content.config_records["config"])
+    device = str(context.node_config.get(keys.DEVICE_ID, context.node_id))
+    task = _task(msg, device, msg.content.config_records[keys.CONFIG])
     if isinstance(task, Message):
         return task
     campaign_id, spec = task
     if spec.privacy is not None or not spec.device_evaluation:
-        return _decline(msg, BAD_TASK, f"{device}: campaign {campaign_id} does not allow evaluation on devices")
+        return _decline(msg, Decline.BAD_TASK, f"{device}: campaign {campaign_id} does not allow evaluation on devices")
     try:
         data = _samples(context, spec)
         model = arrays_to_model(
-            build_model(spec.architecture, spec.architecture_args), msg.content.array_records["arrays"]
+            build_model(spec.architecture, spec.architecture_args), msg.content.array_records[keys.ARRAYS]
         )
     except FederatedError as exc:
         log.warning("campaign %s evaluation: %s", campaign_id, exc.reason)
-        return _decline(msg, NO_DATA if isinstance(exc, LocalDataError) else BAD_TASK, f"{device}: {exc.reason}")
+        code = Decline.NO_DATA if isinstance(exc, LocalDataError) else Decline.BAD_TASK
+        return _decline(msg, code, f"{device}: {exc.reason}")
     loss, accuracy = evaluate(model, data, spec.loss)
-    metrics: dict[str, int | float | list[int] | list[float]] = {WEIGHT_KEY: len(data), "eval-loss": loss}
+    metrics: dict[str, int | float | list[int] | list[float]] = {keys.NUM_EXAMPLES: len(data), keys.EVAL_LOSS: loss}
     if accuracy is not None:
-        metrics["eval-accuracy"] = accuracy
-    content = RecordDict({"metrics": MetricRecord(metrics), "client": ConfigRecord({"device-id": device})})
+        metrics[keys.EVAL_ACCURACY] = accuracy
+    content = RecordDict({keys.METRICS: MetricRecord(metrics), keys.CLIENT: ConfigRecord({keys.DEVICE_ID: device})})
     return Message(content, reply_to=msg)
 
 

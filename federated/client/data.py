@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from edgefleet.agent.learning.samples import SampleStore
-from edgefleet.federated.client.training import LocalData
 from edgefleet.federated.errors import LocalDataError
+from edgefleet.federated.scoring import LocalData
 
 __all__ = ["dirichlet_split", "fill_sample_store", "load_samples"]
 

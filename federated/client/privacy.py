@@ -8,48 +8,19 @@ figure is the composition of all rounds so far, computed by Opacus's own account
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from opacus.accountants import create_accountant
-
-from edgefleet.agent.bundles.store import atomic_write
+from edgefleet.common.files import atomic_write
+from edgefleet.federated.accounting import Step, epsilon_of
 from edgefleet.federated.errors import BudgetExhausted, LocalDataError
 
-__all__ = ["PrivacyLedger", "Step", "central_epsilon", "epsilon_of"]
+__all__ = ["PrivacyLedger"]
 
 log = logging.getLogger(__name__)
-
-Step = tuple[float, float, int]  # (noise multiplier, sample rate, number of steps): Opacus's history entry
-
-
-def epsilon_of(history: list[Step], delta: float, accountant: str = "rdp") -> float:
-    """Epsilon at ``delta`` of the composition of ``history``, by Opacus's accountant."""
-    if not history:
-        return 0.0
-    return _epsilon(tuple((float(s), float(q), int(n)) for s, q, n in history), delta, accountant)
-
-
-@functools.lru_cache(maxsize=256)
-def _epsilon(history: tuple[Step, ...], delta: float, accountant: str) -> float:
-    # One accountant computation costs up to a second of CPU with Poisson sub-sampling; a round asks
-    # for the spend so far, the projected spend and (after training) the same projected figure again.
-    acc = create_accountant(accountant)
-    acc.history = list(history)
-    return float(acc.get_epsilon(delta))
-
-
-def central_epsilon(noise_multiplier: float, sample_rate: float, rounds: int, delta: float) -> float:
-    """Client-level epsilon of central DP (Gaussian noise on the clipped mean, each client in a round
-    with probability ``sample_rate``): the subsampled Gaussian mechanism composed over ``rounds``."""
-    if rounds <= 0:
-        return 0.0
-    return epsilon_of([(noise_multiplier, min(1.0, sample_rate), rounds)], delta, "rdp")
-
 
 @dataclass
 class PrivacyLedger:

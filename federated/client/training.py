@@ -7,25 +7,17 @@ import math
 import secrets
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from edgefleet.federated.client.privacy import PrivacyLedger, Step, epsilon_of
+from edgefleet.federated.accounting import Step, epsilon_of
+from edgefleet.federated.client.privacy import PrivacyLedger
 from edgefleet.federated.errors import LocalDataError
+from edgefleet.federated.scoring import LocalData, loss_fn, tensors
 
-__all__ = ["LocalData", "TrainConfig", "TrainResult", "evaluate", "train"]
+__all__ = ["TrainConfig", "TrainResult", "train"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class LocalData:
-    x: np.ndarray
-    y: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.x)
 
 
 @dataclass
@@ -60,21 +52,6 @@ class TrainResult:
     sample_rate: float | None = None
 
 
-def _loss_fn(kind: str) -> torch.nn.Module:
-    return torch.nn.CrossEntropyLoss() if kind == "cross_entropy" else torch.nn.MSELoss()
-
-
-def _tensors(data: LocalData, loss: str) -> tuple[torch.Tensor, torch.Tensor]:
-    x = torch.from_numpy(np.ascontiguousarray(data.x, dtype=np.float32))
-    if loss == "cross_entropy":
-        y = torch.from_numpy(np.ascontiguousarray(data.y).astype(np.int64).reshape(-1))
-    else:
-        y = torch.from_numpy(np.ascontiguousarray(data.y, dtype=np.float32))
-    if len(x) != len(y):
-        raise LocalDataError(f"{len(x)} inputs but {len(y)} labels")
-    return x, y
-
-
 def train(
     model: torch.nn.Module, data: LocalData, cfg: TrainConfig, *, ledger: PrivacyLedger | None, server_round: int
 ) -> TrainResult:
@@ -85,9 +62,9 @@ def train(
     """
     if len(data) == 0:
         raise LocalDataError("no training samples on this device")
-    x, y = _tensors(data, cfg.loss)
+    x, y = tensors(data, cfg.loss)
     global_params = [p.detach().clone() for p in model.parameters()]
-    criterion = _loss_fn(cfg.loss)
+    criterion = loss_fn(cfg.loss)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.learning_rate, momentum=cfg.momentum)
     loader = DataLoader(TensorDataset(x, y), batch_size=min(cfg.batch_size, len(x)), shuffle=True)
     dp = cfg.noise_multiplier is not None or cfg.target_epsilon is not None
@@ -157,14 +134,3 @@ def train(
 
 def _proximal(model: torch.nn.Module, global_params: list[torch.Tensor]) -> torch.Tensor:
     return sum(((p - g) ** 2).sum() for p, g in zip(model.parameters(), global_params, strict=True))  # type: ignore[return-value]
-
-
-def evaluate(model: torch.nn.Module, data: LocalData, loss: str = "cross_entropy") -> tuple[float, float | None]:
-    """Mean loss and (for classification) accuracy on ``data``."""
-    x, y = _tensors(data, loss)
-    model.eval()
-    with torch.no_grad():
-        out = model(x)
-        value = float(_loss_fn(loss)(out, y))
-        accuracy = float((out.argmax(dim=1) == y).float().mean()) if loss == "cross_entropy" else None
-    return value, accuracy

@@ -14,12 +14,12 @@ import hashlib
 import logging
 import time
 import tomllib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgefleet.federated.processes import (
+from edgefleet.common.flower_processes import (
     _CONFIG_KEY,
     _LOG_TAIL_CHARS,
     _POLL_S,
@@ -95,8 +95,12 @@ def submit_run(
     run_config: Mapping[str, NodeConfigValue] | None = None,
     timeout_s: float = 300.0,
     root_certificates: bytes | None = None,
+    on_poll: Callable[[], None] | None = None,
 ) -> RunResult:
     """Build the app's FAB, start a run with run_config overrides, wait for it to finish.
+
+    ``on_poll`` is called at every look at the run's status while it goes on (the coordinator
+    relays the rounds the ServerApp has finished).
 
     Returns the final status and the run's log (ServerApp output) whatever the outcome; raises
     RunTimeoutError (after asking the SuperLink to stop the run) when it does not finish in time,
@@ -136,6 +140,8 @@ def submit_run(
             run = client.ListRuns(ListRunsRequest(run_id=run_id)).run_dict[run_id]
             if run.status.status == _FINISHED:
                 break
+            if on_poll is not None:
+                on_poll()
             if time.monotonic() > deadline:
                 client.StopRun(StopRunRequest(run_id=run_id))
                 raise RunTimeoutError(run_id, timeout_s, fetch_log(run_id)[-_LOG_TAIL_CHARS:])

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 from flwr.app import ArrayRecord
 
-from edgefleet.federated.client.training import LocalData, evaluate
 from edgefleet.federated.errors import CampaignError
 from edgefleet.federated.models import build_model
+from edgefleet.federated.scoring import LocalData, evaluate
 from edgefleet.federated.server.rounds import EvaluateFn
 from edgefleet.federated.spec import CampaignSpec
 from edgefleet.federated.weights import arrays_to_model

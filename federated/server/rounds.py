@@ -19,11 +19,11 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, Rec
 from flwr.serverapp.grid import Grid
 from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, Strategy
 
-from edgefleet.federated.client.client_app import BUDGET_EXHAUSTED
-from edgefleet.federated.client.privacy import central_epsilon
-from edgefleet.federated.secure_aggregation import decline_code, secure_round
-from edgefleet.federated.server.strategies import WEIGHT_KEY
+from edgefleet.federated.accounting import central_epsilon
+from edgefleet.federated.secure_aggregation import secure_round
 from edgefleet.federated.spec import CampaignSpec
+from edgefleet.protocol import campaign as keys
+from edgefleet.protocol.campaign import Decline, decline_code
 
 __all__ = ["CampaignObserver", "CampaignOutcome", "RoundRecord", "moving_average", "run_rounds"]
 
@@ -170,7 +170,7 @@ def _all_budget_declines(record: RoundRecord) -> bool:
     return (
         bool(record.declined)
         and not record.participants
-        and all(d["code"] == BUDGET_EXHAUSTED for d in record.declined)
+        and all(d["code"] == Decline.BUDGET_EXHAUSTED for d in record.declined)
     )
 
 
@@ -196,7 +196,7 @@ def _one_round(
     inner: Any = strategy.strategy if central else strategy  # type: ignore[attr-defined]
     # Exactly ``sample`` nodes: the fraction rounds down to 0 and the minimum decides.
     inner.fraction_train, inner.min_train_nodes, inner.min_available_nodes = 1e-9, sample, sample
-    config = ConfigRecord({"campaign-id": campaign_id, "campaign": spec.model_dump_json()})
+    config = ConfigRecord({keys.CAMPAIGN_ID: campaign_id, keys.CAMPAIGN: spec.model_dump_json()})
     messages = list(strategy.configure_train(server_round, arrays, config, grid))
     record.sampled = len(messages)
     replies = list(grid.send_and_receive(messages, timeout=spec.round_timeout_s))
@@ -209,17 +209,17 @@ def _one_round(
             )
             continue
         ok.append(reply)
-        metrics = dict(reply.content["metrics"])
-        client = reply.content.config_records.get("client")
+        metrics = dict(reply.content[keys.METRICS])
+        client = reply.content.config_records.get(keys.CLIENT)
         entry: dict[str, Any] = {
-            "device": str(client["device-id"]) if client else str(reply.metadata.src_node_id),
-            "examples": int(cast(int, metrics.get("num-examples", 0))),
+            "device": str(client[keys.DEVICE_ID]) if client else str(reply.metadata.src_node_id),
+            "examples": int(cast(int, metrics.get(keys.NUM_EXAMPLES, 0))),
         }
-        if "train-loss" in metrics:  # not sent under DP
-            entry["loss"] = float(cast(float, metrics["train-loss"]))
-        if "epsilon" in metrics:
-            entry["epsilon"] = float(cast(float, metrics["epsilon"]))
-            entry["noise_multiplier"] = float(cast(float, metrics.get("noise-multiplier", 0.0)))
+        if keys.TRAIN_LOSS in metrics:  # not sent under DP
+            entry["loss"] = float(cast(float, metrics[keys.TRAIN_LOSS]))
+        if keys.EPSILON in metrics:
+            entry["epsilon"] = float(cast(float, metrics[keys.EPSILON]))
+            entry["noise_multiplier"] = float(cast(float, metrics.get(keys.NOISE_MULTIPLIER, 0.0)))
         record.participants.append(entry)
     if len(ok) < spec.min_clients or (central and len(ok) != sample):
         need = sample if central else spec.min_clients
@@ -246,10 +246,10 @@ def _secure_one_round(
         record.reason = f"{len(connected)} clients connected, the round needs {spec.min_clients}"
         return None
     nodes = random.sample(connected, min(spec.max_clients, len(connected)))
-    config: dict[str, Any] = {"campaign-id": campaign_id, "campaign": spec.model_dump_json(),
-                              "server-round": server_round}  # fmt: skip
+    config: dict[str, Any] = {keys.CAMPAIGN_ID: campaign_id, keys.CAMPAIGN: spec.model_dump_json(),
+                              keys.SERVER_ROUND: server_round}  # fmt: skip
     if spec.strategy == "fedprox":
-        config["proximal-mu"] = spec.proximal_mu
+        config[keys.PROXIMAL_MU] = spec.proximal_mu
     record.sampled = len(nodes)
     outcome = secure_round(grid, arrays, nodes, config, server_round=server_round,
                            min_clients=spec.min_clients, timeout_s=spec.round_timeout_s)  # fmt: skip
@@ -259,9 +259,10 @@ def _secure_one_round(
     loss = 0.0
     for node, res in outcome.results:
         m = res.metrics
-        entry: dict[str, Any] = {"device": str(m.get("device-id", node)), "examples": res.num_examples}
-        for key, name in (("train-loss", "loss"), ("epsilon", "epsilon"), ("noise-multiplier", "noise_multiplier"),
-                          ("local-epsilon", "local_epsilon")):  # fmt: skip
+        entry: dict[str, Any] = {"device": str(m.get(keys.DEVICE_ID, node)), "examples": res.num_examples}
+        for key, name in ((keys.TRAIN_LOSS, "loss"), (keys.EPSILON, "epsilon"),
+                          (keys.NOISE_MULTIPLIER, "noise_multiplier"),
+                          (keys.LOCAL_EPSILON, "local_epsilon")):  # fmt: skip
             if key in m:
                 entry[name] = float(cast(float, m[key]))
         record.participants.append(entry)
@@ -276,7 +277,7 @@ def _secure_one_round(
             f"answer within {spec.round_timeout_s:g} s"
         )
         return None
-    record.train_metrics = {"train-loss": loss / total} if total else {}
+    record.train_metrics = {keys.TRAIN_LOSS: loss / total} if total else {}
     return outcome.arrays
 
 
@@ -287,23 +288,25 @@ def _evaluate_on_devices(
     Devices that decline or do not answer within the round timeout are left out, never waited for."""
     nodes = list(grid.get_node_ids())[: spec.max_clients]
     config = ConfigRecord(
-        {"campaign-id": campaign_id, "campaign": spec.model_dump_json(), "server-round": server_round}
+        {keys.CAMPAIGN_ID: campaign_id, keys.CAMPAIGN: spec.model_dump_json(), keys.SERVER_ROUND: server_round}
     )
     messages = [
-        Message(RecordDict({"arrays": arrays, "config": config}), dst_node_id=node, message_type=MessageType.EVALUATE)
+        Message(
+            RecordDict({keys.ARRAYS: arrays, keys.CONFIG: config}), dst_node_id=node, message_type=MessageType.EVALUATE
+        )
         for node in nodes
     ]
     metrics = [
-        dict(reply.content["metrics"])
+        dict(reply.content[keys.METRICS])
         for reply in grid.send_and_receive(messages, timeout=spec.round_timeout_s)
         if not reply.has_error()
     ]
-    weights = [float(cast(float, m.get(WEIGHT_KEY, 0))) for m in metrics]
+    weights = [float(cast(float, m.get(keys.NUM_EXAMPLES, 0))) for m in metrics]
     total = sum(weights)
     if not total:
         return {}
     result = {"devices": float(len(metrics)), "examples": total}
-    for key in ("eval-loss", "eval-accuracy"):
+    for key in (keys.EVAL_LOSS, keys.EVAL_ACCURACY):
         if all(key in m for m in metrics):
             name = key.removeprefix("eval-")
             result[name] = sum(w * float(cast(float, m[key])) for w, m in zip(weights, metrics, strict=True)) / total

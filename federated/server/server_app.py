@@ -1,9 +1,10 @@
 """The ServerApp a campaign runs on the coordinator's SuperLink (in a `flwr-serverapp` process).
 
 The coordinator writes the campaign's starting weights to ``work-dir`` and passes the spec in the
-run config; rounds are recorded in the fleet database as they finish (so the API shows progress),
-an abort requested there stops the campaign between rounds, and the final weights and outcome go
-back to ``work-dir`` for the coordinator to register.
+run config. Everything goes back through ``work-dir``, never into the coordinator's database: each
+finished round is appended to ``rounds.jsonl`` (the coordinator relays it to its store while the run
+goes on, so the API shows progress), a file ``abort`` there stops the campaign between rounds, and
+the final weights and outcome are written for the coordinator to register.
 """
 
 from __future__ import annotations
@@ -20,8 +21,19 @@ from edgefleet.federated.server.evaluation import validation_evaluator
 from edgefleet.federated.server.rounds import CampaignOutcome, RoundRecord, run_rounds
 from edgefleet.federated.server.strategies import build_strategy
 from edgefleet.federated.spec import CampaignSpec
+from edgefleet.protocol import campaign as keys
 
-__all__ = ["APP_DIR", "app", "load_outcome", "read_arrays", "write_arrays"]
+__all__ = [
+    "ABORT_FILE",
+    "APP_DIR",
+    "ROUNDS_FILE",
+    "RoundJournal",
+    "app",
+    "load_outcome",
+    "read_arrays",
+    "read_rounds",
+    "write_arrays",
+]
 
 log = logging.getLogger(__name__)
 
@@ -46,30 +58,42 @@ def load_outcome(work_dir: Path) -> CampaignOutcome:
     return CampaignOutcome(arrays=read_arrays(work_dir / "result.npz"), rounds=rounds, **data)
 
 
-class _FleetObserver:
-    """Round records into the coordinator's database; abort requests from it."""
+ROUNDS_FILE = "rounds.jsonl"
+ABORT_FILE = "abort"
 
-    def __init__(self, fleet_db: str, campaign_id: str) -> None:
-        from edgefleet.coordinator.campaigns.store import CampaignStore
-        from edgefleet.coordinator.store.sqlite import FleetDB
 
-        self.store = CampaignStore(FleetDB(fleet_db))
-        self.campaign_id = campaign_id
+class RoundJournal:
+    """The ServerApp's side of the work dir: finished rounds appended one JSON line each, aborts read."""
+
+    def __init__(self, work_dir: Path) -> None:
+        self.rounds = work_dir / ROUNDS_FILE
+        self.abort = work_dir / ABORT_FILE
 
     def round_finished(self, record: RoundRecord) -> None:
-        self.store.record_round(self.campaign_id, record.as_dict())
+        with self.rounds.open("a") as fh:
+            fh.write(json.dumps(record.as_dict()) + "\n")
 
     def should_abort(self) -> bool:
-        return self.store.abort_requested(self.campaign_id)
+        return self.abort.exists()
+
+
+def read_rounds(work_dir: Path, seen: int) -> list[RoundRecord]:
+    """The rounds appended to the journal after the first ``seen`` (whole lines only)."""
+    try:
+        text = (work_dir / ROUNDS_FILE).read_text()
+    except FileNotFoundError:
+        return []
+    lines = text.split("\n")[:-1]  # a line still being written has no newline yet
+    return [RoundRecord(**json.loads(line)) for line in lines[seen:]]
 
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     config = context.run_config
-    campaign_id = str(config["campaign-id"])
-    spec = CampaignSpec.model_validate_json(str(config["campaign"]))
-    work_dir = Path(str(config["work-dir"]))
-    observer = _FleetObserver(str(config["fleet-db"]), campaign_id) if config.get("fleet-db") else None
+    campaign_id = str(config[keys.CAMPAIGN_ID])
+    spec = CampaignSpec.model_validate_json(str(config[keys.CAMPAIGN]))
+    work_dir = Path(str(config[keys.WORK_DIR]))
+    observer = RoundJournal(work_dir)
     outcome = run_rounds(
         grid,
         build_strategy(spec),

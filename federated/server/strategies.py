@@ -22,12 +22,10 @@ from flwr.serverapp.strategy import (
 )
 
 from edgefleet.federated.spec import CampaignSpec
+from edgefleet.protocol import campaign as keys
 
-__all__ = ["CENTRAL_WEIGHT_KEY", "WEIGHT_KEY", "build_strategy"]
+__all__ = ["build_strategy"]
 
-WEIGHT_KEY = "num-examples"
-# Central DP accounting needs equal client weights: each client reports 1 under this key.
-CENTRAL_WEIGHT_KEY = "unit-weight"
 
 
 def build_strategy(spec: CampaignSpec) -> Strategy:
@@ -42,7 +40,7 @@ def build_strategy(spec: CampaignSpec) -> Strategy:
         "min_evaluate_nodes": 0,
         "min_available_nodes": spec.min_clients,
         "fraction_evaluate": 0.0,  # evaluation runs on the server's held-out data, not on devices
-        "weighted_by_key": CENTRAL_WEIGHT_KEY if central else WEIGHT_KEY,
+        "weighted_by_key": keys.UNIT_WEIGHT if central else keys.NUM_EXAMPLES,
     }
     strategy: Strategy
     if spec.strategy == "fedavg":

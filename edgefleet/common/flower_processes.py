@@ -1,8 +1,11 @@
 """Flower's SuperLink and SuperNode as supervised child processes (loopback by default).
 
+Both roles run one: the agent a SuperNode per campaign (edgefleet.agent.learning.participant), the
+coordinator a SuperLink (edgefleet.coordinator.campaigns.engines); hence this lowest layer.
+
 Written against flwr 1.40, where the SuperLink serves its Fleet, Control and Runtime APIs over HTTP on
 one port (`--host`/`--port`) and a SuperNode serves its own Runtime API on another. Runs are
-submitted by `federated.deployment`.
+submitted by `edgefleet.federated.server.deployment`.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Self
 
-from edgefleet.federated.errors import FederatedError
+from edgefleet.common.errors import EdgefleetError
 
 if TYPE_CHECKING:
     from flwr.supercore.control import ControlHttpClient
@@ -60,7 +63,7 @@ _FINISHED = "finished"
 _COMPLETED = "completed"
 
 
-class DeploymentError(FederatedError):
+class DeploymentError(EdgefleetError):
     """A Flower deployment component failed to start, stop or run; carries the tail of its log."""
 
     def __init__(self, component: str, reason: str, log_tail: str = "") -> None:
