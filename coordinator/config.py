@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from edgefleet.common.mqtt import BrokerConfig
 from edgefleet.common.settings import load_toml_model
+from edgefleet.coordinator.health.signals import DEFAULT_MAX_P95_RATIO
 
 __all__ = [
     "ApiServerConfig",
@@ -170,8 +171,9 @@ class AlertThresholds(BaseModel):
         default=20, ge=1, title="Minimum requests", description="Fewer requests in the window raise no error alert."
     )
     max_p95_latency_ratio: float = Field(
-        default=1.5, gt=0, title="Latency ratio", description="Active bundle's p95 / previous bundle's p95."
-    )
+        default=DEFAULT_MAX_P95_RATIO, gt=0, title="Latency ratio",
+        description="Active bundle's p95 / previous bundle's p95 (medians of their newest windows).",
+    )  # fmt: skip
     max_disk_used_percent: float = Field(
         default=90.0,
         ge=0,

@@ -11,8 +11,8 @@ from edgefleet.coordinator.mqtt.link import CoordinatorLink
 from edgefleet.coordinator.registry.artifacts import Registry
 from edgefleet.coordinator.registry.models import ModelRegistry
 from edgefleet.coordinator.rollouts.engine import RolloutEngine
-from edgefleet.coordinator.store.sqlite import FleetDB
-from edgefleet.coordinator.telemetry.rollups import TelemetryPruner
+from edgefleet.coordinator.store.sqlite import SQLiteStore
+from edgefleet.coordinator.telemetry.retention import TelemetryPruner
 from edgefleet.protocol.messages import BundleRef, DesiredState
 from edgefleet.protocol.signing import load_trusted_keys
 
@@ -29,7 +29,7 @@ class Coordinator:
     def __init__(self, config: CoordinatorConfig) -> None:
         config.data_dir.mkdir(parents=True, exist_ok=True)
         self.config = config
-        self.db = FleetDB(config.data_dir / "fleet.db")
+        self.db = SQLiteStore(config.data_dir / "fleet.db")
         self.registry = Registry(config.data_dir, self.db, load_trusted_keys(config.trusted_keys))
         self.link = CoordinatorLink(config.broker, self.db, self.registry, client_id=config.client_id)
         self.link.on_connected = self.republish_desired
@@ -72,9 +72,7 @@ class Coordinator:
 
     def republish_desired(self) -> None:
         """After (re)connecting, publish every desired state again, in case the broker lost retained ones."""
-        with self.db.locked() as db:
-            rows = list(db["desired"].rows)
-        for row in rows:
+        for row in self.db.desired_states():
             self.link.publish_desired(self._desired_message(row["device_id"], row["revision"], row["bundle_digest"]))
 
     def _desired_message(self, device_id: str, revision: int, digest: str | None) -> DesiredState:

@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
 from edgefleet.coordinator.health.alerts import AlertThresholds, compute_alerts
-from edgefleet.coordinator.store.sqlite import FleetDB
+from edgefleet.coordinator.store.sqlite import SQLiteStore
 from edgefleet.protocol.messages import Availability, BundleRef, ReportedState, Telemetry
 
 V1 = BundleRef(digest="1" * 64, name="digits", version="1.0.0")
@@ -18,11 +18,11 @@ V2 = BundleRef(digest="2" * 64, name="digits", version="2.0.0")
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> FleetDB:
-    return FleetDB(tmp_path / "fleet.db")
+def db(tmp_path: Path) -> SQLiteStore:
+    return SQLiteStore(tmp_path / "fleet.db")
 
 
-def _device(db: FleetDB, device_id: str, *, active: BundleRef = V1, previous: BundleRef | None = None) -> None:
+def _device(db: SQLiteStore, device_id: str, *, active: BundleRef = V1, previous: BundleRef | None = None) -> None:
     db.record_availability(Availability(device_id=device_id, state="online"))
     db.record_reported(
         ReportedState(
@@ -37,23 +37,23 @@ def _device(db: FleetDB, device_id: str, *, active: BundleRef = V1, previous: Bu
     )
 
 
-def _telemetry(db: FleetDB, device_id: str, *, bundle: BundleRef = V1, **fields: object) -> None:
+def _telemetry(db: SQLiteStore, device_id: str, *, bundle: BundleRef = V1, **fields: object) -> None:
     values: dict[str, object] = {"inference_count": 50, "error_count": 0, "latency_ms_p95": 10.0} | fields
     assert db.add_telemetry(Telemetry(device_id=device_id, window_s=10.0, bundle_digest=bundle.digest, **values))
 
 
-def _kinds(db: FleetDB, **kw: object) -> list[tuple[str, str, str]]:
+def _kinds(db: SQLiteStore, **kw: object) -> list[tuple[str, str, str]]:
     return [(a.kind, a.device_id, a.severity) for a in compute_alerts(db, **kw)]  # type: ignore[arg-type]
 
 
-def test_a_healthy_fleet_has_no_alerts(db: FleetDB) -> None:
+def test_a_healthy_fleet_has_no_alerts(db: SQLiteStore) -> None:
     _device(db, "gw-1")
     _telemetry(db, "gw-1", drift_score=0.02)
 
     assert compute_alerts(db) == []
 
 
-def test_offline_by_last_will_and_by_staleness(db: FleetDB) -> None:
+def test_offline_by_last_will_and_by_staleness(db: SQLiteStore) -> None:
     _device(db, "gw-1")
     _device(db, "gw-2")
     _device(db, "gw-3")
@@ -69,7 +69,7 @@ def test_offline_by_last_will_and_by_staleness(db: FleetDB) -> None:
     assert "gw-2" not in {a.device_id for a in compute_alerts(db, AlertThresholds(offline_after_s=7200), now=later)}
 
 
-def test_drift_alert_starts_with_the_current_run_of_drifting_windows(db: FleetDB) -> None:
+def test_drift_alert_starts_with_the_current_run_of_drifting_windows(db: SQLiteStore) -> None:
     _device(db, "gw-1")
     _telemetry(db, "gw-1", drift_score=0.05, drift_alert=False)
     _telemetry(db, "gw-1", drift_score=0.4, drift_alert=True, drift_features={"f3": 0.9, "f7": 0.5})
@@ -85,7 +85,7 @@ def test_drift_alert_starts_with_the_current_run_of_drifting_windows(db: FleetDB
     assert compute_alerts(db) == [], "the alert ends with the drift"
 
 
-def test_error_rate_over_the_threshold_in_the_window(db: FleetDB) -> None:
+def test_error_rate_over_the_threshold_in_the_window(db: SQLiteStore) -> None:
     _device(db, "gw-1")
     _device(db, "gw-2")
     _telemetry(db, "gw-1", inference_count=90, error_count=0)
@@ -108,7 +108,7 @@ def test_error_rate_over_the_threshold_in_the_window(db: FleetDB) -> None:
     )
 
 
-def test_latency_regression_compares_the_active_bundle_with_the_previous_one(db: FleetDB) -> None:
+def test_latency_regression_compares_the_active_bundle_with_the_previous_one(db: SQLiteStore) -> None:
     _device(db, "gw-1", active=V2, previous=V1)
     _device(db, "gw-2", active=V2, previous=V1)
     _device(db, "gw-3", active=V2, previous=V1)

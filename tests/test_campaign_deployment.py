@@ -22,7 +22,7 @@ from edgefleet.coordinator.campaigns.engines import DeploymentEngine
 from edgefleet.coordinator.campaigns.manager import CampaignManager
 from edgefleet.coordinator.registry.artifacts import Registry
 from edgefleet.coordinator.registry.models import ModelRegistry
-from edgefleet.coordinator.store.sqlite import FleetDB
+from edgefleet.coordinator.store.sqlite import SQLiteStore
 from edgefleet.federated.client.data import dirichlet_split, fill_sample_store
 from edgefleet.federated.client.privacy import PrivacyLedger
 from edgefleet.federated.spec import CampaignSpec
@@ -45,7 +45,7 @@ def test_campaign_runs_on_a_tls_superlink_with_two_supernodes(tmp_path: Path, ke
     # with a key nobody registered that tries to join the campaign's SuperLink
     data = load_digits_data()
     root = tmp_path / "coordinator"
-    db = FleetDB(root / "fleet.db") if root.mkdir() is None else None
+    db = SQLiteStore(root / "fleet.db") if root.mkdir() is None else None
     assert db is not None
     registry = Registry(root, db, load_trusted_keys([keys.public]))
     models = ModelRegistry(db)

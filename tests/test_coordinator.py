@@ -18,7 +18,7 @@ from edgefleet.common.mqtt import BrokerConfig
 from edgefleet.coordinator.api.app import create_app
 from edgefleet.coordinator.config import CoordinatorConfig
 from edgefleet.coordinator.service import Coordinator
-from edgefleet.coordinator.store.sqlite import FleetDB
+from edgefleet.coordinator.store.sqlite import SQLiteStore
 from edgefleet.local.broker import LocalBroker
 from edgefleet.local.fleet import wait_until
 from edgefleet.protocol.messages import DesiredState, ReportedState, Telemetry, parse
@@ -122,7 +122,7 @@ def test_deploy_publishes_retained_desired_state_with_growing_revisions(
 
 
 def test_telemetry_is_deduplicated_by_message_id(tmp_path: Path) -> None:
-    db = FleetDB(tmp_path / "fleet.db")
+    db = SQLiteStore(tmp_path / "fleet.db")
     message = Telemetry(device_id="pi-1", window_s=1.0, inference_count=3, error_count=0)
     assert db.add_telemetry(message) is True
     assert db.add_telemetry(message) is False
@@ -150,7 +150,7 @@ def test_invalid_device_messages_are_counted_and_dropped(client, mosquitto: Loca
 def test_batched_ingest_stores_each_message_once_and_flushes_on_stop(tmp_path: Path) -> None:
     from edgefleet.coordinator.telemetry.writer import TelemetryIngest
 
-    db = FleetDB(tmp_path / "fleet.db")
+    db = SQLiteStore(tmp_path / "fleet.db")
     ingest = TelemetryIngest(db, batch=64)
     ingest.start()
     messages = [Telemetry(device_id=f"pi-{i % 7}", window_s=1.0, inference_count=i, error_count=0) for i in range(500)]
@@ -162,7 +162,7 @@ def test_batched_ingest_stores_each_message_once_and_flushes_on_stop(tmp_path: P
     assert stored == 500
 
 
-class _StalledDisk(FleetDB):
+class _StalledDisk(SQLiteStore):
     """A fleet DB whose telemetry writes wait until ``resume`` is set (a stalled disk)."""
 
     def __init__(self, path: Path) -> None:
@@ -223,7 +223,7 @@ def test_stored_report_rows_are_what_pydantic_would_write(tmp_path: Path) -> Non
         row = telemetry_row(report, "now")
         assert [*dumped, "received_at"] == TELEMETRY_COLUMNS
         assert [repr(v) for v in row] == [repr(v) for v in expected], report.device_id  # nan == nan by repr
-    db = FleetDB(tmp_path / "fleet.db")
+    db = SQLiteStore(tmp_path / "fleet.db")
     assert db.add_telemetry_batch(reports) == 4
     stored = db.telemetry("pi-2")[0]
     assert stored["sent_at"] == "2026-01-02T00:00:00Z" and json.loads(stored["errors_by_kind"]) == {"runtime": 2}
@@ -279,7 +279,7 @@ def test_a_failing_store_holds_the_batch_and_stores_it_once_the_store_recovers(t
     from edgefleet.coordinator.telemetry.writer import TelemetryIngest
 
     caplog.set_level(logging.INFO, "edgefleet.coordinator.telemetry.writer")
-    db = FleetDB(tmp_path / "fleet.db")
+    db = SQLiteStore(tmp_path / "fleet.db")
     with db.locked() as conn:  # a full disk, as SQLite sees it: the file may not grow
         pages = conn.execute("pragma page_count").fetchone()[0]
         conn.execute(f"pragma max_page_count = {pages}")
@@ -304,7 +304,7 @@ def test_a_failing_store_holds_the_batch_and_stores_it_once_the_store_recovers(t
 def test_a_report_the_store_refuses_is_set_apart_and_the_rest_of_its_batch_stored(tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
     from edgefleet.coordinator.telemetry.writer import TelemetryIngest
 
-    db = FleetDB(tmp_path / "fleet.db")
+    db = SQLiteStore(tmp_path / "fleet.db")
     with db.locked() as conn:  # a row SQLite itself refuses, as a constraint or a corrupt value would
         conn.execute("create trigger refuse before insert on telemetry when new.inference_count = 13 "
                      "begin select raise(abort, 'refused by the store'); end")  # fmt: skip
@@ -325,7 +325,7 @@ def test_a_store_still_failing_at_stop_gets_a_few_tries_then_what_is_queued_is_c
 ) -> None:  # type: ignore[no-untyped-def]
     from edgefleet.coordinator.telemetry.writer import TRIES_AT_STOP, TelemetryIngest
 
-    db = FleetDB(tmp_path / "fleet.db")
+    db = SQLiteStore(tmp_path / "fleet.db")
     with db.locked() as conn:
         conn.execute(f"pragma max_page_count = {conn.execute('pragma page_count').fetchone()[0]}")
     ingest = TelemetryIngest(db, batch=10)

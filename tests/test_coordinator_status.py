@@ -13,7 +13,7 @@ from edgefleet.agent.mqtt.sender import OutboxSender
 from edgefleet.common.mqtt import BrokerConfig
 from edgefleet.coordinator.mqtt.link import CoordinatorLink
 from edgefleet.coordinator.registry.artifacts import Registry
-from edgefleet.coordinator.store.sqlite import FleetDB
+from edgefleet.coordinator.store.sqlite import SQLiteStore
 from edgefleet.local.broker import LocalBroker
 from edgefleet.local.fleet import wait_until
 from edgefleet.protocol.messages import Telemetry
@@ -28,7 +28,7 @@ def test_a_broker_restart_before_the_coordinator_is_back_loses_no_telemetry(
     tmp_path: Path, mosquitto: LocalBroker, keys: Keys
 ) -> None:
     # Prepare: a real coordinator link storing into SQLite, and an agent link with its outbox sender
-    db = FleetDB(tmp_path / "fleet.db")
+    db = SQLiteStore(tmp_path / "fleet.db")
     registry = Registry(tmp_path / "registry", db, load_trusted_keys([keys.public]))
     broker = BrokerConfig(url=mosquitto.url)
 

@@ -19,7 +19,8 @@ from edgefleet.agent.serving.model import load_model
 from edgefleet.agent.telemetry.drift import ConfidenceMonitor, DriftMonitor, InputDrift, max_confidence, psi
 from edgefleet.compression.stats import confidence_stats, input_stats
 from edgefleet.coordinator.health.alerts import compute_alerts
-from edgefleet.coordinator.store.sqlite import FleetDB
+from edgefleet.coordinator.store import migrations
+from edgefleet.coordinator.store.sqlite import SQLiteStore
 from edgefleet.protocol.bundle import Manifest, extract_bundle, verify_manifest
 from edgefleet.protocol.messages import Availability, Telemetry
 from edgefleet.protocol.model_card import ConfidenceStats, InputStats
@@ -333,7 +334,7 @@ def test_manifests_refuse_malformed_confidence_references(tmp_path: Path, keys: 
 
 # -- the coordinator -------------------------------------------------------------------------
 def test_the_drift_alert_names_the_kind_that_drifted(tmp_path: Path) -> None:
-    db = FleetDB(tmp_path / "fleet.db")
+    db = SQLiteStore(tmp_path / "fleet.db")
     for device, scores in (
         ("gw-1", {"drift_score": 0.04, "confidence_drift_score": 0.61}),
         ("gw-2", {"drift_score": 0.5}),
@@ -353,17 +354,17 @@ def test_the_migration_adds_confidence_drift_to_raw_telemetry_of_an_old_store(tm
     path = tmp_path / "fleet.db"
     old = sqlite_utils.Database(sqlite3.connect(str(path), isolation_level=None))
     for version in range(1, 7):
-        getattr(FleetDB, f"_schema_{version}")(old)
+        getattr(migrations, f"schema_{version}")(old)
     old.execute("pragma user_version = 6")
     Table(old, "telemetry").insert(
         {"message_id": "a" * 32, "device_id": "gw-1", "received_at": "2026-01-01T00:00:00+00:00"}
     )
     old.conn.close()
 
-    db = FleetDB(path)
+    db = SQLiteStore(path)
 
     with db.locked() as conn:
-        assert conn.execute("pragma user_version").fetchone()[0] == FleetDB.SCHEMA_VERSION == 9
+        assert conn.execute("pragma user_version").fetchone()[0] == SQLiteStore.SCHEMA_VERSION == 10
     [row] = db.telemetry("gw-1")
     assert "confidence_drift_score" in row and row["confidence_drift_score"] is None
     new = Telemetry(device_id="gw-1", window_s=1.0, inference_count=0, error_count=0, confidence_drift_score=0.3)

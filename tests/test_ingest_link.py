@@ -20,7 +20,7 @@ from edgefleet.common.mqtt import BrokerConfig
 from edgefleet.coordinator.config import CoordinatorConfig
 from edgefleet.coordinator.security.broker_auth import BrokerAuth, render_acl_file
 from edgefleet.coordinator.service import Coordinator
-from edgefleet.coordinator.store.sqlite import FleetDB
+from edgefleet.coordinator.store.sqlite import SQLiteStore
 from edgefleet.coordinator.telemetry.supervisor import IngestLink, ingest_username
 from edgefleet.coordinator.telemetry.writer import TelemetryIngest
 from edgefleet.local.broker import LocalBroker
@@ -35,7 +35,7 @@ class Ingest:
     """An IngestLink with its queue and database, as the coordinator runs them."""
 
     def __init__(self, db_path: Path, broker: BrokerConfig, client_id: str = "test-coordinator") -> None:
-        self.db = FleetDB(db_path)
+        self.db = SQLiteStore(db_path)
         self.queue = TelemetryIngest(self.db, linger_s=0.05)
         self.rejected: list[object] = []
         self.link = IngestLink(broker, self.queue, client_id=client_id, on_rejected=self.rejected.append)

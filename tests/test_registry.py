@@ -14,7 +14,7 @@ from edgefleet.common.mqtt import BrokerConfig
 from edgefleet.coordinator.api.app import create_app
 from edgefleet.coordinator.config import CoordinatorConfig
 from edgefleet.coordinator.service import Coordinator
-from edgefleet.coordinator.store.sqlite import FleetDB
+from edgefleet.coordinator.store.sqlite import SQLiteStore
 from edgefleet.local.broker import LocalBroker
 from edgefleet.local.fleet import wait_until
 from edgefleet.protocol.messages import ReportedState
@@ -105,13 +105,13 @@ def test_migrations_upgrade_an_old_database_in_place(tmp_path: Path) -> None:
     old.execute("insert into devices values ('pi-1', 'rpi4', null)")
     old.commit()
     old.close()
-    db = FleetDB(path)
+    db = SQLiteStore(path)
     device = db.device("pi-1")
     assert device is not None and device["tags"] == [] and device["group"] is None
-    assert sqlite3.connect(path).execute("pragma user_version").fetchone()[0] == FleetDB.SCHEMA_VERSION
-    FleetDB(path)  # idempotent at the current version
+    assert sqlite3.connect(path).execute("pragma user_version").fetchone()[0] == SQLiteStore.SCHEMA_VERSION
+    SQLiteStore(path)  # idempotent at the current version
     newer = sqlite3.connect(path)
     newer.execute("pragma user_version = 99")
     newer.commit()
     with pytest.raises(RuntimeError, match="newer than this coordinator"):
-        FleetDB(path)
+        SQLiteStore(path)

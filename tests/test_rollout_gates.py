@@ -10,14 +10,14 @@ from typing import Any
 import pytest
 
 from edgefleet.coordinator.rollouts.engine import Gates, RolloutEngine, RolloutSpec
-from edgefleet.coordinator.store.sqlite import FleetDB
+from edgefleet.coordinator.store.sqlite import SQLiteStore
 from edgefleet.protocol.messages import Availability, BundleRef, ErrorInfo, FailureKind, ReportedState, Telemetry
 
 OLD, NEW = "a" * 64, "b" * 64
 DEVICES = ["gw-1", "gw-2", "gw-3"]
 
 
-def _report(db: FleetDB, device_id: str, digest: str, version: str) -> None:
+def _report(db: SQLiteStore, device_id: str, digest: str, version: str) -> None:
     db.record_reported(
         ReportedState(
             device_id=device_id, device_class="x86-gateway", agent_version="t", status="ready",
@@ -37,7 +37,7 @@ class Fleet:
     """A fleet store with three devices on ``OLD`` and a rollout engine whose deploys are recorded."""
 
     def __init__(self, path: Path) -> None:
-        self.db = FleetDB(path)
+        self.db = SQLiteStore(path)
         for digest, version in ((OLD, "1.0.0"), (NEW, "2.0.0")):
             self.db.add_bundle({"digest": digest, "name": "digits", "version": version, "device_class": "x86-gateway"})
         for device_id in DEVICES:
@@ -104,7 +104,7 @@ def test_a_wave_within_its_gates_or_with_too_little_traffic_completes(
     assert fleet.deploys == [(NEW, DEVICES)], "nothing rolled back"
 
 
-def _report_failure(db: FleetDB, device_id: str, kind: FailureKind | None, reason: str) -> None:
+def _report_failure(db: SQLiteStore, device_id: str, kind: FailureKind | None, reason: str) -> None:
     db.record_reported(
         ReportedState(
             device_id=device_id, device_class="x86-gateway", agent_version="t", status="ready",

@@ -13,9 +13,10 @@ import pytest
 import sqlite_utils
 from sqlite_utils.db import Table
 
-from edgefleet.coordinator.store import sqlite as store_sqlite
-from edgefleet.coordinator.store.sqlite import FleetDB
-from edgefleet.coordinator.telemetry.rollups import RESOLUTIONS, RollupBatch, backfill_rollups
+from edgefleet.coordinator.store import migrations, sqlite_rollups
+from edgefleet.coordinator.store.sqlite import SQLiteStore
+from edgefleet.coordinator.store.sqlite_rollups import backfill_rollups
+from edgefleet.coordinator.telemetry.rollups import RESOLUTIONS, RollupBatch
 from edgefleet.protocol.messages import Telemetry
 
 T0 = datetime(2025, 6, 1, 10, 0, tzinfo=UTC)  # in the past, so ingest buckets these reports by when they were sent
@@ -44,7 +45,7 @@ def _history() -> list[Telemetry]:
 def _schema_3_store(path: Path) -> sqlite_utils.Database:
     """A store as a coordinator from before rollups left it: tables of schemas 1 to 3, ``user_version`` 3."""
     old = sqlite_utils.Database(sqlite3.connect(str(path), isolation_level=None))
-    for migration in (FleetDB._schema_1, FleetDB._schema_2, FleetDB._schema_3):
+    for migration in (migrations.schema_1, migrations.schema_2, migrations.schema_3):
         migration(old)
     old.execute("pragma user_version = 3")
     return old
@@ -59,12 +60,14 @@ def _store_raw(db: sqlite_utils.Database, messages: list[Telemetry], delay: time
         telemetry.insert(row | {"received_at": (message.sent_at + delay).isoformat()})
 
 
-def _rollups(db: FleetDB, devices: tuple[str, ...] = ("gw-1", "gw-2")) -> dict[tuple[str, str], list[dict[str, Any]]]:
+def _rollups(
+    db: SQLiteStore, devices: tuple[str, ...] = ("gw-1", "gw-2")
+) -> dict[tuple[str, str], list[dict[str, Any]]]:
     return {(d, r): db.telemetry_rollups(d, r, limit=10_000) for d in devices for r in RESOLUTIONS}
 
 
-def _live(path: Path, messages: list[Telemetry]) -> FleetDB:
-    live = FleetDB(path)
+def _live(path: Path, messages: list[Telemetry]) -> SQLiteStore:
+    live = SQLiteStore(path)
     live.add_telemetry_batch(messages)
     return live
 
@@ -74,7 +77,7 @@ def test_a_schema_3_store_gets_the_rollups_live_ingest_makes(tmp_path: Path) -> 
     _store_raw(old, _history())
     old.conn.close()
 
-    db = FleetDB(tmp_path / "fleet.db")
+    db = SQLiteStore(tmp_path / "fleet.db")
 
     backfilled = _rollups(db)
     assert backfilled == _rollups(_live(tmp_path / "live.db", _history()))
@@ -86,9 +89,9 @@ def test_the_backfill_works_in_chunks(tmp_path: Path, monkeypatch: pytest.Monkey
     old = _schema_3_store(tmp_path / "fleet.db")
     _store_raw(old, _history())
     old.conn.close()
-    monkeypatch.setattr(store_sqlite, "backfill_rollups", functools.partial(backfill_rollups, chunk=2))
+    monkeypatch.setattr(migrations, "backfill_rollups", functools.partial(backfill_rollups, chunk=2))
 
-    db = FleetDB(tmp_path / "fleet.db")
+    db = SQLiteStore(tmp_path / "fleet.db")
 
     assert _rollups(db) == _rollups(_live(tmp_path / "live.db", _history()))  # buckets split over chunks add up
 
@@ -100,25 +103,25 @@ def test_a_backfill_interrupted_half_way_leaves_nothing_and_the_rerun_counts_onc
     old = _schema_3_store(path)
     _store_raw(old, _history())
     old.conn.close()
-    monkeypatch.setattr(store_sqlite, "backfill_rollups", functools.partial(backfill_rollups, chunk=2))
-    write, calls = RollupBatch.write, []
+    monkeypatch.setattr(migrations, "backfill_rollups", functools.partial(backfill_rollups, chunk=2))
+    write, calls = sqlite_rollups.write_rollups, []
 
-    def crash_on_the_second_chunk(self: RollupBatch, conn: sqlite3.Connection) -> None:
+    def crash_on_the_second_chunk(conn: sqlite3.Connection, batch: RollupBatch) -> None:
         calls.append(1)
         if len(calls) == 2:
             raise KeyboardInterrupt  # the coordinator stopped mid-migration: a fault not caused otherwise
-        write(self, conn)
+        write(conn, batch)
 
     with monkeypatch.context() as patch:
-        patch.setattr(RollupBatch, "write", crash_on_the_second_chunk)
+        patch.setattr(sqlite_rollups, "write_rollups", crash_on_the_second_chunk)
         with pytest.raises(KeyboardInterrupt):
-            FleetDB(path)
+            SQLiteStore(path)
 
     conn = sqlite3.connect(path)
     assert conn.execute("pragma user_version").fetchone()[0] == 7
     assert conn.execute("select count(*) from telemetry_minute").fetchone()[0] == 0  # the first chunk rolled back
     conn.close()
-    db = FleetDB(path)
+    db = SQLiteStore(path)
     assert _rollups(db) == _rollups(_live(tmp_path / "live.db", _history()))
 
 
@@ -127,11 +130,11 @@ def test_a_rerun_after_a_finished_backfill_adds_nothing(tmp_path: Path) -> None:
     old = _schema_3_store(path)
     _store_raw(old, _history())
     old.conn.close()
-    before = _rollups(FleetDB(path))
+    before = _rollups(SQLiteStore(path))
     # Stopped after the backfill committed but before its version was recorded: it runs again.
     sqlite3.connect(path, isolation_level=None).execute("pragma user_version = 7")
 
-    after = _rollups(FleetDB(path))
+    after = _rollups(SQLiteStore(path))
 
     assert after == before
 
@@ -151,7 +154,7 @@ def test_older_rows_of_a_device_with_rollups_are_added_before_its_newer_buckets(
     store.db.execute("pragma user_version = 7")
     store.db.conn.close()
 
-    db = FleetDB(path)
+    db = SQLiteStore(path)
 
     assert _rollups(db) == _rollups(_live(tmp_path / "live.db", older + newer))
     minutes = {d: db.telemetry_rollups(d, "minute") for d in ("gw-1", "gw-2")}
@@ -179,7 +182,7 @@ def test_rows_that_are_not_reports_are_skipped_with_one_warning(
     old.conn.close()
 
     with caplog.at_level(logging.WARNING, logger="edgefleet.coordinator.telemetry.rollups"):
-        db = FleetDB(tmp_path / "fleet.db")
+        db = SQLiteStore(tmp_path / "fleet.db")
 
     assert _rollups(db) == _rollups(_live(tmp_path / "live.db", _history()))
     [warning] = [r for r in caplog.records if r.levelno >= logging.WARNING]

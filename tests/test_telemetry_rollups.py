@@ -14,8 +14,9 @@ import sqlite_utils
 from fastapi.testclient import TestClient
 
 from edgefleet.coordinator.config import TelemetryRetentionConfig
-from edgefleet.coordinator.store.sqlite import FleetDB
-from edgefleet.coordinator.telemetry.rollups import TelemetryPruner
+from edgefleet.coordinator.store import migrations
+from edgefleet.coordinator.store.sqlite import SQLiteStore
+from edgefleet.coordinator.telemetry.retention import TelemetryPruner
 from edgefleet.local.fleet import wait_until
 from edgefleet.protocol import histogram
 from edgefleet.protocol.messages import ReportedState, Telemetry, parse
@@ -25,8 +26,8 @@ TOKEN = "rollups-token-0123456789"
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> FleetDB:
-    return FleetDB(tmp_path / "fleet.db")
+def db(tmp_path: Path) -> SQLiteStore:
+    return SQLiteStore(tmp_path / "fleet.db")
 
 
 def _report(device_id: str = "gw-1", at: datetime = T0, **fields: Any) -> Telemetry:
@@ -42,7 +43,7 @@ def _count(path: Path, table: str) -> int:
     return int(sqlite3.connect(path).execute(f"select count(*) from {table}").fetchone()[0])
 
 
-def test_reports_in_one_bucket_add_up_and_means_are_derived_on_read(db: FleetDB) -> None:
+def test_reports_in_one_bucket_add_up_and_means_are_derived_on_read(db: SQLiteStore) -> None:
     first = _report(at=T0 + timedelta(seconds=5), inference_count=10, error_count=0, latency_ms_mean=2.0,
                     latency_ms_p95=3.0, cpu_percent=10.0, rss_bytes=100, soc_temp_c=50.0, drift_score=0.1)  # fmt: skip
     second = _report(at=T0 + timedelta(seconds=40), inference_count=30, error_count=2, latency_ms_mean=4.0,
@@ -75,7 +76,7 @@ def test_reports_in_one_bucket_add_up_and_means_are_derived_on_read(db: FleetDB)
     assert hours["2026-03-01T11:00:00+00:00"]["error_rate"] == pytest.approx(0.5)
 
 
-def test_since_and_limit_select_the_newest_buckets(db: FleetDB) -> None:
+def test_since_and_limit_select_the_newest_buckets(db: SQLiteStore) -> None:
     db.add_telemetry_batch([_report(at=T0 + timedelta(minutes=i)) for i in range(5)])
 
     starts = lambda **kw: [r["bucket_start"][11:16] for r in db.telemetry_rollups("gw-1", "minute", **kw)]  # noqa: E731
@@ -86,7 +87,7 @@ def test_since_and_limit_select_the_newest_buckets(db: FleetDB) -> None:
     assert db.telemetry_rollups("gw-2", "minute") == []
 
 
-def test_a_duplicate_delivery_is_counted_once(tmp_path: Path, db: FleetDB) -> None:
+def test_a_duplicate_delivery_is_counted_once(tmp_path: Path, db: SQLiteStore) -> None:
     message = _report(inference_count=7)
     assert db.add_telemetry_batch([message, message]) == 1  # twice in one batch
     assert not db.add_telemetry(message)  # and again later
@@ -99,7 +100,7 @@ def test_a_duplicate_delivery_is_counted_once(tmp_path: Path, db: FleetDB) -> No
     assert _count(tmp_path / "fleet.db", "telemetry") == 1
 
 
-def test_raw_rows_and_rollups_are_stored_together_or_not_at_all(tmp_path: Path, db: FleetDB) -> None:
+def test_raw_rows_and_rollups_are_stored_together_or_not_at_all(tmp_path: Path, db: SQLiteStore) -> None:
     with sqlite3.connect(tmp_path / "fleet.db") as other:  # a fault in the rollup write, after the raw insert
         other.execute("alter table telemetry_hour rename to telemetry_hour_away")
 
@@ -110,7 +111,7 @@ def test_raw_rows_and_rollups_are_stored_together_or_not_at_all(tmp_path: Path, 
     assert _count(tmp_path / "fleet.db", "telemetry_minute") == 0
 
 
-def test_a_device_clock_ahead_cannot_make_future_buckets(db: FleetDB) -> None:
+def test_a_device_clock_ahead_cannot_make_future_buckets(db: SQLiteStore) -> None:
     before = datetime.now(UTC).replace(second=0, microsecond=0)
     db.add_telemetry(_report(at=datetime.now(UTC) + timedelta(days=3)))
 
@@ -119,7 +120,7 @@ def test_a_device_clock_ahead_cannot_make_future_buckets(db: FleetDB) -> None:
     assert before <= datetime.fromisoformat(minute["bucket_start"]) <= datetime.now(UTC)
 
 
-def test_a_non_finite_value_counts_as_absent(db: FleetDB) -> None:
+def test_a_non_finite_value_counts_as_absent(db: SQLiteStore) -> None:
     payload = (
         b'{"device_id": "gw-1", "sent_at": "2026-03-01T10:00:00Z", "window_s": 10, "inference_count": 4,'
         b' "error_count": 0, "cpu_percent": NaN, "soc_temp_c": Infinity, "latency_ms_mean": 2.0}'
@@ -131,7 +132,7 @@ def test_a_non_finite_value_counts_as_absent(db: FleetDB) -> None:
     assert (minute["reports"], minute["cpu_percent_mean"], minute["soc_temp_c_max"]) == (2, 30.0, None)
 
 
-def test_fleet_rollups_sum_devices_and_filter_by_class(db: FleetDB) -> None:
+def test_fleet_rollups_sum_devices_and_filter_by_class(db: SQLiteStore) -> None:
     for device_id, device_class in (("pi-1", "rpi4"), ("pi-2", "rpi4"), ("gw-1", "x86-gateway")):
         db.record_reported(
             ReportedState(
@@ -154,7 +155,7 @@ def test_fleet_rollups_sum_devices_and_filter_by_class(db: FleetDB) -> None:
     assert db.fleet_rollups("minute", device_class="jetson") == []
 
 
-def test_prune_deletes_exactly_what_is_past_retention(tmp_path: Path, db: FleetDB) -> None:
+def test_prune_deletes_exactly_what_is_past_retention(tmp_path: Path, db: SQLiteStore) -> None:
     now = datetime(2026, 6, 1, 12, 0, 30, tzinfo=UTC)
     minute_cutoff, hour_cutoff = now - timedelta(days=30), now - timedelta(days=365)
     db.add_telemetry_batch([
@@ -189,7 +190,7 @@ def test_prune_deletes_exactly_what_is_past_retention(tmp_path: Path, db: FleetD
     assert db.prune_telemetry(now=now) == {"telemetry": 0, "telemetry_minute": 0, "telemetry_hour": 0}
 
 
-def test_the_pruner_prunes_at_start_and_stops_on_request(tmp_path: Path, db: FleetDB) -> None:
+def test_the_pruner_prunes_at_start_and_stops_on_request(tmp_path: Path, db: SQLiteStore) -> None:
     db.add_telemetry(_report(at=datetime.now(UTC) - timedelta(days=40)))
     pruner = TelemetryPruner(db, TelemetryRetentionConfig(minute_days=30, prune_interval_s=3600))
 
@@ -255,23 +256,23 @@ def test_rollup_endpoints_need_a_token_and_are_bounded(tmp_path: Path) -> None:
 def test_a_version_3_database_gets_the_rollup_tables_on_open(tmp_path: Path) -> None:
     path = tmp_path / "fleet.db"
     old = sqlite_utils.Database(path)
-    for migration in (FleetDB._schema_1, FleetDB._schema_2, FleetDB._schema_3):
+    for migration in (migrations.schema_1, migrations.schema_2, migrations.schema_3):
         migration(old)
     old.execute("pragma user_version = 3")
     old.conn.close()
 
-    db = FleetDB(path)
+    db = SQLiteStore(path)
     db.add_telemetry(_report())
 
     conn = sqlite3.connect(path)
     tables = {row[0] for row in conn.execute("select name from sqlite_master where type = 'table'")}
     assert {"telemetry_minute", "telemetry_hour"} <= tables
-    assert conn.execute("pragma user_version").fetchone()[0] == FleetDB.SCHEMA_VERSION
+    assert conn.execute("pragma user_version").fetchone()[0] == SQLiteStore.SCHEMA_VERSION
     assert [r["reports"] for r in db.telemetry_rollups("gw-1", "hour")] == [1]
-    FleetDB(path)  # opening again at the current version changes nothing
+    SQLiteStore(path)  # opening again at the current version changes nothing
 
 
-def test_p99_disk_and_error_kinds_are_kept_per_bucket(db: FleetDB) -> None:
+def test_p99_disk_and_error_kinds_are_kept_per_bucket(db: SQLiteStore) -> None:
     db.add_telemetry_batch([
         _report(at=T0 + timedelta(seconds=5), error_count=3, errors_by_kind={"invalid_argument": 2, "runtime": 1},
                 latency_ms_p99=7.0, disk_free_bytes=5_000, disk_used_percent=80.0),
@@ -305,7 +306,7 @@ def test_p99_disk_and_error_kinds_are_kept_per_bucket(db: FleetDB) -> None:
     assert quiet["errors_by_kind"] == {} and quiet["latency_ms_p99_max"] is None
 
 
-def test_a_bucket_keeps_only_the_most_frequent_error_kinds(db: FleetDB) -> None:
+def test_a_bucket_keeps_only_the_most_frequent_error_kinds(db: SQLiteStore) -> None:
     from edgefleet.coordinator.telemetry.rollups import MAX_BUCKET_ERROR_KINDS
 
     kinds = [f"kind_{i:02d}" for i in range(MAX_BUCKET_ERROR_KINDS + 8)]
@@ -319,7 +320,7 @@ def test_a_bucket_keeps_only_the_most_frequent_error_kinds(db: FleetDB) -> None:
     assert list(minute["errors_by_kind"]) == kinds[:MAX_BUCKET_ERROR_KINDS]  # the most frequent first
 
 
-def test_fleet_rollups_add_error_kinds_over_devices(db: FleetDB) -> None:
+def test_fleet_rollups_add_error_kinds_over_devices(db: SQLiteStore) -> None:
     db.add_telemetry_batch([
         _report("pi-1", error_count=2, errors_by_kind={"invalid_argument": 2}, disk_free_bytes=10, latency_ms_p99=3.0),
         _report("pi-2", error_count=3, errors_by_kind={"invalid_argument": 1, "runtime": 2}, disk_free_bytes=7),
@@ -335,7 +336,13 @@ def test_fleet_rollups_add_error_kinds_over_devices(db: FleetDB) -> None:
 def test_a_version_5_database_gets_the_new_columns_and_keeps_its_rows(tmp_path: Path) -> None:
     path = tmp_path / "fleet.db"
     old = sqlite_utils.Database(path)
-    for migration in (FleetDB._schema_1, FleetDB._schema_2, FleetDB._schema_3, FleetDB._schema_4, FleetDB._schema_5):
+    for migration in (
+        migrations.schema_1,
+        migrations.schema_2,
+        migrations.schema_3,
+        migrations.schema_4,
+        migrations.schema_5,
+    ):
         migration(old)
     old.execute("pragma user_version = 5")
     old["telemetry_minute"].insert({"device_id": "gw-1", "bucket_start": T0.isoformat(), "reports": 1,
@@ -346,12 +353,12 @@ def test_a_version_5_database_gets_the_new_columns_and_keeps_its_rows(tmp_path: 
     assert "errors_by_kind" not in columns and "disk_free_bytes_min" not in columns  # as schema 5 left it
     old.conn.close()
 
-    db = FleetDB(path)
+    db = SQLiteStore(path)
     db.add_telemetry(_report(at=T0 + timedelta(seconds=30), error_count=1, errors_by_kind={"runtime": 1},
                              latency_ms_p99=4.0, disk_free_bytes=1 << 30, disk_used_percent=50.0))  # fmt: skip
 
     conn = sqlite3.connect(path)
-    assert conn.execute("pragma user_version").fetchone()[0] == FleetDB.SCHEMA_VERSION
+    assert conn.execute("pragma user_version").fetchone()[0] == SQLiteStore.SCHEMA_VERSION
     for table, added in (
         ("telemetry", {"latency_ms_p99", "errors_by_kind", "disk_free_bytes", "disk_used_percent"}),
         ("telemetry_minute", {"latency_ms_p99_max", "disk_used_percent_max", "disk_free_bytes_min", "errors_by_kind"}),
@@ -361,11 +368,11 @@ def test_a_version_5_database_gets_the_new_columns_and_keeps_its_rows(tmp_path: 
     [minute] = db.telemetry_rollups("gw-1", "minute")
     assert (minute["reports"], minute["error_count"], minute["errors_by_kind"]) == (2, 3, {"runtime": 1})
     assert (minute["latency_ms_p99_max"], minute["disk_free_bytes_min"]) == (4.0, 1 << 30)
-    FleetDB(path)  # opening again at the current version changes nothing
+    SQLiteStore(path)  # opening again at the current version changes nothing
 
 
 def test_a_nearly_full_data_disk_is_an_alert_from_the_run_of_reports_over_the_limit(
-    tmp_path: Path, db: FleetDB
+    tmp_path: Path, db: SQLiteStore
 ) -> None:
     from edgefleet.coordinator.health.alerts import AlertThresholds, compute_alerts
 
@@ -396,12 +403,12 @@ def test_the_devices_cpu_and_memory_peaks_are_kept_and_a_version_8_store_gets_th
     path = tmp_path / "fleet.db"
     old = sqlite_utils.Database(path)
     for version in range(1, 8):  # schema 8 only backfills rollups, and schema 9 comes before it in this code
-        getattr(FleetDB, f"_schema_{version}")(old)
+        getattr(migrations, f"schema_{version}")(old)
     old.execute("pragma user_version = 8")
     assert "device_cpu_percent_max" not in old["telemetry_minute"].columns_dict
     old.conn.close()
 
-    db = FleetDB(path)
+    db = SQLiteStore(path)
     db.add_telemetry_batch([
         _report(at=T0 + timedelta(seconds=5), device_cpu_percent=35.0, memory_used_percent=61.0),
         _report(at=T0 + timedelta(seconds=15), device_cpu_percent=92.5, memory_used_percent=58.0),
@@ -416,7 +423,7 @@ def test_the_devices_cpu_and_memory_peaks_are_kept_and_a_version_8_store_gets_th
     assert {row["device_cpu_percent"] for row in db.telemetry("gw-1")} == {None, 92.5, 35.0}
 
 
-def test_latest_figures_come_from_the_newest_recent_window_that_has_each(db: FleetDB) -> None:
+def test_latest_figures_come_from_the_newest_recent_window_that_has_each(db: SQLiteStore) -> None:
     for device_id in ("gw-1", "gw-2", "gw-3"):
         db.record_reported(ReportedState(device_id=device_id, device_class="x86-gateway", agent_version="t",
                                          status="idle", started_at="2026-01-01T00:00:00Z"))  # fmt: skip
@@ -435,7 +442,7 @@ def test_latest_figures_come_from_the_newest_recent_window_that_has_each(db: Fle
     assert latest["gw-2"]["latency_ms_p95"] is None and latest["gw-2"]["drift_alert"] is False
 
 
-def test_minute_hour_and_fleet_percentiles_come_from_the_added_up_histograms(db: FleetDB) -> None:
+def test_minute_hour_and_fleet_percentiles_come_from_the_added_up_histograms(db: SQLiteStore) -> None:
     rng = np.random.default_rng(11)
     samples: dict[str, list[float]] = {"gw-1": [], "gw-2": []}
     reports = []

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.staticfiles import StaticFiles
 
 from edgefleet.coordinator.health.alerts import AlertThresholds, compute_alerts
-from edgefleet.coordinator.store.sqlite import FleetDB
+from edgefleet.coordinator.store import FleetStore
 from edgefleet.coordinator.telemetry.rollups import Resolution
 
 __all__ = ["DASHBOARD_DIR", "MAX_ROLLUP_BUCKETS", "dashboard_files", "dashboard_router"]
@@ -23,7 +23,7 @@ _SINCE = Query(None, description="ISO 8601 time; buckets from the one holding it
 _LIMIT = Query(120, ge=1, le=MAX_ROLLUP_BUCKETS, description="Most buckets returned, newest first.")
 
 
-def dashboard_router(db: FleetDB, alert_thresholds: AlertThresholds | None = None) -> APIRouter:
+def dashboard_router(db: FleetStore, alert_thresholds: AlertThresholds | None = None) -> APIRouter:
     """``alert_thresholds``: the coordinator's configured ones (its ``[alerts]`` table)."""
     router = APIRouter(prefix="/api/v1", tags=["alerts"])
     configured = alert_thresholds or AlertThresholds()

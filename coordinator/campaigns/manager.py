@@ -29,7 +29,7 @@ from edgefleet.coordinator.campaigns.store import FINAL_STATES, CampaignStore, T
 from edgefleet.coordinator.errors import Conflict, Rejected
 from edgefleet.coordinator.registry.artifacts import Registry
 from edgefleet.coordinator.registry.models import ModelRegistry
-from edgefleet.coordinator.store.sqlite import FleetDB
+from edgefleet.coordinator.store import FleetStore
 from edgefleet.federated.errors import FederatedError
 from edgefleet.federated.server.evaluation import load_validation, validation_evaluator
 from edgefleet.federated.server.rounds import CampaignOutcome, EvaluateFn, RoundRecord
@@ -74,7 +74,7 @@ class _Observer:
 
 
 class CampaignManager:
-    def __init__(self, db: FleetDB, models: ModelRegistry, registry: Registry, *, signing_key: Path | None,
+    def __init__(self, db: FleetStore, models: ModelRegistry, registry: Registry, *, signing_key: Path | None,
                  engine: CampaignEngine | None) -> None:  # fmt: skip
         self.store = CampaignStore(db)
         self.db, self.models, self.registry = db, models, registry

@@ -12,18 +12,14 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from sqlite_utils.db import Table
-
 from edgefleet.coordinator.config import AlertThresholds
-from edgefleet.coordinator.store.sqlite import FleetDB
+from edgefleet.coordinator.health.signals import bundle_windows, latency_ratio
+from edgefleet.coordinator.store import FleetStore
 
 __all__ = ["Alert", "AlertKind", "AlertThresholds", "compute_alerts"]
 
 Severity = Literal["critical", "warning"]
 AlertKind = Literal["offline", "drift", "error_rate", "latency_regression", "disk_full"]
-# The latency comparison reads a device's most recent windows, of whichever bundle: a regression is judged
-# while both bundles are among them (at a window every 10 s, the first ~14 hours after an update).
-LATENCY_WINDOWS = 5000
 
 
 @dataclass(frozen=True)
@@ -45,47 +41,26 @@ def _parse(ts: str | None) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-def _median(values: list[float]) -> float | None:
-    values = sorted(values)
-    return values[len(values) // 2] if values else None
-
-
 def compute_alerts(
-    db: FleetDB, thresholds: AlertThresholds | None = None, *, now: datetime | None = None
+    db: FleetStore, thresholds: AlertThresholds | None = None, *, now: datetime | None = None
 ) -> list[Alert]:
     """Every alert that holds now, critical first, then by device."""
     limits = thresholds or AlertThresholds()
     now = now or datetime.now(UTC)
     window_start = now - timedelta(seconds=limits.window_s)
-    # Every read is bounded by an index: per device (its latest window, recent runs, its recent windows)
-    # or by the window's arrivals, never by the size of the raw telemetry: the store is locked meanwhile.
-    with db.locked() as conn:
-        devices = list(Table(conn, "devices").rows_where(order_by="device_id"))
-        latest = {
-            row["device_id"]: row
-            for row in conn.query(
-                "select t.* from devices d join telemetry t on t.rowid = (select rowid from telemetry"
-                " where device_id = d.device_id order by received_at desc limit 1)"
-            )
-        }
-        # Errors and requests of the reports received in the window, added up by SQLite (indexed by arrival).
-        recent = {
-            row["device_id"]: row
-            for row in conn.query(
-                "select device_id, sum(error_count) as errors, sum(inference_count) + sum(error_count) as served,"
-                " min(case when error_count > 0 then received_at end) as since"
-                " from telemetry where received_at >= ? group by device_id",
-                [window_start.isoformat()],
-            )
-        }
-        alerts: list[Alert] = []
-        for device in devices:
-            device_id = device["device_id"]
-            alerts += _offline(device, latest.get(device_id), limits, now)
-            alerts += _drift(conn, device_id, latest.get(device_id))
-            alerts += _disk_full(conn, device_id, latest.get(device_id), limits)
-            alerts += _error_rate(device_id, recent.get(device_id), limits)
-            alerts += _latency_regression(conn, device, limits)
+    health = db.health
+    devices = db.devices()
+    latest = health.latest_windows()
+    # Errors and requests of the reports received in the window, added up by the store (indexed by arrival).
+    recent = health.window_totals(window_start.isoformat())
+    alerts: list[Alert] = []
+    for device in devices:
+        device_id = device["device_id"]
+        alerts += _offline(device, latest.get(device_id), limits, now)
+        alerts += _drift(db, device_id, latest.get(device_id))
+        alerts += _disk_full(db, device_id, latest.get(device_id), limits)
+        alerts += _error_rate(device_id, recent.get(device_id), limits)
+        alerts += _latency_regression(db, device, limits)
     return sorted(alerts, key=lambda a: (a.severity != "critical", a.device_id, a.kind))
 
 
@@ -106,14 +81,12 @@ def _offline(
     return []
 
 
-def _drift(conn: Any, device_id: str, latest: dict[str, Any] | None) -> list[Alert]:
+def _drift(db: FleetStore, device_id: str, latest: dict[str, Any] | None) -> list[Alert]:
     if latest is None or not latest.get("drift_alert"):
         return []
     # The alert began with the first row of the unbroken run of drifting rows that ends now.
     since = latest["received_at"]
-    for row in Table(conn, "telemetry").rows_where(
-        "device_id = ?", [device_id], order_by="received_at desc", select="received_at, drift_alert", limit=1000
-    ):
+    for row in db.health.recent_windows(device_id, ["drift_alert"], limit=1000):
         if not row["drift_alert"]:
             break
         since = row["received_at"]
@@ -132,20 +105,14 @@ def _drift(conn: Any, device_id: str, latest: dict[str, Any] | None) -> list[Ale
     return [Alert("drift", device_id, "warning", since, detail + (f"; most drifted inputs: {top}" if top else ""))]
 
 
-def _disk_full(conn: Any, device_id: str, latest: dict[str, Any] | None, limits: AlertThresholds) -> list[Alert]:
+def _disk_full(db: FleetStore, device_id: str, latest: dict[str, Any] | None, limits: AlertThresholds) -> list[Alert]:
     used = latest.get("disk_used_percent") if latest else None
     if latest is None or used is None or used <= limits.max_disk_used_percent:
         return []
     # The alert began with the first report of the unbroken run over the limit that ends now; a report
     # without the figure (an older agent) neither breaks nor extends the run.
     since = latest["received_at"]
-    for row in Table(conn, "telemetry").rows_where(
-        "device_id = ? and disk_used_percent is not null",
-        [device_id],
-        order_by="received_at desc",
-        select="received_at, disk_used_percent",
-        limit=1000,
-    ):
+    for row in db.health.recent_windows(device_id, ["disk_used_percent"], limit=1000, not_null="disk_used_percent"):
         if row["disk_used_percent"] <= limits.max_disk_used_percent:
             break
         since = row["received_at"]
@@ -167,31 +134,19 @@ def _error_rate(device_id: str, recent: dict[str, Any] | None, limits: AlertThre
     return [Alert("error_rate", device_id, "critical", recent["since"] if recent else None, detail)]
 
 
-def _latency_regression(conn: Any, device: dict[str, Any], limits: AlertThresholds) -> list[Alert]:
+def _latency_regression(db: FleetStore, device: dict[str, Any], limits: AlertThresholds) -> list[Alert]:
     active = device.get("active_digest")
-    reported = json.loads(device["reported"]) if device.get("reported") else {}
-    previous = (reported.get("previous") or {}).get("digest")
+    previous = ((device.get("reported") or {}).get("previous") or {}).get("digest")
     if not active or not previous or active == previous:
         return []
-
-    rows = list(
-        Table(conn, "telemetry").rows_where(
-            "device_id = ?", [device["device_id"]], order_by="received_at desc",
-            select="received_at, bundle_digest, latency_ms_p95", limit=LATENCY_WINDOWS,
-        )
-    )  # fmt: skip
-
-    def p95s(digest: str) -> tuple[float | None, str | None]:
-        """The median p95 of the bundle's recent windows on this device, and the first of them."""
-        mine = [r for r in rows if r["bundle_digest"] == digest and r["latency_ms_p95"] is not None]
-        return _median([r["latency_ms_p95"] for r in mine]), (mine[-1]["received_at"] if mine else None)
-
-    new, since = p95s(active)
-    old, _ = p95s(previous)
-    if new is None or old is None or old <= 0 or new / old <= limits.max_p95_latency_ratio:
+    device_id = device["device_id"]
+    new, old = bundle_windows(db, [(device_id, active)]), bundle_windows(db, [(device_id, previous)])
+    ratio = latency_ratio(new, old)
+    if ratio is None or ratio <= limits.max_p95_latency_ratio:
         return []
+    assert new.p95_ms is not None and old.p95_ms is not None
     detail = (
-        f"p95 latency {new:.2f} ms on {device.get('active_version') or active[:12]} is {new / old:.2f}x "
-        f"the previous bundle's {old:.2f} ms (limit {limits.max_p95_latency_ratio}x)"
+        f"p95 latency {new.p95_ms:.2f} ms on {device.get('active_version') or active[:12]} is {ratio:.2f}x "
+        f"the previous bundle's {old.p95_ms:.2f} ms (limit {limits.max_p95_latency_ratio}x)"
     )
-    return [Alert("latency_regression", device["device_id"], "warning", since, detail)]
+    return [Alert("latency_regression", device_id, "warning", new.first_at, detail)]

@@ -70,10 +70,9 @@ class FleetCollector(Collector):
         yield family
 
     def _rollouts(self) -> Iterator[Metric]:
-        with self.coordinator.db.locked() as db:
-            rows = db.execute("select status, count(*) from rollouts group by status").fetchall()
+        counts = self.coordinator.db.rollouts.count_by_status()
         family = GaugeMetricFamily("edgefleet_rollouts", "Rollouts by status", labels=["status"])
-        for status, count in sorted(rows):
+        for status, count in sorted(counts.items()):
             family.add_metric([status], count)
         yield family
 

@@ -17,7 +17,7 @@ from prometheus_client import Counter
 from edgefleet.common.mqtt import BrokerConfig, make_client
 from edgefleet.coordinator.errors import NotFound
 from edgefleet.coordinator.registry.artifacts import Registry
-from edgefleet.coordinator.store.sqlite import FleetDB
+from edgefleet.coordinator.store import FleetStore
 from edgefleet.coordinator.telemetry.supervisor import IngestLink
 from edgefleet.coordinator.telemetry.writer import TelemetryIngest
 from edgefleet.protocol.errors import ProtocolError
@@ -54,7 +54,7 @@ CHUNK_BYTES = Counter("edgefleet_coordinator_chunk_bytes_served", "Artifact byte
 
 
 class CoordinatorLink:
-    def __init__(self, broker: BrokerConfig, db: FleetDB, registry: Registry, *, client_id: str) -> None:
+    def __init__(self, broker: BrokerConfig, db: FleetStore, registry: Registry, *, client_id: str) -> None:
         self.broker = broker
         self.db = db
         self.registry = registry

@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 
 from edgefleet.coordinator.errors import NotFound, Rejected
-from edgefleet.coordinator.store.sqlite import FleetDB
+from edgefleet.coordinator.store import FleetStore
 from edgefleet.protocol.bundle import Manifest, SignedManifest, extract_bundle, verify_files, verify_manifest
 from edgefleet.protocol.errors import BundleError
 from edgefleet.protocol.signing import TrustedKeys
@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 
 class Registry:
-    def __init__(self, root: Path, db: FleetDB, trusted: TrustedKeys) -> None:
+    def __init__(self, root: Path, db: FleetStore, trusted: TrustedKeys) -> None:
         self.blobs = root / "blobs"
         self.manifests = root / "manifests"
         self.incoming = root / "incoming"

@@ -6,10 +6,8 @@ import json
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from sqlite_utils.db import Table
-
 from edgefleet.coordinator.errors import Conflict, NotFound
-from edgefleet.coordinator.store.sqlite import FleetDB
+from edgefleet.coordinator.store import FleetStore
 
 __all__ = ["STAGES", "ModelRegistry", "Stage"]
 
@@ -18,7 +16,7 @@ STAGES: tuple[Stage, ...] = ("staging", "production", "archived")
 
 
 class ModelRegistry:
-    def __init__(self, db: FleetDB) -> None:
+    def __init__(self, db: FleetStore) -> None:
         self.db = db
 
     def models(self) -> list[dict[str, Any]]:
@@ -63,19 +61,7 @@ class ModelRegistry:
         known = {v["version"] for v in self.model(name)["versions"]}
         if version not in known:
             raise NotFound(f"no version {version!r} of model {name!r}")
-        now = datetime.now(UTC).isoformat()
-        with self.db.locked() as db:
-            stages = Table(db, "stages")
-            if stage == "production":
-                for row in list(stages.rows_where("model = ? and stage = ?", [name, "production"])):
-                    if row["version"] != version:
-                        stages.upsert({**row, "stage": "archived", "updated_at": now}, pk=("model", "version"))
-                        self._history(db, name, row["version"], "archived", "production", now)
-            previous = next(stages.rows_where("model = ? and version = ?", [name, version]), None)
-            stages.upsert(
-                {"model": name, "version": version, "stage": stage, "updated_at": now}, pk=("model", "version")
-            )
-            self._history(db, name, version, stage, previous["stage"] if previous else "staging", now)
+        self.db.stages.move(name, version, stage, at=datetime.now(UTC).isoformat())
         return self.model(name)
 
     def rollback_production(self, name: str) -> dict[str, Any]:
@@ -83,13 +69,7 @@ class ModelRegistry:
         current = self.model(name)["production"]
         if current is None:
             raise Conflict(f"model {name!r} has no production version")
-        with self.db.locked() as db:
-            earlier = [
-                row["version"]
-                for row in Table(db, "stage_history").rows_where(
-                    "model = ? and stage = ? and version != ?", [name, "production", current], order_by="id desc"
-                )
-            ]
+        earlier = self.db.stages.earlier_production(name, current)
         if not earlier:
             raise Conflict(f"model {name!r} has no earlier production version to roll back to")
         return self.set_stage(name, earlier[0], "production")
@@ -104,15 +84,7 @@ class ModelRegistry:
         return str(matches[-1])
 
     def history(self, name: str) -> list[dict[str, Any]]:
-        with self.db.locked() as db:
-            return list(Table(db, "stage_history").rows_where("model = ?", [name], order_by="id"))
+        return self.db.stages.history(name)
 
     def _stages(self, name: str) -> dict[str, str]:
-        with self.db.locked() as db:
-            return {row["version"]: row["stage"] for row in Table(db, "stages").rows_where("model = ?", [name])}
-
-    @staticmethod
-    def _history(db: Any, name: str, version: str, stage: str, previous: str, at: str) -> None:
-        Table(db, "stage_history").insert(
-            {"model": name, "version": version, "stage": stage, "previous": previous, "at": at}
-        )
+        return self.db.stages.stages(name)

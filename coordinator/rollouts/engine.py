@@ -25,10 +25,10 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from sqlite_utils.db import Table
 
 from edgefleet.coordinator.errors import Conflict, NotFound, Rejected
-from edgefleet.coordinator.store.sqlite import FleetDB
+from edgefleet.coordinator.health.signals import DEFAULT_MAX_P95_RATIO, bundle_windows, latency_ratio
+from edgefleet.coordinator.store import FleetStore
 
 __all__ = ["Gates", "RolloutEngine", "RolloutSpec", "parse_waves"]
 
@@ -50,7 +50,9 @@ class Gates(BaseModel):
     max_error_rate: float = Field(
         default=0.05, ge=0, le=1, description="Inference errors / requests on the new bundle."
     )
-    max_p95_latency_ratio: float = Field(default=2.0, gt=0, description="New p95 latency / previous p95.")
+    max_p95_latency_ratio: float = Field(
+        default=DEFAULT_MAX_P95_RATIO, gt=0, description="New p95 latency / previous p95 (medians of their windows)."
+    )
     min_inferences: int = Field(
         default=20, ge=0, description="Error-rate and latency gates apply once this many were served."
     )
@@ -124,7 +126,7 @@ def _order(rollout_id: str, device_id: str) -> str:
 class RolloutEngine:
     def __init__(
         self,
-        db: FleetDB,
+        db: FleetStore,
         deploy: Callable[[str, list[str]], Any],
         *,
         resolve_version: Callable[[str, str], str] = lambda _model, version: version,
@@ -136,26 +138,6 @@ class RolloutEngine:
         self.tick_s = tick_s
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        with db.locked() as d:
-            Table(d, "rollouts").create(
-                {
-                    "id": str, "model": str, "version": str, "status": str, "spec": str, "wave": int,
-                    "waves": str, "wave_started_at": float, "soak_started_at": float, "reason": str,
-                    "created_at": str, "updated_at": str,
-                },
-                pk="id", if_not_exists=True,
-            )  # fmt: skip
-            Table(d, "rollout_devices").create(
-                {
-                    "rollout_id": str, "device_id": str, "wave": int, "from_digest": str, "to_digest": str,
-                    "state": str, "assigned_at": float, "detail": str,
-                },
-                pk=("rollout_id", "device_id"), if_not_exists=True,
-            )  # fmt: skip
-            Table(d, "events").create(
-                {"id": int, "at": str, "kind": str, "rollout_id": str, "device_id": str, "detail": str},
-                pk="id", if_not_exists=True,
-            )  # fmt: skip
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
@@ -205,27 +187,24 @@ class RolloutEngine:
                     "state": "pending", "assigned_at": None, "detail": None,
                 }
             )  # fmt: skip
-        with self.db.locked() as d:
-            Table(d, "rollouts").insert(
-                {
-                    "id": rollout_id, "model": spec.model, "version": spec.version, "status": "running",
-                    "spec": spec.model_dump_json(), "wave": 0, "waves": json.dumps(counts),
-                    "wave_started_at": None, "soak_started_at": None, "reason": None,
-                    "created_at": _now(), "updated_at": _now(),
-                }
-            )  # fmt: skip
-            Table(d, "rollout_devices").insert_all(rows)
+        self.db.rollouts.create(
+            {
+                "id": rollout_id, "model": spec.model, "version": spec.version, "status": "running",
+                "spec": spec.model_dump_json(), "wave": 0, "waves": json.dumps(counts),
+                "wave_started_at": None, "soak_started_at": None, "reason": None,
+                "created_at": _now(), "updated_at": _now(),
+            },
+            rows,
+        )  # fmt: skip
         self._event("created", rollout_id, None, f"{len(targets)} devices in {len(counts)} waves {counts}")
         self.tick()
         return self.get(rollout_id)
 
     def get(self, rollout_id: str) -> dict[str, Any]:
-        with self.db.locked() as d:
-            rows = list(Table(d, "rollouts").rows_where("id = ?", [rollout_id]))
-            if not rows:
-                raise NotFound(f"no rollout {rollout_id}")
-            devices = list(Table(d, "rollout_devices").rows_where("rollout_id = ?", [rollout_id], order_by="wave"))
-        rollout = rows[0]
+        rollout = self.db.rollouts.get(rollout_id)
+        if rollout is None:
+            raise NotFound(f"no rollout {rollout_id}")
+        devices = self.db.rollouts.members(rollout_id)
         counts: dict[str, int] = {}
         for device in devices:
             counts[device["state"]] = counts.get(device["state"], 0) + 1
@@ -237,14 +216,10 @@ class RolloutEngine:
         }  # fmt: skip
 
     def overview(self) -> list[dict[str, Any]]:
-        with self.db.locked() as d:
-            ids = [r["id"] for r in Table(d, "rollouts").rows_where(order_by="created_at desc")]
-        return [{k: v for k, v in self.get(i).items() if k != "device_states"} for i in ids]
+        return [{k: v for k, v in self.get(i).items() if k != "device_states"} for i in self.db.rollouts.ids()]
 
     def events(self, rollout_id: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
-        with self.db.locked() as d:
-            where, args = ("rollout_id = ?", [rollout_id]) if rollout_id else (None, [])
-            return list(Table(d, "events").rows_where(where, args, order_by="id desc", limit=limit))
+        return self.db.rollouts.events(rollout_id, limit)
 
     def pause(self, rollout_id: str) -> dict[str, Any]:
         return self._transition(rollout_id, {"running"}, "paused", "paused by operator")
@@ -273,15 +248,13 @@ class RolloutEngine:
 
     # -- the ticker ----------------------------------------------------------------------
     def tick(self) -> None:
-        with self.db.locked() as d:
-            running = [r["id"] for r in Table(d, "rollouts").rows_where("status = ?", ["running"])]
-        for rollout_id in running:
+        for rollout_id in self.db.rollouts.ids(status="running"):
             self._advance(rollout_id)
 
     def _advance(self, rollout_id: str) -> None:
-        with self.db.locked() as d:
-            rollout = next(Table(d, "rollouts").rows_where("id = ?", [rollout_id]))
-            members = list(Table(d, "rollout_devices").rows_where("rollout_id = ?", [rollout_id]))
+        rollout = self.db.rollouts.get(rollout_id)
+        assert rollout is not None
+        members = self.db.rollouts.members(rollout_id)
         spec = RolloutSpec.model_validate_json(rollout["spec"])
         wave, waves = rollout["wave"], json.loads(rollout["waves"])
         devices = {d["device_id"]: d for d in self.db.devices()}
@@ -295,8 +268,7 @@ class RolloutEngine:
             return
 
         self._observe(rollout_id, members, devices)
-        with self.db.locked() as d:
-            members = list(Table(d, "rollout_devices").rows_where("rollout_id = ?", [rollout_id]))
+        members = self.db.rollouts.members(rollout_id)
         touched = [m for m in members if m["state"] in ("assigned", "active", "failed")]
         failed = [m for m in touched if m["state"] == "failed"]
         if touched and len(failed) / len(touched) > spec.gates.max_failure_fraction:
@@ -339,11 +311,8 @@ class RolloutEngine:
                 by_digest.setdefault(member["to_digest"], []).append(member["device_id"])
         for digest, ids in by_digest.items():
             self._deploy(digest, ids)
-        with self.db.locked() as d:
-            for device_id in device_ids:
-                Table(d, "rollout_devices").update(
-                    (rollout_id, device_id), {"state": "assigned", "assigned_at": time.time()}
-                )
+        for device_id in device_ids:
+            self.db.rollouts.update_member(rollout_id, device_id, {"state": "assigned", "assigned_at": time.time()})
         self._event("wave_assigned", rollout_id, None, f"{len(device_ids)} devices: {', '.join(sorted(device_ids))}")
 
     def _observe(self, rollout_id: str, members: list[dict[str, Any]], devices: dict[str, dict[str, Any]]) -> None:
@@ -365,10 +334,16 @@ class RolloutEngine:
         if not active:
             return None
         since_iso = datetime.fromtimestamp(since, UTC).isoformat()
-        with self.db.locked() as d:
-            new = self._window(d, active, "to_digest", since_iso)
-            old = self._window(d, active, "from_digest", None)
-            drifting = self._drifting(d, active, since_iso)
+        new = bundle_windows(self.db, [(m["device_id"], m["to_digest"]) for m in active], since=since_iso)
+        old = bundle_windows(self.db, [(m["device_id"], m["from_digest"]) for m in active])
+        drifting = {
+            m["device_id"]
+            for m in active
+            if self.db.health.recent_windows(
+                m["device_id"], ["drift_alert"], limit=1, not_null="drift_alert", bundle_digest=m["to_digest"],
+                since=since_iso, only_true="drift_alert",
+            )
+        }  # fmt: skip
         # Drift does not wait for min_inferences: an alert already summarises a window of inputs.
         if gates.max_drift_alert_fraction is not None and len(drifting) / len(active) > gates.max_drift_alert_fraction:
             names = ", ".join(sorted(drifting)[:5])
@@ -376,50 +351,18 @@ class RolloutEngine:
                 f"drift alerts (inputs or output confidence) from {len(drifting)} of {len(active)} devices on the "
                 f"new bundle ({names}) exceed the limit of {gates.max_drift_alert_fraction:.0%}"
             )
-        served = new["inferences"] + new["errors"]
-        if served < gates.min_inferences:
+        if new.served < gates.min_inferences:
             return None
-        error_rate = new["errors"] / served
+        error_rate = new.errors / new.served
         if error_rate > gates.max_error_rate:
             return f"error rate {error_rate:.3f} on the new bundle exceeds {gates.max_error_rate}"
-        if new["p95"] and old["p95"] and new["p95"] / old["p95"] > gates.max_p95_latency_ratio:
+        ratio = latency_ratio(new, old)
+        if ratio is not None and ratio > gates.max_p95_latency_ratio:
             return (
-                f"p95 latency {new['p95']:.2f} ms is {new['p95'] / old['p95']:.2f}x the previous "
-                f"{old['p95']:.2f} ms (limit {gates.max_p95_latency_ratio}x)"
+                f"p95 latency {new.p95_ms:.2f} ms is {ratio:.2f}x the previous "
+                f"{old.p95_ms:.2f} ms (limit {gates.max_p95_latency_ratio}x)"
             )
         return None
-
-    @staticmethod
-    def _drifting(d: Any, members: list[dict[str, Any]], since: str) -> set[str]:
-        """Devices that reported a drift alert while running their new bundle since ``since``."""
-        return {
-            member["device_id"]
-            for member in members
-            if d.execute(
-                "select 1 from telemetry where device_id = ? and bundle_digest = ? and received_at >= ? "
-                "and drift_alert = 1 limit 1",
-                [member["device_id"], member["to_digest"], since],
-            ).fetchone()
-        }
-
-    @staticmethod
-    def _window(d: Any, members: list[dict[str, Any]], column: str, since: str | None) -> dict[str, float]:
-        inferences = errors = 0
-        p95s: list[float] = []
-        for member in members:
-            digest = member[column]
-            if digest is None:
-                continue
-            where, args = "device_id = ? and bundle_digest = ?", [member["device_id"], digest]
-            if since:
-                where, args = where + " and received_at >= ?", [*args, since]
-            for row in Table(d, "telemetry").rows_where(where, args):
-                inferences += row["inference_count"] or 0
-                errors += row["error_count"] or 0
-                if row["latency_ms_p95"] is not None:
-                    p95s.append(row["latency_ms_p95"])
-        p95s.sort()
-        return {"inferences": inferences, "errors": errors, "p95": p95s[len(p95s) // 2] if p95s else 0.0}
 
     def _halt(self, rollout_id: str, reason: str) -> None:
         log.warning("rollout %s halted: %s", rollout_id, reason)
@@ -427,8 +370,7 @@ class RolloutEngine:
 
     def _roll_back(self, rollout_id: str, reason: str, *, status: str) -> None:
         """Every device the rollout touched gets the bundle it ran before as its desired state."""
-        with self.db.locked() as d:
-            members = list(Table(d, "rollout_devices").rows_where("rollout_id = ?", [rollout_id]))
+        members = self.db.rollouts.members(rollout_id)
         by_digest: dict[str, list[str]] = {}
         for member in members:
             if member["state"] in ("assigned", "active", "failed", "skipped") and member["from_digest"]:
@@ -442,19 +384,16 @@ class RolloutEngine:
 
     # -- rows ----------------------------------------------------------------------------
     def _set_state(self, rollout_id: str, device_id: str, state: DeviceState, detail: str | None) -> None:
-        with self.db.locked() as d:
-            Table(d, "rollout_devices").update((rollout_id, device_id), {"state": state, "detail": detail})
+        self.db.rollouts.update_member(rollout_id, device_id, {"state": state, "detail": detail})
         self._event(f"device_{state}", rollout_id, device_id, detail or "")
 
     def _update(self, rollout_id: str, **fields: Any) -> None:
-        with self.db.locked() as d:
-            Table(d, "rollouts").update(rollout_id, fields | {"updated_at": _now()})
+        self.db.rollouts.update(rollout_id, fields | {"updated_at": _now()})
 
     def _event(self, kind: str, rollout_id: str | None, device_id: str | None, detail: str) -> None:
-        with self.db.locked() as d:
-            Table(d, "events").insert(
-                {"at": _now(), "kind": kind, "rollout_id": rollout_id, "device_id": device_id, "detail": detail}
-            )
+        self.db.rollouts.add_event(
+            {"at": _now(), "kind": kind, "rollout_id": rollout_id, "device_id": device_id, "detail": detail}
+        )
 
 
 def validate_spec(raw: dict[str, Any]) -> RolloutSpec:

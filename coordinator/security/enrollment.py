@@ -15,15 +15,13 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlite_utils.db import Table
-
 from edgefleet.agent.device_class import load_device_class
 from edgefleet.agent.enrollment import EnrolledBroker, EnrollResponse
 from edgefleet.common.errors import ConfigError
 from edgefleet.coordinator.config import CoordinatorConfig
 from edgefleet.coordinator.errors import Conflict, CoordinatorError, NotFound, Rejected
 from edgefleet.coordinator.security.broker_auth import BrokerAuth, BrokerAuthError
-from edgefleet.coordinator.store.sqlite import FleetDB
+from edgefleet.coordinator.store import FleetStore
 from edgefleet.protocol.errors import InvalidMessage
 from edgefleet.protocol.topics import validate_device_id
 
@@ -50,7 +48,7 @@ def _digest(token: str) -> str:
 class Enrollment:
     def __init__(
         self,
-        db: FleetDB,
+        db: FleetStore,
         config: CoordinatorConfig,
         broker_auth: BrokerAuth | None,
         *,
@@ -63,35 +61,6 @@ class Enrollment:
         self.command_keys = command_keys
         self.clock = clock
         self._lock = threading.Lock()  # one enrollment or revocation at a time: token use and file writes
-        with db.locked() as conn:
-            Table(conn, "enroll_tokens").create(
-                {
-                    "token_id": str,
-                    "token_hash": str,
-                    "device_class": str,
-                    "device_id": str,
-                    "created_at": str,
-                    "created_by": str,
-                    "expires_at": str,
-                    "used_at": str,
-                    "used_by": str,
-                },
-                pk="token_id",
-                if_not_exists=True,
-            )
-            Table(conn, "enroll_tokens").create_index(["token_hash"], unique=True, if_not_exists=True)
-            Table(conn, "identities").create(
-                {
-                    "device_id": str,
-                    "device_class": str,
-                    "enrolled_at": str,
-                    "token_id": str,
-                    "broker_password_hash": str,
-                    "revoked_at": str,
-                },
-                pk="device_id",
-                if_not_exists=True,
-            )
 
     # -- tokens --------------------------------------------------------------------------
     def issue_token(self, device_class: str, *, device_id: str | None, ttl_s: float, created_by: str) -> dict[str, Any]:
@@ -117,20 +86,16 @@ class Enrollment:
             "used_at": None,
             "used_by": None,
         }
-        with self.db.locked() as conn:
-            Table(conn, "enroll_tokens").insert(row)
+        self.db.enrollment.add_token(row)
         log.info("enrollment token %s issued for class %s by %s", row["token_id"], device_class, created_by)
         return _public(row) | {"token": token}
 
     def tokens(self) -> list[dict[str, Any]]:
-        with self.db.locked() as conn:
-            return [_public(r) for r in Table(conn, "enroll_tokens").rows_where(order_by="created_at")]
+        return [_public(r) for r in self.db.enrollment.tokens()]
 
     # -- identities ----------------------------------------------------------------------
     def identities(self) -> list[dict[str, Any]]:
-        with self.db.locked() as conn:
-            rows = list(Table(conn, "identities").rows_where(order_by="device_id"))
-        return [_identity(r) for r in rows]
+        return [_identity(r) for r in self.db.enrollment.identities()]
 
     def enroll(self, token: str, *, device_id: str | None = None) -> EnrollResponse:
         """Spend ``token`` on a new device identity with its own broker credentials."""
@@ -151,19 +116,12 @@ class Enrollment:
                 "broker_password_hash": hashed,
                 "revoked_at": None,
             }
-            with self.db.locked() as conn:
-                Table(conn, "enroll_tokens").update(row["token_id"], {"used_at": now, "used_by": device_id})
-                Table(conn, "identities").upsert(identity, pk="device_id")
+            self.db.enrollment.spend(row["token_id"], identity, at=now)
             try:
                 self._apply_broker()
             except BrokerAuthError:
                 # Undo, so the token can be used again once the broker is reachable.
-                with self.db.locked() as conn:
-                    Table(conn, "enroll_tokens").update(row["token_id"], {"used_at": None, "used_by": None})
-                    if previous is None:
-                        Table(conn, "identities").delete(device_id)
-                    else:
-                        Table(conn, "identities").upsert(previous, pk="device_id")
+                self.db.enrollment.unspend(row["token_id"], device_id, previous)
                 raise
         log.info("device %s (%s) enrolled with token %s", device_id, row["device_class"], row["token_id"])
         notes = []
@@ -208,8 +166,7 @@ class Enrollment:
                     "broker_password_hash": None,
                     "revoked_at": self.clock().isoformat(),
                 }
-                with self.db.locked() as conn:
-                    Table(conn, "identities").upsert(update, pk="device_id")
+                self.db.enrollment.put_identity(update)
                 log.warning("device %s revoked", device_id)
             self._apply_broker()
             revoked = self._identity_row(device_id)
@@ -229,16 +186,12 @@ class Enrollment:
     def _apply_broker(self) -> None:
         if self.broker_auth is None:
             return
-        with self.db.locked() as conn:
-            rows = list(Table(conn, "identities").rows_where("revoked_at is null and broker_password_hash is not null"))
-        self.broker_auth.apply({r["device_id"]: r["broker_password_hash"] for r in rows})
+        self.broker_auth.apply(self.db.enrollment.broker_credentials())
 
     def _usable_token(self, token: str) -> dict[str, Any]:
-        with self.db.locked() as conn:
-            rows = list(Table(conn, "enroll_tokens").rows_where("token_hash = ?", [_digest(token)]))
-        if not rows:
+        row = self.db.enrollment.token_by_hash(_digest(token))
+        if row is None:
             raise EnrollmentRefused("unknown enrollment token")
-        row = rows[0]
         if row["used_at"] is not None:
             raise EnrollmentRefused(f"enrollment token {row['token_id']} was already used at {row['used_at']}")
         if datetime.fromisoformat(row["expires_at"]) <= self.clock():
@@ -272,9 +225,7 @@ class Enrollment:
             raise Conflict(f"device id {device_id!r} is the coordinator's own broker username")
 
     def _identity_row(self, device_id: str) -> dict[str, Any] | None:
-        with self.db.locked() as conn:
-            rows = list(Table(conn, "identities").rows_where("device_id = ?", [device_id]))
-        return rows[0] if rows else None
+        return self.db.enrollment.identity(device_id)
 
     def _active_identity(self, device_id: str) -> dict[str, Any] | None:
         row = self._identity_row(device_id)

@@ -17,10 +17,9 @@ from enum import StrEnum
 from typing import Any
 
 from fastapi import Request
-from sqlite_utils.db import Table
 
 from edgefleet.coordinator.errors import CoordinatorError, NotFound
-from edgefleet.coordinator.store.sqlite import FleetDB
+from edgefleet.coordinator.store import FleetStore
 
 __all__ = ["ApiTokens", "Authorizer", "Forbidden", "Principal", "Role", "Unauthorized"]
 
@@ -71,24 +70,8 @@ def _digest(token: str) -> str:
 class ApiTokens:
     """API tokens in the fleet store: only their sha256 is kept."""
 
-    def __init__(self, db: FleetDB) -> None:
+    def __init__(self, db: FleetStore) -> None:
         self.db = db
-        with db.locked() as conn:
-            Table(conn, "api_tokens").create(
-                {
-                    "token_id": str,
-                    "token_hash": str,
-                    "name": str,
-                    "role": str,
-                    "created_at": str,
-                    "created_by": str,
-                    "expires_at": str,
-                    "revoked_at": str,
-                },
-                pk="token_id",
-                if_not_exists=True,
-            )
-            Table(conn, "api_tokens").create_index(["token_hash"], unique=True, if_not_exists=True)
 
     def create(self, role: Role, *, name: str, created_by: str, ttl_s: float | None = None) -> dict[str, Any]:
         """Make a token; the returned row holds the token itself, which is not stored and not shown again."""
@@ -104,34 +87,25 @@ class ApiTokens:
             "expires_at": (now + timedelta(seconds=ttl_s)).isoformat() if ttl_s else None,
             "revoked_at": None,
         }
-        with self.db.locked() as conn:
-            Table(conn, "api_tokens").insert(row)
+        self.db.tokens.add(row)
         log.info("API token %s (%s, role %s) created by %s", row["token_id"], name, role.value, created_by)
         return _public(row) | {"token": token}
 
     def list(self) -> list[dict[str, Any]]:
-        with self.db.locked() as conn:
-            return [_public(r) for r in Table(conn, "api_tokens").rows_where(order_by="created_at")]
+        return [_public(r) for r in self.db.tokens.all()]
 
     def revoke(self, token_id: str) -> dict[str, Any]:
-        with self.db.locked() as conn:
-            table = Table(conn, "api_tokens")
-            rows = list(table.rows_where("token_id = ?", [token_id]))
-            if not rows:
-                raise NotFound(f"no API token {token_id!r}")
-            if rows[0]["revoked_at"] is None:
-                table.update(token_id, {"revoked_at": _now().isoformat()})
-            row = next(table.rows_where("token_id = ?", [token_id]))
+        row = self.db.tokens.revoke(token_id, at=_now().isoformat())
+        if row is None:
+            raise NotFound(f"no API token {token_id!r}")
         log.info("API token %s revoked", token_id)
         return _public(row)
 
     def lookup(self, token: str) -> Principal:
         """The principal of a token; Unauthorized with the reason if it is unknown, revoked or expired."""
-        with self.db.locked() as conn:
-            rows = list(Table(conn, "api_tokens").rows_where("token_hash = ?", [_digest(token)]))
-        if not rows:
+        row = self.db.tokens.by_hash(_digest(token))
+        if row is None:
             raise Unauthorized("unknown bearer token")
-        row = rows[0]
         if row["revoked_at"] is not None:
             raise Unauthorized(f"bearer token {row['token_id']} was revoked at {row['revoked_at']}")
         if row["expires_at"] is not None and datetime.fromisoformat(row["expires_at"]) <= _now():

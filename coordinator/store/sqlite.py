@@ -1,6 +1,8 @@
-"""The coordinator's SQLite store (sqlite-utils): bundles, devices, desired state, telemetry and its rollups.
+"""The fleet store in SQLite (sqlite-utils), the default backend: one file, migrated on open.
 
-One connection guarded by a lock: FastAPI's worker threads and the MQTT thread share it.
+One connection guarded by a lock: FastAPI's worker threads, the MQTT thread and the telemetry
+writer share it. The repositories of the other areas live beside it (sqlite_*.py) on the same
+connection and lock.
 """
 
 from __future__ import annotations
@@ -17,24 +19,25 @@ from typing import Any
 import sqlite_utils
 from sqlite_utils.db import Table
 
+from edgefleet.coordinator.store.base import FleetStore
+from edgefleet.coordinator.store.migrations import SCHEMA_VERSION, migrate
+from edgefleet.coordinator.store.sqlite_health import SQLiteHealthReads
+from edgefleet.coordinator.store.sqlite_registry import SQLiteCampaigns, SQLiteStages
+from edgefleet.coordinator.store.sqlite_rollouts import SQLiteRollouts
+from edgefleet.coordinator.store.sqlite_rollups import fleet_rollup_sql, write_rollups
+from edgefleet.coordinator.store.sqlite_security import SQLiteEnrollment, SQLiteTokens
 from edgefleet.coordinator.telemetry.rollups import (
     RESOLUTIONS,
-    ROLLUP_COLUMN_TYPES,
-    ROLLUP_COLUMNS_6,
-    ROLLUP_COLUMNS_9,
-    ROLLUP_SCHEMA,
     Resolution,
     RollupBatch,
-    backfill_rollups,
     bucket_start,
-    fleet_rollup_sql,
     rollup_table,
     rollup_view,
 )
 from edgefleet.coordinator.telemetry.rows import TELEMETRY_COLUMNS, PreparedReport, prepare_arrived
 from edgefleet.protocol.messages import Availability, Command, CommandResult, ReportedState, Telemetry
 
-__all__ = ["LATEST_FIGURES", "FleetDB"]
+__all__ = ["LATEST_FIGURES", "SQLiteStore"]
 
 # What the fleet overview shows of each device's recent telemetry.
 LATEST_FIGURES = (
@@ -47,8 +50,8 @@ def _now() -> str:
     return datetime.now(UTC).isoformat()
 
 
-class FleetDB:
-    SCHEMA_VERSION = 9  # the number of migrations in _migrate
+class SQLiteStore(FleetStore):
+    SCHEMA_VERSION = SCHEMA_VERSION
 
     def __init__(self, path: Path | str) -> None:
         conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
@@ -56,186 +59,24 @@ class FleetDB:
         if str(path) != ":memory:":
             self.db.enable_wal()
         self._lock = threading.RLock()
-        self._migrate()
-
-    def _migrate(self) -> None:
-        """Apply, in order, every schema migration newer than the file's ``user_version``."""
-        migrations = [
-            self._schema_1, self._schema_2, self._schema_3, self._schema_4, self._schema_5, self._schema_6,
-            self._schema_7, self._schema_8, self._schema_9,
-        ]  # fmt: skip
-        assert len(migrations) == self.SCHEMA_VERSION
         with self.locked() as db:
-            current = db.execute("pragma user_version").fetchone()[0]
-            if current > len(migrations):
-                raise RuntimeError(
-                    f"fleet database schema {current} is newer than this coordinator ({len(migrations)})"
-                )
-            for version, migration in enumerate(migrations, start=1):
-                if version <= current:
-                    continue
-                # sqlite-utils commits each step itself, so every migration is written to be
-                # idempotent: one interrupted half way simply runs again at the next start.
-                migration(db)
-                db.execute(f"pragma user_version = {version}")
-
-    @staticmethod
-    def _schema_9(db: sqlite_utils.Database) -> None:
-        """The whole device's CPU and memory use and the latency histogram: in raw telemetry and in the
-        rollups (a store migrated from before schema 8 got every rollup column there)."""
-        _add_columns(
-            db, "telemetry", {"device_cpu_percent": float, "memory_used_percent": float, "latency_histogram": str}
-        )
-        for resolution in RESOLUTIONS:
-            _add_columns(db, rollup_table(resolution), ROLLUP_COLUMNS_9)
-
-    @staticmethod
-    def _schema_8(db: sqlite_utils.Database) -> None:
-        """Rollups for the raw telemetry stored before schema 4 kept them, in one transaction that a
-        rerun cannot count twice (see ``backfill_rollups``)."""
-        for resolution in RESOLUTIONS:  # the backfill writes every rollup column this code knows
-            _add_columns(db, rollup_table(resolution), ROLLUP_COLUMN_TYPES)
-        backfill_rollups(db.conn)
-
-    @staticmethod
-    def _schema_7(db: sqlite_utils.Database) -> None:
-        """Output confidence drift in raw telemetry."""
-        _add_columns(db, "telemetry", {"confidence_drift_score": float})
-
-    @staticmethod
-    def _schema_6(db: sqlite_utils.Database) -> None:
-        """p99 latency, disk usage and failures by kind: in raw telemetry and in the rollups."""
-        _add_columns(db, "telemetry", {
-            "latency_ms_p99": float, "errors_by_kind": str, "disk_free_bytes": int, "disk_used_percent": float,
-        })  # fmt: skip
-        for resolution in RESOLUTIONS:
-            _add_columns(db, rollup_table(resolution), ROLLUP_COLUMNS_6)
-
-    @staticmethod
-    def _schema_5(db: sqlite_utils.Database) -> None:
-        """Federated campaigns and their per-round records."""
-        Table(db, "campaigns").create(
-            {
-                "id": str, "model": str, "base_version": str, "status": str, "spec": str, "target": str,
-                "devices": str, "round": int, "epsilon": float, "evaluation": str, "privacy": str,
-                "result_version": str, "result_digests": str, "reason": str, "abort_requested": int,
-                "created_at": str, "started_at": str, "finished_at": str,
-            },
-            pk="id",
-            if_not_exists=True,
-        )  # fmt: skip
-        Table(db, "campaign_rounds").create(
-            {"campaign_id": str, "round": int, "status": str, "record": str, "at": str},
-            pk=("campaign_id", "round"),
-            if_not_exists=True,
-        )
-
-    @staticmethod
-    def _schema_4(db: sqlite_utils.Database) -> None:
-        """Per-device telemetry rollups by minute and by hour; raw telemetry indexed by arrival for pruning."""
-        for resolution in RESOLUTIONS:
-            table = Table(db, rollup_table(resolution))
-            table.create(ROLLUP_SCHEMA, pk=("device_id", "bucket_start"), if_not_exists=True)
-            table.create_index(["bucket_start"], if_not_exists=True)  # retention and fleet-wide reads
-        Table(db, "telemetry").create_index(["received_at"], if_not_exists=True)
-
-    @staticmethod
-    def _schema_3(db: sqlite_utils.Database) -> None:
-        """Commands sent to devices and their results."""
-        Table(db, "commands").create(
-            {
-                "command_id": str, "device_id": str, "name": str, "args": str, "sent_at": str,
-                "ok": int, "detail": str, "completed_at": str,
-            },
-            pk="command_id", if_not_exists=True,
-        )  # fmt: skip
-        Table(db, "commands").create_index(["device_id", "sent_at"], if_not_exists=True)
-
-    @staticmethod
-    def _schema_2(db: sqlite_utils.Database) -> None:
-        """Device groups and tags; registry stages with their history; drift in telemetry."""
-        _add_columns(db, "devices", {"tags": str, "group_name": str})
-        Table(db, "stages").create(
-            {"model": str, "version": str, "stage": str, "updated_at": str}, pk=("model", "version"), if_not_exists=True
-        )
-        _add_columns(db, "telemetry", {"drift_score": float, "drift_alert": int, "drift_features": str})
-        Table(db, "stage_history").create(
-            {"id": int, "model": str, "version": str, "stage": str, "previous": str, "at": str},
-            pk="id",
-            if_not_exists=True,
-        )
-
-    @staticmethod
-    def _schema_1(db: sqlite_utils.Database) -> None:
-        """Bundles, devices, desired state and telemetry."""
-        Table(db, "bundles").create(
-            {
-                "digest": str,
-                "name": str,
-                "version": str,
-                "device_class": str,
-                "model_format": str,
-                "key_id": str,
-                "size": int,
-                "created_at": str,
-                "uploaded_at": str,
-                "parent": str,
-                "manifest": str,
-            },
-            pk="digest",
-            if_not_exists=True,
-        )
-        Table(db, "devices").create(
-            {
-                "device_id": str,
-                "device_class": str,
-                "availability": str,
-                "last_seen": str,
-                "status": str,
-                "active_digest": str,
-                "active_version": str,
-                "runtime": str,
-                "last_error": str,
-                "reported": str,
-            },
-            pk="device_id",
-            if_not_exists=True,
-        )
-        Table(db, "desired").create(
-            {"device_id": str, "revision": int, "bundle_digest": str, "updated_at": str},
-            pk="device_id",
-            if_not_exists=True,
-        )
-        Table(db, "telemetry").create(
-            {
-                "message_id": str,
-                "device_id": str,
-                "received_at": str,
-                "sent_at": str,
-                "window_s": float,
-                "bundle_digest": str,
-                "runtime": str,
-                "runtime_skipped": str,
-                "inference_count": int,
-                "error_count": int,
-                "latency_ms_mean": float,
-                "latency_ms_p50": float,
-                "latency_ms_p95": float,
-                "cpu_percent": float,
-                "rss_bytes": int,
-                "soc_temp_c": float,
-                "outbox_pending": int,
-                "outbox_dropped": str,
-            },
-            pk="message_id",
-            if_not_exists=True,
-        )
-        Table(db, "telemetry").create_index(["device_id", "received_at"], if_not_exists=True)
+            migrate(db)
+        self.stages = SQLiteStages(self)
+        self.rollouts = SQLiteRollouts(self)
+        self.campaigns = SQLiteCampaigns(self)
+        self.tokens = SQLiteTokens(self)
+        self.enrollment = SQLiteEnrollment(self)
+        self.health = SQLiteHealthReads(self)
 
     @contextmanager
     def locked(self) -> Iterator[sqlite_utils.Database]:
+        """The connection, for this backend's repositories only; held alone while inside."""
         with self._lock:
             yield self.db
+
+    def close(self) -> None:
+        with self._lock:
+            self.db.conn.close()
 
     # -- bundles -------------------------------------------------------------------------
     def add_bundle(self, row: dict[str, Any]) -> None:
@@ -332,6 +173,10 @@ class FleetDB:
             )
         return revision
 
+    def desired_states(self) -> list[dict[str, Any]]:
+        with self.locked() as db:
+            return list(Table(db, "desired").rows_where(order_by="device_id"))
+
     # -- commands ------------------------------------------------------------------------
     def record_command_sent(self, command: Command) -> None:
         with self.locked() as db:
@@ -365,10 +210,6 @@ class FleetDB:
         return rows
 
     # -- telemetry -----------------------------------------------------------------------
-    def add_telemetry(self, message: Telemetry) -> bool:
-        """Insert once per message id; return False for a duplicate delivery."""
-        return self.add_telemetry_batch([message]) == 1
-
     def add_telemetry_batch(self, messages: list[Telemetry]) -> int:
         """Store reports that arrived now; see ``add_reports``."""
         received = datetime.now(UTC)
@@ -394,7 +235,7 @@ class FleetDB:
                     if row[0] in new_ids:  # a duplicate delivery (same message id) is folded in once, or never
                         new_ids.discard(row[0])
                         rollups.add_contribution(bucket, values)
-                rollups.write(conn)
+                write_rollups(conn, rollups)
                 conn.execute("commit")
             except BaseException:
                 if conn.in_transaction:
@@ -497,13 +338,11 @@ class FleetDB:
                     break
         return deleted
 
-
-def _add_columns(db: sqlite_utils.Database, table: str, columns: dict[str, type]) -> None:
-    """Add the columns ``table`` lacks (a migration run again after an interruption finds some there)."""
-    existing = Table(db, table).columns_dict
-    for column, kind in columns.items():
-        if column not in existing:
-            Table(db, table).add_column(column, kind)
+    def refused_report(self, exc: Exception) -> bool:
+        if isinstance(exc, sqlite3.OperationalError):
+            return "integer overflow" in str(exc)  # counts added up past 2**63; the rest: locked, full, I/O
+        return isinstance(exc, sqlite3.IntegrityError | sqlite3.DataError | sqlite3.InterfaceError | OverflowError
+                          | ValueError | TypeError)  # fmt: skip
 
 
 def _insert_telemetry(conn: sqlite3.Connection, rows: list[list[Any]]) -> set[str]:

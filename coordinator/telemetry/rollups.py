@@ -1,4 +1,6 @@
-"""Telemetry rollups: per-device minute and hour buckets kept current at ingest, read back, and pruned.
+"""Telemetry rollups: per-device minute and hour buckets, what a report adds to them, and how they read back.
+
+The store keeps them (edgefleet.coordinator.store.sqlite_rollups writes and sums them in SQL).
 
 A bucket stores sums, counts, maxima and minima only (failures per kind as counts added up), never a
 mean: means are derived on read, so they stay exact however many reports (and ingest batches) land in
@@ -10,36 +12,33 @@ from __future__ import annotations
 import json
 import logging
 import math
-import sqlite3
-import threading
 from collections import Counter
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal, get_origin
+from typing import Any, Literal, get_origin
 
 from edgefleet.protocol import histogram
 from edgefleet.protocol.messages import Telemetry
 
-if TYPE_CHECKING:
-    from edgefleet.coordinator.config import TelemetryRetentionConfig
-    from edgefleet.coordinator.store.sqlite import FleetDB
-
 __all__ = [
     "CONTRIBUTION_LAYOUT",
+    "ERRORS_COLUMN",
+    "HISTOGRAM_COLUMN",
     "MAX_BUCKET_ERROR_KINDS",
+    "MAX_COLUMNS",
+    "MIN_COLUMNS",
     "RESOLUTIONS",
     "ROLLUP_COLUMNS_6",
     "ROLLUP_COLUMNS_9",
     "ROLLUP_COLUMN_TYPES",
     "ROLLUP_SCHEMA",
+    "SUM_COLUMNS",
     "TELEMETRY_JSON_FIELDS",
     "Resolution",
     "RollupBatch",
-    "TelemetryPruner",
-    "backfill_rollups",
     "bucket_start",
     "contribution",
-    "fleet_rollup_sql",
+    "report_from_row",
     "rollup_table",
     "rollup_view",
 ]
@@ -80,6 +79,8 @@ _MINS = ("disk_free_bytes_min",)
 _ERRORS = "errors_by_kind"
 # Requests per latency bucket (protocol/histogram.py), likewise: the bucket's percentiles are made of it.
 _HISTOGRAM = "latency_histogram"
+# The bucket columns by how two buckets combine (the store's SQL adds, maximises and minimises them so).
+SUM_COLUMNS, MAX_COLUMNS, MIN_COLUMNS, ERRORS_COLUMN, HISTOGRAM_COLUMN = _SUMS, _MAXES, _MINS, _ERRORS, _HISTOGRAM
 MAX_BUCKET_ERROR_KINDS = 32  # a bucket keeps the most frequent kinds, so a device cannot grow it without end
 _N_SUMS, _N_MAXES = len(_SUMS), len(_MAXES)
 # What a report's contribution lists, in order (see ``contribution``).
@@ -126,39 +127,6 @@ def bucket_start(at: datetime, width_s: int) -> str:
 
 def _iso(epoch_s: float) -> str:
     return datetime.fromtimestamp(min(max(epoch_s, _FIRST_S), _LAST_S), UTC).isoformat()
-
-
-def _upsert_sql(resolution: Resolution) -> str:
-    table = rollup_table(resolution)
-    columns = ("device_id", "bucket_start", *_SUMS, *_MAXES, *_MINS, _ERRORS, _HISTOGRAM)
-    updates = [f"{c} = {c} + excluded.{c}" for c in _SUMS]
-    # SQLite's two-argument max() is NULL if either side is; fall back to whichever side has a value.
-    updates += [f"{c} = coalesce(max({c}, excluded.{c}), {c}, excluded.{c})" for c in _MAXES]
-    updates += [f"{c} = coalesce(min({c}, excluded.{c}), {c}, excluded.{c})" for c in _MINS]
-    # Error kinds are limited to the most frequent; the histogram has a fixed number of buckets.
-    updates.append(_add_counts_sql(table, _ERRORS, limit=MAX_BUCKET_ERROR_KINDS))
-    updates.append(_add_counts_sql(table, _HISTOGRAM, limit=None))
-    return (
-        f"insert into {table} ({', '.join(columns)}) values ({', '.join('?' * len(columns))})"
-        f" on conflict (device_id, bucket_start) do update set {', '.join(updates)}"
-    )
-
-
-def _add_counts_sql(table: str, column: str, *, limit: int | None) -> str:
-    """An upsert's update of a JSON object of counts: both sides' counts added per key (keeping the
-    ``limit`` largest). Only a bucket that already has counts and gets more pays for the JSON work."""
-    order = f" order by n desc, key limit {limit}" if limit is not None else ""
-    return (
-        f"{column} = case when excluded.{column} is null then {table}.{column}"
-        f" when {table}.{column} is null then excluded.{column}"
-        " else (select json_group_object(key, n) from (select key, sum(value) as n from ("
-        f"select key, value from json_each({table}.{column})"
-        f" union all select key, value from json_each(excluded.{column}))"
-        f" group by key{order})) end"
-    )
-
-
-_UPSERT = {resolution: _upsert_sql(resolution) for resolution in RESOLUTIONS}
 
 
 def _max(a: float | None, b: float | None) -> float | None:
@@ -260,8 +228,8 @@ class RollupBatch:
         else:
             _merge(current, values)
 
-    def write(self, conn: sqlite3.Connection) -> None:
-        """Upsert every bucket; the caller holds the transaction the raw rows went in with."""
+    def rows(self) -> dict[Resolution, list[tuple[Any, ...]]]:
+        """Every bucket's row to upsert (``device_id, bucket_start, *ROLLUP_VALUE_COLUMNS``), by resolution."""
         hours: dict[tuple[str, int], list[Any]] = {}
         for (device_id, minute), values in self._minutes.items():
             key = (device_id, minute // 3600 * 3600)
@@ -270,13 +238,17 @@ class RollupBatch:
                 hours[key] = list(values)  # the counts stay shared until a merge replaces them
             else:
                 _merge(current, values)
-        for sql, buckets in ((_UPSERT["minute"], self._minutes), (_UPSERT["hour"], hours)):
-            rows = [
+        by_resolution: tuple[tuple[Resolution, dict[tuple[str, int], list[Any]]], ...] = (
+            ("minute", self._minutes),
+            ("hour", hours),
+        )
+        return {
+            resolution: [
                 (device_id, _iso(start), *values[:-2], _error_kinds_json(values[-2]), _histogram_json(values[-1]))
                 for (device_id, start), values in buckets.items()
             ]
-            if rows:
-                conn.executemany(sql, rows)
+            for resolution, buckets in by_resolution
+        }
 
 
 # Stored as JSON text, like every list and dict of a report (coordinator/report_rows.py writes them so).
@@ -288,7 +260,7 @@ TELEMETRY_JSON_FIELDS = frozenset(
 _NOT_DEFAULTED = frozenset({"message_id", "sent_at"})
 
 
-def _report_from_row(row: dict[str, Any]) -> tuple[Telemetry, datetime]:
+def report_from_row(row: dict[str, Any]) -> tuple[Telemetry, datetime]:
     """A raw telemetry row as the report it was stored from, and its arrival; ValueError or TypeError if not one."""
     received_at = datetime.fromisoformat(row.pop("received_at"))
     fields = {
@@ -297,70 +269,6 @@ def _report_from_row(row: dict[str, Any]) -> tuple[Telemetry, datetime]:
         if value is not None or name in _NOT_DEFAULTED
     }
     return Telemetry.model_validate(fields), received_at if received_at.tzinfo else received_at.replace(tzinfo=UTC)
-
-
-def backfill_rollups(conn: sqlite3.Connection, *, chunk: int = 5000) -> int:
-    """Fold into the rollups the raw telemetry no rollup covers yet; return how many reports were folded in.
-
-    Rollups are kept at ingest since schema 4, so the rows an older coordinator stored have none. A
-    device's rows not covered are those received before its earliest minute bucket (before its earliest
-    hour bucket where retention has left it no minutes; all its rows where it has no bucket at all): a
-    report folded in at ingest lands in the minute of ``min(sent_at, received_at)``, never after it
-    arrived, so no covered row was received before that bucket. The uncovered rows are read back as
-    reports ``chunk`` at a time and folded in by ``RollupBatch``, exactly as at ingest; being older,
-    they make minute buckets only before the earliest existing one (an hour may be shared with it).
-
-    Safe to re-run: the whole backfill is one transaction, so one interrupted leaves nothing behind,
-    and once committed every row it folded in was received at or after the new earliest bucket, so
-    running it again finds nothing to add. The price of that rule: a report stored before the upgrade
-    but received after the device's earliest bucket (an outbox replay that arrived sent long before)
-    stays out of the rollups, never in them twice. Rows that are not valid reports are skipped and
-    counted in one warning.
-    """
-    columns = {row[1] for row in conn.execute("pragma table_info(telemetry)")}
-    names = [n for n in Telemetry.model_fields if n in columns and n != "schema_version"] + ["received_at"]
-    select = (
-        f"select t.rowid, {', '.join(f't.{n}' for n in names)} from telemetry t"
-        " left join temp.rollup_backfill_cutoff c on c.device_id = t.device_id"
-        " where t.rowid > ? and (c.first is null or t.received_at < c.first or t.received_at is null)"
-        " order by t.rowid limit ?"
-    )
-    folded, skipped, first_problem = 0, 0, ""
-    conn.execute("begin immediate")
-    try:
-        # Fixed before the first write: the buckets this backfill makes must not move the cutoffs.
-        conn.execute("create temp table rollup_backfill_cutoff (device_id text primary key, first text)")
-        for resolution in RESOLUTIONS:  # minutes first: a device's hours count only where it has no minutes
-            conn.execute(
-                "insert or ignore into temp.rollup_backfill_cutoff"
-                f" select device_id, min(bucket_start) from {rollup_table(resolution)} group by device_id"
-            )
-        after = 0
-        while rows := conn.execute(select, [after, chunk]).fetchall():
-            after = rows[-1][0]
-            batch = RollupBatch()
-            for _, *values in rows:
-                try:
-                    message, received_at = _report_from_row(dict(zip(names, values, strict=True)))
-                except (ValueError, TypeError) as exc:  # pydantic's and json's errors are ValueErrors
-                    skipped += 1
-                    first_problem = first_problem or f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
-                    continue
-                batch.add(message, received_at)
-                folded += 1
-            batch.write(conn)
-        conn.execute("drop table temp.rollup_backfill_cutoff")
-        conn.execute("commit")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("rollback")
-        raise
-    if folded:
-        log.info("telemetry rollups backfilled from %d raw reports stored before rollups existed", folded)
-    if skipped:
-        log.warning("rollup backfill skipped %d raw telemetry rows that are not valid reports (the first: %s)",
-                    skipped, first_problem)  # fmt: skip
-    return folded
 
 
 def rollup_view(row: dict[str, Any]) -> dict[str, Any]:
@@ -409,53 +317,3 @@ def _added_counts(row: dict[str, Any], column: str) -> Counter[str]:
     for counts in objects:
         total.update(counts)
     return total
-
-
-def fleet_rollup_sql(resolution: Resolution, *, device_class: bool) -> str:
-    """Buckets summed over devices (optionally of one class): exact, since buckets hold only sums, minima and maxima."""
-    aggregates = [f"sum(r.{c}) as {c}" for c in _SUMS] + [f"max(r.{c}) as {c}" for c in _MAXES]
-    aggregates += [f"min(r.{c}) as {c}" for c in _MINS]
-    for column in (_ERRORS, _HISTOGRAM):
-        aggregates.append(f"json_group_array(json(r.{column})) filter (where r.{column} is not null) as {column}_list")
-    join = " join devices d on d.device_id = r.device_id and d.device_class = :device_class" if device_class else ""
-    return (
-        f"select r.bucket_start, count(distinct r.device_id) as devices, {', '.join(aggregates)}"
-        f" from {rollup_table(resolution)} r{join} where r.bucket_start >= :since"
-        " group by r.bucket_start order by r.bucket_start desc limit :limit"
-    )
-
-
-class TelemetryPruner:
-    """Deletes telemetry past retention at start and then every ``interval_s``, until stopped."""
-
-    def __init__(self, db: FleetDB, retention: TelemetryRetentionConfig) -> None:
-        self.db = db
-        self.retention = retention
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="telemetry-pruner", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-
-    def prune_once(self) -> dict[str, int]:
-        r = self.retention
-        deleted = self.db.prune_telemetry(
-            raw_days=r.raw_days, minute_days=r.minute_days, hour_days=r.hour_days, stop=self._stop
-        )
-        if any(deleted.values()):
-            log.info("telemetry pruned: %s", ", ".join(f"{table} {n}" for table, n in deleted.items()))
-        return deleted
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.prune_once()
-            except Exception:  # a failed prune is retried at the next interval; ingest goes on
-                log.exception("telemetry prune failed")
-            self._stop.wait(self.retention.prune_interval_s)

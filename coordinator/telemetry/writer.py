@@ -12,12 +12,11 @@ and logged. At stop a failing store gets a few last tries, then what is queued i
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 import time
 from datetime import UTC, datetime
 
-from edgefleet.coordinator.store.sqlite import FleetDB
+from edgefleet.coordinator.store import FleetStore
 from edgefleet.coordinator.telemetry.rows import PreparedReport, prepare
 from edgefleet.protocol.messages import Telemetry
 
@@ -30,7 +29,7 @@ TRIES_AT_STOP = 3  # a store still failing at stop: what it holds is lost after 
 
 
 class TelemetryIngest:
-    def __init__(self, db: FleetDB, *, batch: int = 2000, linger_s: float = 0.2, max_queue: int = 200_000,
+    def __init__(self, db: FleetStore, *, batch: int = 2000, linger_s: float = 0.2, max_queue: int = 200_000,
                  block_s: float = 5.0) -> None:  # fmt: skip
         self.db = db
         # A full queue (the database stalled) blocks the caller (the thread reading the telemetry
@@ -129,7 +128,7 @@ class TelemetryIngest:
             try:
                 inserted = self.db.add_reports(items)
             except Exception as exc:
-                if _refused_report(exc):  # something in the reports themselves: store the others
+                if self.db.refused_report(exc):  # something in the reports themselves: store the others
                     self._set_apart(items)
                     return
                 failures += 1  # the store: locked, disk full, I/O error, damaged, or code that does not fit it
@@ -164,11 +163,3 @@ class TelemetryIngest:
         (row, (device_id, _), _) = items[0]
         self.dropped += 1
         log.exception("telemetry report %s from %s cannot be stored; dropped", row[0], device_id)
-
-
-def _refused_report(exc: Exception) -> bool:
-    """Whether SQLite (or the binding of values) refused a report's values, rather than failed as a store."""
-    if isinstance(exc, sqlite3.OperationalError):
-        return "integer overflow" in str(exc)  # counts added up past 2**63; the rest: locked, full, I/O
-    return isinstance(exc, sqlite3.IntegrityError | sqlite3.DataError | sqlite3.InterfaceError | OverflowError
-                      | ValueError | TypeError)  # fmt: skip
