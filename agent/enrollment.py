@@ -1,7 +1,7 @@
 """Enrollment, device side: exchange a one-time token for an identity and write a complete agent config.
 
-The request and response models here are the REST contract of ``POST /api/v1/enroll``; the
-coordinator imports them. Only the standard library speaks HTTP, so a core install can enroll.
+The request and response are the REST contract of ``POST /api/v1/enroll`` (edgefleet.protocol.enrollment).
+Only the standard library speaks HTTP, so a core install can enroll.
 """
 
 from __future__ import annotations
@@ -14,62 +14,26 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
 from edgefleet.agent.config import AgentConfig, parse_config
 from edgefleet.agent.device_class import load_device_class
+from edgefleet.agent.errors import AgentError
+from edgefleet.protocol.enrollment import ENROLL_PATH, EnrollRequest, EnrollResponse
 from edgefleet.protocol.signing import key_id, load_public_key
 
 __all__ = [
-    "EnrollRequest",
-    "EnrollResponse",
-    "EnrolledBroker",
     "EnrollmentError",
     "enrolled_files",
     "request_enrollment",
     "write_agent_config",
 ]
 
-ENROLL_PATH = "/api/v1/enroll"
-
-
-class EnrollRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    token: str = Field(min_length=8, max_length=256, description="The one-time enrollment token.")
-    device_id: str | None = Field(
-        default=None, description="Wished-for device id; used only if the token does not name one."
-    )
-
-
-# Responses ignore unknown fields: an agent must still enroll with a newer coordinator.
-class EnrolledBroker(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    url: str = Field(description="Broker URL the device connects to.")
-    username: str = Field(description="The device's broker username (its device id).")
-    password: str | None = Field(default=None, description="Its broker password; none where auth is unmanaged.")
-    ca_pem: str | None = Field(default=None, description="CA certificate (PEM) for the broker's TLS certificate.")
-    managed: bool = Field(description="Whether the coordinator maintains the broker's password and ACL files.")
-
-
-class EnrollResponse(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    device_id: str
-    device_class: str
-    broker: EnrolledBroker
-    trusted_keys: list[str] = Field(min_length=1, description="PEM public keys that sign bundles.")
-    command_keys: list[str] = Field(default_factory=list, description="PEM public keys that sign commands.")
-    notes: list[str] = Field(default_factory=list, description="What the operator should know, e.g. unmanaged auth.")
-
-
-class EnrollmentError(Exception):
+class EnrollmentError(AgentError):
     """Enrollment failed; ``status`` is the coordinator's HTTP status, None when it was not reached."""
 
     def __init__(self, reason: str, *, status: int | None = None) -> None:
         super().__init__(reason)
-        self.reason = reason
         self.status = status
 
 

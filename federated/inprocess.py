@@ -4,7 +4,7 @@ For tests and benchmarks without Ray or a SuperLink. Each node keeps its own Con
 and state) across rounds like a SuperNode does; a ClientApp that raises answers with an error reply,
 one that is slower than the round's timeout is simply not waited for, and ``disconnect`` takes a
 node off the grid. It sets Flower's message ids and task identity the way its InMemoryGrid does
-(private details of flwr 1.40, covered by tests/test_federated_inprocess.py).
+(private details of flwr 1.40, all in edgefleet.common.flower_compat).
 """
 
 from __future__ import annotations
@@ -17,13 +17,15 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from time import monotonic
+from typing import TYPE_CHECKING
 
 from flwr.app import Context, Error, Message, RecordDict
-from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.serverapp.grid import Grid
-from flwr.supercore.run import Run
-from flwr.supercore.task_identity import TaskIdentity
 
+from edgefleet.common import flower_compat
+
+if TYPE_CHECKING:
+    from flwr.supercore.run import Run  # the type Grid.run has; the value comes from flower_compat
 from edgefleet.federated.secure_aggregation import is_secure_message
 
 __all__ = ["InProcessGrid", "InProcessNode"]
@@ -56,7 +58,7 @@ class InProcessGrid(Grid):
         self._secure_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=max_workers or max(1, len(nodes)), thread_name_prefix="client")
         self._pending: dict[str, Future[Message]] = {}
-        TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = run_id, SUPERLINK_NODE_ID, 0
+        flower_compat.set_task_identity(run_id, flower_compat.superlink_node_id())
 
     # -- Grid -----------------------------------------------------------------
     def set_run(self, run: Run) -> None:
@@ -64,7 +66,7 @@ class InProcessGrid(Grid):
 
     @property
     def run(self) -> Run:
-        return Run.create_empty(self._run_id)
+        return flower_compat.empty_run(self._run_id)
 
     def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str,
                        ttl: float | None = None) -> Message:  # fmt: skip
@@ -81,7 +83,7 @@ class InProcessGrid(Grid):
             # content object to every node, and its client mod pops keys from what it receives.
             message = copy.deepcopy(message)
             message_id = uuid.uuid4().hex
-            message.metadata.__dict__["_message_id"] = message_id
+            flower_compat.set_message_id(message, message_id)
             node_id = message.metadata.dst_node_id
             with self._lock:
                 online = node_id in self._online
@@ -138,5 +140,5 @@ class InProcessGrid(Grid):
             return self._apps[node_id](message, self._contexts[node_id])
         except Exception as exc:  # a ClientApp that raises answers with an error, as on a SuperNode
             log.warning("node %d: ClientApp raised %s: %s", node_id, type(exc).__name__, exc, exc_info=exc)
-            error = Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=f"{type(exc).__name__}: {exc}")
+            error = Error(code=flower_compat.client_app_error_code(), reason=f"{type(exc).__name__}: {exc}")
             return Message(error=error, reply_to=message)

@@ -32,17 +32,14 @@ from flwr.common import (
     ndarrays_to_parameters,
     parameters_to_ndarrays,
 )
-from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
-from flwr.server.compat.legacy_context import LegacyContext
 from flwr.server.strategy import Strategy as LegacyStrategy
-from flwr.server.workflow import SecAggPlusWorkflow
-from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD
-from flwr.server.workflow.constant import Key as WorkflowKey
 from flwr.serverapp.grid import Grid
 
+from edgefleet.common.flower_compat import secaggplus
 from edgefleet.federated.weights import array_to_numpy
+from edgefleet.protocol.campaign import ARRAY_NAMES
 
 __all__ = [
     "MAX_WEIGHT",
@@ -55,14 +52,13 @@ __all__ = [
 
 MAX_WEIGHT = 10_000  # samples one client may weigh in with per round
 CLIPPING_RANGE = 8.0  # |n * update / MAX_WEIGHT| per value; an update is at most 8 * MAX_WEIGHT / n
-ARRAY_NAMES = "array-names"  # config key: the names of the arrays, in the order the update lists them
 
 
 
 
 def is_secure_message(content: RecordDict) -> bool:
     """Whether a train message is a stage of the SecAgg+ protocol."""
-    return RECORD_KEY_CONFIGS in content.config_records
+    return secaggplus().RECORD_KEY_CONFIGS in content.config_records
 
 
 @dataclass
@@ -158,17 +154,18 @@ def secure_round(
     Every node holds a share of every other's secrets (one neighbourhood), and any
     ``min_clients`` of them can unmask (at least 2): a dropout tolerance equal to the campaign's.
     """
+    flower = secaggplus()
     names = list(arrays.keys())
     weights = [arrays[k].numpy() for k in names]
     strategy = _OneRound(node_ids, {**config, ARRAY_NAMES: ",".join(names)})
     state = RecordDict(
         {
-            MAIN_PARAMS_RECORD: ArrayRecord({str(i): Array(w) for i, w in enumerate(weights)}),
-            MAIN_CONFIGS_RECORD: ConfigRecord({WorkflowKey.CURRENT_ROUND: server_round}),
+            flower.MAIN_PARAMS_RECORD: ArrayRecord({str(i): Array(w) for i, w in enumerate(weights)}),
+            flower.MAIN_CONFIGS_RECORD: ConfigRecord({flower.WorkflowKey.CURRENT_ROUND: server_round}),
         }
     )
-    context = LegacyContext(Context(0, 0, {}, state, {}), strategy=strategy)
-    workflow = SecAggPlusWorkflow(
+    context = flower.LegacyContext(Context(0, 0, {}, state, {}), strategy=strategy)
+    workflow = flower.SecAggPlusWorkflow(
         num_shares=1.0,  # every sampled node is a neighbour of every other
         # Unmasking needs this many nodes' key shares, and the workflow stops before unmasking when
         # fewer masked updates arrived: the server never learns a sum of fewer than min_clients.

@@ -120,7 +120,7 @@ def test_unavailable_candidates_are_listed_with_the_reason(mlp_run: CompressionR
     status = {c.name: (c.status, c.reason) for c in mlp_run.candidates}
     assert status["tflite-fp32"] == ("not built", "litert-torch not installed (pip install edgefleet[tflite-export])")
     assert status["tflite-int8"][0] == "not built"
-    assert status["tensorrt-fp16"][0] == "not built" and "no GPU" in (status["tensorrt-fp16"][1] or "")
+    assert status["tensorrt-fp16"][0] == "not built" and "no NVIDIA GPU visible" in (status["tensorrt-fp16"][1] or "")
 
 
 def test_accuracy_and_drop_equal_a_hand_computation(mlp_run: CompressionReport, data: DigitsData) -> None:

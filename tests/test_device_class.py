@@ -81,3 +81,18 @@ def test_this_machine_is_detected() -> None:
     assert isinstance(probe, Probe)
     if probe.arch == "x86_64" and probe.device_tree_model is None:
         assert detect_device_class(probe) == "x86-gateway"
+
+
+def test_the_compressor_sees_a_jetsons_gpu_as_the_agent_does(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One rule for "is there an NVIDIA GPU": a Jetson Orin has /dev/nvgpu/igpu0 and no nvidia-smi."""
+    from edgefleet.agent.runtimes import onnx_gpu
+    from edgefleet.compression.candidates import tensorrt
+
+    igpu = tmp_path / "dev" / "nvgpu" / "igpu0"
+    igpu.parent.mkdir(parents=True)
+    igpu.touch()
+    monkeypatch.setattr(onnx_gpu, "_NVIDIA_DEVICE_PATHS", (tmp_path / "dev" / "nvidia0", igpu))
+    assert onnx_gpu.nvidia_device_reason() is None
+    assert "GPU" not in (tensorrt.unavailable_reason() or "")  # only tensorrt's absence is left, if that
+    igpu.unlink()
+    assert "no NVIDIA GPU visible" in (tensorrt.unavailable_reason() or "")

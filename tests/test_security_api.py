@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from edgefleet.agent.enrollment import EnrollResponse
 from edgefleet.agent.mqtt.commands import CommandVerifier
 from edgefleet.common.mqtt import BrokerConfig
 from edgefleet.coordinator.api.app import create_app
@@ -20,6 +19,7 @@ from edgefleet.coordinator.config import CoordinatorConfig
 from edgefleet.coordinator.service import Coordinator
 from edgefleet.local.broker import LocalBroker
 from edgefleet.local.fleet import wait_until
+from edgefleet.protocol.enrollment import EnrollResponse
 from edgefleet.protocol.signing import generate_keypair, key_id, load_public_key
 from edgefleet.protocol.topics import Channel, topic
 from tests.conftest import Keys, SecuredBroker

@@ -8,9 +8,9 @@ parses and builds, and listed as not built, with the reason, where it cannot be.
 from __future__ import annotations
 
 import importlib.util
-import shutil
 from pathlib import Path
 
+from edgefleet.agent.runtimes.onnx_gpu import nvidia_device_reason
 from edgefleet.compression.candidates.base import BuildContext, Candidate, not_built, technique, tool_version
 
 __all__ = ["tensorrt_engine", "unavailable_reason"]
@@ -18,9 +18,9 @@ __all__ = ["tensorrt_engine", "unavailable_reason"]
 
 def unavailable_reason() -> str | None:
     missing = []
-    gpu = shutil.which("nvidia-smi") is not None or Path("/dev/nvidia0").exists()
-    if not gpu:
-        missing.append("no GPU")
+    no_gpu = nvidia_device_reason()  # the agent's rule: a Jetson's integrated GPU counts
+    if no_gpu:
+        missing.append(no_gpu)
     if importlib.util.find_spec("tensorrt") is None:
         missing.append("tensorrt not installed")
     return " / ".join(missing) or None

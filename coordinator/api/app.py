@@ -11,19 +11,21 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
+from edgefleet.common.errors import ConfigError, EdgefleetError
 from edgefleet.coordinator.api.artifacts import artifact_router
 from edgefleet.coordinator.api.campaigns import campaign_router
 from edgefleet.coordinator.api.dashboard import dashboard_files, dashboard_router
 from edgefleet.coordinator.api.registry import registry_router
 from edgefleet.coordinator.api.rollouts import rollout_router
 from edgefleet.coordinator.api.security import Security, security_router
-from edgefleet.coordinator.errors import Conflict, CoordinatorError, NotFound, Rejected
+from edgefleet.coordinator.errors import Conflict, NotFound, Rejected
 from edgefleet.coordinator.health.metrics import fleet_registry
 from edgefleet.coordinator.mqtt.signer import CommandNotSent
 from edgefleet.coordinator.security.broker_auth import BrokerAuthError
 from edgefleet.coordinator.security.enrollment import EnrollmentRefused
 from edgefleet.coordinator.security.tokens import Forbidden, Unauthorized
 from edgefleet.coordinator.service import Coordinator
+from edgefleet.protocol.errors import ProtocolError
 
 __all__ = ["create_app"]
 
@@ -47,7 +49,8 @@ class LabelsRequest(BaseModel):
     group: str | None = Field(default=None, max_length=128, description="Empty string removes the group.")
 
 
-_STATUS = {
+# Errors -> HTTP statuses, by class: the most specific class of an error listed here wins.
+_STATUS: dict[type[EdgefleetError], int] = {
     NotFound: 404,
     Rejected: 422,
     Conflict: 409,
@@ -56,7 +59,14 @@ _STATUS = {
     Forbidden: 403,
     BrokerAuthError: 502,
     CommandNotSent: 503,
+    ProtocolError: 422,  # a bundle, manifest or message that breaks the contract
+    ConfigError: 422,  # e.g. a campaign spec or device class that does not validate
 }
+
+
+def http_status(exc: EdgefleetError) -> int:
+    """The status of the most specific listed class ``exc`` is an instance of; 400 for the rest."""
+    return next((_STATUS[cls] for cls in type(exc).__mro__ if cls in _STATUS), 400)
 
 
 def create_app(coordinator: Coordinator, *, token: str | None) -> FastAPI:
@@ -75,9 +85,9 @@ def create_app(coordinator: Coordinator, *, token: str | None) -> FastAPI:
     app = FastAPI(title="edgefleet coordinator", version="0.1.0", lifespan=lifespan)
     app.state.security = security
 
-    @app.exception_handler(CoordinatorError)
-    async def _domain_error(_request: Request, exc: CoordinatorError) -> JSONResponse:
-        status = _STATUS.get(type(exc), 400)
+    @app.exception_handler(EdgefleetError)
+    async def _domain_error(_request: Request, exc: EdgefleetError) -> JSONResponse:
+        status = http_status(exc)
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
         return JSONResponse(status_code=status, content={"detail": exc.reason}, headers=headers)
 

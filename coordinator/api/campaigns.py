@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Any
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
-from edgefleet.coordinator.campaigns.store import TargetSelector
 from edgefleet.coordinator.errors import Conflict
+from edgefleet.coordinator.targets import TargetSelector
 from edgefleet.federated.spec import CampaignSpec
 
 if TYPE_CHECKING:

@@ -9,13 +9,13 @@ import paho.mqtt.client as mqtt
 from fastapi import APIRouter, Depends, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from edgefleet.agent.enrollment import EnrollRequest, EnrollResponse
 from edgefleet.coordinator.errors import Conflict, NotFound, Rejected
 from edgefleet.coordinator.mqtt.signer import CommandSigner, publish_command
 from edgefleet.coordinator.security.broker_auth import BrokerAuth, BrokerAuthError
 from edgefleet.coordinator.security.enrollment import Enrollment
 from edgefleet.coordinator.security.tokens import ApiTokens, Authorizer, Principal, Role
 from edgefleet.coordinator.service import Coordinator
+from edgefleet.protocol.enrollment import EnrollRequest, EnrollResponse
 from edgefleet.protocol.messages import Availability
 from edgefleet.protocol.topics import Channel, topic
 

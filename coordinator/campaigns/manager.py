@@ -25,11 +25,12 @@ from edgefleet.coordinator.campaigns.result import (
     privacy_report,
     register_result,
 )
-from edgefleet.coordinator.campaigns.store import FINAL_STATES, CampaignStore, TargetSelector
+from edgefleet.coordinator.campaigns.store import FINAL_STATES, CampaignStore
 from edgefleet.coordinator.errors import Conflict, Rejected
 from edgefleet.coordinator.registry.artifacts import Registry
 from edgefleet.coordinator.registry.models import ModelRegistry
 from edgefleet.coordinator.store import FleetStore
+from edgefleet.coordinator.targets import TargetSelector, select_devices
 from edgefleet.federated.errors import FederatedError
 from edgefleet.federated.server.evaluation import load_validation, validation_evaluator
 from edgefleet.federated.server.rounds import CampaignOutcome, EvaluateFn, RoundRecord
@@ -169,11 +170,8 @@ class CampaignManager:
         """Devices that may train now, and why each other device of the target may not."""
         chosen: list[str] = []
         skipped: dict[str, str] = {}
-        wanted = set(target.device_ids or [])
-        for device in self.db.devices(target.device_class, tag=target.tag, group=target.group):
+        for device in select_devices(self.db, target):
             device_id = device["device_id"]
-            if wanted and device_id not in wanted:
-                continue
             reported = device.get("reported") or {}
             samples = reported.get("training_samples") or 0
             if device.get("availability") != "online":

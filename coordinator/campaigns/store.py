@@ -5,25 +5,12 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
-
 from edgefleet.coordinator.errors import NotFound
 from edgefleet.coordinator.store import FleetStore
 
-__all__ = ["FINAL_STATES", "CampaignStore", "TargetSelector"]
+__all__ = ["FINAL_STATES", "CampaignStore"]
 
 FINAL_STATES = frozenset({"completed", "aborted", "failed", "budget_exhausted"})
-
-
-class TargetSelector(BaseModel):
-    """Which devices may take part; only online, ready devices with enough samples are picked."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    device_class: str | None = Field(default=None, description="Only this device class.")
-    tag: str | None = Field(default=None, description="Only devices with this tag.")
-    group: str | None = Field(default=None, description="Only devices in this group.")
-    device_ids: list[str] | None = Field(default=None, max_length=10_000, description="Only these devices.")
 
 
 def _now() -> str:

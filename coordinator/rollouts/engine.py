@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from edgefleet.coordinator.errors import Conflict, NotFound, Rejected
 from edgefleet.coordinator.health.signals import DEFAULT_MAX_P95_RATIO, bundle_windows, latency_ratio
 from edgefleet.coordinator.store import FleetStore
+from edgefleet.coordinator.targets import TargetSelector, select_devices
 
 __all__ = ["Gates", "RolloutEngine", "RolloutSpec", "parse_waves"]
 
@@ -74,6 +75,13 @@ class RolloutSpec(BaseModel):
     device_ids: list[str] | None = Field(default=None, description="Only these devices.")
     tag: str | None = Field(default=None, description="Only devices carrying this tag.")
     group: str | None = Field(default=None, description="Only devices in this group.")
+
+    @property
+    def target(self) -> TargetSelector:
+        """The devices this rollout is for, as campaigns name them too."""
+        return TargetSelector(
+            device_class=self.device_class, tag=self.tag, group=self.group, device_ids=self.device_ids
+        )
     waves: list[str] = Field(default=["10%", "50%", "100%"], description="Cumulative: '10%' or a device count.")
     soak_s: float = Field(default=60.0, ge=0, description="Wait after a wave is active, before gates are checked.")
     wave_timeout_s: float = Field(
@@ -167,10 +175,7 @@ class RolloutEngine:
         }
         if not bundles:
             raise NotFound(f"no bundle of {spec.model}:{spec.version} in the registry")
-        devices = self.db.devices(device_class=spec.device_class, tag=spec.tag, group=spec.group)
-        if spec.device_ids is not None:
-            devices = [d for d in devices if d["device_id"] in set(spec.device_ids)]
-        targets = [d for d in devices if d.get("device_class") in bundles]
+        targets = [d for d in select_devices(self.db, spec.target) if d.get("device_class") in bundles]
         if not targets:
             classes = sorted(bundles)
             raise Conflict(f"no device matches the target with a bundle of {spec.model}:{spec.version} ({classes})")

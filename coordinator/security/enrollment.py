@@ -16,12 +16,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from edgefleet.agent.device_class import load_device_class
-from edgefleet.agent.enrollment import EnrolledBroker, EnrollResponse
 from edgefleet.common.errors import ConfigError
 from edgefleet.coordinator.config import CoordinatorConfig
 from edgefleet.coordinator.errors import Conflict, CoordinatorError, NotFound, Rejected
 from edgefleet.coordinator.security.broker_auth import BrokerAuth, BrokerAuthError
 from edgefleet.coordinator.store import FleetStore
+from edgefleet.protocol.enrollment import EnrolledBroker, EnrollResponse
 from edgefleet.protocol.errors import InvalidMessage
 from edgefleet.protocol.topics import validate_device_id
 

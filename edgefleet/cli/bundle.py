@@ -7,10 +7,11 @@ from pathlib import Path
 
 import typer
 
+from edgefleet.cli.errors import fail_with
 from edgefleet.common.exit_codes import ExitCode
 from edgefleet.common.output import Format, FormatOption, fail, print_data
 from edgefleet.protocol.bundle import extract_bundle, verify_files, verify_manifest
-from edgefleet.protocol.errors import BundleError, SignatureError
+from edgefleet.protocol.errors import BundleError
 from edgefleet.protocol.signing import key_id, load_private_key, load_public_key, load_trusted_keys, write_keypair
 
 bundle_app = typer.Typer(help="Build, verify and inspect signed model bundles.", no_args_is_help=True)
@@ -87,8 +88,8 @@ def bundle_verify(
             signed = extract_bundle(bundle, Path(tmp))
             manifest = verify_manifest(signed, load_trusted_keys(trusted))
             verify_files(manifest, lambda name, _sha: Path(tmp) / name)
-        except (BundleError, SignatureError) as exc:
-            fail(f"{bundle}: {exc.reason}", ExitCode.BUNDLE_INVALID)
+        except BundleError as exc:  # a SignatureError is one
+            fail_with(exc, prefix=f"{bundle}: ")
     print_data({"bundle": str(bundle), "valid": True, "digest": signed.digest, "key_id": signed.key_id}, fmt)
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import typer
 
-from edgefleet.cli.coordinator import TokenOption, UrlOption, _call
+from edgefleet.cli.rest import TokenOption, UrlOption, call
 from edgefleet.common.exit_codes import ExitCode
 from edgefleet.common.output import Format, FormatOption, console, fail, print_data
 
@@ -38,7 +38,7 @@ def create(
     except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
         fail(f"{spec_file}: {exc}", ExitCode.CONFIG_INVALID)
     body: dict[str, Any] = {"spec": spec, "target": _target(target), "start": start}
-    _show(_call("POST", url, token, "/api/v1/campaigns", json=body), fmt)
+    _show(call("POST", url, token, "/api/v1/campaigns", json=body), fmt)
 
 
 def _target(text: str) -> dict[str, Any]:
@@ -61,7 +61,7 @@ def start_command(campaign_id: str, url: str = UrlOption, token: str | None = To
 
     Example: edgefleet campaign start c1a2b3c4d
     """
-    _show(_call("POST", url, token, f"/api/v1/campaigns/{campaign_id}/start"), fmt)
+    _show(call("POST", url, token, f"/api/v1/campaigns/{campaign_id}/start"), fmt)
 
 
 @app.command()
@@ -70,7 +70,7 @@ def abort(campaign_id: str, url: str = UrlOption, token: str | None = TokenOptio
 
     Example: edgefleet campaign abort c1a2b3c4d
     """
-    _show(_call("POST", url, token, f"/api/v1/campaigns/{campaign_id}/abort"), fmt)
+    _show(call("POST", url, token, f"/api/v1/campaigns/{campaign_id}/abort"), fmt)
 
 
 @app.command()
@@ -87,7 +87,7 @@ def status(
     """
     shown = 0
     while True:
-        campaign = _call("GET", url, token, f"/api/v1/campaigns/{campaign_id}")
+        campaign = call("GET", url, token, f"/api/v1/campaigns/{campaign_id}")
         rounds = campaign.get("history", [])
         if fmt != Format.json:
             for record in rounds[shown:]:
@@ -107,7 +107,7 @@ def list_campaigns(url: str = UrlOption, token: str | None = TokenOption, fmt: F
 
     Example: edgefleet campaign list
     """
-    rows = _call("GET", url, token, "/api/v1/campaigns")
+    rows = call("GET", url, token, "/api/v1/campaigns")
     columns = ["id", "model", "base_version", "status", "round", "epsilon", "result_version", "reason"]
     print_data(rows, fmt, columns=None if fmt == Format.json else columns)
 

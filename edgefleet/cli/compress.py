@@ -12,6 +12,7 @@ from pathlib import Path
 import typer
 from pydantic import TypeAdapter, ValidationError
 
+from edgefleet.cli.errors import fail_with
 from edgefleet.common.errors import ConfigError
 from edgefleet.common.exit_codes import ExitCode
 from edgefleet.common.output import Format, FormatOption, configure_logging, console, fail
@@ -157,10 +158,8 @@ def compress_command(
             parent_bundle=parent_bundle,
             progress=fmt == Format.table,
         )
-    except CompressionError as exc:
-        fail(exc.reason, ExitCode.USAGE)
-    except ConfigError as exc:
-        fail(str(exc), ExitCode.CONFIG_INVALID)
+    except (CompressionError, ConfigError) as exc:
+        fail_with(exc)
     if fmt == Format.json:
         typer.echo(json.dumps(report.to_dict(), indent=2, default=str))
     else:

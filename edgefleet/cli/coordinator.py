@@ -10,13 +10,13 @@ from typing import Any
 
 import typer
 
+from edgefleet.cli.errors import fail_with
+from edgefleet.cli.rest import TokenOption, UrlOption, call
 from edgefleet.common.exit_codes import ExitCode
 from edgefleet.common.output import Format, FormatOption, configure_logging, fail, print_data
 
 app = typer.Typer(help="The fleet's control plane.", no_args_is_help=True)
 
-UrlOption = typer.Option("http://127.0.0.1:8080", "--url", envvar="EDGEFLEET_URL", help="Coordinator REST API.")
-TokenOption = typer.Option(None, "--token", envvar="EDGEFLEET_TOKEN", help="API bearer token.")
 
 
 @app.command()
@@ -36,7 +36,9 @@ def serve(config: Path = typer.Option(..., "--config", "-c", help="Coordinator c
         cfg = load_config(config)
         coordinator = Coordinator(cfg)
         app_ = create_app(coordinator, token=cfg.api.resolved_token())
-    except (EdgefleetError, OSError, ValueError) as exc:
+    except EdgefleetError as exc:  # the config, or what it names, keeps the coordinator from starting
+        fail_with(exc, otherwise=ExitCode.CONFIG_INVALID)
+    except (OSError, ValueError) as exc:
         fail(str(exc), ExitCode.CONFIG_INVALID)
     configure_logging(cfg.log_level)
     # What is loaded by now lives as long as the process: keep it out of the collector's full passes,
@@ -46,38 +48,13 @@ def serve(config: Path = typer.Option(..., "--config", "-c", help="Coordinator c
     uvicorn.run(app_, host=cfg.api.host, port=cfg.api.port, log_level=cfg.log_level.lower(), access_log=False)
 
 
-def _call(method: str, url: str, token: str | None, path: str, **kwargs: Any) -> Any:
-    import httpx
-
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    try:
-        response = httpx.request(method, url.rstrip("/") + path, headers=headers, timeout=60, **kwargs)
-    except httpx.HTTPError as exc:
-        fail(f"{url}: {exc}", ExitCode.UNREACHABLE)
-    if response.status_code == 404:
-        fail(response.json().get("detail", "not found"), ExitCode.NOT_FOUND)
-    if response.status_code == 422:
-        fail(str(response.json().get("detail")), ExitCode.BUNDLE_INVALID)
-    if response.status_code >= 400:
-        fail(f"{response.status_code}: {_detail(response)}", ExitCode.ERROR)
-    return response.json()
-
-
-def _detail(response: Any) -> str:
-    try:
-        detail = response.json().get("detail")
-    except (ValueError, AttributeError):
-        return str(response.text)
-    return detail if isinstance(detail, str) else json.dumps(detail)
-
-
 @app.command()
 def devices(url: str = UrlOption, token: str | None = TokenOption, fmt: Format = FormatOption) -> None:
     """List devices with their availability and reported state.
 
     Example: edgefleet coordinator devices --format json
     """
-    rows = _call("GET", url, token, "/api/v1/devices")
+    rows = call("GET", url, token, "/api/v1/devices")
     print_data(
         rows
         if fmt == Format.json
@@ -95,7 +72,7 @@ def bundles(url: str = UrlOption, token: str | None = TokenOption, fmt: Format =
 
     Example: edgefleet coordinator bundles
     """
-    rows = _call("GET", url, token, "/api/v1/bundles")
+    rows = call("GET", url, token, "/api/v1/bundles")
     print_data(
         rows,
         fmt,
@@ -114,7 +91,7 @@ def upload(
 
     Example: edgefleet coordinator upload digits.bundle
     """
-    print_data(_call("POST", url, token, "/api/v1/bundles", content=bundle.read_bytes()), fmt)
+    print_data(call("POST", url, token, "/api/v1/bundles", content=bundle.read_bytes()), fmt)
 
 
 @app.command()
@@ -130,7 +107,7 @@ def deploy(
     Example: edgefleet coordinator deploy 3f2a... --device pi-01
     """
     body = {"bundle_digest": digest, "device_ids": device or None}
-    print_data(_call("POST", url, token, "/api/v1/deployments", json=body), fmt)
+    print_data(call("POST", url, token, "/api/v1/deployments", json=body), fmt)
 
 
 # -- enrollment, revocation, commands (admin and operator) -------------------------------
@@ -159,7 +136,7 @@ def enroll_token(
     Example: edgefleet coordinator enroll-token --device-class rpi4 --device-id pi-07 --ttl 1h
     """
     body = {"device_class": device_class, "device_id": device_id, "ttl_s": _seconds(ttl)}
-    print_data(_call("POST", url, token, "/api/v1/enroll-tokens", json=body), fmt)
+    print_data(call("POST", url, token, "/api/v1/enroll-tokens", json=body), fmt)
 
 
 @app.command()
@@ -168,7 +145,7 @@ def identities(url: str = UrlOption, token: str | None = TokenOption, fmt: Forma
 
     Example: edgefleet coordinator identities --format json
     """
-    rows = _call("GET", url, token, "/api/v1/identities")
+    rows = call("GET", url, token, "/api/v1/identities")
     columns = ["device_id", "device_class", "status", "enrolled_at", "revoked_at"]
     print_data(rows, fmt, columns=None if fmt == Format.json else columns)
 
@@ -184,7 +161,7 @@ def revoke(
 
     Example: edgefleet coordinator revoke pi-07
     """
-    print_data(_call("DELETE", url, token, f"/api/v1/devices/{device_id}"), fmt)
+    print_data(call("DELETE", url, token, f"/api/v1/devices/{device_id}"), fmt)
 
 
 @app.command()
@@ -210,7 +187,7 @@ def command(
         except ValueError:
             args[key] = value
     body = {"name": name, "args": args}
-    print_data(_call("POST", url, token, f"/api/v1/devices/{device_id}/commands", json=body), fmt)
+    print_data(call("POST", url, token, f"/api/v1/devices/{device_id}/commands", json=body), fmt)
 
 
 token_app = typer.Typer(help="API tokens with roles: admin, operator, read-only (admin only).", no_args_is_help=True)
@@ -234,7 +211,7 @@ def token_create(
     if role not in _ROLES:
         fail(f"unknown role {role!r}: use {', '.join(_ROLES)}", ExitCode.USAGE)
     body = {"role": role, "name": name, "ttl_s": _seconds(ttl) if ttl else None}
-    print_data(_call("POST", url, token, "/api/v1/tokens", json=body), fmt)
+    print_data(call("POST", url, token, "/api/v1/tokens", json=body), fmt)
 
 
 @token_app.command("list")
@@ -243,7 +220,7 @@ def token_list(url: str = UrlOption, token: str | None = TokenOption, fmt: Forma
 
     Example: edgefleet coordinator token list
     """
-    rows = _call("GET", url, token, "/api/v1/tokens")
+    rows = call("GET", url, token, "/api/v1/tokens")
     columns = ["token_id", "name", "role", "created_at", "expires_at", "revoked_at"]
     print_data(rows, fmt, columns=None if fmt == Format.json else columns)
 
@@ -259,4 +236,4 @@ def token_revoke(
 
     Example: edgefleet coordinator token revoke 3fa2b1c9d0e1
     """
-    print_data(_call("DELETE", url, token, f"/api/v1/tokens/{token_id}"), fmt)
+    print_data(call("DELETE", url, token, f"/api/v1/tokens/{token_id}"), fmt)

@@ -8,7 +8,7 @@ from typing import Any
 import typer
 from rich.progress import BarColumn, Progress, TextColumn
 
-from edgefleet.cli.coordinator import TokenOption, UrlOption, _call
+from edgefleet.cli.rest import TokenOption, UrlOption, call
 from edgefleet.common.exit_codes import ExitCode
 from edgefleet.common.output import Format, FormatOption, console, fail, print_data
 
@@ -67,7 +67,7 @@ def create(
         body[kind] = value
     elif target != "all":
         fail(f"--target {target!r}: use all, class=NAME, tag=TAG, group=NAME or devices=ID,ID", ExitCode.USAGE)
-    rollout = _call("POST", url, token, "/api/v1/rollouts", json=body)
+    rollout = call("POST", url, token, "/api/v1/rollouts", json=body)
     if wait:
         rollout = _follow(rollout["id"], url, token)
     _show(rollout, fmt)
@@ -79,7 +79,7 @@ def _follow(rollout_id: str, url: str, token: str | None) -> dict[str, Any]:
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}")) as bar:
         task = bar.add_task(f"rollout {rollout_id}", total=None)
         while True:
-            rollout = _call("GET", url, token, f"/api/v1/rollouts/{rollout_id}")
+            rollout = call("GET", url, token, f"/api/v1/rollouts/{rollout_id}")
             states = rollout["devices"]
             total = sum(states.values())
             bar.update(
@@ -110,7 +110,7 @@ def status(rollout_id: str, url: str = UrlOption, token: str | None = TokenOptio
 
     Example: edgefleet rollout status 3f2a9c1d0b7e --format json
     """
-    rollout = _call("GET", url, token, f"/api/v1/rollouts/{rollout_id}")
+    rollout = call("GET", url, token, f"/api/v1/rollouts/{rollout_id}")
     _show(rollout, fmt)
     if fmt != Format.json:
         print_data(rollout["device_states"], fmt, columns=["device_id", "wave", "state", "detail"])
@@ -122,7 +122,7 @@ def list_rollouts(url: str = UrlOption, token: str | None = TokenOption, fmt: Fo
 
     Example: edgefleet rollout list
     """
-    rows = _call("GET", url, token, "/api/v1/rollouts")
+    rows = call("GET", url, token, "/api/v1/rollouts")
     print_data(
         rows, fmt, columns=None if fmt == Format.json else ["id", "model", "version", "status", "wave", "reason"]
     )
@@ -132,7 +132,7 @@ def _action(verb: str) -> None:
     def command(
         rollout_id: str, url: str = UrlOption, token: str | None = TokenOption, fmt: Format = FormatOption
     ) -> None:
-        _show(_call("POST", url, token, f"/api/v1/rollouts/{rollout_id}/{verb}"), fmt)
+        _show(call("POST", url, token, f"/api/v1/rollouts/{rollout_id}/{verb}"), fmt)
 
     command.__doc__ = f"{verb.capitalize()} a rollout.\n\n    Example: edgefleet rollout {verb} 3f2a9c1d0b7e\n    "
     app.command(verb)(command)
@@ -154,5 +154,5 @@ def events(
     Example: edgefleet rollout events --rollout 3f2a9c1d0b7e
     """
     query = f"?rollout_id={rollout_id}" if rollout_id else ""
-    rows = _call("GET", url, token, f"/api/v1/events{query}")
+    rows = call("GET", url, token, f"/api/v1/events{query}")
     print_data(rows, fmt, columns=None if fmt == Format.json else ["at", "kind", "rollout_id", "device_id", "detail"])

@@ -360,10 +360,10 @@ class SuperLinkProcess(_ChildProcess):
 
     def online_node_ids(self) -> set[int]:
         """Node ids the SuperLink currently lists as online (Control API ListNodes)."""
-        from flwr.proto.control_pb2 import ListNodesRequest
+        from edgefleet.common.flower_compat import control_requests
 
         with control_client(self.addresses.control, self.root_certificates) as client:
-            response = client.ListNodes(ListNodesRequest())
+            response = client.ListNodes(control_requests().ListNodesRequest())
         return {info.node_id for info in response.nodes_info if info.status == "online"}
 
     def wait_for_nodes(self, node_ids: Iterable[int], timeout_s: float = 30.0) -> None:
@@ -442,11 +442,9 @@ class SuperNodeProcess(_ChildProcess):
 
 
 def control_client(control_address: str, root_certificates: bytes | None = None) -> ControlHttpClient:
-    from flwr.supercore.control import ControlHttpClient
+    from edgefleet.common.flower_compat import control_client as flower_control_client
 
-    return ControlHttpClient.from_server_address(
-        control_address, insecure=root_certificates is None, root_certificates=root_certificates, interceptors=[]
-    )
+    return flower_control_client(control_address, root_certificates)
 
 
 def strip_ansi(text: str) -> str:

@@ -13,12 +13,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-import tomllib
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edgefleet.common import flower_compat
 from edgefleet.common.flower_processes import (
     _CONFIG_KEY,
     _LOG_TAIL_CHARS,
@@ -71,22 +71,16 @@ def _check_run_config(run_config: Mapping[str, NodeConfigValue]) -> dict[str, No
 
 def _build_fab(app_dir: Path) -> tuple[str, bytes, str]:
     """("publisher/name==version", FAB bytes, FAB sha256) for an app directory, built as `flwr run` does."""
-    from flwr.cli.build import build_fab_from_disk
-    from flwr.common.config import get_metadata_from_config, validate_fields_in_config
-
     pyproject = app_dir / "pyproject.toml"
     try:
-        config = tomllib.loads(pyproject.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as err:
+        config, fab_bytes, errors, warnings = flower_compat.build_fab(app_dir)
+    except (OSError, ValueError) as err:  # tomllib's errors are ValueErrors
         raise DeploymentError("flower app", f"cannot read {pyproject}: {err}") from err
-    valid, errors, warnings = validate_fields_in_config(config)
-    if not valid or errors:
+    if errors:
         raise DeploymentError("flower app", f"{pyproject} is not a valid Flower App: {'; '.join(errors)}")
     for warning in warnings:
         logger.warning("flower app %s: %s", pyproject, warning)
-    fab_id, fab_version = get_metadata_from_config(config)
-    fab_bytes = build_fab_from_disk(app_dir)
-    return f"{fab_id}=={fab_version}", fab_bytes, hashlib.sha256(fab_bytes).hexdigest()
+    return flower_compat.fab_identity(config), fab_bytes, hashlib.sha256(fab_bytes).hexdigest()
 
 
 def submit_run(
@@ -106,10 +100,9 @@ def submit_run(
     RunTimeoutError (after asking the SuperLink to stop the run) when it does not finish in time,
     DeploymentError when the SuperLink refuses the run or cannot be reached.
     """
-    from flwr.common.serde import fab_to_proto, user_config_to_proto
-    from flwr.proto.control_pb2 import ListRunsRequest, StartRunRequest, StopRunRequest, StreamLogsRequest
-    from flwr.supercore.fab import Fab
-
+    requests = flower_compat.control_requests()
+    ListRunsRequest, StartRunRequest = requests.ListRunsRequest, requests.StartRunRequest
+    StopRunRequest, StreamLogsRequest = requests.StopRunRequest, requests.StreamLogsRequest
     app_dir = Path(app_dir).resolve()
     overrides = _check_run_config(run_config or {})
     fab_name, fab_bytes, fab_hash = _build_fab(app_dir)
@@ -124,8 +117,8 @@ def submit_run(
     with _control_errors(component), control_client(superlink_control_address, root_certificates) as client:
         response = client.StartRun(
             StartRunRequest(
-                fab=fab_to_proto(Fab(fab_hash, fab_bytes, {})),
-                override_config=user_config_to_proto(overrides),
+                fab=flower_compat.fab_proto(fab_hash, fab_bytes),
+                override_config=flower_compat.user_config_proto(overrides),
                 federation="",
             )
         )
@@ -169,8 +162,7 @@ def register_node(
     Raises DeploymentError when the SuperLink refuses it (an invalid key, a key already registered)
     or cannot be reached.
     """
-    from flwr.proto.control_pb2 import RegisterNodeRequest
-
+    RegisterNodeRequest = flower_compat.control_requests().RegisterNodeRequest
     with (
         _control_errors(f"superlink {superlink_control_address}"),
         control_client(superlink_control_address, root_certificates) as client,
