@@ -75,6 +75,12 @@ class FederatedConfig(StrictModel):
     enabled: bool = Field(default=True, description="Take part in federated campaigns the coordinator assigns.")
     startup_timeout_s: float = Field(default=60.0, gt=0, description="Longest wait for the SuperNode to register.")
     max_restarts: int = Field(default=3, ge=0, description="Restarts of a SuperNode that died, per campaign.")
+    architectures: list[str] = Field(
+        default_factory=list,
+        max_length=100,
+        description="Import paths (pkg.module:factory) a campaign may train here, besides the built-in "
+        "architectures and installed edgefleet.architectures entry points; nothing else a message names is imported.",
+    )
 
 
 class DriftConfig(StrictModel):

@@ -120,6 +120,12 @@ class CampaignsConfig(BaseModel):
         description="PEM ed25519 private key that signs the model versions campaigns produce; its public key "
         "must be among trusted_keys (and the devices' trusted keys).",
     )
+    architectures: list[str] = Field(
+        default_factory=list,
+        max_length=100,
+        description="Import paths (pkg.module:factory) a campaign spec may name as its architecture, besides the "
+        "built-in ones and installed edgefleet.architectures entry points. Nothing else a spec names is imported.",
+    )
     engine: Literal["deployment", "none"] = Field(
         default="deployment",
         description="deployment: a Flower SuperLink per campaign and a SuperNode on each device; none: no campaigns.",

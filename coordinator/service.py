@@ -67,8 +67,12 @@ class Coordinator:
                 bind_host=settings.superlink_bind_host,
                 advertise_host=settings.superlink_advertise_host,
                 tls=_superlink_tls(settings),
+                architectures=settings.architectures,
             )
-        return CampaignManager(self.db, self.models, self.registry, signing_key=settings.signing_key, engine=engine)
+        return CampaignManager(
+            self.db, self.models, self.registry, signing_key=settings.signing_key, engine=engine,
+            architectures=settings.architectures,
+        )  # fmt: skip
 
     def republish_desired(self) -> None:
         """After (re)connecting, publish every desired state again, in case the broker lost retained ones."""

@@ -1,23 +1,29 @@
 """Trainable architectures a campaign can name; a bundle's ONNX weights are loaded into them by name.
 
-A campaign names an architecture either by a key registered here or by an import path
-(``pkg.module:factory``) whose factory takes the campaign's ``architecture_args`` as keywords.
+A campaign names an architecture by a key registered here, by the name of an installed
+``edgefleet.architectures`` entry point, or by an import path (``pkg.module:factory``) that the
+process's own configuration allows: ``[campaigns] architectures`` on the coordinator, ``[federated]
+architectures`` on a device. Nothing a request or a message names is imported otherwise: a spec is
+data, and the code it may run is chosen by whoever administers the machine. The factory takes the
+campaign's ``architecture_args`` as keywords.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import torch
 
 from edgefleet.federated.errors import CampaignError
 
-__all__ = ["ARCHITECTURES", "Mlp", "architecture", "build_model", "mlp"]
+__all__ = ["ARCHITECTURES", "ENTRY_POINT_GROUP", "Mlp", "architecture", "build_model", "check_architecture", "mlp"]
 
 ARCHITECTURES: dict[str, Callable[..., torch.nn.Module]] = {}
+ENTRY_POINT_GROUP = "edgefleet.architectures"  # installed packages name their factories here
 
 
 def architecture(key: str) -> Callable[[Callable[..., torch.nn.Module]], Callable[..., torch.nn.Module]]:
@@ -61,19 +67,40 @@ def mlp(sizes: list[int] | None = None, standardize: bool = False) -> torch.nn.M
     return Mlp(*layers, standardize=bool(standardize))
 
 
-def build_model(name: str, args: dict[str, Any] | None = None) -> torch.nn.Module:
-    """The untrained module for a registered key or a ``pkg.module:factory`` path."""
+def _entry_points() -> dict[str, importlib.metadata.EntryPoint]:
+    return {ep.name: ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def check_architecture(name: str, allowed: Collection[str] = ()) -> None:
+    """Refuse (CampaignError) an architecture that is neither registered, installed as an entry point,
+    nor an import path in ``allowed``; nothing is imported or called."""
+    if name in ARCHITECTURES or name in allowed or name in _entry_points():
+        return
+    known = ", ".join(sorted({*ARCHITECTURES, *_entry_points(), *allowed}))
+    if ":" in name:
+        raise CampaignError(
+            f"architecture {name!r} is not allowed: an import path must be listed by this machine's admin "
+            f"([campaigns] architectures on the coordinator, [federated] architectures on a device); "
+            f"allowed here: {known}"
+        )
+    raise CampaignError(f"unknown architecture {name!r}; use one of {known}")
+
+
+def build_model(name: str, args: dict[str, Any] | None = None, *, allowed: Collection[str] = ()) -> torch.nn.Module:
+    """The untrained module for a registered key, an entry point, or a ``pkg.module:factory`` in ``allowed``."""
+    check_architecture(name, allowed)
     if name in ARCHITECTURES:
         factory = ARCHITECTURES[name]
-    elif ":" in name:
-        module_name, _, attr = name.partition(":")
+    else:
         try:
-            factory = getattr(importlib.import_module(module_name), attr)
+            entry = _entry_points().get(name)
+            if entry is not None:
+                factory = entry.load()
+            else:
+                module_name, _, attr = name.partition(":")
+                factory = getattr(importlib.import_module(module_name), attr)
         except (ImportError, AttributeError) as exc:
             raise CampaignError(f"architecture {name!r} cannot be imported ({exc})") from None
-    else:
-        known = ", ".join(sorted(ARCHITECTURES))
-        raise CampaignError(f"unknown architecture {name!r}; use one of {known} or a pkg.module:factory path")
     try:
         model = factory(**(args or {}))
     except TypeError as exc:

@@ -57,7 +57,10 @@ class CampaignSpec(BaseModel):
     model: str = Field(min_length=1, max_length=128, description="Registry model name to improve.")
     base_version: str = Field(default="production", max_length=64, description="Version, or a stage name.")
     architecture: str = Field(
-        default="mlp", description="Trainable architecture: a key of federated.models or pkg.module:factory."
+        default="mlp",
+        max_length=256,
+        description="Trainable architecture: a built-in key (mlp), an installed edgefleet.architectures entry "
+        "point, or a pkg.module:factory path the coordinator's and the devices' admins allow.",
     )
     architecture_args: dict[str, Any] = Field(default_factory=dict, description="Keywords for the factory.")
     input_name: str | None = Field(default=None, description="Model input the samples feed; default: the first.")

@@ -24,6 +24,8 @@ SERVER_ROUND = "server-round"
 PROXIMAL_MU = "proximal-mu"
 ARRAY_NAMES = "array-names"  # SecAgg+: the names of the arrays, in the order the update lists them
 
+ARCHITECTURES = "architectures"  # run and node config: import paths this machine's admin allows, comma-separated
+
 # -- node config (agent -> its SuperNode -> the ClientApp)
 DEVICE_ID = "device-id"
 SAMPLES_DB = "samples-db"

@@ -173,6 +173,29 @@ def test_campaign_refuses_to_start_without_enough_eligible_devices(
     assert unknown.status_code == 422
 
 
+@pytest.mark.parametrize("architecture", ["subprocess:run", "os:system", "builtins:exec"])
+def test_a_campaign_spec_cannot_make_the_coordinator_run_code(
+    architecture: str,
+    http: TestClient,
+    tmp_path: Path,
+    keys: Keys,
+    digits: DigitsModels,
+    mosquitto: LocalBroker,
+    data,  # type: ignore[no-untyped-def]
+) -> None:
+    # Prepare: an operator's spec naming an arbitrary callable with arguments that would leave a mark
+    validation = _setup(http, tmp_path, keys, digits, mosquitto, data)
+    marker = tmp_path / "owned"
+    args = {"args": ["touch", str(marker)]} if architecture == "subprocess:run" else {}
+    spec = _spec(validation, architecture=architecture, architecture_args=args)
+    # Execute
+    response = http.post("/api/v1/campaigns", json={"spec": spec, "start": True})
+    # Assert: refused before anything is imported or called
+    assert response.status_code == 422 and "is not allowed" in response.json()["detail"], response.text
+    assert not marker.exists()
+    assert http.get("/api/v1/campaigns").json() == []
+
+
 def test_abort_stops_between_rounds_and_registers_nothing(
     http: TestClient,
     tmp_path: Path,

@@ -173,6 +173,26 @@ def _train_message(spec: CampaignSpec, arrays, server_round: int = 1, kind: str 
     return message
 
 
+def test_a_training_message_cannot_choose_the_code_a_device_runs(tmp_path: Path, stores: list[Path]) -> None:
+    """An architecture named by the message is imported only if this device's admin allows it."""
+    InProcessGrid([])  # sets Flower's task identity for building messages here
+    marker = tmp_path / "owned"
+    spec = CampaignSpec(model="digits", min_samples=10, architecture="subprocess:run",
+                        architecture_args={"args": ["touch", str(marker)]})  # fmt: skip
+    context = Context(1, 7, {"samples-db": str(stores[0]), "device-id": "d"}, RecordDict(), {})
+    for kind in ("train", "evaluate"):
+        reply = client_app(_train_message(spec, model_to_arrays(build_model("mlp")), kind=kind), context)
+        assert reply.has_error() and reply.error.code == Decline.BAD_TASK, kind
+        assert "is not allowed" in (reply.error.reason or "")
+    assert not marker.exists()
+    # What the device's own config allows ([federated] architectures) is imported.
+    allowed = Context(1, 7, {"samples-db": str(stores[0]), "device-id": "d",
+                             "architectures": "edgefleet.federated.models:mlp"}, RecordDict(), {})  # fmt: skip
+    spec = CampaignSpec(model="digits", min_samples=10, architecture="edgefleet.federated.models:mlp")
+    reply = client_app(_train_message(spec, model_to_arrays(build_model("mlp"))), allowed)
+    assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
+
+
 def test_client_app_declines_with_a_reason(tmp_path: Path, stores: list[Path]) -> None:
     InProcessGrid([])  # sets Flower's task identity for building messages here
     spec = CampaignSpec(model="digits", min_samples=10)

@@ -114,6 +114,7 @@ class FederatedParticipant:
             keys.DEVICE_ID: self.device_id,
             keys.SAMPLES_DB: str(self.samples_path),
             keys.STATE_DIR: str(self.data_dir / "federated" / "privacy"),
+            keys.ARCHITECTURES: ",".join(self.config.architectures),
         }
         auth_key = None
         if self._wanted.node_auth:

@@ -73,10 +73,12 @@ class DeploymentEngine:
         advertise_host: str | None = None,
         tls: TlsFiles | None = None,
         run_margin_s: float = 300.0,
+        architectures: list[str] | None = None,
     ) -> None:
         self.tls = tls
         self.node_auth = tls is not None
         self.work_root, self.notify = work_root, notify
+        self.architectures = list(architectures or [])  # what the ServerApp may import: the coordinator's list
         self.bind_host, self.advertise_host, self.run_margin_s = bind_host, advertise_host, run_margin_s
         if not self.node_auth:
             log.warning(
@@ -134,6 +136,7 @@ class DeploymentEngine:
                 keys.CAMPAIGN_ID: run.campaign_id,
                 keys.CAMPAIGN: spec.model_dump_json(),
                 keys.WORK_DIR: str(work),
+                keys.ARCHITECTURES: ",".join(self.architectures),
             }
             result = submit_run(
                 APP_DIR, link.addresses.control, config, timeout_s=budget, root_certificates=ca, on_poll=relay

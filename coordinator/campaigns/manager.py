@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
+from collections.abc import Collection
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -32,6 +33,7 @@ from edgefleet.coordinator.registry.models import ModelRegistry
 from edgefleet.coordinator.store import FleetStore
 from edgefleet.coordinator.targets import TargetSelector, select_devices
 from edgefleet.federated.errors import FederatedError
+from edgefleet.federated.models import check_architecture
 from edgefleet.federated.server.evaluation import load_validation, validation_evaluator
 from edgefleet.federated.server.rounds import CampaignOutcome, EvaluateFn, RoundRecord
 from edgefleet.federated.spec import CampaignSpec
@@ -76,8 +78,9 @@ class _Observer:
 
 class CampaignManager:
     def __init__(self, db: FleetStore, models: ModelRegistry, registry: Registry, *, signing_key: Path | None,
-                 engine: CampaignEngine | None) -> None:  # fmt: skip
+                 engine: CampaignEngine | None, architectures: Collection[str] = ()) -> None:  # fmt: skip
         self.store = CampaignStore(db)
+        self.architectures = frozenset(architectures)  # import paths [campaigns] architectures allows
         self.db, self.models, self.registry = db, models, registry
         self.signing_key, self.engine = signing_key, engine
         self._threads: dict[str, threading.Thread] = {}
@@ -90,8 +93,9 @@ class CampaignManager:
     def create(self, spec: CampaignSpec, target: TargetSelector | None = None) -> dict[str, Any]:
         """Check the spec against the registry (the base weights must load into the architecture)."""
         try:
+            check_architecture(spec.architecture, self.architectures)  # before anything is imported or built
             base = load_base(spec, self.models, self.registry)
-            initial_arrays(spec, base)
+            initial_arrays(spec, base, allowed=self.architectures)
         except FederatedError as exc:
             raise Rejected(f"campaign spec does not fit {spec.model}: {exc.reason}") from None
         if spec.validation_data is not None:
@@ -119,7 +123,8 @@ class CampaignManager:
             detail = "; ".join(f"{d}: {why}" for d, why in list(skipped.items())[:10]) or "no devices match the target"
             raise Conflict(f"{len(devices)} eligible devices, the campaign needs {spec.min_clients} ({detail})")
         base = load_base(spec, self.models, self.registry)
-        run = CampaignRun(campaign_id, spec, devices, initial_arrays(spec, base), validation_evaluator(spec),
+        run = CampaignRun(campaign_id, spec, devices, initial_arrays(spec, base, allowed=self.architectures),
+                          validation_evaluator(spec, allowed=self.architectures),
                           _Observer(self.store, campaign_id, self._stop),
                           node_keys=self._node_keys(devices))  # fmt: skip
         row = self.store.update(campaign_id, status="running", devices=devices, started_at=_now())
@@ -216,8 +221,9 @@ class CampaignManager:
             if outcome.status in ("completed", "budget_exhausted") and useful:
                 key = load_private_key(self.signing_key)
                 version, digests = register_result(
-                    campaign_id, spec, outcome, base, registry=self.registry, models=self.models, key=key
-                )
+                    campaign_id, spec, outcome, base, registry=self.registry, models=self.models, key=key,
+                    allowed=self.architectures,
+                )  # fmt: skip
                 fields |= {"result_version": version, "result_digests": ",".join(digests)}
             elif outcome.status in ("completed", "budget_exhausted"):
                 fields |= {"status": "failed", "reason": outcome.reason or "no round completed"}

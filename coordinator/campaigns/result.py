@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,8 +53,8 @@ def load_base(spec: CampaignSpec, models: ModelRegistry, registry: Registry) -> 
     raise Conflict(f"{spec.model} {version} has no FP32 ONNX bundle to train from (federated training needs one)")
 
 
-def initial_arrays(spec: CampaignSpec, base: BaseVersion) -> ArrayRecord:
-    model = load_onnx_weights(build_model(spec.architecture, spec.architecture_args), base.model_path)
+def initial_arrays(spec: CampaignSpec, base: BaseVersion, *, allowed: Collection[str] = ()) -> ArrayRecord:
+    model = load_onnx_weights(build_model(spec.architecture, spec.architecture_args, allowed=allowed), base.model_path)
     return model_to_arrays(model)
 
 
@@ -104,6 +105,7 @@ def register_result(
     registry: Registry,
     models: ModelRegistry,
     key: Ed25519PrivateKey,
+    allowed: Collection[str] = (),
 ) -> tuple[str, list[str]]:
     """Export the campaign's model, build and register a signed bundle per device class, stage it.
 
@@ -111,7 +113,7 @@ def register_result(
     from edgefleet.compression.builder import build_bundle
     from edgefleet.compression.export import export_onnx
 
-    model = arrays_to_model(build_model(spec.architecture, spec.architecture_args), outcome.arrays)
+    model = arrays_to_model(build_model(spec.architecture, spec.architecture_args, allowed=allowed), outcome.arrays)
     inputs, outputs = base.manifest.inputs, base.manifest.outputs
     samples = tuple(np.zeros([1 if d is None else d for d in s.shape], dtype=np.dtype(s.dtype)) for s in inputs)
     import torch

@@ -24,7 +24,7 @@ from edgefleet.federated.client.data import load_samples
 from edgefleet.federated.client.privacy import PrivacyLedger
 from edgefleet.federated.client.training import TrainConfig, train
 from edgefleet.federated.errors import BudgetExhausted, FederatedError, LocalDataError
-from edgefleet.federated.models import build_model
+from edgefleet.federated.models import build_model, check_architecture
 from edgefleet.federated.scoring import LocalData, evaluate
 from edgefleet.federated.secure_aggregation import (
     MAX_WEIGHT,
@@ -47,13 +47,24 @@ log = logging.getLogger(__name__)
 app = ClientApp()
 
 
-def _task(msg: Message, device: str, config: ConfigRecord) -> tuple[str, CampaignSpec] | Message:
-    """The campaign id and spec a message carries, or the decline that says why it carries none."""
+def _allowed(context: Context) -> list[str]:
+    """The import paths this device's admin allows as architectures (the agent's [federated] architectures)."""
+    return [p for p in str(context.node_config.get(keys.ARCHITECTURES, "")).split(",") if p]
+
+
+def _task(msg: Message, device: str, config: ConfigRecord, context: Context) -> tuple[str, CampaignSpec] | Message:
+    """The campaign id and spec a message carries, or the decline that says why it carries none (or names an
+    architecture this device does not allow: a message never chooses the code a device runs)."""
     try:
-        return str(config[keys.CAMPAIGN_ID]), CampaignSpec.model_validate_json(str(config[keys.CAMPAIGN]))
+        campaign_id, spec = str(config[keys.CAMPAIGN_ID]), CampaignSpec.model_validate_json(str(config[keys.CAMPAIGN]))
+        check_architecture(spec.architecture, _allowed(context))
     except (KeyError, ValidationError) as exc:
         reason = describe_errors(exc) if isinstance(exc, ValidationError) else f"missing {exc}"
         return _decline(msg, Decline.BAD_TASK, f"{device}: bad campaign task: {reason}")
+    except FederatedError as exc:
+        log.warning("refused a campaign task: %s", exc.reason)
+        return _decline(msg, Decline.BAD_TASK, f"{device}: {exc.reason}")
+    return campaign_id, spec
 
 
 def _samples(context: Context, spec: CampaignSpec) -> LocalData:
@@ -98,7 +109,7 @@ def handle_train(msg: Message, context: Context) -> Message:
         arrays = ArrayRecord({n: Array(read_npy(t)) for n, t in zip(names, fitins.parameters.tensors, strict=True)})
     else:
         config, arrays = msg.content.config_records[keys.CONFIG], msg.content.array_records[keys.ARRAYS]
-    task = _task(msg, device, config)
+    task = _task(msg, device, config, context)
     if isinstance(task, Message):
         return task
     campaign_id, spec = task
@@ -108,7 +119,9 @@ def handle_train(msg: Message, context: Context) -> Message:
         if secure and len(data) > MAX_WEIGHT:
             log.info("secure aggregation: training on the newest %d of %d samples", MAX_WEIGHT, len(data))
             data = LocalData(data.x[-MAX_WEIGHT:], data.y[-MAX_WEIGHT:])
-        model = arrays_to_model(build_model(spec.architecture, spec.architecture_args), arrays)
+        model = arrays_to_model(
+            build_model(spec.architecture, spec.architecture_args, allowed=_allowed(context)), arrays
+        )
         privacy = spec.privacy if spec.privacy and spec.privacy.mode in ("local", "distributed") else None
         ledger = None
         if privacy is not None:
@@ -174,7 +187,7 @@ def handle_evaluate(msg: Message, context: Context) -> Message:
     """Loss (and accuracy) of the global model on this device's samples; refused under DP, whose
     guarantee does not cover statistics of the private samples."""
     device = str(context.node_config.get(keys.DEVICE_ID, context.node_id))
-    task = _task(msg, device, msg.content.config_records[keys.CONFIG])
+    task = _task(msg, device, msg.content.config_records[keys.CONFIG], context)
     if isinstance(task, Message):
         return task
     campaign_id, spec = task
@@ -183,7 +196,8 @@ def handle_evaluate(msg: Message, context: Context) -> Message:
     try:
         data = _samples(context, spec)
         model = arrays_to_model(
-            build_model(spec.architecture, spec.architecture_args), msg.content.array_records[keys.ARRAYS]
+            build_model(spec.architecture, spec.architecture_args, allowed=_allowed(context)),
+            msg.content.array_records[keys.ARRAYS],
         )
     except FederatedError as exc:
         log.warning("campaign %s evaluation: %s", campaign_id, exc.reason)

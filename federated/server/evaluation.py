@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
@@ -30,14 +31,14 @@ def load_validation(spec: CampaignSpec) -> LocalData:
         raise CampaignError(f"validation_data {path}: {exc}") from None
 
 
-def validation_evaluator(spec: CampaignSpec) -> EvaluateFn | None:
+def validation_evaluator(spec: CampaignSpec, *, allowed: Collection[str] = ()) -> EvaluateFn | None:
     """Loss (and accuracy for classification) of the global model after each round; None without data."""
     if spec.validation_data is None:
         return None
     data = load_validation(spec)
 
     def evaluate_fn(_round: int, arrays: ArrayRecord) -> dict[str, float]:
-        model = arrays_to_model(build_model(spec.architecture, spec.architecture_args), arrays)
+        model = arrays_to_model(build_model(spec.architecture, spec.architecture_args, allowed=allowed), arrays)
         loss, accuracy = evaluate(model, data, spec.loss)
         return {"loss": loss} | ({"accuracy": accuracy} if accuracy is not None else {})
 

@@ -87,6 +87,11 @@ def read_rounds(work_dir: Path, seen: int) -> list[RoundRecord]:
     return [RoundRecord(**json.loads(line)) for line in lines[seen:]]
 
 
+def _allowed(value: object) -> list[str]:
+    """The import paths the coordinator's config allows (its run config carries them)."""
+    return [p for p in str(value or "").split(",") if p]
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     config = context.run_config
@@ -100,7 +105,7 @@ def main(grid: Grid, context: Context) -> None:
         spec,
         read_arrays(work_dir / "initial.npz"),
         campaign_id=campaign_id,
-        evaluate_fn=validation_evaluator(spec),
+        evaluate_fn=validation_evaluator(spec, allowed=_allowed(config.get(keys.ARCHITECTURES))),
         observer=observer,
     )
     write_arrays(work_dir / "result.npz", outcome.arrays)
