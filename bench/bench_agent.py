@@ -38,7 +38,7 @@ import torch
 from edgefleet.agent.serving.batcher import MicroBatcher
 from edgefleet.agent.serving.client import InferenceClient
 from edgefleet.agent.serving.model import LoadedModel, load_model
-from edgefleet.agent.serving.server import InferenceApi, InferenceService, tensor_to_proto
+from edgefleet.agent.serving.server import InferenceApi, InferenceService
 from edgefleet.agent.telemetry.stats import InferenceStats
 from edgefleet.compression.builder import build_bundle
 from edgefleet.local.broker import LocalBroker
@@ -46,6 +46,7 @@ from edgefleet.local.fleet import LocalFleet, wait_until
 from edgefleet.protocol.bundle import Manifest, extract_bundle
 from edgefleet.protocol.grpc_gen import inference_pb2, inference_pb2_grpc
 from edgefleet.protocol.signing import load_private_key, write_keypair
+from edgefleet.protocol.tensors import tensor_to_proto
 
 
 class SmallCnn(torch.nn.Module):

@@ -9,14 +9,18 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from edgefleet.protocol.errors import ProtocolError
+from edgefleet.protocol.grpc_gen import inference_pb2
 
 __all__ = [
     "DTYPES",
     "TensorData",
     "TensorSpec",
     "array_from_bytes",
+    "c_order",
     "check_against_spec",
     "onnx_type_to_dtype",
+    "tensor_from_proto",
+    "tensor_to_proto",
 ]
 
 # numpy dtype names that the wire contract accepts; all little-endian.
@@ -82,7 +86,7 @@ class TensorData(BaseModel):
 
     @classmethod
     def from_array(cls, array: np.ndarray) -> TensorData:
-        arr = np.ascontiguousarray(array)
+        arr = c_order(array)
         dtype = arr.dtype.newbyteorder("<")
         return cls(
             dtype=arr.dtype.name,
@@ -96,6 +100,24 @@ class TensorData(BaseModel):
         except ValueError as exc:
             raise ProtocolError(f"tensor data is not valid base64: {exc}") from None
         return array_from_bytes(raw, self.dtype, self.shape)
+
+
+def c_order(array: np.ndarray) -> np.ndarray:
+    """The array in C order, copied only if it is not already; a scalar (rank 0) stays a scalar
+    (``np.ascontiguousarray`` would make it shape [1])."""
+    return np.asarray(array, order="C")
+
+
+def tensor_to_proto(array: np.ndarray) -> inference_pb2.Tensor:
+    """The local API's Tensor message: dtype, shape (empty for a scalar) and little-endian C-order bytes."""
+    arr = c_order(array)
+    return inference_pb2.Tensor(
+        dtype=arr.dtype.name, shape=list(arr.shape), data=arr.astype(arr.dtype.newbyteorder("<")).tobytes()
+    )
+
+
+def tensor_from_proto(tensor: inference_pb2.Tensor) -> np.ndarray:
+    return array_from_bytes(tensor.data, tensor.dtype, list(tensor.shape))
 
 
 def array_from_bytes(raw: bytes, dtype: str, shape: list[int]) -> np.ndarray:

@@ -15,11 +15,12 @@ from edgefleet.agent.bundles.store import ModelStore
 from edgefleet.agent.learning.samples import RecentRequests, SampleStore
 from edgefleet.agent.serving.batcher import MicroBatcher
 from edgefleet.agent.serving.model import LoadedModel, load_model
-from edgefleet.agent.serving.server import InferenceApi, InferenceService, tensor_to_proto
+from edgefleet.agent.serving.server import InferenceApi, InferenceService
 from edgefleet.agent.serving.update_lock import UpdateLock
 from edgefleet.agent.telemetry.stats import InferenceStats
 from edgefleet.protocol.bundle import Manifest, extract_bundle
 from edgefleet.protocol.grpc_gen import inference_pb2, inference_pb2_grpc
+from edgefleet.protocol.tensors import tensor_to_proto
 from tests.conftest import DigitsModels, Keys, build
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from edgefleet.agent.runtimes.base import Runtime, RuntimeOptions, register_runtime
-from edgefleet.protocol.tensors import DTYPES, TensorSpec
+from edgefleet.protocol.tensors import DTYPES, TensorSpec, c_order
 
 try:
     from ai_edge_litert.interpreter import Interpreter
@@ -136,7 +136,7 @@ class LiteRtRuntime(Runtime):
         if resized:
             self._interpreter.allocate_tensors()
         for name, array in feeds.items():
-            self._interpreter.set_tensor(self._input_index[name], np.ascontiguousarray(array))
+            self._interpreter.set_tensor(self._input_index[name], c_order(array))
         self._interpreter.invoke()
         # get_tensor copies, so the results stay valid after the lock is released.
         return {name: self._interpreter.get_tensor(self._output_index[name]) for name in output_names}

@@ -19,7 +19,7 @@ import numpy as np
 
 from edgefleet.agent.runtimes.base import Runtime, RuntimeOptions, register_runtime
 from edgefleet.agent.runtimes.onnx_gpu import nvidia_device_reason
-from edgefleet.protocol.tensors import DTYPES, TensorSpec
+from edgefleet.protocol.tensors import DTYPES, TensorSpec, c_order
 
 try:
     import tensorrt as trt
@@ -239,7 +239,7 @@ class TensorrtRuntime(Runtime):
         with self._lock:
             staged = []  # host arrays must outlive the asynchronous copies
             for name, array in feeds.items():
-                host = np.ascontiguousarray(array)
+                host = c_order(array)
                 if host.dtype != self._dtypes[name]:
                     raise ValueError(f"input {name!r} is {host.dtype}, the engine expects {self._dtypes[name]}")
                 if not self._context.set_input_shape(name, list(host.shape)):

@@ -7,16 +7,15 @@ import uuid
 import grpc
 import numpy as np
 
-from edgefleet.agent.serving.server import tensor_to_proto
 from edgefleet.protocol.grpc_gen import inference_pb2, inference_pb2_grpc
-from edgefleet.protocol.tensors import array_from_bytes
+from edgefleet.protocol.tensors import tensor_from_proto, tensor_to_proto
 
 __all__ = ["InferenceClient", "Prediction"]
 
 
 class Prediction:
     def __init__(self, response: inference_pb2.PredictResponse) -> None:
-        self.outputs = {name: array_from_bytes(t.data, t.dtype, list(t.shape)) for name, t in response.outputs.items()}
+        self.outputs = {name: tensor_from_proto(t) for name, t in response.outputs.items()}
         self.model_name = response.model_name
         self.model_version = response.model_version
         self.bundle_digest = response.bundle_digest

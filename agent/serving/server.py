@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import NoReturn
 
 import grpc
-import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from edgefleet.agent.errors import InputError
@@ -21,21 +20,14 @@ from edgefleet.agent.serving.update_lock import UpdateLock
 from edgefleet.agent.telemetry.stats import InferenceStats
 from edgefleet.protocol.errors import ProtocolError
 from edgefleet.protocol.grpc_gen import inference_pb2, inference_pb2_grpc
-from edgefleet.protocol.tensors import TensorSpec, array_from_bytes
+from edgefleet.protocol.tensors import TensorSpec, tensor_from_proto, tensor_to_proto
 
-__all__ = ["SERVICE_NAME", "InferenceApi", "InferenceService", "tensor_to_proto"]
+__all__ = ["SERVICE_NAME", "InferenceApi", "InferenceService"]
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = "edgefleet.inference.v1.Inference"
 MAX_BATCH_REQUESTS = 1024
-
-
-def tensor_to_proto(array: np.ndarray) -> inference_pb2.Tensor:
-    arr = np.ascontiguousarray(array)
-    return inference_pb2.Tensor(
-        dtype=arr.dtype.name, shape=list(arr.shape), data=arr.astype(arr.dtype.newbyteorder("<")).tobytes()
-    )
 
 
 def _info(spec: TensorSpec) -> inference_pb2.TensorInfo:
@@ -77,7 +69,7 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
             self._stats.record_error("unavailable")
             raise _Failure(grpc.StatusCode.UNAVAILABLE, "no model is active on this device yet")
         try:
-            inputs = {name: array_from_bytes(t.data, t.dtype, list(t.shape)) for name, t in request.inputs.items()}
+            inputs = {name: tensor_from_proto(t) for name, t in request.inputs.items()}
             names = list(request.output_names) or None
             started = time.perf_counter()
             if self._batcher is not None:
@@ -164,7 +156,7 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
         if not request.labels:
             _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "feedback needs at least one label tensor")
         try:
-            labels = {name: array_from_bytes(t.data, t.dtype, list(t.shape)) for name, t in request.labels.items()}
+            labels = {name: tensor_from_proto(t) for name, t in request.labels.items()}
         except ProtocolError as exc:
             _abort(context, grpc.StatusCode.INVALID_ARGUMENT, exc.reason)
         recent = self._recent.take(request.request_id)
