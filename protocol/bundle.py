@@ -12,6 +12,7 @@ import io
 import json
 import posixpath
 import tarfile
+import zlib
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -247,41 +248,54 @@ def extract_bundle(archive: Path, dest: Path, *, max_bytes: int = MAX_BUNDLE_BYT
     Returns the signed manifest; the caller verifies it and the files.
     """
     dest.mkdir(parents=True, exist_ok=True)
-    total = 0
-    signed: SignedManifest | None = None
     try:
         tar = tarfile.open(archive, "r:*")  # noqa: SIM115 - opening errors need their own message
     except (tarfile.TarError, OSError) as exc:
         raise UnsafeArchive(f"{archive}: not a readable bundle archive ({exc})") from None
-    with tar:
-        for count, member in enumerate(tar, start=1):
-            if count > MAX_FILES + 1:
-                raise UnsafeArchive(f"archive holds more than {MAX_FILES + 1} members")
-            name = safe_member_name(member.name)
-            if not member.isfile():
-                raise UnsafeArchive(f"member {name!r} is not a regular file (links and devices are refused)")
-            total += member.size
-            if total > max_bytes:
-                raise UnsafeArchive(f"archive content exceeds {max_bytes} bytes")
-            fh = tar.extractfile(member)
-            assert fh is not None  # regular file
-            if name == MANIFEST_NAME:
-                signed = SignedManifest.from_bytes(fh.read(MAX_MANIFEST_BYTES + 1025))
-                continue
-            if not name.startswith("files/"):
-                raise UnsafeArchive(f"unexpected member {name!r}")
-            target = dest / name[len("files/") :]
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with open(target, "xb") as out:
-                remaining = member.size
-                while remaining > 0:
-                    block = fh.read(min(remaining, 1 << 20))
-                    if not block:
-                        raise UnsafeArchive(f"member {name!r} is truncated")
-                    out.write(block)
-                    remaining -= len(block)
+    try:
+        with tar:
+            signed = _extract_members(tar, dest, max_bytes)
+    except (tarfile.TarError, EOFError, zlib.error, FileExistsError) as exc:
+        # A truncated or corrupt stream fails while members are read, not when the archive opens.
+        raise UnsafeArchive(f"{archive}: damaged or truncated archive ({type(exc).__name__}: {exc})") from None
     if signed is None:
         raise UnsafeArchive(f"{archive}: no {MANIFEST_NAME}")
+    return signed
+
+
+def _extract_members(tar: tarfile.TarFile, dest: Path, max_bytes: int) -> SignedManifest | None:
+    total = 0
+    signed: SignedManifest | None = None
+    seen: set[str] = set()
+    for count, member in enumerate(tar, start=1):
+        if count > MAX_FILES + 1:
+            raise UnsafeArchive(f"archive holds more than {MAX_FILES + 1} members")
+        name = safe_member_name(member.name)
+        if name in seen:
+            raise UnsafeArchive(f"member {name!r} appears twice in the archive")
+        seen.add(name)
+        if not member.isfile():
+            raise UnsafeArchive(f"member {name!r} is not a regular file (links and devices are refused)")
+        total += member.size
+        if total > max_bytes:
+            raise UnsafeArchive(f"archive content exceeds {max_bytes} bytes")
+        fh = tar.extractfile(member)
+        assert fh is not None  # regular file
+        if name == MANIFEST_NAME:
+            signed = SignedManifest.from_bytes(fh.read(MAX_MANIFEST_BYTES + 1025))
+            continue
+        if not name.startswith("files/"):
+            raise UnsafeArchive(f"unexpected member {name!r}")
+        target = dest / name[len("files/") :]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(target, "xb") as out:
+            remaining = member.size
+            while remaining > 0:
+                block = fh.read(min(remaining, 1 << 20))
+                if not block:
+                    raise UnsafeArchive(f"member {name!r} is truncated")
+                out.write(block)
+                remaining -= len(block)
     return signed
 
 

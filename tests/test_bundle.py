@@ -145,3 +145,49 @@ def test_manifest_rejects_inconsistent_content() -> None:
         Manifest.model_validate(base | {"files": [{"name": "../x", "sha256": "a" * 64, "size": 1}]})
     with pytest.raises(ValueError, match="extra"):
         Manifest.model_validate(base | {"unknown": 1})
+
+
+def _damaged(bundle: Path, out: Path, how: str) -> Path:
+    """A copy of a real bundle, truncated mid-stream or with one of its members twice."""
+    if how == "truncated":
+        data = bundle.read_bytes()
+        out.write_bytes(data[: len(data) * 2 // 3])
+        return out
+    with tarfile.open(bundle, "r:*") as src, tarfile.open(out, "w:gz") as dst:
+        members = [(m, src.extractfile(m).read()) for m in src if m.isfile()]  # type: ignore[union-attr]
+        for info, data in [*members, members[-1]]:
+            dst.addfile(info, io.BytesIO(data))
+    return out
+
+
+@pytest.mark.parametrize("how", ["truncated", "duplicate member"])
+def test_a_damaged_archive_is_an_invalid_bundle_everywhere(
+    tmp_path: Path, bundle: tuple[Path, str], keys: Keys, how: str
+) -> None:
+    """The library refuses it as UnsafeArchive, `bundle verify` exits 4 without a traceback, upload answers 422."""
+    import subprocess
+    import sys
+
+    from fastapi.testclient import TestClient
+
+    from edgefleet.common.mqtt import BrokerConfig
+    from edgefleet.coordinator.api.app import create_app
+    from edgefleet.coordinator.config import CoordinatorConfig
+    from edgefleet.coordinator.service import Coordinator
+
+    damaged = _damaged(bundle[0], tmp_path / "damaged.bundle", how)
+    with pytest.raises(UnsafeArchive, match=r"damaged or truncated|appears twice"):
+        _open(damaged, tmp_path / "x", keys)
+
+    verify = subprocess.run(
+        [sys.executable, "-m", "edgefleet", "bundle", "verify", str(damaged), "--trusted-key", str(keys.public)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert verify.returncode == 4, verify.stdout + verify.stderr
+    assert "Traceback" not in verify.stderr and ("truncated" in verify.stderr or "appears twice" in verify.stderr)
+
+    config = CoordinatorConfig(data_dir=tmp_path / "c", trusted_keys=[keys.public], broker=BrokerConfig())
+    http = TestClient(create_app(Coordinator(config), token=None))  # no lifespan: the MQTT link is not started
+    response = http.post("/api/v1/bundles", content=damaged.read_bytes())
+    assert response.status_code == 422, response.text
+    assert http.get("/api/v1/bundles").json() == []

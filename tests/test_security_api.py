@@ -173,6 +173,13 @@ def test_enrollment_token_is_one_time_and_expires(api: Api, keys: Keys) -> None:
     )
 
 
+def test_the_coordinators_own_broker_users_cannot_be_enrolled(api: Api) -> None:
+    for name in (api.broker.username, f"{api.broker.username}-ingest"):
+        response = api.call("POST", "/api/v1/enroll-tokens", json={"device_class": "x86-gateway", "device_id": name})
+        assert response.status_code == 409 and "coordinator's own broker usernames" in response.json()["detail"]
+    assert api.call("GET", "/api/v1/enroll-tokens").json() == []
+
+
 def test_a_failed_broker_reload_undoes_the_enrollment(api: Api) -> None:
     broker_auth = api.security.broker_auth
     assert broker_auth is not None
@@ -232,6 +239,17 @@ def test_commands_are_signed_and_verify_on_the_device(api: Api) -> None:
 
     bad = api.call("POST", "/api/v1/devices/gw-1/commands", operator, json={"name": "format_disk"})
     assert bad.status_code == 422 and "name" in bad.json()["detail"]
+    # Input a signed command cannot hold, or JSON cannot carry back, is refused, never a 500.
+    big = {"name": "ping", "args": {"x": "a" * 70_000}}
+    huge = api.call("POST", "/api/v1/devices/gw-1/commands", operator, json=big)
+    assert huge.status_code == 422 and "smaller args" in huge.json()["detail"], huge.text
+    as_json = {"Authorization": f"Bearer {operator}", "content-type": "application/json"}
+    body = b'{"name": "ping", "args": {"x": NaN}}'
+    nan = api.http.post("/api/v1/devices/gw-1/commands", content=body, headers=as_json)
+    assert nan.status_code < 500, nan.text
+    body = b'{"spec": {"model": "m", "learning_rate": NaN}}'
+    spec = api.http.post("/api/v1/campaigns", content=body, headers=as_json)
+    assert spec.status_code == 422 and spec.json()["detail"][0]["loc"] == ["body", "spec", "learning_rate"], spec.text
     api.call("DELETE", "/api/v1/devices/gw-1")
     revoked = api.call("POST", "/api/v1/devices/gw-1/commands", operator, json={"name": "ping"})
     assert revoked.status_code == 409 and "revoked" in revoked.json()["detail"]

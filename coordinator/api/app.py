@@ -7,6 +7,8 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import Depends, FastAPI, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
@@ -85,6 +87,16 @@ def create_app(coordinator: Coordinator, *, token: str | None) -> FastAPI:
     app = FastAPI(title="edgefleet coordinator", version="0.1.0", lifespan=lifespan)
     app.state.security = security
 
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's own handler echoes each offending input, and a NaN or infinity there cannot be
+        # rendered as JSON (a 500): say where and why, never what was sent.
+        errors = [
+            {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
+            for e in exc.errors()
+        ]
+        return JSONResponse(status_code=422, content={"detail": errors})
+
     @app.exception_handler(EdgefleetError)
     async def _domain_error(_request: Request, exc: EdgefleetError) -> JSONResponse:
         status = http_status(exc)
@@ -114,7 +126,8 @@ def create_app(coordinator: Coordinator, *, token: str | None) -> FastAPI:
             body += part
             if len(body) > MAX_UPLOAD_BYTES:
                 raise Rejected(f"upload exceeds {MAX_UPLOAD_BYTES} bytes")
-        digest, manifest = coordinator.registry.add_upload(bytes(body))
+        # Extracting and hashing take a while for a large bundle: not on the event loop.
+        digest, manifest = await run_in_threadpool(coordinator.registry.add_upload, bytes(body))
         return {
             "digest": digest,
             "name": manifest.name,

@@ -55,7 +55,11 @@ class CommandSigner:
             err = exc.errors()[0]
             loc = ".".join(str(p) for p in err.get("loc", ())) or "(root)"
             raise Rejected(f"invalid command: {loc}: {err['msg']}") from None
-        signed = sign_command(command, self._key)
+        try:
+            signed = sign_command(command, self._key)
+        except ValidationError:  # the command's JSON is longer than a signed envelope holds
+            limit = f"{MAX_CONTROL_BYTES} bytes"
+            raise Rejected(f"command exceeds what a signed command holds ({limit}); use smaller args") from None
         if len(signed.to_bytes()) > MAX_CONTROL_BYTES:
             raise Rejected(f"signed command exceeds {MAX_CONTROL_BYTES} bytes; send smaller args")
         return command, signed

@@ -175,13 +175,18 @@ class BrokerAuth:
     def hash(self, password: str) -> str:
         return hash_password(password, tool=self.config.mosquitto_passwd)
 
+    @property
+    def reserved_usernames(self) -> tuple[str, str]:
+        """The coordinator's own broker users: its control connection and its telemetry connection."""
+        return self.username, ingest_username(self.username)
+
     def apply(self, devices: Mapping[str, str]) -> bool:
         """Write the files for ``devices`` (device id -> password hash); reload the broker if they changed.
 
         Returns whether anything changed. Raises BrokerAuthError when a file cannot be written or the
         reload command fails.
         """
-        own = (self.username, ingest_username(self.username))
+        own = self.reserved_usernames
         if taken := [name for name in own if name in devices]:
             raise BrokerAuthError(f"device id {taken[0]!r} is one of the coordinator's broker usernames")
         with self._lock:

@@ -221,8 +221,8 @@ class Enrollment:
 
     def _check_free_name(self, device_id: str) -> None:
         _check_device_id(device_id)
-        if self.broker_auth is not None and device_id == self.broker_auth.username:
-            raise Conflict(f"device id {device_id!r} is the coordinator's own broker username")
+        if self.broker_auth is not None and device_id in self.broker_auth.reserved_usernames:
+            raise Conflict(f"device id {device_id!r} is one of the coordinator's own broker usernames")
 
     def _identity_row(self, device_id: str) -> dict[str, Any] | None:
         return self.db.enrollment.identity(device_id)
