@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 import struct
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal, Protocol, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator
 
 from edgefleet.protocol import histogram
 from edgefleet.protocol.errors import InvalidMessage, describe_errors
@@ -48,6 +49,12 @@ MAX_ERROR_KINDS = 16  # distinct error kinds in one telemetry window
 # Requests counted in one telemetry window, at most (a million a second for twelve days): the coordinator
 # adds counts up in SQLite, whose integers end at 2**63.
 MAX_WINDOW_COUNT = 2**40
+# Physical bounds of a device's figures (telemetry): far above any real device, far below SQLite's 2**63.
+MAX_WINDOW_S = 86_400.0  # a window of a day at most
+MAX_LATENCY_MS = 3_600_000.0  # an hour per request
+MAX_BYTES = 2**56  # 64 PiB of memory or disk
+MAX_CORES = 4096
+MAX_PSI = 1_000.0  # PSI of fully disjoint distributions over the agent's bins stays far below this
 MAX_PUBLIC_KEY_CHARS = 1024  # a P-521 public key in PEM is ~270 characters
 ErrorKind = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 
@@ -178,19 +185,26 @@ class Availability(Message):
 
 
 class Telemetry(Message):
-    """Inference counters over one reporting window."""
+    """Inference counters over one reporting window.
+
+    Every figure is bounded by what a device can physically report (and so by what the store holds):
+    a value past its bound is no report, refused with the reason, never stored. An optional figure
+    that is NaN or infinite was not measured and counts as absent.
+    """
 
     device_id: str
-    window_s: float = Field(ge=0)
+    window_s: float = Field(ge=0, le=MAX_WINDOW_S)
     bundle_digest: str | None = None
     runtime: str | None = None
     runtime_skipped: list[str] = Field(default_factory=list)
     inference_count: int = Field(ge=0, le=MAX_WINDOW_COUNT)
     error_count: int = Field(ge=0, le=MAX_WINDOW_COUNT)
-    latency_ms_mean: float | None = None
-    latency_ms_p50: float | None = None
-    latency_ms_p95: float | None = None
-    latency_ms_p99: float | None = Field(default=None, description="99th percentile latency of the window, in ms.")
+    latency_ms_mean: float | None = Field(default=None, ge=0, le=MAX_LATENCY_MS)
+    latency_ms_p50: float | None = Field(default=None, ge=0, le=MAX_LATENCY_MS)
+    latency_ms_p95: float | None = Field(default=None, ge=0, le=MAX_LATENCY_MS)
+    latency_ms_p99: float | None = Field(
+        default=None, ge=0, le=MAX_LATENCY_MS, description="99th percentile latency of the window, in ms."
+    )
     latency_histogram: dict[Annotated[int, Field(ge=0, lt=histogram.BUCKETS)], Annotated[int, Field(ge=0)]] = Field(
         default_factory=dict,
         max_length=histogram.BUCKETS,
@@ -203,6 +217,15 @@ class Telemetry(Message):
         description="Failed requests per kind (e.g. invalid_argument, unavailable, runtime); adds up to error_count.",
     )
 
+    @field_validator(
+        "latency_ms_mean", "latency_ms_p50", "latency_ms_p95", "latency_ms_p99", "disk_used_percent", "cpu_percent",
+        "soc_temp_c", "device_cpu_percent", "memory_used_percent", "drift_score", "confidence_drift_score",
+        mode="before",
+    )  # fmt: skip
+    @classmethod
+    def _absent_if_not_finite(cls, value: object) -> object:
+        return None if isinstance(value, float) and not math.isfinite(value) else value
+
     @model_validator(mode="after")
     def _counts_add_up(self) -> Telemetry:
         # What the coordinator adds up per bucket stays within the window's own counts (and so within SQLite's
@@ -213,13 +236,21 @@ class Telemetry(Message):
             raise ValueError("errors_by_kind counts more failures than error_count")
         return self
 
-    disk_free_bytes: int | None = Field(default=None, ge=0, description="Free bytes on the data dir's filesystem.")
+    disk_free_bytes: int | None = Field(
+        default=None, ge=0, le=MAX_BYTES, description="Free bytes on the data dir's filesystem."
+    )
     disk_used_percent: float | None = Field(
         default=None, ge=0, le=100, description="Used share of the data dir's filesystem, in percent."
     )
-    cpu_percent: float | None = Field(default=None, description="The agent process's CPU use, percent of one core.")
-    rss_bytes: int | None = Field(default=None, ge=0, description="The agent process's resident memory.")
-    soc_temp_c: float | None = Field(default=None, description="The hottest plausible thermal zone, in Celsius.")
+    cpu_percent: float | None = Field(
+        default=None, ge=0, le=100 * MAX_CORES, description="The agent process's CPU use, percent of one core."
+    )
+    rss_bytes: int | None = Field(
+        default=None, ge=0, le=MAX_BYTES, description="The agent process's resident memory."
+    )
+    soc_temp_c: float | None = Field(
+        default=None, ge=-100, le=300, description="The hottest plausible thermal zone, in Celsius."
+    )
     device_cpu_percent: float | None = Field(
         default=None, ge=0, le=100, description="The whole device's CPU use over the window, percent of all cores."
     )
@@ -227,15 +258,24 @@ class Telemetry(Message):
         default=None, ge=0, le=100, description="The device's memory in use, percent (psutil's virtual_memory)."
     )
     drift_score: float | None = Field(
-        default=None, description="Mean PSI of the inputs against the reference (256 evenly spread features at most)."
+        default=None,
+        ge=0,
+        le=MAX_PSI,
+        description="Mean PSI of the inputs against the reference (256 evenly spread features at most).",
     )
     confidence_drift_score: float | None = Field(
-        default=None, description="PSI of the output's per-row top confidence against the reference."
+        default=None, ge=0, le=MAX_PSI, description="PSI of the output's per-row top confidence against the reference."
     )
     drift_alert: bool = Field(default=False, description="Input or confidence drift is over the agent's threshold.")
-    drift_features: dict[str, float] = Field(default_factory=dict, description="The most drifted features.")
-    outbox_pending: int | None = None
-    outbox_dropped: dict[str, int] = Field(default_factory=dict, description="Messages evicted, per channel.")
+    drift_features: dict[Annotated[str, Field(max_length=256)], Annotated[float, Field(ge=0, le=MAX_PSI)]] = Field(
+        default_factory=dict, max_length=64, description="The most drifted features."
+    )
+    outbox_pending: int | None = Field(
+        default=None, ge=0, le=MAX_WINDOW_COUNT, description="Messages waiting to be sent."
+    )
+    outbox_dropped: dict[Annotated[str, Field(max_length=64)], Annotated[int, Field(ge=0, le=MAX_WINDOW_COUNT)]] = (
+        Field(default_factory=dict, max_length=32, description="Messages evicted, per channel.")
+    )
 
 
 class Command(Message):

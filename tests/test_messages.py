@@ -10,6 +10,7 @@ from edgefleet.protocol.messages import (
     ChunkHeader,
     ChunkRequest,
     DesiredState,
+    Telemetry,
     decode_chunk,
     encode_chunk,
     parse,
@@ -96,3 +97,45 @@ def test_campaign_assignment_needs_a_superlink_and_a_clean_campaign_id() -> None
     ):
         with pytest.raises(InvalidMessage):
             parse(CampaignAssignment, bad)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("rss_bytes", 2**70), ("disk_free_bytes", 2**63), ("outbox_pending", -1), ("outbox_pending", 2**62),
+        ("latency_ms_p95", -1.0), ("latency_ms_p95", 1e300), ("window_s", 1e12), ("soc_temp_c", 5000.0),
+        ("cpu_percent", 1e9), ("drift_score", -0.5), ("outbox_dropped", {"telemetry": 2**62}),
+        ("drift_features", {f"x[{i}]": 1.0 for i in range(65)}),
+    ],
+)  # fmt: skip
+def test_telemetry_beyond_what_a_device_can_report_is_refused_with_the_field(field: str, value: object) -> None:
+    payload = json.dumps({"device_id": "d1", "window_s": 10, "inference_count": 1, "error_count": 0, field: value})
+    with pytest.raises(InvalidMessage) as refused:
+        parse(Telemetry, payload.encode())
+    assert field in refused.value.reason
+
+
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
+def test_a_non_finite_figure_was_not_measured_but_a_non_finite_window_is_no_report(literal: str) -> None:
+    fields = '"device_id": "d1", "inference_count": 1, "error_count": 0'
+    report = parse(Telemetry, ("{" + fields + f', "window_s": 10, "latency_ms_p50": {literal}' + "}").encode())
+    assert report.latency_ms_p50 is None
+    with pytest.raises(InvalidMessage, match="window_s"):
+        parse(Telemetry, ("{" + fields + f', "window_s": {literal}' + "}").encode())
+
+
+def test_telemetry_at_every_bound_is_stored(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The bounds are within what the store holds: a report at all of them goes in and reads back."""
+    from edgefleet.coordinator.store.sqlite import SQLiteStore
+    from edgefleet.protocol import messages
+
+    report = Telemetry(
+        device_id="d1", window_s=messages.MAX_WINDOW_S, inference_count=messages.MAX_WINDOW_COUNT,
+        error_count=messages.MAX_WINDOW_COUNT, latency_ms_p95=messages.MAX_LATENCY_MS, rss_bytes=messages.MAX_BYTES,
+        disk_free_bytes=messages.MAX_BYTES, outbox_pending=messages.MAX_WINDOW_COUNT, cpu_percent=100.0 * 4096,
+        drift_score=messages.MAX_PSI, outbox_dropped={"telemetry": messages.MAX_WINDOW_COUNT},
+    )  # fmt: skip
+    store = SQLiteStore(tmp_path / "fleet.db")
+    assert store.add_telemetry(report)
+    [row] = store.telemetry("d1")
+    assert row["rss_bytes"] == messages.MAX_BYTES and row["inference_count"] == messages.MAX_WINDOW_COUNT
