@@ -88,20 +88,52 @@ def test_a_p95_latency_regression_over_the_gate_halts_the_rollout(fleet: Fleet) 
     assert fleet.deploys[-1] == (OLD, DEVICES)
 
 
-@pytest.mark.parametrize(
-    ("windows", "why"),
-    [
-        ([_window(d, NEW, served=100, errors=1, p95_ms=15.0) for d in DEVICES], "within every gate"),
-        ([_window("gw-1", NEW, served=10, errors=5, p95_ms=90.0)], "too few served for the gates to judge"),
-    ],
-)
-def test_a_wave_within_its_gates_or_with_too_little_traffic_completes(
-    fleet: Fleet, windows: list[Telemetry], why: str
-) -> None:
+def test_a_wave_within_its_gates_passes_and_its_event_says_what_was_measured(fleet: Fleet) -> None:
+    windows = [_window(d, NEW, served=100, errors=1, p95_ms=15.0) for d in DEVICES]
+
     done = fleet.roll_out(Gates(max_error_rate=0.05, max_p95_latency_ratio=2.0, min_inferences=20), windows)
 
-    assert done["status"] == "completed", why
+    assert done["status"] == "completed" and done["reason"] == "every wave passed its gates", done
     assert fleet.deploys == [(NEW, DEVICES)], "nothing rolled back"
+    [passed] = [e["detail"] for e in fleet.engine.events(done["id"]) if e["kind"] == "wave_passed"]
+    assert "error rate 0.010 (limit 0.05) over 300 requests" in passed
+    assert "p95 15.00 ms vs 10.00 ms = 1.50x (limit 2.0x)" in passed and "3 of 3 devices reported" in passed
+
+
+def test_too_little_traffic_is_not_evaluated_never_passed(fleet: Fleet) -> None:
+    windows = [_window("gw-1", NEW, served=10, errors=5, p95_ms=90.0)]
+
+    done = fleet.roll_out(Gates(max_error_rate=0.05, min_inferences=20), windows)
+
+    # The default policy continues, and says the gates had nothing to judge.
+    assert done["status"] == "completed", done
+    assert done["reason"] == "gates not evaluated in 1 wave(s), no evidence to judge"
+    kinds = [e["kind"] for e in fleet.engine.events(done["id"])]
+    assert "wave_not_evaluated" in kinds and "wave_passed" not in kinds
+    [why] = [e["detail"] for e in fleet.engine.events(done["id"]) if e["kind"] == "wave_not_evaluated"]
+    assert "1 of 3 devices on the new bundle reported, 10 requests served" in why
+    assert fleet.deploys == [(NEW, DEVICES)]
+
+
+def test_a_spec_can_halt_a_wave_that_has_no_evidence(fleet: Fleet) -> None:
+    gates = Gates(min_reporting_devices=2, without_evidence="halt")
+
+    done = fleet.roll_out(gates, [_window("gw-1", NEW, served=500)])  # one device reported, two are needed
+
+    assert done["status"] == "halted", done
+    assert "gates not evaluated" in done["reason"] and "1 of 3 devices on the new bundle reported" in done["reason"]
+    assert fleet.deploys[-1] == (OLD, DEVICES)
+
+
+def test_a_wave_waits_for_evidence_up_to_its_deadline(fleet: Fleet) -> None:
+    gates = Gates(evidence_wait_s=3600, without_evidence="halt")
+
+    waiting = fleet.roll_out(gates, [])  # no traffic yet, and an hour to wait for it
+
+    assert waiting["status"] == "running" and fleet.deploys == [(NEW, DEVICES)]
+    fleet.db.add_telemetry_batch([_window(d, NEW, served=100) for d in DEVICES])
+    fleet.engine.tick()
+    assert fleet.engine.get(waiting["id"])["status"] == "completed"
 
 
 def _report_failure(db: SQLiteStore, device_id: str, kind: FailureKind | None, reason: str) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -116,12 +119,13 @@ def test_canary_rollout_halts_at_the_failing_class_and_a_good_bundle_reaches_eve
     fleet.wait_active(v3["x86-gateway"], gateways, timeout=30)
     fleet.wait_active(v3["rpi4"], pis, timeout=30)
     kinds = [e["kind"] for e in fleet.get(f"/api/v1/events?rollout_id={rollout['id']}")]
-    assert "completed" in kinds and "wave_passed" in kinds
+    # No traffic was served: the waves were not evaluated, and the events say so rather than "passed".
+    assert "completed" in kinds and "wave_not_evaluated" in kinds and "wave_passed" not in kinds
     assert good_digest  # the halted rollout's good half was never forced on anyone beyond its waves
 
 
 @pytest.mark.slow
-def test_offline_devices_do_not_block_a_rollout_and_converge_when_they_return(
+def test_offline_devices_are_skipped_and_said_so_and_wait_fails_unless_every_device_runs_the_bundle(
     tmp_path: Path, fleet: LocalFleet, keys: Keys, digits: DigitsModels
 ) -> None:
     ids = [f"gw-{i}" for i in range(10)]
@@ -144,16 +148,44 @@ def test_offline_devices_do_not_block_a_rollout_and_converge_when_they_return(
         what="devices offline",
     )
 
-    rollout = _rollout(fleet, {"model": "digits", "version": "2.0.0", "waves": ["50%", "100%"], "soak_s": 0.5})
-    done = _wait_status(fleet, rollout["id"], {"halted", "completed"}, timeout=60)
-    assert done["status"] == "completed", done
+    # A 1% canary wave takes one device that can take part, never an offline one.
+    rollout = _rollout(fleet, {"model": "digits", "version": "2.0.0", "waves": ["1%", "100%"], "soak_s": 0.5})
+    assert rollout["waves"] == [1, 7]
+    done = _wait_status(fleet, rollout["id"], {"halted", "completed", "completed_with_skips"}, timeout=60)
+    # Assert: not "completed": three targeted devices do not run the bundle, each named with why.
+    assert done["status"] == "completed_with_skips", done
+    assert "7 of 10 devices run the bundle" in done["reason"] and "not evaluated" in done["reason"], done["reason"]
+    states = {d["device_id"]: (d["state"], d["detail"]) for d in done["device_states"]}
+    for device_id in offline:
+        assert states[device_id][0] == "skipped" and "not online when the rollout was created" in states[device_id][1]
+        assert device_id in done["reason"]
     online = [d for d in ids if d not in offline]
     fleet.wait_active(d2, online)
-    assert {d["device_id"]: d["state"] for d in done["device_states"] if d["device_id"] in offline} == dict.fromkeys(
-        offline, "assigned"
-    )
-    fleet.start_agents(offline)
-    fleet.wait_active(d2, offline, timeout=30)
+    # The skipped devices keep what they ran: their desired state was not touched.
+    assert all(fleet.device(d)["desired"]["bundle_digest"] == d1 for d in offline)  # type: ignore[index]
+    # The CLI's --wait says it plainly: exit 1 unless every targeted device runs the bundle.
+    result = subprocess.run(
+        [sys.executable, "-m", "edgefleet", "rollout", "create", "digits:2.0.0", "--waves", "100%", "--soak", "0",
+         "--wait", "--url", f"http://127.0.0.1:{fleet.api_port}", "--token", fleet.token, "--format", "json"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert json.loads(result.stdout)["status"] == "completed_with_skips"
+
+
+def test_a_rollout_whose_targets_are_all_offline_is_refused(
+    tmp_path: Path, fleet: LocalFleet, keys: Keys, digits: DigitsModels
+) -> None:
+    fleet.start_coordinator()
+    fleet.add_agent("gw-0", "x86-gateway")
+    fleet.start_agents(["gw-0"])
+    fleet.wait_registered(["gw-0"])
+    v2, _ = build(digits.v2, tmp_path / "v2.bundle", keys, version="2.0.0")
+    fleet.upload(v2)
+    fleet.stop_agent("gw-0")
+    wait_until(lambda: fleet.device("gw-0")["availability"] == "stopped", what="gw-0 stopped")  # type: ignore[index]
+    response = fleet.http.post("/api/v1/rollouts", json={"model": "digits", "version": "2.0.0"})
+    assert response.status_code == 409 and "none is online (gw-0 stopped)" in response.json()["detail"]
 
 
 @pytest.mark.slow

@@ -199,7 +199,8 @@ async function rollouts() {
   const blocks = details.map((r) => h("div", { class: "rollout", "data-rollout": r.id },
     h("div", {}, h("strong", {}, `${r.model}:${r.version}`), " ", pill(r.status), h("span", { class: "muted" }, `  ${r.id} · created ${when(r.created_at)}`)),
     h("div", { class: "waves" }, (r.waves || []).map((n, i) => {
-      const passed = r.status === "completed" ? r.waves.length : r.wave;  // a completed rollout passed its last wave too
+      const finished = r.status === "completed" || r.status === "completed_with_skips";
+      const passed = finished ? r.waves.length : r.wave;  // a finished rollout got through its last wave too
       return h("span", { class: "wave " + (i < passed ? "done" : i === r.wave ? "current" : "") }, `wave ${i + 1}: ${n}`);
     })),
     r.reason ? h("div", { class: r.status === "halted" || r.status === "rolled_back" ? "error-text" : "muted" }, "Gate / reason: " + r.reason) : null,

@@ -40,7 +40,8 @@ log = logging.getLogger(__name__)
 # A device that refused the new bundle, or took it and went back: its activation failed.
 _ACTIVATION_FAILED = (FailureKind.REFUSED, FailureKind.REVERTED)
 
-Status = Literal["running", "paused", "halted", "aborted", "completed", "rolled_back"]
+Status = Literal["running", "paused", "halted", "aborted", "completed", "completed_with_skips", "rolled_back"]
+GateVerdict = Literal["passed", "failed", "not_evaluated"]
 DeviceState = Literal["pending", "assigned", "active", "failed", "rolled_back", "skipped"]
 
 
@@ -64,6 +65,19 @@ class Gates(BaseModel):
         description="Devices running the new bundle that may report a drift alert (inputs or output confidence) "
         "on it during the soak, as a fraction of them; more halts and rolls back. None: drift does not gate.",
     )
+    min_reporting_devices: int = Field(
+        default=1, ge=1, description="Devices on the new bundle that must have reported telemetry since the wave "
+        "started for the telemetry gates to judge it (with min_inferences requests served among them)."
+    )  # fmt: skip
+    evidence_wait_s: float = Field(
+        default=0.0, ge=0, le=7 * 86400, description="After the soak, how long a wave whose gates have nothing to "
+        "judge waits for that evidence before without_evidence applies."
+    )  # fmt: skip
+    without_evidence: Literal["continue", "halt"] = Field(
+        default="continue", description="A wave whose gates had nothing to judge once evidence_wait_s passed: "
+        "continue (the wave is 'not evaluated' in the events and the final reason, never 'passed') or halt and "
+        "roll back."
+    )  # fmt: skip
 
 
 class RolloutSpec(BaseModel):
@@ -82,6 +96,7 @@ class RolloutSpec(BaseModel):
         return TargetSelector(
             device_class=self.device_class, tag=self.tag, group=self.group, device_ids=self.device_ids
         )
+
     waves: list[str] = Field(default=["10%", "50%", "100%"], description="Cumulative: '10%' or a device count.")
     soak_s: float = Field(default=60.0, ge=0, description="Wait after a wave is active, before gates are checked.")
     wave_timeout_s: float = Field(
@@ -179,11 +194,24 @@ class RolloutEngine:
         if not targets:
             classes = sorted(bundles)
             raise Conflict(f"no device matches the target with a bundle of {spec.model}:{spec.version} ({classes})")
+        eligible = [d for d in targets if d.get("availability") == "online"]
+        absent = [d for d in targets if d.get("availability") != "online"]
+        if not eligible:
+            why = ", ".join(f"{d['device_id']} {d.get('availability') or 'never seen'}" for d in absent[:10])
+            raise Conflict(f"no device of the target can take part now: none is online ({why})")
         rollout_id = uuid.uuid4().hex[:12]
-        counts = parse_waves(spec.waves, len(targets))
-        targets.sort(key=lambda d: _order(rollout_id, d["device_id"]))
-        rows = []
-        for rank, device in enumerate(targets):
+        counts = parse_waves(spec.waves, len(eligible))
+        eligible.sort(key=lambda d: _order(rollout_id, d["device_id"]))
+        rows = [
+            {
+                "rollout_id": rollout_id, "device_id": d["device_id"], "wave": len(counts) - 1,
+                "from_digest": d.get("active_digest"), "to_digest": bundles[d["device_class"]], "state": "skipped",
+                "assigned_at": None,
+                "detail": f"not online when the rollout was created ({d.get('availability') or 'never seen'})",
+            }
+            for d in absent
+        ]  # fmt: skip
+        for rank, device in enumerate(eligible):
             wave = next(i for i, count in enumerate(counts) if rank < count)
             rows.append(
                 {
@@ -201,7 +229,10 @@ class RolloutEngine:
             },
             rows,
         )  # fmt: skip
-        self._event("created", rollout_id, None, f"{len(targets)} devices in {len(counts)} waves {counts}")
+        skipped = (
+            f"; {len(absent)} skipped, not online: {', '.join(d['device_id'] for d in absent[:10])}" if absent else ""
+        )
+        self._event("created", rollout_id, None, f"{len(eligible)} devices in {len(counts)} waves {counts}{skipped}")
         self.tick()
         return self.get(rollout_id)
 
@@ -298,16 +329,26 @@ class RolloutEngine:
             return
         if now - rollout["soak_started_at"] < spec.soak_s:
             return
-        problem = self._telemetry_gates(rollout_id, members, spec.gates, since=started)
-        if problem:
-            self._halt(rollout_id, problem)
+        verdict, measured = self._telemetry_gates(members, spec.gates, since=started)
+        label = f"wave {wave + 1}/{len(waves)}"
+        if verdict == "failed":
+            self._halt(rollout_id, measured)
             return
+        if verdict == "not_evaluated":
+            waited = now - rollout["soak_started_at"] - spec.soak_s
+            if waited < spec.gates.evidence_wait_s:
+                return
+            if spec.gates.without_evidence == "halt":
+                self._halt(rollout_id, f"{label}: gates not evaluated after {waited:.0f} s: {measured}")
+                return
+            self._event("wave_not_evaluated", rollout_id, None, f"{label} gates not evaluated: {measured}; "
+                        "continuing (without_evidence = continue)")  # fmt: skip
+        else:
+            self._event("wave_passed", rollout_id, None, f"{label} passed its gates: {measured}")
         if wave + 1 < len(waves):
             self._update(rollout_id, wave=wave + 1, wave_started_at=None, soak_started_at=None)
-            self._event("wave_passed", rollout_id, None, f"wave {wave + 1}/{len(waves)} passed its gates")
         else:
-            self._update(rollout_id, status="completed", reason="every wave passed its gates")
-            self._event("completed", rollout_id, None, "every wave passed its gates")
+            self._finish(rollout_id)
 
     def _assign(self, rollout_id: str, device_ids: list[str], in_wave: list[dict[str, Any]]) -> None:
         by_digest: dict[str, list[str]] = {}
@@ -332,42 +373,76 @@ class RolloutEngine:
             elif error.get("bundle_digest") == member["to_digest"] and error.get("kind") in _ACTIVATION_FAILED:
                 self._set_state(rollout_id, member["device_id"], "failed", error.get("reason"))
 
-    def _telemetry_gates(
-        self, rollout_id: str, members: list[dict[str, Any]], gates: Gates, since: float
-    ) -> str | None:
+    def _telemetry_gates(self, members: list[dict[str, Any]], gates: Gates, since: float) -> tuple[GateVerdict, str]:
+        """The verdict of the telemetry gates on the devices running the new bundle, and what was measured
+        (each figure beside its limit)."""
         active = [m for m in members if m["state"] == "active"]
         if not active:
-            return None
+            return "not_evaluated", "no device runs the new bundle"
         since_iso = datetime.fromtimestamp(since, UTC).isoformat()
-        new = bundle_windows(self.db, [(m["device_id"], m["to_digest"]) for m in active], since=since_iso)
-        old = bundle_windows(self.db, [(m["device_id"], m["from_digest"]) for m in active])
-        drifting = {
-            m["device_id"]
-            for m in active
-            if self.db.health.recent_windows(
-                m["device_id"], ["drift_alert"], limit=1, not_null="drift_alert", bundle_digest=m["to_digest"],
-                since=since_iso, only_true="drift_alert",
+
+        def windows_since(m: dict[str, Any], **kw: Any) -> list[dict[str, Any]]:
+            return self.db.health.recent_windows(
+                m["device_id"], ["drift_alert"], limit=1, bundle_digest=m["to_digest"], since=since_iso, **kw
             )
-        }  # fmt: skip
+
+        drifting = {m["device_id"] for m in active if windows_since(m, only_true="drift_alert")}
         # Drift does not wait for min_inferences: an alert already summarises a window of inputs.
         if gates.max_drift_alert_fraction is not None and len(drifting) / len(active) > gates.max_drift_alert_fraction:
             names = ", ".join(sorted(drifting)[:5])
-            return (
+            return "failed", (
                 f"drift alerts (inputs or output confidence) from {len(drifting)} of {len(active)} devices on the "
                 f"new bundle ({names}) exceed the limit of {gates.max_drift_alert_fraction:.0%}"
             )
-        if new.served < gates.min_inferences:
-            return None
+        reporting = sum(1 for m in active if windows_since(m))
+        new = bundle_windows(self.db, [(m["device_id"], m["to_digest"]) for m in active], since=since_iso)
+        evidence = (
+            f"{reporting} of {len(active)} devices on the new bundle reported, {new.served} requests served "
+            f"(the gates need {gates.min_reporting_devices} devices and {gates.min_inferences} requests)"
+        )
+        if reporting < gates.min_reporting_devices or new.served < gates.min_inferences:
+            return "not_evaluated", evidence
+        old = bundle_windows(self.db, [(m["device_id"], m["from_digest"]) for m in active])
         error_rate = new.errors / new.served
+        measured = [f"error rate {error_rate:.3f} (limit {gates.max_error_rate}) over {new.served} requests"]
         if error_rate > gates.max_error_rate:
-            return f"error rate {error_rate:.3f} on the new bundle exceeds {gates.max_error_rate}"
+            return "failed", f"error rate {error_rate:.3f} on the new bundle exceeds {gates.max_error_rate}"
         ratio = latency_ratio(new, old)
         if ratio is not None and ratio > gates.max_p95_latency_ratio:
-            return (
+            return "failed", (
                 f"p95 latency {new.p95_ms:.2f} ms is {ratio:.2f}x the previous "
                 f"{old.p95_ms:.2f} ms (limit {gates.max_p95_latency_ratio}x)"
             )
-        return None
+        if ratio is None:
+            measured.append("p95 latency not compared (no latency figures of both bundles)")
+        else:
+            measured.append(
+                f"p95 {new.p95_ms:.2f} ms vs {old.p95_ms:.2f} ms = {ratio:.2f}x (limit {gates.max_p95_latency_ratio}x)"
+            )
+        measured.append(f"{len(drifting)} of {len(active)} devices with drift alerts")
+        return "passed", "; ".join(measured) + f"; {reporting} of {len(active)} devices reported"
+
+    def _finish(self, rollout_id: str) -> None:
+        """``completed`` only when every device the rollout targeted runs the bundle; otherwise
+        ``completed_with_skips``, naming each device left out and why."""
+        members = self.db.rollouts.members(rollout_id)
+        left_out = [m for m in members if m["state"] != "active"]
+        unevaluated = [e for e in self.db.rollouts.events(rollout_id, 1000) if e["kind"] == "wave_not_evaluated"]
+        gates = (
+            f"gates not evaluated in {len(unevaluated)} wave(s), no evidence to judge"
+            if unevaluated
+            else "every wave passed its gates"
+        )
+        if not left_out:
+            status, reason = "completed", gates
+        else:
+            listed = "; ".join(f"{m['device_id']}: {_why_not(m)}" for m in left_out[:20])
+            status = "completed_with_skips"
+            reason = (
+                f"{len(members) - len(left_out)} of {len(members)} devices run the bundle; {gates}; left out: {listed}"
+            )
+        self._update(rollout_id, status=status, reason=reason)
+        self._event(status, rollout_id, None, reason)
 
     def _halt(self, rollout_id: str, reason: str) -> None:
         log.warning("rollout %s halted: %s", rollout_id, reason)
@@ -378,7 +453,8 @@ class RolloutEngine:
         members = self.db.rollouts.members(rollout_id)
         by_digest: dict[str, list[str]] = {}
         for member in members:
-            if member["state"] in ("assigned", "active", "failed", "skipped") and member["from_digest"]:
+            assigned = member["assigned_at"] is not None  # a device skipped before assignment kept its bundle
+            if member["state"] in ("assigned", "active", "failed", "skipped") and assigned and member["from_digest"]:
                 by_digest.setdefault(member["from_digest"], []).append(member["device_id"])
         for digest, ids in by_digest.items():
             self._deploy(digest, ids)
@@ -399,6 +475,12 @@ class RolloutEngine:
         self.db.rollouts.add_event(
             {"at": _now(), "kind": kind, "rollout_id": rollout_id, "device_id": device_id, "detail": detail}
         )
+
+
+def _why_not(member: dict[str, Any]) -> str:
+    if member["state"] == "assigned":
+        return "assigned, not running it yet (offline since?)"
+    return f"{member['state']} ({member['detail'] or 'no reason given'})"
 
 
 def validate_spec(raw: dict[str, Any]) -> RolloutSpec:

@@ -10,11 +10,11 @@ from rich.progress import BarColumn, Progress, TextColumn
 
 from edgefleet.cli.rest import TokenOption, UrlOption, call
 from edgefleet.common.exit_codes import ExitCode
-from edgefleet.common.output import Format, FormatOption, console, fail, print_data
+from edgefleet.common.output import Format, FormatOption, console, err_console, fail, print_data
 
 app = typer.Typer(help="Staged rollouts with health gates and automatic rollback.", no_args_is_help=True)
 
-FINAL = {"completed", "halted", "aborted", "rolled_back"}
+FINAL = {"completed", "completed_with_skips", "halted", "aborted", "rolled_back"}
 
 
 @app.command()
@@ -71,12 +71,15 @@ def create(
     if wait:
         rollout = _follow(rollout["id"], url, token)
     _show(rollout, fmt)
-    if rollout["status"] in ("halted", "aborted"):
+    # --wait promises every targeted device runs the bundle: anything less is not success.
+    if rollout["status"] in ("halted", "aborted", "rolled_back") or (wait and rollout["status"] != "completed"):
         raise typer.Exit(int(ExitCode.ERROR))
 
 
 def _follow(rollout_id: str, url: str, token: str | None) -> dict[str, Any]:
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}")) as bar:
+    # Progress goes to stderr: stdout holds only the result, so `--format json` output parses.
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"))
+    with Progress(*columns, console=err_console) as bar:
         task = bar.add_task(f"rollout {rollout_id}", total=None)
         while True:
             rollout = call("GET", url, token, f"/api/v1/rollouts/{rollout_id}")
