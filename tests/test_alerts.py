@@ -141,7 +141,7 @@ def test_alerts_endpoint_needs_a_token_and_takes_thresholds(tmp_path: Path) -> N
     response = http.get("/api/v1/alerts", headers={"Authorization": "Bearer alerts-token-0123456789"})
     assert response.status_code == 200
     [alert] = response.json()
-    assert alert.keys() == {"kind", "device_id", "severity", "since", "detail"}
+    assert alert.keys() == {"kind", "device_id", "severity", "since", "detail", "rollout_id"}
     assert (alert["kind"], alert["device_id"], alert["severity"]) == ("offline", "gw-1", "critical")
     bad = http.get("/api/v1/alerts?max_error_rate=2", headers={"Authorization": "Bearer alerts-token-0123456789"})
     assert bad.status_code == 422
@@ -171,3 +171,38 @@ def test_configured_thresholds_apply_to_the_api_and_metrics_and_a_query_override
     assert http.get("/api/v1/alerts?max_error_rate=0.1&min_requests=500").json() == [], "both given: both apply"
     with pytest.raises(ValidationError, match="max_error_rate"):
         CoordinatorConfig(data_dir=tmp_path / "c", trusted_keys=[tmp_path / "k.pub"], alerts={"max_error_rate": 3})
+
+
+def test_a_failed_activation_and_a_halted_rollout_raise_alerts(db: SQLiteStore) -> None:
+    from edgefleet.coordinator.rollouts.engine import RolloutEngine, RolloutSpec
+    from edgefleet.protocol.messages import ErrorInfo, FailureKind
+
+    _device(db, "gw-1")
+    db.record_reported(
+        ReportedState(
+            device_id="gw-1", device_class="x86-gateway", agent_version="0.1.0", status="ready", active=V1,
+            started_at=datetime.now(UTC),
+            last_error=ErrorInfo(reason="test vector 1 differs", kind=FailureKind.REFUSED, bundle_digest=V2.digest),
+        )
+    )  # fmt: skip
+    db.add_bundle({"digest": V2.digest, "name": "digits", "version": "2.0.0", "device_class": "x86-gateway"})
+    engine = RolloutEngine(db, lambda _digest, _ids: None)
+    rollout = engine.create(RolloutSpec(model="digits", version="2.0.0", soak_s=0))
+    engine.tick()  # gw-1 is seen to have refused it: the rollout halts
+
+    alerts = {a.kind: a for a in compute_alerts(db)}
+
+    assert engine.get(rollout["id"])["status"] == "halted"
+    failed = alerts["activation_failed"]
+    assert (failed.device_id, failed.severity) == ("gw-1", "critical")
+    assert failed.detail == f"activation refused (bundle {V2.digest[:12]}): test vector 1 differs"
+    halted = alerts["rollout_halted"]
+    assert halted.rollout_id == rollout["id"] and halted.device_id == "" and "1 of 1 devices failed" in halted.detail
+
+
+def test_last_seen_is_the_last_message_of_any_kind_telemetry_included(db: SQLiteStore) -> None:
+    _device(db, "gw-1")
+    seen = db.device("gw-1")["last_seen"]  # type: ignore[index]
+    _telemetry(db, "gw-1")
+    after = db.device("gw-1")["last_seen"]  # type: ignore[index]
+    assert after > seen and after == db.telemetry("gw-1")[0]["received_at"]

@@ -173,6 +173,34 @@ def test_enrollment_token_is_one_time_and_expires(api: Api, keys: Keys) -> None:
     )
 
 
+def test_a_device_reporting_another_class_than_its_enrolled_one_is_refused_and_alerted(api: Api) -> None:
+    """Its enrolled class is authoritative: no re-class, so no other class's bundles and gates."""
+    from edgefleet.protocol.messages import ReportedState
+
+    enrolled = EnrollResponse.model_validate(api.enroll(api.enroll_token("x86-gateway", device_id="gw-7")).json())
+    claim = ReportedState(device_id="gw-7", device_class="rpi4", agent_version="t", status="ready",
+                          started_at=time.time())  # type: ignore[arg-type]  # fmt: skip
+    with MqttProbe(api.broker.url, "gw-7", enrolled.broker.password) as device:
+        assert device.start() == "Success"
+        device.publish(topic("gw-7", Channel.REPORTED), claim.to_bytes(), retain=True)
+
+        def alerted() -> list[dict[str, Any]]:
+            return [a for a in api.call("GET", "/api/v1/alerts").json() if a["kind"] == "class_mismatch"]
+
+        wait_until(lambda: bool(alerted()), timeout=15, what="the class_mismatch alert")
+    [alert] = alerted()
+    assert alert["device_id"] == "gw-7" and "reported device class 'rpi4', enrolled as 'x86-gateway'" in alert["detail"]
+    device_row = api.call("GET", "/api/v1/devices/gw-7").json()
+    assert device_row["device_class"] == "x86-gateway" and device_row["reported"] is None
+    # A report of its own class is taken, and clears the flag.
+    honest = claim.model_copy(update={"device_class": "x86-gateway"})
+    with MqttProbe(api.broker.url, "gw-7", enrolled.broker.password) as device:
+        assert device.start() == "Success"
+        device.publish(topic("gw-7", Channel.REPORTED), honest.to_bytes(), retain=True)
+        wait_until(lambda: not alerted(), timeout=15, what="the flag cleared")
+    assert api.call("GET", "/api/v1/devices/gw-7").json()["status"] == "ready"
+
+
 def test_the_coordinators_own_broker_users_cannot_be_enrolled(api: Api) -> None:
     for name in (api.broker.username, f"{api.broker.username}-ingest"):
         response = api.call("POST", "/api/v1/enroll-tokens", json={"device_class": "x86-gateway", "device_id": name})

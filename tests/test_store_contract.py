@@ -229,7 +229,7 @@ def test_a_store_written_by_the_schema_9_coordinator_migrates_in_place(tmp_path:
     # Execute
     db = SQLiteStore(path)
     # Assert: the schema is current and every row written before is read through the interface
-    assert sqlite3.connect(path).execute("pragma user_version").fetchone()[0] == SCHEMA_VERSION == 10
+    assert sqlite3.connect(path).execute("pragma user_version").fetchone()[0] == SCHEMA_VERSION == 11
     assert {d["device_id"] for d in db.devices()} == {"gw-1", "gw-2"} and db.device("gw-1")["tags"] == ["lab"]  # type: ignore[index]
     assert len(db.bundles()) == 2 and db.stages.stages("digits") == {"1.0.0": "production"}
     assert [t["role"] for t in db.tokens.all()] == ["operator"]

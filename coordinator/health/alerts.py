@@ -19,16 +19,23 @@ from edgefleet.coordinator.store import FleetStore
 __all__ = ["Alert", "AlertKind", "AlertThresholds", "compute_alerts"]
 
 Severity = Literal["critical", "warning"]
-AlertKind = Literal["offline", "drift", "error_rate", "latency_regression", "disk_full"]
+AlertKind = Literal[
+    "offline", "drift", "error_rate", "latency_regression", "disk_full", "activation_failed", "class_mismatch",
+    "rollout_halted",
+]
+# What a device's last error says of a bundle it was given: it refused it, went back from it, or cannot serve it.
+_ACTIVATION_FAILURES = ("refused", "reverted", "unusable")
+_HALTED_SHOWN = 20  # the newest halted rollouts that alert
 
 
 @dataclass(frozen=True)
 class Alert:
     kind: AlertKind
-    device_id: str
+    device_id: str  # "" for a fleet-level alert (a halted rollout)
     severity: Severity
     since: str | None  # ISO 8601, UTC: when the condition began, as far as the store knows
     detail: str
+    rollout_id: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -61,7 +68,37 @@ def compute_alerts(
         alerts += _disk_full(db, device_id, latest.get(device_id), limits)
         alerts += _error_rate(device_id, recent.get(device_id), limits)
         alerts += _latency_regression(db, device, limits)
+        alerts += _activation_failed(device)
+        alerts += _class_mismatch(device)
+    alerts += _halted_rollouts(db)
     return sorted(alerts, key=lambda a: (a.severity != "critical", a.device_id, a.kind))
+
+
+def _activation_failed(device: dict[str, Any]) -> list[Alert]:
+    """The device refused the bundle it was given, went back from it, or cannot serve the one it has."""
+    error = (device.get("reported") or {}).get("last_error") or {}
+    if error.get("kind") not in _ACTIVATION_FAILURES:
+        return []
+    bundle = f" (bundle {str(error['bundle_digest'])[:12]})" if error.get("bundle_digest") else ""
+    detail = f"activation {error['kind']}{bundle}: {error.get('reason', '')}"
+    return [Alert("activation_failed", device["device_id"], "critical", error.get("at"), detail)]
+
+
+def _class_mismatch(device: dict[str, Any]) -> list[Alert]:
+    if not device.get("problem"):
+        return []
+    return [Alert("class_mismatch", device["device_id"], "critical", device.get("problem_at"), device["problem"])]
+
+
+def _halted_rollouts(db: FleetStore) -> list[Alert]:
+    """A halted rollout waits for an operator (resume, rollback or abort): until then it is an alert."""
+    alerts = []
+    for rollout_id in db.rollouts.ids(status="halted")[:_HALTED_SHOWN]:
+        rollout = db.rollouts.get(rollout_id) or {}
+        what = f"{rollout.get('model')}:{rollout.get('version')}"
+        detail = f"rollout {rollout_id} of {what} halted: {rollout.get('reason')}"
+        alerts.append(Alert("rollout_halted", "", "critical", rollout.get("updated_at"), detail, rollout_id=rollout_id))
+    return alerts
 
 
 def _offline(

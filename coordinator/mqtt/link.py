@@ -158,7 +158,7 @@ class CoordinatorLink:
             if dest.channel is Channel.CHUNK_REQUESTS:
                 self._serve_chunk(sent_by(parse(ChunkRequest, msg.payload, topic=msg.topic), dest.device_id))
             elif dest.channel is Channel.REPORTED:
-                self.db.record_reported(sent_by(parse(ReportedState, msg.payload, topic=msg.topic), dest.device_id))
+                self._record_reported(sent_by(parse(ReportedState, msg.payload, topic=msg.topic), dest.device_id))
             elif dest.channel is Channel.AVAILABILITY:
                 self.db.record_availability(sent_by(parse(Availability, msg.payload, topic=msg.topic), dest.device_id))
             elif dest.channel is Channel.COMMAND_RESULTS:
@@ -180,6 +180,17 @@ class CoordinatorLink:
         except Exception:  # never let one bad message stop the network thread
             self._count_rejected(dest)
             log.exception("failed to handle message on %s", msg.topic)
+
+    def _record_reported(self, state: ReportedState) -> None:
+        """A device's enrolled class is authoritative: a report of another class is refused, not a re-class
+        (it would then get that class's bundles and join its gates), and flagged for the alerts."""
+        identity = self.db.enrollment.identity(state.device_id)
+        enrolled = identity.get("device_class") if identity and identity.get("revoked_at") is None else None
+        if enrolled and state.device_class != enrolled:
+            problem = f"reported device class {state.device_class!r}, enrolled as {enrolled!r}: report refused"
+            self.db.flag_device(state.device_id, problem, device_class=enrolled)
+            raise ProtocolError(f"{state.device_id}: {problem}")
+        self.db.record_reported(state)
 
     def _count_rejected(self, dest: DeviceTopic | None) -> None:
         self.rejected += 1

@@ -224,6 +224,11 @@ class FleetStore(ABC):
     def device(self, device_id: str) -> Row | None: ...
 
     @abstractmethod
+    def flag_device(self, device_id: str, problem: str, *, device_class: str | None = None) -> None:
+        """Record why the device's last report was refused (``problem``, ``problem_at``); the next report the
+        coordinator accepts clears it. A device not seen before gets a row (of ``device_class``)."""
+
+    @abstractmethod
     def label_device(self, device_id: str, *, tags: list[str] | None, group: str | None) -> Row:
         """Set tags and/or group (an empty group clears it); KeyError for an unknown device."""
 

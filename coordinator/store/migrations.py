@@ -227,8 +227,13 @@ def schema_10(db: sqlite_utils.Database) -> None:
     )  # fmt: skip
 
 
+def schema_11(db: sqlite_utils.Database) -> None:
+    """Why the coordinator refused a device's last report (e.g. a class other than its enrolled one), and when."""
+    add_columns(db, "devices", {"problem": str, "problem_at": str})
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
-    schema_1, schema_2, schema_3, schema_4, schema_5, schema_6, schema_7, schema_8, schema_9, schema_10,
+    schema_1, schema_2, schema_3, schema_4, schema_5, schema_6, schema_7, schema_8, schema_9, schema_10, schema_11,
 ]  # fmt: skip
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -104,6 +104,8 @@ class SQLiteStore(FleetStore):
             "runtime": state.runtime,
             "last_error": state.last_error.reason if state.last_error else None,
             "reported": state.model_dump_json(),
+            "problem": None,
+            "problem_at": None,
         }
         with self.locked() as db:
             Table(db, "devices").upsert(row, pk="device_id")
@@ -152,6 +154,13 @@ class SQLiteStore(FleetStore):
         device = self.device(device_id)
         assert device is not None
         return device
+
+    def flag_device(self, device_id: str, problem: str, *, device_class: str | None = None) -> None:
+        with self.locked() as db:
+            table = Table(db, "devices")
+            if next(table.rows_where("device_id = ?", [device_id]), None) is None:
+                table.insert({"device_id": device_id, "device_class": device_class})
+            table.update(device_id, {"problem": problem, "problem_at": _now()})
 
     def device(self, device_id: str) -> dict[str, Any] | None:
         return next((d for d in self.devices() if d["device_id"] == device_id), None)
@@ -236,6 +245,7 @@ class SQLiteStore(FleetStore):
                         new_ids.discard(row[0])
                         rollups.add_contribution(bucket, values)
                 write_rollups(conn, rollups)
+                _touch_last_seen(conn, rows)
                 conn.execute("commit")
             except BaseException:
                 if conn.in_transaction:
@@ -343,6 +353,23 @@ class SQLiteStore(FleetStore):
             return "integer overflow" in str(exc)  # counts added up past 2**63; the rest: locked, full, I/O
         return isinstance(exc, sqlite3.IntegrityError | sqlite3.DataError | sqlite3.InterfaceError | OverflowError
                           | ValueError | TypeError)  # fmt: skip
+
+
+_DEVICE_AT = TELEMETRY_COLUMNS.index("device_id")
+_RECEIVED_AT = TELEMETRY_COLUMNS.index("received_at")
+
+
+def _touch_last_seen(conn: sqlite3.Connection, rows: list[list[Any]]) -> None:
+    """A device is seen whenever any message of its arrives, telemetry included (one update per device a batch)."""
+    latest: dict[str, str] = {}
+    for row in rows:
+        device_id, received = row[_DEVICE_AT], row[_RECEIVED_AT]
+        if received and received > latest.get(device_id, ""):
+            latest[device_id] = received
+    conn.executemany(
+        "update devices set last_seen = ? where device_id = ? and (last_seen is null or last_seen < ?)",
+        [(at, device_id, at) for device_id, at in latest.items()],
+    )
 
 
 def _insert_telemetry(conn: sqlite3.Connection, rows: list[list[Any]]) -> set[str]:
