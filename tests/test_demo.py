@@ -36,3 +36,36 @@ def test_demo_rolls_out_to_every_agent_within_a_minute_and_leaves_no_process() -
         if any("edgefleet-demo-" in part for part in (p.info["cmdline"] or []))
     ]
     assert leftovers == []
+
+
+def test_demo_stopped_by_sigterm_leaves_no_process_behind() -> None:
+    """As `timeout` or a service manager stops it: the broker, coordinator, receiver and agents go too."""
+    import signal
+
+    from edgefleet.local.fleet import wait_until
+
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "edgefleet", "demo", "--agents", "1", "--broker", "amqtt"],
+        stdout=subprocess.PIPE, text=True, env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert demo.stdout is not None
+    try:
+        for line in demo.stdout:  # wait until every process is up
+            if "agents running" in line:
+                break
+        else:
+            pytest.fail("the demo ended before its agents ran")
+        demo.send_signal(signal.SIGTERM)
+        assert demo.wait(timeout=60) == 128 + signal.SIGTERM
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+
+    def leftovers() -> list[list[str]]:
+        return [
+            p.info["cmdline"]
+            for p in psutil.process_iter(["cmdline"])
+            if any("edgefleet-demo-" in part for part in (p.info["cmdline"] or []))
+        ]
+
+    wait_until(lambda: not leftovers(), timeout=20, what="every process of the demo to end")

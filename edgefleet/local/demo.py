@@ -8,6 +8,7 @@ gRPC API -> a table of what each device served -> clean shutdown.
 from __future__ import annotations
 
 import shutil
+import signal
 import statistics
 import tempfile
 import time
@@ -41,6 +42,9 @@ def run_demo(agents: int = 3, keep: bool = False, broker: str = "auto") -> int:
     from edgefleet.local.digits import load_digits_data, train_digits_mlp
 
     started = time.monotonic()
+    # SIGTERM (timeout, systemd, a CI runner) must clean up like Ctrl-C: without this Python dies at once and
+    # the broker, coordinator and agents it started live on with PPID 1.
+    previous = signal.signal(signal.SIGTERM, _exit_on_signal)
     workdir = Path(tempfile.mkdtemp(prefix="edgefleet-demo-"))
     local_broker = LocalBroker(workdir / "broker", prefer=broker)
     fleet: LocalFleet | None = None
@@ -131,3 +135,8 @@ def run_demo(agents: int = 3, keep: bool = False, broker: str = "auto") -> int:
         else:
             shutil.rmtree(workdir, ignore_errors=True)
         console.print(f"[dim]{time.monotonic() - started:5.1f}s[/dim] done")
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds through run_demo's cleanup
