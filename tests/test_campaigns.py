@@ -196,6 +196,27 @@ def test_a_campaign_spec_cannot_make_the_coordinator_run_code(
     assert http.get("/api/v1/campaigns").json() == []
 
 
+def test_a_campaign_whose_training_diverges_fails_and_registers_nothing(
+    http: TestClient,
+    tmp_path: Path,
+    keys: Keys,
+    digits: DigitsModels,
+    mosquitto: LocalBroker,
+    data,  # type: ignore[no-untyped-def]
+) -> None:
+    # Prepare: a learning rate that blows the weights up within a round (no DP clipping to hold them)
+    validation = _setup(http, tmp_path, keys, digits, mosquitto, data)
+    spec = _spec(validation, privacy=None, learning_rate=1e30, rounds=2)
+    # Execute
+    created = http.post("/api/v1/campaigns", json={"spec": spec, "target": {"device_class": "rpi5"}, "start": True})
+    assert created.status_code == 201, created.text
+    result = _wait_final(http, created.json()["id"])
+    # Assert
+    assert result["status"] == "failed" and result["reason"].startswith("training diverged"), result["reason"]
+    assert result.get("result_version") is None
+    assert [v["version"] for v in http.get("/api/v1/models/digits").json()["versions"]] == ["1.0"]
+
+
 def test_abort_stops_between_rounds_and_registers_nothing(
     http: TestClient,
     tmp_path: Path,

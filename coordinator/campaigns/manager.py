@@ -21,6 +21,7 @@ from flwr.app import ArrayRecord
 
 from edgefleet.coordinator.campaigns.result import (
     BaseVersion,
+    divergence,
     initial_arrays,
     load_base,
     privacy_report,
@@ -218,7 +219,11 @@ class CampaignManager:
             fields: dict[str, Any] = {"status": outcome.status, "reason": outcome.reason,
                                       "privacy": privacy_report(spec, outcome).model_dump()}  # fmt: skip
             useful = any(r.status == "ok" for r in outcome.rounds)
-            if outcome.status in ("completed", "budget_exhausted") and useful:
+            diverged = divergence(outcome, base) if useful else None
+            if diverged:
+                log.warning("campaign %s: %s; nothing registered", campaign_id, diverged)
+                fields |= {"status": "failed", "reason": diverged}
+            elif outcome.status in ("completed", "budget_exhausted") and useful:
                 key = load_private_key(self.signing_key)
                 version, digests = register_result(
                     campaign_id, spec, outcome, base, registry=self.registry, models=self.models, key=key,

@@ -24,7 +24,7 @@ from edgefleet.federated.weights import arrays_to_model, load_onnx_weights, mode
 from edgefleet.protocol.bundle import Manifest
 from edgefleet.protocol.model_card import Lineage, PrivacyReport, Recipe
 
-__all__ = ["BaseVersion", "initial_arrays", "load_base", "privacy_report", "register_result"]
+__all__ = ["BaseVersion", "divergence", "initial_arrays", "load_base", "privacy_report", "register_result"]
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,34 @@ def load_base(spec: CampaignSpec, models: ModelRegistry, registry: Registry) -> 
 def initial_arrays(spec: CampaignSpec, base: BaseVersion, *, allowed: Collection[str] = ()) -> ArrayRecord:
     model = load_onnx_weights(build_model(spec.architecture, spec.architecture_args, allowed=allowed), base.model_path)
     return model_to_arrays(model)
+
+
+def divergence(outcome: CampaignOutcome, base: BaseVersion) -> str | None:
+    """Why the campaign's result is no model worth registering (training diverged), or None.
+
+    Non-finite weights or losses, or an accuracy on the held-out data at or below chance (1 / classes,
+    from the base model's output width) where the base model did better.
+    """
+    for name, array in outcome.arrays.items():
+        if not np.isfinite(array.numpy()).all():
+            return f"training diverged: the result's {name} holds NaN or infinite weights"
+    last = next((r for r in reversed(outcome.rounds) if r.status == "ok"), None)
+    if last is None:
+        return None
+    for where, figures in (("training", last.train_metrics), ("held-out evaluation", last.evaluation)):
+        bad = [k for k, v in figures.items() if not np.isfinite(v)]
+        if bad:
+            return f"training diverged: round {last.round} {where} {', '.join(bad)} is not a number"
+    shape = base.manifest.outputs[0].shape if base.manifest.outputs else []
+    classes = shape[-1] if shape and shape[-1] else None
+    accuracy, before = last.evaluation.get("accuracy"), outcome.initial_evaluation.get("accuracy")
+    at_chance = bool(classes and classes > 1 and accuracy is not None and accuracy <= 1.0 / classes)
+    if at_chance and (before is None or before > 1.0 / classes):  # type: ignore[operator]
+        return (
+            f"training diverged: held-out accuracy {accuracy:.3f} after round {last.round} is at chance "
+            f"(1/{classes})" + (f", the base model had {before:.3f}" if before is not None else "")
+        )
+    return None
 
 
 def privacy_report(spec: CampaignSpec, outcome: CampaignOutcome) -> PrivacyReport:
