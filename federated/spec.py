@@ -12,6 +12,12 @@ StrategyName = Literal["fedavg", "fedprox", "fedadam", "fedmedian", "krum"]
 STRATEGIES: tuple[str, ...] = ("fedavg", "fedprox", "fedadam", "fedmedian", "krum")
 
 
+# Bounds of a spec: an infinite wait never ends a round, an epsilon past these is no guarantee worth stating,
+# and a delta this large allows leaking a sample of any small dataset outright.
+MAX_WAIT_S = 7 * 86400.0
+MAX_EPSILON = 100.0
+MAX_DELTA = 1e-3
+
 class PrivacySpec(BaseModel):
     """Differential privacy for the campaign.
 
@@ -26,18 +32,26 @@ class PrivacySpec(BaseModel):
     honest-but-curious server) and their own update's far larger ``local-epsilon``.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     mode: Literal["local", "central", "distributed"] = Field(default="local", description="Where noise is added.")
     noise_multiplier: float | None = Field(
         default=None, gt=0, le=100, description="Noise std / clip norm; for local DP, or give target_epsilon instead."
     )
     target_epsilon: float | None = Field(
-        default=None, gt=0, description="Local DP: choose the noise so that all rounds together spend this epsilon."
+        default=None, gt=0, le=MAX_EPSILON,
+        description="Local DP: choose the noise so that all rounds together spend this epsilon.",
     )
-    clip_norm: float = Field(default=1.0, gt=0, description="Per-sample (local) or per-update (central) L2 clip.")
-    delta: float = Field(default=1e-5, gt=0, lt=1, description="The delta every epsilon is stated at.")
-    max_epsilon: float = Field(default=10.0, gt=0, description="No client's cumulative epsilon may pass this.")
+    clip_norm: float = Field(
+        default=1.0, gt=0, le=1e6, description="Per-sample (local) or per-update (central) L2 clip."
+    )
+    delta: float = Field(
+        default=1e-5, gt=0, le=MAX_DELTA, description="The delta every epsilon is stated at; below 1/n of the "
+        "smallest dataset, or the guarantee allows leaking a whole sample with that probability."
+    )  # fmt: skip
+    max_epsilon: float = Field(
+        default=10.0, gt=0, le=MAX_EPSILON, description="No client's cumulative epsilon may pass this."
+    )
     accountant: Literal["rdp", "prv"] = Field(default="rdp", description="Opacus accountant for local DP.")
 
     @model_validator(mode="after")
@@ -52,7 +66,7 @@ class PrivacySpec(BaseModel):
 
 
 class CampaignSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     model: str = Field(min_length=1, max_length=128, description="Registry model name to improve.")
     base_version: str = Field(default="production", max_length=64, description="Version, or a stage name.")
@@ -75,9 +89,12 @@ class CampaignSpec(BaseModel):
     max_clients: int = Field(default=10, ge=1, description="Clients sampled per round, at most.")
     min_samples: int = Field(default=10, ge=1, description="Devices with fewer samples are not selected.")
     round_timeout_s: float = Field(
-        default=300.0, gt=0, description="How long a round waits for answers (with secure aggregation: each stage)."
+        default=300.0, gt=0, le=MAX_WAIT_S,
+        description="How long a round waits for answers (with secure aggregation: each stage).",
     )
-    node_wait_s: float = Field(default=120.0, ge=0, description="How long a round waits for min_clients to connect.")
+    node_wait_s: float = Field(
+        default=120.0, ge=0, le=MAX_WAIT_S, description="How long a round waits for min_clients to connect."
+    )
     max_failed_rounds: int = Field(default=3, ge=1, description="Consecutive failed rounds that end the campaign.")
     local_epochs: int = Field(default=1, ge=1, le=1000, description="Epochs over local samples per round.")
     batch_size: int = Field(default=32, ge=1, description="Expected local batch size (Poisson for DP).")

@@ -11,6 +11,7 @@ import pytest
 import torch
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from opacus.accountants import RDPAccountant
+from pydantic import ValidationError
 
 from edgefleet.federated.accounting import central_epsilon, epsilon_of
 from edgefleet.federated.client.client_app import app as client_app
@@ -445,3 +446,19 @@ def test_the_server_app_runs_in_process_and_journals_rounds_in_its_work_dir(tmp_
     assert not list(tmp_path.glob("*.db")), "the ServerApp writes no database"
     start = arrays_to_model(build_model("mlp"), model_to_arrays(build_model("mlp")))
     assert set(outcome.arrays.keys()) == set(start.state_dict())
+
+
+@pytest.mark.parametrize(
+    ("spec", "where"),
+    [
+        ({"round_timeout_s": float("inf")}, "round_timeout_s"), ({"node_wait_s": float("inf")}, "node_wait_s"),
+        ({"node_wait_s": 1e12}, "node_wait_s"), ({"learning_rate": float("nan")}, "learning_rate"),
+        ({"privacy": {"noise_multiplier": 1.0, "max_epsilon": float("inf")}}, "max_epsilon"),
+        ({"privacy": {"noise_multiplier": 1.0, "max_epsilon": 1e9}}, "max_epsilon"),
+        ({"privacy": {"noise_multiplier": 1.0, "delta": 0.5}}, "delta"),
+    ],
+)  # fmt: skip
+def test_a_spec_with_unbounded_or_meaningless_values_is_refused(spec: dict[str, object], where: str) -> None:
+    with pytest.raises(ValidationError) as refused:
+        CampaignSpec.model_validate({"model": "digits"} | spec)
+    assert where in str(refused.value)
