@@ -13,6 +13,11 @@ __all__ = ["main"]
 
 def main() -> None:
     argv = sys.argv[1:]
+    if argv == ["--version"]:  # answered without importing the CLI (numpy, gRPC, ...)
+        from importlib.metadata import version
+
+        print(f"edgefleet {version('edgefleet')}")
+        return
     if argv[:2] == ["agent", "run"] and not {"-h", "--help"} & set(argv[2:]):
         from edgefleet.agent.run import main as run_agent
 

@@ -107,3 +107,67 @@ def test_agent_run_starts_the_daemon_without_the_rest_of_the_cli(tmp_path: Path)
         [sys.executable, "-m", "edgefleet", "agent", "run", "--help"], capture_output=True, text=True
     )
     assert helped.returncode == 0 and "SIGHUP" in helped.stdout
+
+
+def test_data_with_brackets_prints_as_it_is(capsys) -> None:  # type: ignore[no-untyped-def]
+    """rich markup must not eat data: "edgefleet[federated]", a shape "[1, 3]", a device's error text."""
+    import pytest
+    import typer
+
+    from edgefleet.common.output import Format, fail, print_data
+
+    print_data({"hint": "pip install edgefleet[federated]", "shape": [1, 3], "error": "[bold red]x[/]"}, Format.table)
+    out = capsys.readouterr().out
+    assert "edgefleet[federated]" in out and "[1, 3]" in out and "[bold red]x[/]" in out
+    with pytest.raises(typer.Exit):
+        fail("needs pip install edgefleet[federated]", ExitCode.ERROR)
+    assert "edgefleet[federated]" in capsys.readouterr().err
+
+
+def _edgefleet(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "edgefleet", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_every_rest_failure_has_the_exit_code_of_the_readme_table(tmp_path: Path, fleet, keys) -> None:  # type: ignore[no-untyped-def]
+    """One walk of the table against a real coordinator (and a server that is not one)."""
+    import http.server
+    import threading
+
+    fleet.start_coordinator()
+    url = f"http://127.0.0.1:{fleet.api_port}"
+    token = ["--url", url, "--token", fleet.token]
+    garbage = tmp_path / "garbage.bundle"
+    garbage.write_bytes(b"not a bundle")
+
+    assert _edgefleet("coordinator", "devices", *token).returncode == ExitCode.OK
+    assert _edgefleet("coordinator", "devices", "--url", url, "--token", "wrong").returncode == ExitCode.UNAUTHORIZED
+    assert _edgefleet("coordinator", "devices", "--url", url).returncode == ExitCode.UNAUTHORIZED
+    assert _edgefleet("rollout", "status", "nope", *token).returncode == ExitCode.NOT_FOUND
+    assert _edgefleet("coordinator", "upload", str(garbage), *token).returncode == ExitCode.BUNDLE_INVALID
+    refused = _edgefleet("coordinator", "deploy", "x" * 10, *token)
+    assert refused.returncode == ExitCode.USAGE and "Traceback" not in refused.stderr, refused.stderr
+    down = _edgefleet("coordinator", "devices", "--url", "http://127.0.0.1:9", "--token", "t")
+    assert down.returncode == ExitCode.UNREACHABLE and "cannot reach" in down.stderr
+
+    class Html(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"<html>a router's login page</html>")
+
+        def log_message(self, *_args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Html)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        other = _edgefleet("coordinator", "devices", "--url", f"http://127.0.0.1:{server.server_port}")
+    finally:
+        server.shutdown()
+    assert other.returncode == ExitCode.UNREACHABLE and "is it an edgefleet coordinator" in other.stderr
+    assert "Traceback" not in other.stderr
+
+
+def test_version_is_printed_without_loading_the_cli() -> None:
+    result = _edgefleet("--version")
+    assert result.returncode == 0 and result.stdout.strip() == "edgefleet 0.1.0"

@@ -34,3 +34,20 @@ def test_agent_modules_import_without_the_coordinator_or_training_extras() -> No
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_core_install_cli_talks_to_a_coordinator_without_the_coordinator_extra() -> None:
+    """`rollout ...`, `campaign ...`, `coordinator devices` on a device (the .deb) need no httpx or FastAPI."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "for name in ('httpx', 'fastapi', 'uvicorn', 'sqlite_utils', 'torch', 'flwr'): sys.modules[name] = None\n"
+        "from edgefleet.cli.main import app\n"
+        "sys.argv = ['edgefleet', 'rollout', 'list', '--url', 'http://127.0.0.1:9']\n"
+        "app()\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 6, result.stdout + result.stderr  # unreachable, said as such: no ImportError
+    assert "cannot reach the coordinator" in result.stderr and "Traceback" not in result.stderr

@@ -38,7 +38,7 @@ def create(
     except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
         fail(f"{spec_file}: {exc}", ExitCode.CONFIG_INVALID)
     body: dict[str, Any] = {"spec": spec, "target": _target(target), "start": start}
-    _show(call("POST", url, token, "/api/v1/campaigns", json=body), fmt)
+    _show(call("POST", url, token, "/api/v1/campaigns", json=body, invalid=ExitCode.CONFIG_INVALID), fmt)
 
 
 def _target(text: str) -> dict[str, Any]:
@@ -140,4 +140,4 @@ def _show(campaign: dict[str, Any], fmt: Format, *, with_history: bool = True) -
             "result_version", "reason")  # fmt: skip
     print_data({k: campaign.get(k) for k in keep if k in campaign}, fmt)
     if campaign.get("privacy"):
-        console.print(f"privacy: {campaign['privacy']}")
+        console.print(f"privacy: {campaign['privacy']}", markup=False)

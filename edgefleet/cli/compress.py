@@ -164,7 +164,7 @@ def compress_command(
         typer.echo(json.dumps(report.to_dict(), indent=2, default=str))
     else:
         report.print_table(console)
-        console.print(f"reports: {out / 'report.json'}, {out / 'report.md'}")
+        console.print(f"reports: {out / 'report.json'}, {out / 'report.md'}", markup=False)
     if report.unmet:
         for selection in report.unmet:
             typer.echo(selection.reason, err=True)

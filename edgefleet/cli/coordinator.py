@@ -91,7 +91,8 @@ def upload(
 
     Example: edgefleet coordinator upload digits.bundle
     """
-    print_data(call("POST", url, token, "/api/v1/bundles", content=bundle.read_bytes()), fmt)
+    uploaded = call("POST", url, token, "/api/v1/bundles", content=bundle.read_bytes(), invalid=ExitCode.BUNDLE_INVALID)
+    print_data(uploaded, fmt)
 
 
 @app.command()

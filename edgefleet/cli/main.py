@@ -18,6 +18,20 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", help="Print the installed edgefleet version and exit."),
+) -> None:
+    """edgefleet: signed models on fleets of edge devices."""
+    if version:  # `edgefleet --version` alone is answered by edgefleet.launch before this app loads
+        from importlib.metadata import version as installed
+
+        typer.echo(f"edgefleet {installed('edgefleet')}")
+        raise typer.Exit()
+
+
 app.add_typer(agent_app, name="agent")
 app.add_typer(coordinator_app, name="coordinator")
 app.add_typer(bundle_app, name="bundle")

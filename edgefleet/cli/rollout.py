@@ -104,7 +104,7 @@ def _show(rollout: dict[str, Any], fmt: Format) -> None:
     summary = {k: v for k, v in rollout.items() if k != "device_states"}
     print_data(summary, fmt)
     if rollout.get("reason"):
-        console.print(f"reason: {rollout['reason']}")
+        console.print(f"reason: {rollout['reason']}", markup=False)
 
 
 @app.command()

@@ -15,6 +15,7 @@ class ExitCode(IntEnum):
     BUNDLE_INVALID = 4
     NOT_FOUND = 5
     UNREACHABLE = 6
+    UNAUTHORIZED = 7
 
 
 HELP = {
@@ -25,4 +26,5 @@ HELP = {
     ExitCode.BUNDLE_INVALID: "a bundle failed verification (signature, hashes, layout)",
     ExitCode.NOT_FOUND: "a named file, bundle or device does not exist",
     ExitCode.UNREACHABLE: "the coordinator or broker could not be reached",
+    ExitCode.UNAUTHORIZED: "the API token is missing, unknown, revoked or lacks the role",
 }

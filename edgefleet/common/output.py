@@ -9,6 +9,7 @@ from typing import Any, NoReturn
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from edgefleet.common.exit_codes import ExitCode
 from edgefleet.common.log_setup import configure_logging
@@ -35,7 +36,7 @@ def print_data(rows: list[dict[str, Any]] | dict[str, Any], fmt: Format, *, colu
     if isinstance(rows, dict) and columns is None:
         table = Table("key", "value", show_header=False)
         for key, value in rows.items():
-            table.add_row(str(key), _cell(value))
+            table.add_row(Text(str(key)), _cell(value))
         console.print(table)
         return
     cols = columns or sorted({k for row in items for k in row})
@@ -45,15 +46,16 @@ def print_data(rows: list[dict[str, Any]] | dict[str, Any], fmt: Format, *, colu
     console.print(table)
 
 
-def _cell(value: Any) -> str:
+def _cell(value: Any) -> Text:
+    """A table cell as plain text: data is never read as rich markup ("[federated]", a device's error text)."""
     if value is None:
-        return "-"
+        return Text("-")
     if isinstance(value, dict | list):
-        return json.dumps(value, default=str)
+        return Text(json.dumps(value, default=str))
     text = str(value)
-    return text[:16] if len(text) == 64 and all(c in "0123456789abcdef" for c in text) else text
+    return Text(text[:16] if len(text) == 64 and all(c in "0123456789abcdef" for c in text) else text)
 
 
 def fail(message: str, code: ExitCode) -> NoReturn:
-    err_console.print(f"[red]error:[/red] {message}")
+    err_console.print(Text.assemble(("error:", "red"), " ", message))  # the message is data, not markup
     raise typer.Exit(int(code))
