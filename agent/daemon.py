@@ -83,6 +83,7 @@ class Agent:
         )
         self._stop = threading.Event()
         self._state_lock = threading.Lock()
+        self._reported_samples: int | None = None  # training_samples in the last reported state
         self._threads: list[threading.Thread] = []
         self.commands = CommandVerifier(config.device_id, load_trusted_keys(config.command_keys))
         self.link = AgentLink(
@@ -313,6 +314,7 @@ class Agent:
     def report(self) -> None:
         with self._state_lock:
             state = self.reported_state()
+            self._reported_samples = state.training_samples
         self._send(Channel.REPORTED, state)
 
     def _send(self, channel: Channel, message: Message) -> None:
@@ -352,6 +354,16 @@ class Agent:
     def _telemetry_loop(self) -> None:
         while not self._stop.wait(self.telemetry_interval_s):
             self._send(Channel.TELEMETRY, self.telemetry_window())
+            self.report_if_samples_changed()
+
+    def report_if_samples_changed(self) -> bool:
+        """Labelled samples arrive through Feedback, which sends no state of its own: once a telemetry window
+        the count is compared with the last one reported, so the coordinator sees it within one interval
+        (a campaign selects devices by it)."""
+        if self.samples.count() == self._reported_samples:
+            return False
+        self.report()
+        return True
 
     def telemetry_window(self) -> Telemetry:
         """Close the current telemetry window: inference figures, the device's health, drift against the

@@ -101,6 +101,7 @@ def _mirror_agent(fleet: LocalFleet, device_id: str, mirror: str, token_file: Pa
         fetch["http_token_file"] = str(token_file)
     fleet.add_agent(device_id, fetch=fetch)
     fleet.start_agent(device_id)
+    fleet.wait_registered([device_id])  # a deploy by device id needs the coordinator to know it (else 404)
 
 
 @pytest.mark.slow

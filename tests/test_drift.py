@@ -447,3 +447,29 @@ def test_requests_observe_while_the_telemetry_thread_scores() -> None:
 
     assert not failures and monitor.inputs["x"].rows == 300, "the window holds the newest rows only"
     assert final is not None and final < 0.1 and all(s is None or s < 0.2 for s in scores)
+
+
+def test_labelled_samples_reach_the_reported_state_within_one_telemetry_window(tmp_path: Path, keys: Keys) -> None:
+    """Feedback sends no state of its own; a campaign selects devices by training_samples."""
+    from edgefleet.agent.config import AgentConfig
+    from edgefleet.agent.daemon import Agent
+    from edgefleet.protocol.messages import ReportedState, parse
+    from edgefleet.protocol.topics import Channel
+
+    config = AgentConfig.model_validate({
+        "device_id": "gw-1", "device_class": "x86-gateway", "data_dir": tmp_path / "data",
+        "trusted_keys": [keys.public],
+    })  # fmt: skip
+    agent = Agent(config)
+    try:
+        agent.report()
+        assert not agent.report_if_samples_changed()  # nothing new: no extra state message
+        x, y = np.zeros((8, 64), np.float32), np.zeros(8, np.int64)
+        agent.samples.add("r1", "d" * 64, {"pixels": x}, {"label": y})
+        assert agent.report_if_samples_changed()
+        queued = agent.outbox.pending(100)
+        reported = [parse(ReportedState, m.payload) for m in queued if m.channel is Channel.REPORTED]
+        assert reported[-1].training_samples == agent.samples.count() >= 1
+        assert not agent.report_if_samples_changed()
+    finally:
+        agent.stop()

@@ -117,7 +117,7 @@ def test_enrolled_agent_connects_appears_and_revocation_cuts_it_off(tmp_path: Pa
     listed = _cli("coordinator", "identities", "--url", coordinator, "--token", reader)
     assert [i["device_id"] for i in listed] == [device_id]
     forbidden = runner.invoke(app, ["coordinator", "revoke", device_id, "--url", coordinator, "--token", reader])
-    assert forbidden.exit_code == ExitCode.ERROR and "403: DELETE" in forbidden.output
+    assert forbidden.exit_code == ExitCode.UNAUTHORIZED and "403: DELETE" in forbidden.output
     assert "needs role admin" in forbidden.output.replace("\n", "")
 
     # Execute: the agent runs with that config against the auth-enabled broker.
