@@ -174,7 +174,8 @@ def test_configured_thresholds_apply_to_the_api_and_metrics_and_a_query_override
 
 
 def test_a_failed_activation_and_a_halted_rollout_raise_alerts(db: SQLiteStore) -> None:
-    from edgefleet.coordinator.rollouts.engine import RolloutEngine, RolloutSpec
+    from edgefleet.coordinator.rollouts.engine import RolloutEngine
+    from edgefleet.coordinator.rollouts.spec import RolloutSpec
     from edgefleet.protocol.messages import ErrorInfo, FailureKind
 
     _device(db, "gw-1")

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from edgefleet.coordinator.rollouts.engine import Gates, RolloutEngine, RolloutSpec
+from edgefleet.coordinator.rollouts.engine import RolloutEngine
+from edgefleet.coordinator.rollouts.spec import Gates, RolloutSpec
 from edgefleet.coordinator.store.sqlite import SQLiteStore
 from edgefleet.protocol.messages import Availability, BundleRef, ErrorInfo, FailureKind, ReportedState, Telemetry
 

@@ -14,7 +14,7 @@ import pytest
 
 from edgefleet.agent.serving.client import InferenceClient
 from edgefleet.compression.stats import input_stats
-from edgefleet.coordinator.rollouts.engine import parse_waves
+from edgefleet.coordinator.rollouts.spec import parse_waves
 from edgefleet.local.fleet import LocalFleet, wait_until
 from edgefleet.protocol.bundle import Manifest, extract_bundle, pack_bundle, sign_manifest
 from tests.conftest import DigitsModels, Keys, build

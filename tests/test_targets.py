@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgefleet.coordinator.rollouts.engine import RolloutSpec
+from edgefleet.coordinator.rollouts.spec import RolloutSpec
 from edgefleet.coordinator.store.sqlite import SQLiteStore
 from edgefleet.coordinator.targets import TargetSelector, select_devices
 from edgefleet.protocol.messages import ReportedState

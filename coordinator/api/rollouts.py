@@ -6,7 +6,8 @@ from typing import Any
 
 from fastapi import APIRouter, Body, Query
 
-from edgefleet.coordinator.rollouts.engine import RolloutEngine, validate_spec
+from edgefleet.coordinator.rollouts.engine import RolloutEngine
+from edgefleet.coordinator.rollouts.spec import validate_spec
 
 __all__ = ["rollout_router"]
 

@@ -8,13 +8,13 @@ reads what devices report. A background ticker advances every running rollout:
      devices reporting drift of inputs or output confidence on the new bundle)
   -> next wave, or halt and set every touched device's desired bundle back to what it ran before.
 
-Offline devices keep their new desired state and converge when they return.
+Waves are formed from the targeted devices that are online when the rollout starts (spec.py has
+what a rollout and its gates may say; gates.py judges a wave on the evidence its devices sent).
 """
 
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import logging
 import threading
@@ -22,119 +22,21 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-
-from edgefleet.coordinator.errors import Conflict, NotFound, Rejected
-from edgefleet.coordinator.health.signals import DEFAULT_MAX_P95_RATIO, bundle_windows, latency_ratio
+from edgefleet.coordinator.errors import Conflict, NotFound
+from edgefleet.coordinator.rollouts.gates import evaluate_gates
+from edgefleet.coordinator.rollouts.spec import DeviceState, RolloutSpec, parse_waves
 from edgefleet.coordinator.store import FleetStore
-from edgefleet.coordinator.targets import TargetSelector, select_devices
-
-__all__ = ["Gates", "RolloutEngine", "RolloutSpec", "parse_waves"]
-
+from edgefleet.coordinator.targets import select_devices
 from edgefleet.protocol.messages import FailureKind
+
+__all__ = ["RolloutEngine"]
 
 log = logging.getLogger(__name__)
 
 # A device that refused the new bundle, or took it and went back: its activation failed.
 _ACTIVATION_FAILED = (FailureKind.REFUSED, FailureKind.REVERTED)
-
-Status = Literal["running", "paused", "halted", "aborted", "completed", "completed_with_skips", "rolled_back"]
-GateVerdict = Literal["passed", "failed", "not_evaluated"]
-DeviceState = Literal["pending", "assigned", "active", "failed", "rolled_back", "skipped"]
-
-
-class Gates(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    max_failure_fraction: float = Field(default=0.0, ge=0, le=1, description="Activation failures tolerated.")
-    max_error_rate: float = Field(
-        default=0.05, ge=0, le=1, description="Inference errors / requests on the new bundle."
-    )
-    max_p95_latency_ratio: float = Field(
-        default=DEFAULT_MAX_P95_RATIO, gt=0, description="New p95 latency / previous p95 (medians of their windows)."
-    )
-    min_inferences: int = Field(
-        default=20, ge=0, description="Error-rate and latency gates apply once this many were served."
-    )
-    max_drift_alert_fraction: float | None = Field(
-        default=None,
-        ge=0,
-        le=1,
-        description="Devices running the new bundle that may report a drift alert (inputs or output confidence) "
-        "on it during the soak, as a fraction of them; more halts and rolls back. None: drift does not gate.",
-    )
-    min_reporting_devices: int = Field(
-        default=1, ge=1, description="Devices on the new bundle that must have reported telemetry since the wave "
-        "started for the telemetry gates to judge it (with min_inferences requests served among them)."
-    )  # fmt: skip
-    evidence_wait_s: float = Field(
-        default=0.0, ge=0, le=7 * 86400, description="After the soak, how long a wave whose gates have nothing to "
-        "judge waits for that evidence before without_evidence applies."
-    )  # fmt: skip
-    without_evidence: Literal["continue", "halt"] = Field(
-        default="continue", description="A wave whose gates had nothing to judge once evidence_wait_s passed: "
-        "continue (the wave is 'not evaluated' in the events and the final reason, never 'passed') or halt and "
-        "roll back."
-    )  # fmt: skip
-
-
-class RolloutSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    model: str
-    version: str
-    device_class: str | None = Field(default=None, description="Only devices of this class.")
-    device_ids: list[str] | None = Field(default=None, description="Only these devices.")
-    tag: str | None = Field(default=None, description="Only devices carrying this tag.")
-    group: str | None = Field(default=None, description="Only devices in this group.")
-
-    @property
-    def target(self) -> TargetSelector:
-        """The devices this rollout is for, as campaigns name them too."""
-        return TargetSelector(
-            device_class=self.device_class, tag=self.tag, group=self.group, device_ids=self.device_ids
-        )
-
-    waves: list[str] = Field(default=["10%", "50%", "100%"], description="Cumulative: '10%' or a device count.")
-    soak_s: float = Field(default=60.0, ge=0, description="Wait after a wave is active, before gates are checked.")
-    wave_timeout_s: float = Field(
-        default=600.0, gt=0, description="Online devices not done by then (e.g. holding an update lock) are skipped."
-    )
-    gates: Gates = Field(default_factory=Gates)
-
-    @field_validator("waves")
-    @classmethod
-    def _check_waves(cls, waves: list[str]) -> list[str]:
-        parse_waves(waves, 100)
-        return waves
-
-
-def parse_waves(waves: list[str], devices: int) -> list[int]:
-    """Cumulative device counts per wave; the last wave always covers every device."""
-    if not waves:
-        raise ValueError("at least one wave is needed")
-    counts = []
-    for wave in waves:
-        text = wave.strip()
-        try:
-            if text.endswith("%"):
-                share = float(text[:-1])
-                if not 0 < share <= 100:
-                    raise ValueError
-                counts.append(max(1, -(-int(share * devices) // 100)))
-            else:
-                count = int(text)
-                if count < 1:
-                    raise ValueError
-                counts.append(min(count, devices))
-        except ValueError:
-            raise ValueError(f"wave {wave!r}: use a percentage like '10%' or a device count like '5'") from None
-    if any(b < a for a, b in itertools.pairwise(counts)):
-        raise ValueError(f"waves must not shrink: {waves}")
-    counts[-1] = devices
-    return counts
 
 
 def _now() -> str:
@@ -329,7 +231,7 @@ class RolloutEngine:
             return
         if now - rollout["soak_started_at"] < spec.soak_s:
             return
-        verdict, measured = self._telemetry_gates(members, spec.gates, since=started)
+        verdict, measured = evaluate_gates(self.db, members, spec.gates, since=started)
         label = f"wave {wave + 1}/{len(waves)}"
         if verdict == "failed":
             self._halt(rollout_id, measured)
@@ -372,55 +274,6 @@ class RolloutEngine:
                 self._set_state(rollout_id, member["device_id"], "active", None)
             elif error.get("bundle_digest") == member["to_digest"] and error.get("kind") in _ACTIVATION_FAILED:
                 self._set_state(rollout_id, member["device_id"], "failed", error.get("reason"))
-
-    def _telemetry_gates(self, members: list[dict[str, Any]], gates: Gates, since: float) -> tuple[GateVerdict, str]:
-        """The verdict of the telemetry gates on the devices running the new bundle, and what was measured
-        (each figure beside its limit)."""
-        active = [m for m in members if m["state"] == "active"]
-        if not active:
-            return "not_evaluated", "no device runs the new bundle"
-        since_iso = datetime.fromtimestamp(since, UTC).isoformat()
-
-        def windows_since(m: dict[str, Any], **kw: Any) -> list[dict[str, Any]]:
-            return self.db.health.recent_windows(
-                m["device_id"], ["drift_alert"], limit=1, bundle_digest=m["to_digest"], since=since_iso, **kw
-            )
-
-        drifting = {m["device_id"] for m in active if windows_since(m, only_true="drift_alert")}
-        # Drift does not wait for min_inferences: an alert already summarises a window of inputs.
-        if gates.max_drift_alert_fraction is not None and len(drifting) / len(active) > gates.max_drift_alert_fraction:
-            names = ", ".join(sorted(drifting)[:5])
-            return "failed", (
-                f"drift alerts (inputs or output confidence) from {len(drifting)} of {len(active)} devices on the "
-                f"new bundle ({names}) exceed the limit of {gates.max_drift_alert_fraction:.0%}"
-            )
-        reporting = sum(1 for m in active if windows_since(m))
-        new = bundle_windows(self.db, [(m["device_id"], m["to_digest"]) for m in active], since=since_iso)
-        evidence = (
-            f"{reporting} of {len(active)} devices on the new bundle reported, {new.served} requests served "
-            f"(the gates need {gates.min_reporting_devices} devices and {gates.min_inferences} requests)"
-        )
-        if reporting < gates.min_reporting_devices or new.served < gates.min_inferences:
-            return "not_evaluated", evidence
-        old = bundle_windows(self.db, [(m["device_id"], m["from_digest"]) for m in active])
-        error_rate = new.errors / new.served
-        measured = [f"error rate {error_rate:.3f} (limit {gates.max_error_rate}) over {new.served} requests"]
-        if error_rate > gates.max_error_rate:
-            return "failed", f"error rate {error_rate:.3f} on the new bundle exceeds {gates.max_error_rate}"
-        ratio = latency_ratio(new, old)
-        if ratio is not None and ratio > gates.max_p95_latency_ratio:
-            return "failed", (
-                f"p95 latency {new.p95_ms:.2f} ms is {ratio:.2f}x the previous "
-                f"{old.p95_ms:.2f} ms (limit {gates.max_p95_latency_ratio}x)"
-            )
-        if ratio is None:
-            measured.append("p95 latency not compared (no latency figures of both bundles)")
-        else:
-            measured.append(
-                f"p95 {new.p95_ms:.2f} ms vs {old.p95_ms:.2f} ms = {ratio:.2f}x (limit {gates.max_p95_latency_ratio}x)"
-            )
-        measured.append(f"{len(drifting)} of {len(active)} devices with drift alerts")
-        return "passed", "; ".join(measured) + f"; {reporting} of {len(active)} devices reported"
 
     def _finish(self, rollout_id: str) -> None:
         """``completed`` only when every device the rollout targeted runs the bundle; otherwise
@@ -481,10 +334,3 @@ def _why_not(member: dict[str, Any]) -> str:
     if member["state"] == "assigned":
         return "assigned, not running it yet (offline since?)"
     return f"{member['state']} ({member['detail'] or 'no reason given'})"
-
-
-def validate_spec(raw: dict[str, Any]) -> RolloutSpec:
-    try:
-        return RolloutSpec.model_validate(raw)
-    except ValueError as exc:
-        raise Rejected(str(exc)) from None
