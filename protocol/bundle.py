@@ -266,6 +266,7 @@ def extract_bundle(archive: Path, dest: Path, *, max_bytes: int = MAX_BUNDLE_BYT
 def _extract_members(tar: tarfile.TarFile, dest: Path, max_bytes: int) -> SignedManifest | None:
     total = 0
     signed: SignedManifest | None = None
+    listed: dict[str, int] = {}
     seen: set[str] = set()
     for count, member in enumerate(tar, start=1):
         if count > MAX_FILES + 1:
@@ -283,9 +284,18 @@ def _extract_members(tar: tarfile.TarFile, dest: Path, max_bytes: int) -> Signed
         assert fh is not None  # regular file
         if name == MANIFEST_NAME:
             signed = SignedManifest.from_bytes(fh.read(MAX_MANIFEST_BYTES + 1025))
+            listed = _listed_sizes(signed)
             continue
         if not name.startswith("files/"):
             raise UnsafeArchive(f"unexpected member {name!r}")
+        # Only what the manifest lists, at the size it declares: nothing else is even written to disk.
+        if signed is None:
+            raise UnsafeArchive(f"member {name!r} comes before {MANIFEST_NAME} (or the archive has none)")
+        declared = listed.get(name[len("files/") :])
+        if declared is None:
+            raise UnsafeArchive(f"member {name!r} is not listed by the manifest")
+        if member.size != declared:
+            raise UnsafeArchive(f"member {name!r} is {member.size} bytes, the manifest says {declared}")
         target = dest / name[len("files/") :]
         target.parent.mkdir(parents=True, exist_ok=True)
         with open(target, "xb") as out:
@@ -297,6 +307,15 @@ def _extract_members(tar: tarfile.TarFile, dest: Path, max_bytes: int) -> Signed
                 out.write(block)
                 remaining -= len(block)
     return signed
+
+
+def _listed_sizes(signed: SignedManifest) -> dict[str, int]:
+    """The files the (not yet verified) manifest lists, by name, with their declared sizes."""
+    try:
+        manifest = Manifest.model_validate_json(signed.manifest)
+    except ValidationError as exc:
+        raise UnsafeArchive(f"{MANIFEST_NAME} is not a valid manifest: {_first_error(exc)}") from None
+    return {entry.name: entry.size for entry in manifest.files}
 
 
 def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:

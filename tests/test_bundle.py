@@ -191,3 +191,26 @@ def test_a_damaged_archive_is_an_invalid_bundle_everywhere(
     response = http.post("/api/v1/bundles", content=damaged.read_bytes())
     assert response.status_code == 422, response.text
     assert http.get("/api/v1/bundles").json() == []
+
+
+@pytest.mark.parametrize("how", ["unlisted file", "wrong size"])
+def test_only_files_the_manifest_lists_at_their_declared_size_are_extracted(
+    tmp_path: Path, bundle: tuple[Path, str], how: str
+) -> None:
+    with tarfile.open(bundle[0], "r:*") as src:
+        members = [(m, src.extractfile(m).read()) for m in src if m.isfile()]  # type: ignore[union-attr]
+    forged = tmp_path / "forged.bundle"
+    with tarfile.open(forged, "w:gz") as dst:
+        for info, data in members:
+            if how == "wrong size" and info.name.startswith("files/"):
+                data = data + b"\0" * 1024  # a longer file under a listed name
+                info.size = len(data)
+            dst.addfile(info, io.BytesIO(data))
+        if how == "unlisted file":
+            extra = tarfile.TarInfo("files/extra.bin")
+            extra.size = 1 << 20  # a megabyte of zeros compresses to almost nothing
+            dst.addfile(extra, io.BytesIO(b"\0" * extra.size))
+    out = tmp_path / "out"
+    with pytest.raises(UnsafeArchive, match=r"not listed by the manifest|the manifest says"):
+        extract_bundle(forged, out)
+    assert not (out / "extra.bin").exists()
