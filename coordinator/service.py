@@ -74,6 +74,12 @@ class Coordinator:
             architectures=settings.architectures,
         )  # fmt: skip
 
+    def _bundle_by_prefix(self, prefix: str) -> dict[str, Any] | None:
+        matches = [b for b in self.db.bundles() if b["digest"].startswith(prefix)]
+        if len(matches) > 1:
+            raise Conflict(f"{prefix} is the start of {len(matches)} bundle digests; give more of it")
+        return matches[0] if matches else None
+
     def republish_desired(self) -> None:
         """After (re)connecting, publish every desired state again, in case the broker lost retained ones."""
         for row in self.db.desired_states():
@@ -89,10 +95,12 @@ class Coordinator:
         return DesiredState(device_id=device_id, revision=revision, bundle=ref)
 
     def deploy(self, digest: str, device_ids: list[str] | None = None) -> list[dict[str, Any]]:
-        """Make ``digest`` the desired bundle of the named devices, or of every device of its class."""
-        bundle = self.db.bundle(digest)
+        """Make ``digest`` (or the one bundle whose digest starts with it) the desired bundle of the named
+        devices, or of every device of its class."""
+        bundle = self.db.bundle(digest) if len(digest) == 64 else self._bundle_by_prefix(digest)
         if bundle is None:
             raise NotFound(f"no bundle {digest}")
+        digest = bundle["digest"]
         if device_ids is None:
             targets = [d["device_id"] for d in self.db.devices(device_class=bundle["device_class"])]
             if not targets:

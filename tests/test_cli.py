@@ -171,3 +171,21 @@ def test_every_rest_failure_has_the_exit_code_of_the_readme_table(tmp_path: Path
 def test_version_is_printed_without_loading_the_cli() -> None:
     result = _edgefleet("--version")
     assert result.returncode == 0 and result.stdout.strip() == "edgefleet 0.1.0"
+
+
+def test_a_bundle_is_deployed_by_the_digest_prefix_a_table_prints(tmp_path: Path, fleet, keys, digits) -> None:  # type: ignore[no-untyped-def]
+    from tests.conftest import build
+
+    fleet.start_coordinator()
+    fleet.add_agent("gw-1", "x86-gateway")
+    fleet.start_agents(["gw-1"])
+    fleet.wait_registered(["gw-1"])
+    bundle, digest = build(digits.v1, tmp_path / "v1.bundle", keys, version="1.0.0")
+    token = ["--url", f"http://127.0.0.1:{fleet.api_port}", "--token", fleet.token]
+    uploaded = _edgefleet("coordinator", "upload", str(bundle), *token)
+    assert uploaded.returncode == 0 and digest[:16] in uploaded.stdout and digest not in uploaded.stdout
+    deployed = _edgefleet("coordinator", "deploy", digest[:16], "--device", "gw-1", *token, "--format", "json")
+    assert deployed.returncode == 0, deployed.stderr
+    fleet.wait_active(digest, ["gw-1"])
+    unknown = _edgefleet("coordinator", "deploy", "0123456789abcdef", *token)
+    assert unknown.returncode == ExitCode.NOT_FOUND

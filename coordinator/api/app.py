@@ -36,12 +36,18 @@ MAX_UPLOAD_BYTES = 512 * 1024 * 1024
 
 class DesiredRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    bundle_digest: str = Field(pattern=r"^[0-9a-f]{64}$")
+    bundle_digest: str = Field(
+        pattern=r"^[0-9a-f]{8,64}$",
+        description="The bundle's sha256, or a unique prefix of it (8 hex digits at least), as tables print it.",
+    )
 
 
 class DeploymentRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    bundle_digest: str = Field(pattern=r"^[0-9a-f]{64}$")
+    bundle_digest: str = Field(
+        pattern=r"^[0-9a-f]{8,64}$",
+        description="The bundle's sha256, or a unique prefix of it (8 hex digits at least), as tables print it.",
+    )
     device_ids: list[str] | None = Field(default=None, description="Omit to target every device of the bundle's class.")
 
 

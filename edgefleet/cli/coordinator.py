@@ -97,7 +97,7 @@ def upload(
 
 @app.command()
 def deploy(
-    digest: str = typer.Argument(..., help="Bundle digest."),
+    digest: str = typer.Argument(..., help="Bundle digest, or a unique prefix of it (the 16 characters tables print)."),
     device: list[str] = typer.Option(None, "--device", help="Device id; repeatable. Default: all of the class."),
     url: str = UrlOption,
     token: str | None = TokenOption,
