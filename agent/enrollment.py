@@ -122,7 +122,7 @@ def write_agent_config(
         "trusted_keys": _pem_files(folder, "trusted", response.trusted_keys),
     }
     command_keys = _pem_files(folder, "command", response.command_keys)
-    # Listed once this agent's config knows the field (see agent/commands.py); it refuses unknown keys.
+    # Listed once this agent's config knows the field (see agent/mqtt/commands.py); it refuses unknown keys.
     if "command_keys" in AgentConfig.model_fields:
         raw["command_keys"] = command_keys
     raw["broker"] = broker

@@ -3,7 +3,7 @@ every telemetry message produced must reach the coordinator exactly once.
 
 A message counts as produced when any observer independent of the coordinator saw it:
   * during the outage nothing can leave, so every telemetry message the agents make sits in their
-    outbox (agent/outbox.py, table ``messages``); the bench reads the outboxes read-only and notes each id;
+    outbox (agent/mqtt/outbox.py, table ``messages``); the bench reads the outboxes read-only and notes each id;
   * a subscriber on the broker (the "tap") notes every telemetry id published, and how often: a QoS 1
     resend passes twice, and the coordinator must drop the second copy by message id.
 Lost: produced but not in the coordinator's store. As a check for losses nobody saw, each agent's

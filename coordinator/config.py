@@ -156,7 +156,7 @@ _YEAR_S = 365 * 86400.0  # bounds the windows so that "now - window" stays a val
 
 
 class AlertThresholds(BaseModel):
-    """When a device's state or telemetry becomes an alert (coordinator/alerts.py)."""
+    """When a device's state or telemetry becomes an alert (coordinator/health/alerts.py)."""
 
     model_config = ConfigDict(extra="forbid")
 

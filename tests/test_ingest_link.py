@@ -1,4 +1,4 @@
-"""The telemetry receiver (coordinator/ingest_receiver.py, run by coordinator/ingest_link.py) against a
+"""The telemetry receiver (coordinator/telemetry/receiver.py, run by coordinator/telemetry/supervisor.py) against a
 real Mosquitto and SQLite file."""
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """TFLite export through a separate Python environment that has ``litert-torch`` (it conflicts with flwr).
 
 The reference module is saved as a ``torch.export`` program with its example rows, and
-``compression/tflite_worker.py`` converts it with the export environment's Python (one run for every
+``compression/candidates/tflite_worker.py`` converts it with the export environment's Python (one run for every
 variant, with a timeout), and the .tflite files come back to be measured on LiteRT here like any
 candidate. ``scripts/make_tflite_env.sh`` creates the environment; ``--tflite-python`` (or
 ``EDGEFLEET_TFLITE_PYTHON``) names its Python.

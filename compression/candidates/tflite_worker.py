@@ -3,7 +3,7 @@
 litert-torch cannot share an environment with flwr (typer pins), so ``compression.tflite_export`` runs
 this file with the export environment's Python (``scripts/make_tflite_env.sh`` makes one):
 
-    python -P compression/tflite_worker.py --program model.pt2 --samples samples.npz \
+    python -P compression/candidates/tflite_worker.py --program model.pt2 --samples samples.npz \
         --out-dir DIR --variants fp32,int8 --result result.json
 
 The model travels as a ``torch.export`` program (no pickled classes, so the user's package need not be

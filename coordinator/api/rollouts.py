@@ -19,7 +19,7 @@ def rollout_router(engine: RolloutEngine) -> APIRouter:
     def create_rollout(body: dict[str, Any] = Body(...)) -> dict[str, Any]:
         """Start a staged rollout of MODEL:VERSION to the devices the target selects.
 
-        The body is a RolloutSpec (coordinator/rollouts.py); its `gates` hold max_failure_fraction,
+        The body is a RolloutSpec (coordinator/rollouts/spec.py); its `gates` hold max_failure_fraction,
         max_error_rate, max_p95_latency_ratio, min_inferences and max_drift_alert_fraction (null: off).
         """
         return engine.create(validate_spec(body))

@@ -1,6 +1,6 @@
 """The coordinator's MQTT link: publishes desired state, serves chunks, takes in what devices send.
 
-Telemetry comes in on a connection of its own (coordinator/ingest_link.py); this one carries the
+Telemetry comes in on a connection of its own (coordinator/telemetry/supervisor.py); this one carries the
 control channels. Devices are told the coordinator is online only once both are subscribed.
 """
 

@@ -2,7 +2,7 @@
 
 The coordinator owns both files and rewrites them whole from its store: its own user with every
 right under ``edgefleet/v1/#``, its telemetry connection's user (``<user>-ingest``, same password,
-may only read telemetry; see coordinator/ingest_link.py), and one password entry per enrolled device
+may only read telemetry; see coordinator/telemetry/supervisor.py), and one password entry per enrolled device
 whose rights come from ``pattern`` lines (``protocol.topics.device_acl_patterns``: username = device
 id, own subtree only).
 

@@ -8,7 +8,7 @@ before. What is written and when, relative to the packets it answers, is unchang
 acknowledgements of one read leave before the next read is taken.
 
 Installed once, for every gmqtt connection in the process (only the telemetry receiver,
-coordinator/ingest_receiver.py, uses gmqtt); the ``coordinator`` extra pins gmqtt below 0.9, the
+coordinator/telemetry/receiver.py, uses gmqtt); the ``coordinator`` extra pins gmqtt below 0.9, the
 release these internals were read from.
 """
 

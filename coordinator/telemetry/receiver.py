@@ -4,13 +4,13 @@ validates them and hands them, prepared for storage, to the coordinator in batch
 Why a process: receiving and validating a report costs ~60 us of CPU in Python and storing it ~50 us
 more; in one process the two share one interpreter lock and ingest stops near one core (8-9k msg/s on
 these 2-core machines). Apart, each has a core (bench/bench_ingest.py). The coordinator starts,
-supervises and stops it (coordinator/ingest_link.py): ``python -m coordinator.ingest_receiver FD``,
+supervises and stops it (coordinator/telemetry/supervisor.py): ``python -m edgefleet.coordinator.telemetry.receiver FD``,
 where FD is its end of a socket pair carrying pickled tuples whose first item names them:
 
 - from the coordinator: ``("start", BrokerSettings, client id, REPORT_LAYOUT)`` first (a receiver that
   prepares reports otherwise, the code upgraded under a running coordinator, refuses to start), then
   ``("stop",)``; the end of the stream (the coordinator died) stops the receiver too;
-- to the coordinator: ``("reports", [PreparedReport, ...])`` (coordinator/report_rows.py),
+- to the coordinator: ``("reports", [PreparedReport, ...])`` (coordinator/telemetry/rows.py),
   ``("rejected", DeviceTopic | None)``, ``("subscribed", bool)`` and ``("log", level, logger, text)``:
   the receiver's log records, logged again by the coordinator where its logging is set up.
 
@@ -221,7 +221,7 @@ class _ToCoordinator(logging.Handler):
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m coordinator.ingest_receiver FD``; see the module's docstring."""
+    """``python -m edgefleet.coordinator.telemetry.receiver FD``; see the module's docstring."""
     args = sys.argv[1:] if argv is None else argv
     # Ctrl-C in a terminal reaches the whole process group: the coordinator stops us in its own order.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -251,7 +251,7 @@ class RollupBatch:
         }
 
 
-# Stored as JSON text, like every list and dict of a report (coordinator/report_rows.py writes them so).
+# Stored as JSON text, like every list and dict of a report (coordinator/telemetry/rows.py writes them so).
 TELEMETRY_JSON_FIELDS = frozenset(
     n for n, f in Telemetry.model_fields.items() if get_origin(f.annotation) in (list, dict)
 )

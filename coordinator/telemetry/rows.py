@@ -1,7 +1,7 @@
 """A telemetry report as the ingest stores it: its raw row and its contribution to the rollups.
 
-Prepared where the report arrives (the telemetry receiver's process, coordinator/ingest_receiver.py),
-so the writer (coordinator/ingest.py) only inserts rows and adds contributions up. Plain tuples and
+Prepared where the report arrives (the telemetry receiver's process, coordinator/telemetry/receiver.py),
+so the writer (coordinator/telemetry/writer.py) only inserts rows and adds contributions up. Plain tuples and
 lists of plain values: cheap to hand from one process to another (~1.5 us a report, pickled).
 """
 

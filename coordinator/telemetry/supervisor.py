@@ -1,6 +1,6 @@
 """The coordinator's end of the telemetry receiver: starts the receiver process
-(coordinator/ingest_receiver.py, where the connection, the validation and the reasons for all of it
-are), restarts it if it dies, and queues the reports it sends for the writer (coordinator/ingest.py).
+(coordinator/telemetry/receiver.py, where the connection, the validation and the reasons for all of it
+are), restarts it if it dies, and queues the reports it sends for the writer (coordinator/telemetry/writer.py).
 """
 
 from __future__ import annotations

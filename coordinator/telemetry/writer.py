@@ -1,4 +1,4 @@
-"""Telemetry ingest in batches: reports come in prepared (coordinator/report_rows.py) and are only
+"""Telemetry ingest in batches: reports come in prepared (coordinator/telemetry/rows.py) and are only
 queued; a writer thread inserts many rows per transaction (waiting up to ``linger_s`` for a batch to
 fill), idempotent by message id (a duplicate delivery is never counted twice).
 
@@ -58,7 +58,7 @@ class TelemetryIngest:
         self.put_many([prepare(message, datetime.now(UTC))])
 
     def put_many(self, reports: list[PreparedReport]) -> None:
-        """Queue prepared reports (coordinator/report_rows.py), waiting up to ``block_s`` while the queue
+        """Queue prepared reports (coordinator/telemetry/rows.py), waiting up to ``block_s`` while the queue
         is full; still full, they are dropped and counted."""
         with self._changed:
             if len(self._pending) >= self.max_queue and not self._changed.wait_for(
