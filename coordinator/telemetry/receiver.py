@@ -4,7 +4,8 @@ validates them and hands them, prepared for storage, to the coordinator in batch
 Why a process: receiving and validating a report costs ~60 us of CPU in Python and storing it ~50 us
 more; in one process the two share one interpreter lock and ingest stops near one core (8-9k msg/s on
 these 2-core machines). Apart, each has a core (bench/bench_ingest.py). The coordinator starts,
-supervises and stops it (coordinator/telemetry/supervisor.py): ``python -m edgefleet.coordinator.telemetry.receiver FD``,
+supervises and stops it (coordinator/telemetry/supervisor.py):
+``python -m edgefleet.coordinator.telemetry.receiver FD``,
 where FD is its end of a socket pair carrying pickled tuples whose first item names them:
 
 - from the coordinator: ``("start", BrokerSettings, client id, REPORT_LAYOUT)`` first (a receiver that
