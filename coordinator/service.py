@@ -11,7 +11,7 @@ from edgefleet.coordinator.mqtt.link import CoordinatorLink
 from edgefleet.coordinator.registry.artifacts import Registry
 from edgefleet.coordinator.registry.models import ModelRegistry
 from edgefleet.coordinator.rollouts.engine import RolloutEngine
-from edgefleet.coordinator.store.sqlite import SQLiteStore
+from edgefleet.coordinator.store import FleetStore, open_store
 from edgefleet.coordinator.telemetry.retention import TelemetryPruner
 from edgefleet.protocol.messages import BundleRef, DesiredState
 from edgefleet.protocol.signing import load_trusted_keys
@@ -29,7 +29,7 @@ class Coordinator:
     def __init__(self, config: CoordinatorConfig) -> None:
         config.data_dir.mkdir(parents=True, exist_ok=True)
         self.config = config
-        self.db = SQLiteStore(config.data_dir / "fleet.db")
+        self.db: FleetStore = open_store(config.data_dir / "fleet.db")
         self.registry = Registry(config.data_dir, self.db, load_trusted_keys(config.trusted_keys))
         self.link = CoordinatorLink(config.broker, self.db, self.registry, client_id=config.client_id)
         self.link.on_connected = self.republish_desired

@@ -39,7 +39,7 @@ REPORT_LAYOUT = (tuple(TELEMETRY_COLUMNS), CONTRIBUTION_LAYOUT)
 
 
 def prepare(message: Telemetry, received_at: datetime) -> PreparedReport:
-    """``message``, arrived at ``received_at``, ready for ``SQLiteStore.add_reports``."""
+    """``message``, arrived at ``received_at``, ready for ``FleetStore.add_reports``."""
     return prepare_arrived(message, received_at.isoformat(), received_at.timestamp())
 
 
