@@ -10,6 +10,7 @@ campaign's ``architecture_args`` as keywords.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.metadata
 import itertools
@@ -67,7 +68,9 @@ def mlp(sizes: list[int] | None = None, standardize: bool = False) -> torch.nn.M
     return Mlp(*layers, standardize=bool(standardize))
 
 
+@functools.cache
 def _entry_points() -> dict[str, importlib.metadata.EntryPoint]:
+    """The installed edgefleet.architectures entry points (read once: scanning every distribution costs ms)."""
     return {ep.name: ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
 
 

@@ -24,19 +24,17 @@ __all__ = ["backfill_rollups", "fleet_rollup_sql", "write_rollups"]
 
 log = logging.getLogger(__name__)
 
-_SUMS, _MAXES, _MINS, _ERRORS, _HISTOGRAM = SUM_COLUMNS, MAX_COLUMNS, MIN_COLUMNS, ERRORS_COLUMN, HISTOGRAM_COLUMN
-
 
 def _upsert_sql(resolution: Resolution) -> str:
     table = rollup_table(resolution)
-    columns = ("device_id", "bucket_start", *_SUMS, *_MAXES, *_MINS, _ERRORS, _HISTOGRAM)
-    updates = [f"{c} = {c} + excluded.{c}" for c in _SUMS]
+    columns = ("device_id", "bucket_start", *SUM_COLUMNS, *MAX_COLUMNS, *MIN_COLUMNS, ERRORS_COLUMN, HISTOGRAM_COLUMN)
+    updates = [f"{c} = {c} + excluded.{c}" for c in SUM_COLUMNS]
     # SQLite's two-argument max() is NULL if either side is; fall back to whichever side has a value.
-    updates += [f"{c} = coalesce(max({c}, excluded.{c}), {c}, excluded.{c})" for c in _MAXES]
-    updates += [f"{c} = coalesce(min({c}, excluded.{c}), {c}, excluded.{c})" for c in _MINS]
+    updates += [f"{c} = coalesce(max({c}, excluded.{c}), {c}, excluded.{c})" for c in MAX_COLUMNS]
+    updates += [f"{c} = coalesce(min({c}, excluded.{c}), {c}, excluded.{c})" for c in MIN_COLUMNS]
     # Error kinds are limited to the most frequent; the histogram has a fixed number of buckets.
-    updates.append(_add_counts_sql(table, _ERRORS, limit=MAX_BUCKET_ERROR_KINDS))
-    updates.append(_add_counts_sql(table, _HISTOGRAM, limit=None))
+    updates.append(_add_counts_sql(table, ERRORS_COLUMN, limit=MAX_BUCKET_ERROR_KINDS))
+    updates.append(_add_counts_sql(table, HISTOGRAM_COLUMN, limit=None))
     return (
         f"insert into {table} ({', '.join(columns)}) values ({', '.join('?' * len(columns))})"
         f" on conflict (device_id, bucket_start) do update set {', '.join(updates)}"
@@ -133,9 +131,9 @@ def backfill_rollups(conn: sqlite3.Connection, *, chunk: int = 5000) -> int:
 
 def fleet_rollup_sql(resolution: Resolution, *, device_class: bool) -> str:
     """Buckets summed over devices (optionally of one class): exact, since buckets hold only sums, minima and maxima."""
-    aggregates = [f"sum(r.{c}) as {c}" for c in _SUMS] + [f"max(r.{c}) as {c}" for c in _MAXES]
-    aggregates += [f"min(r.{c}) as {c}" for c in _MINS]
-    for column in (_ERRORS, _HISTOGRAM):
+    aggregates = [f"sum(r.{c}) as {c}" for c in SUM_COLUMNS] + [f"max(r.{c}) as {c}" for c in MAX_COLUMNS]
+    aggregates += [f"min(r.{c}) as {c}" for c in MIN_COLUMNS]
+    for column in (ERRORS_COLUMN, HISTOGRAM_COLUMN):
         aggregates.append(f"json_group_array(json(r.{column})) filter (where r.{column} is not null) as {column}_list")
     join = " join devices d on d.device_id = r.device_id and d.device_class = :device_class" if device_class else ""
     return (
