@@ -17,6 +17,7 @@ __all__ = [
     "CampaignsConfig",
     "CoordinatorConfig",
     "EnrollmentConfig",
+    "StoreConfig",
     "TelemetryRetentionConfig",
     "load_config",
 ]
@@ -85,6 +86,30 @@ class EnrollmentConfig(BaseModel):
     @classmethod
     def _check_url(cls, url: str | None) -> str | None:
         return None if url is None else BrokerConfig(url=url).url
+
+
+class StoreConfig(BaseModel):
+    """Where the fleet store lives: by default the SQLite file ``fleet.db`` in ``data_dir``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str | None = Field(
+        default=None,
+        title="PostgreSQL URL",
+        description="postgresql://user@host:5432/dbname: keep the fleet in this PostgreSQL database instead "
+        "(needs the postgres extra); several coordinators may share it. A password may be in the URL, or in "
+        "PGPASSWORD or ~/.pgpass as libpq reads them.",
+    )
+    connect_timeout_s: float = Field(
+        default=10, gt=0, le=600, description="Seconds to wait for the database server at start-up."
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must be a postgresql:// URL (leave it out for the SQLite file in data_dir)")
+        return url
 
 
 class TelemetryRetentionConfig(BaseModel):
@@ -192,7 +217,8 @@ class AlertThresholds(BaseModel):
 class CoordinatorConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    data_dir: Path = Field(description="SQLite database and the blob store.")
+    data_dir: Path = Field(description="SQLite database (unless [store] names another) and the blob store.")
+    store: StoreConfig = Field(default_factory=StoreConfig, description="The fleet store's database.")
     trusted_keys: list[Path] = Field(min_length=1, description="PEM public keys whose bundles are accepted.")
     broker: BrokerConfig = Field(default_factory=BrokerConfig)
     api: ApiServerConfig = Field(default_factory=ApiServerConfig)

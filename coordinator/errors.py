@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from edgefleet.common.errors import EdgefleetError
 
-__all__ = ["Conflict", "CoordinatorError", "NotFound", "Rejected"]
+__all__ = ["Conflict", "CoordinatorError", "NotFound", "Rejected", "StoreError", "StoreUnavailable"]
 
 
 class CoordinatorError(EdgefleetError):
@@ -21,3 +21,11 @@ class Rejected(CoordinatorError):
 
 class Conflict(CoordinatorError):
     """A valid request that does not fit the current state (e.g. a bundle for another device class)."""
+
+
+class StoreError(CoordinatorError):
+    """The fleet store cannot be used as configured (e.g. its schema is newer than this coordinator)."""
+
+
+class StoreUnavailable(StoreError):
+    """The fleet store's database server does not answer, or refuses the connection."""

@@ -29,7 +29,9 @@ class Coordinator:
     def __init__(self, config: CoordinatorConfig) -> None:
         config.data_dir.mkdir(parents=True, exist_ok=True)
         self.config = config
-        self.db: FleetStore = open_store(config.data_dir / "fleet.db")
+        self.db: FleetStore = open_store(
+            config.store.url or config.data_dir / "fleet.db", connect_timeout_s=config.store.connect_timeout_s
+        )
         self.registry = Registry(config.data_dir, self.db, load_trusted_keys(config.trusted_keys))
         self.link = CoordinatorLink(config.broker, self.db, self.registry, client_id=config.client_id)
         self.link.on_connected = self.republish_desired

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,3 +160,52 @@ def secured_broker(tmp_path: Path) -> Iterator[SecuredBroker]:
     auth = auth.model_copy(update={"reload_command": ["kill", "-HUP", str(broker.proc.pid)]})
     yield SecuredBroker(broker, auth, COORDINATOR_USER, password)
     broker.stop()
+
+
+POSTGRES = "postgresql://postgres@127.0.0.1:5432"  # trust auth on every machine of this project (FACTS.md)
+
+
+def postgres_unavailable() -> str | None:
+    """Why the PostgreSQL tests cannot run here, or None."""
+    try:
+        import psycopg
+    except ImportError:
+        return "psycopg is not installed (pip install -e '.[postgres]')"
+    try:
+        psycopg.connect(f"{POSTGRES}/postgres", connect_timeout=3).close()
+    except psycopg.OperationalError as exc:
+        return f"no PostgreSQL server answers at {POSTGRES}: {' '.join(str(exc).split())[:160]}"
+    return None
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A PostgreSQL database of this test's own, dropped afterwards (skipped, with the reason, without a server)."""
+    reason = postgres_unavailable()
+    if reason:
+        pytest.skip(reason)
+    import psycopg
+
+    name = f"edgefleet_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(f"{POSTGRES}/postgres", autocommit=True) as conn:
+        conn.execute(f'create database "{name}"')
+    try:
+        yield f"{POSTGRES}/{name}"
+    finally:
+        with psycopg.connect(f"{POSTGRES}/postgres", autocommit=True) as conn:
+            conn.execute(f'drop database if exists "{name}" with (force)')
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def fleet_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    """A fresh FleetStore of each backend: a SQLite file, and a PostgreSQL database of its own."""
+    if request.param == "sqlite":
+        from edgefleet.coordinator.store.sqlite import SQLiteStore
+
+        store: Any = SQLiteStore(tmp_path / "fleet.db")
+    else:
+        from edgefleet.coordinator.store.postgres import PostgresStore
+
+        store = PostgresStore(request.getfixturevalue("postgres_url"))
+    yield store
+    store.close()

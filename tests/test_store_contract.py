@@ -7,7 +7,8 @@ from __future__ import annotations
 import shutil
 import sqlite3
 import threading
-from datetime import UTC, datetime
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -259,3 +260,123 @@ def test_a_fresh_store_makes_every_table_by_migration(tmp_path: Path) -> None:
         )
     }
     assert old <= tables, sorted(old - tables)
+
+
+class TestPostgresStore(StoreContract):
+    @pytest.fixture
+    def db(self, postgres_url: str) -> Iterator[FleetStore]:
+        from edgefleet.coordinator.store.postgres import PostgresStore
+
+        store = PostgresStore(postgres_url)
+        yield store
+        store.close()
+
+    def test_the_schema_is_sqlites_table_for_table_and_column_for_column(self, postgres_url: str) -> None:
+        import psycopg
+
+        from edgefleet.coordinator.store.postgres import PostgresStore
+
+        PostgresStore(postgres_url).close()
+        with SQLiteStore(":memory:").locked() as lite:
+            expected = {t.name: {c.name: c.type.upper() for c in t.columns} for t in lite.tables}
+        with psycopg.connect(postgres_url) as conn:
+            rows = conn.execute(
+                "select c.table_name, c.column_name, c.data_type from information_schema.columns c"
+                " join pg_class k on k.relname = c.table_name where c.table_schema = 'public'"
+                " and not k.relispartition"
+            ).fetchall()
+            version = conn.execute("select version from edgefleet_schema").fetchone()
+        kinds = {"text": "TEXT", "bigint": "INTEGER", "double precision": "FLOAT"}
+        actual: dict[str, dict[str, str]] = {}
+        for table, column, kind in rows:
+            actual.setdefault(table, {})[column] = kinds[kind]
+        assert version == (SCHEMA_VERSION,)
+        own = {"edgefleet_schema", "telemetry_ids"}  # PostgreSQL's own bookkeeping (postgres_schema.py)
+        assert set(actual) - own == set(expected)
+        for table, columns in expected.items():
+            assert actual[table] == {c: "FLOAT" if k == "REAL" else k for c, k in columns.items()}, table
+
+    def test_two_coordinators_on_one_database_hand_out_each_revision_once_and_store_each_report_once(
+        self, postgres_url: str
+    ) -> None:
+        from edgefleet.coordinator.store.postgres import PostgresStore
+
+        stores = [PostgresStore(postgres_url), PostgresStore(postgres_url)]  # as two replicas would
+        revisions: list[int] = []
+        reports = [Telemetry(device_id=f"d{n % 5}", window_s=1.0, inference_count=1, error_count=0)
+                   for n in range(200)]  # fmt: skip
+        stored: list[int] = []
+        lock = threading.Lock()
+
+        def work(store: FleetStore) -> None:
+            for n in range(0, 200, 20):
+                new = store.add_telemetry_batch(reports[n : n + 20])  # both replicas get every report
+                revision = store.set_desired("d1", DIGEST)
+                with lock:
+                    stored.append(new)
+                    revisions.append(revision)
+
+        threads = [threading.Thread(target=work, args=(store,)) for store in stores for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert sorted(revisions) == list(range(1, 41))
+        assert sum(stored) == 200  # each report stored by exactly one of the four writers
+        assert sum(len(stores[0].telemetry(f"d{n}", limit=1000)) for n in range(5)) == 200
+        [minute] = stores[1].fleet_rollups("minute")
+        assert (minute["reports"], minute["devices"]) == (200, 5)
+        for store in stores:
+            store.close()
+
+    def test_retention_drops_whole_days_of_raw_telemetry_and_deletes_in_the_day_at_the_cutoff(
+        self, db: FleetStore
+    ) -> None:
+        import psycopg
+
+        from edgefleet.coordinator.telemetry.rows import prepare
+
+        now = datetime(2026, 6, 10, 12, 0, tzinfo=UTC)
+        arrivals = [now - timedelta(days=d, hours=h) for d, h in ((9, 0), (8, 1), (8, 0), (7, 1), (7, -1), (0, 0))]
+        db.add_reports([prepare(Telemetry(device_id="d1", window_s=1.0, inference_count=1, error_count=0, sent_at=at),
+                                at) for at in arrivals])  # fmt: skip
+
+        def partitions() -> list[str]:
+            with psycopg.connect(db.url) as conn:  # type: ignore[attr-defined]
+                rows = conn.execute(
+                    "select c.relname from pg_inherits i join pg_class c on c.oid = i.inhrelid"
+                    " where i.inhparent = 'telemetry'::regclass order by 1"
+                ).fetchall()
+            return [name for (name,) in rows]
+
+        assert partitions() == ["telemetry_default", "telemetry_p20260601", "telemetry_p20260602",
+                                "telemetry_p20260603", "telemetry_p20260610"]  # fmt: skip
+        deleted = db.prune_telemetry(now=now, raw_days=7, minute_days=365, hour_days=365)
+        assert deleted["telemetry"] == 4  # two whole days dropped (1 + 2 rows), one row deleted on June 3
+        assert partitions() == ["telemetry_default", "telemetry_p20260603", "telemetry_p20260610"]
+        assert [r["received_at"] for r in db.telemetry("d1")] == [arrivals[5].isoformat(), arrivals[4].isoformat()]
+        # a report of a dropped day delivered again is new again, as it would be in SQLite after pruning
+        assert db.add_reports([prepare(Telemetry(device_id="d1", window_s=1.0, inference_count=1, error_count=0),
+                                       now)]) == 1  # fmt: skip
+
+    def test_a_database_of_a_newer_coordinator_is_refused(self, postgres_url: str) -> None:
+        import psycopg
+
+        from edgefleet.coordinator.store.migrations import StoreTooNew
+        from edgefleet.coordinator.store.postgres import PostgresStore
+
+        PostgresStore(postgres_url).close()
+        PostgresStore(postgres_url).close()  # at the current version: nothing to do
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            conn.execute("update edgefleet_schema set version = version + 1")
+        with pytest.raises(StoreTooNew, match="newer than this coordinator"):
+            PostgresStore(postgres_url)
+
+
+def test_a_store_server_that_does_not_answer_is_unavailable_and_its_password_stays_out(tmp_path: Path) -> None:
+    from edgefleet.coordinator.errors import StoreUnavailable
+    from edgefleet.coordinator.store import open_store
+
+    with pytest.raises(StoreUnavailable) as caught:
+        open_store("postgresql://fleet:hunter2@127.0.0.1:1/fleet", connect_timeout_s=2)  # port 1: nothing listens
+    assert "hunter2" not in caught.value.reason and "fleet:***@127.0.0.1:1" in caught.value.reason

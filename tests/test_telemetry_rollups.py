@@ -1,4 +1,5 @@
-"""Telemetry rollups kept at ingest, their retention, their REST routes and their migration, on real SQLite files."""
+"""Telemetry rollups kept at ingest, their retention, their REST routes and their migration: on real SQLite
+files and, where a server answers, in PostgreSQL databases of their own (the ``db`` fixture is both)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ import sqlite_utils
 from fastapi.testclient import TestClient
 
 from edgefleet.coordinator.config import TelemetryRetentionConfig
-from edgefleet.coordinator.store import migrations
+from edgefleet.coordinator.store import FleetStore, migrations
 from edgefleet.coordinator.store.sqlite import SQLiteStore
 from edgefleet.coordinator.telemetry.retention import TelemetryPruner
+from edgefleet.coordinator.telemetry.rows import prepare
 from edgefleet.local.fleet import wait_until
 from edgefleet.protocol import histogram
 from edgefleet.protocol.messages import ReportedState, Telemetry, parse
@@ -26,8 +28,8 @@ TOKEN = "rollups-token-0123456789"
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> SQLiteStore:
-    return SQLiteStore(tmp_path / "fleet.db")
+def db(fleet_store: FleetStore) -> FleetStore:
+    return fleet_store
 
 
 def _report(device_id: str = "gw-1", at: datetime = T0, **fields: Any) -> Telemetry:
@@ -43,7 +45,16 @@ def _count(path: Path, table: str) -> int:
     return int(sqlite3.connect(path).execute(f"select count(*) from {table}").fetchone()[0])
 
 
-def test_reports_in_one_bucket_add_up_and_means_are_derived_on_read(db: SQLiteStore) -> None:
+def _raw(db: FleetStore, device_id: str = "gw-1") -> int:
+    return len(db.telemetry(device_id, limit=10**6))
+
+
+def _arrived(db: FleetStore, reports: list[tuple[Telemetry, datetime]]) -> None:
+    """Store reports as if each arrived at its time."""
+    db.add_reports([prepare(message, received_at) for message, received_at in reports])
+
+
+def test_reports_in_one_bucket_add_up_and_means_are_derived_on_read(db: FleetStore) -> None:
     first = _report(at=T0 + timedelta(seconds=5), inference_count=10, error_count=0, latency_ms_mean=2.0,
                     latency_ms_p95=3.0, cpu_percent=10.0, rss_bytes=100, soc_temp_c=50.0, drift_score=0.1)  # fmt: skip
     second = _report(at=T0 + timedelta(seconds=40), inference_count=30, error_count=2, latency_ms_mean=4.0,
@@ -76,7 +87,7 @@ def test_reports_in_one_bucket_add_up_and_means_are_derived_on_read(db: SQLiteSt
     assert hours["2026-03-01T11:00:00+00:00"]["error_rate"] == pytest.approx(0.5)
 
 
-def test_since_and_limit_select_the_newest_buckets(db: SQLiteStore) -> None:
+def test_since_and_limit_select_the_newest_buckets(db: FleetStore) -> None:
     db.add_telemetry_batch([_report(at=T0 + timedelta(minutes=i)) for i in range(5)])
 
     starts = lambda **kw: [r["bucket_start"][11:16] for r in db.telemetry_rollups("gw-1", "minute", **kw)]  # noqa: E731
@@ -87,7 +98,7 @@ def test_since_and_limit_select_the_newest_buckets(db: SQLiteStore) -> None:
     assert db.telemetry_rollups("gw-2", "minute") == []
 
 
-def test_a_duplicate_delivery_is_counted_once(tmp_path: Path, db: SQLiteStore) -> None:
+def test_a_duplicate_delivery_is_counted_once(db: FleetStore) -> None:
     message = _report(inference_count=7)
     assert db.add_telemetry_batch([message, message]) == 1  # twice in one batch
     assert not db.add_telemetry(message)  # and again later
@@ -97,21 +108,33 @@ def test_a_duplicate_delivery_is_counted_once(tmp_path: Path, db: SQLiteStore) -
 
     assert (minute["reports"], minute["inference_count"]) == (1, 7)
     assert (hour["reports"], hour["inference_count"]) == (1, 7)
-    assert _count(tmp_path / "fleet.db", "telemetry") == 1
+    assert _raw(db) == 1
 
 
-def test_raw_rows_and_rollups_are_stored_together_or_not_at_all(tmp_path: Path, db: SQLiteStore) -> None:
-    with sqlite3.connect(tmp_path / "fleet.db") as other:  # a fault in the rollup write, after the raw insert
-        other.execute("alter table telemetry_hour rename to telemetry_hour_away")
+def test_raw_rows_and_rollups_are_stored_together_or_not_at_all(tmp_path: Path, db: FleetStore) -> None:
+    def rename(old: str, new: str) -> None:  # a fault in the rollup write, after the raw insert
+        if isinstance(db, SQLiteStore):
+            with sqlite3.connect(tmp_path / "fleet.db") as other:
+                other.execute(f"alter table {old} rename to {new}")
+        else:
+            import psycopg
 
-    with pytest.raises(sqlite3.OperationalError, match="telemetry_hour"):
-        db.add_telemetry_batch([_report(), _report(at=T0 + timedelta(minutes=1))])
+            with psycopg.connect(db.url, autocommit=True) as other:  # type: ignore[attr-defined]
+                other.execute(f"alter table {old} rename to {new}")
 
-    assert _count(tmp_path / "fleet.db", "telemetry") == 0
-    assert _count(tmp_path / "fleet.db", "telemetry_minute") == 0
+    batch = [_report(), _report(at=T0 + timedelta(minutes=1))]
+    rename("telemetry_hour", "telemetry_hour_away")
+
+    with pytest.raises(Exception, match="telemetry_hour"):
+        db.add_telemetry_batch(batch)
+
+    assert _raw(db) == 0
+    assert db.telemetry_rollups("gw-1", "minute") == []
+    rename("telemetry_hour_away", "telemetry_hour")
+    assert db.add_telemetry_batch(batch) == 2  # nothing of the failed batch was kept, not even its message ids
 
 
-def test_a_device_clock_ahead_cannot_make_future_buckets(db: SQLiteStore) -> None:
+def test_a_device_clock_ahead_cannot_make_future_buckets(db: FleetStore) -> None:
     before = datetime.now(UTC).replace(second=0, microsecond=0)
     db.add_telemetry(_report(at=datetime.now(UTC) + timedelta(days=3)))
 
@@ -120,7 +143,7 @@ def test_a_device_clock_ahead_cannot_make_future_buckets(db: SQLiteStore) -> Non
     assert before <= datetime.fromisoformat(minute["bucket_start"]) <= datetime.now(UTC)
 
 
-def test_a_non_finite_value_counts_as_absent(db: SQLiteStore) -> None:
+def test_a_non_finite_value_counts_as_absent(db: FleetStore) -> None:
     payload = (
         b'{"device_id": "gw-1", "sent_at": "2026-03-01T10:00:00Z", "window_s": 10, "inference_count": 4,'
         b' "error_count": 0, "cpu_percent": NaN, "soc_temp_c": Infinity, "latency_ms_mean": 2.0}'
@@ -132,7 +155,7 @@ def test_a_non_finite_value_counts_as_absent(db: SQLiteStore) -> None:
     assert (minute["reports"], minute["cpu_percent_mean"], minute["soc_temp_c_max"]) == (2, 30.0, None)
 
 
-def test_fleet_rollups_sum_devices_and_filter_by_class(db: SQLiteStore) -> None:
+def test_fleet_rollups_sum_devices_and_filter_by_class(db: FleetStore) -> None:
     for device_id, device_class in (("pi-1", "rpi4"), ("pi-2", "rpi4"), ("gw-1", "x86-gateway")):
         db.record_reported(
             ReportedState(
@@ -155,31 +178,23 @@ def test_fleet_rollups_sum_devices_and_filter_by_class(db: SQLiteStore) -> None:
     assert db.fleet_rollups("minute", device_class="jetson") == []
 
 
-def test_prune_deletes_exactly_what_is_past_retention(tmp_path: Path, db: SQLiteStore) -> None:
+def test_prune_deletes_exactly_what_is_past_retention(db: FleetStore) -> None:
     now = datetime(2026, 6, 1, 12, 0, 30, tzinfo=UTC)
     minute_cutoff, hour_cutoff = now - timedelta(days=30), now - timedelta(days=365)
-    db.add_telemetry_batch([
-        _report(at=minute_cutoff - timedelta(seconds=31)),  # minute 11:59, ends at 12:00 <= cutoff: goes
-        _report(at=minute_cutoff - timedelta(seconds=29)),  # minute 12:00 holds the cutoff: stays
-        _report(at=hour_cutoff - timedelta(minutes=1)),  # hour 11:00 ends at 12:00 <= cutoff: goes
-        _report(at=hour_cutoff),  # hour 12:00 holds the cutoff: stays
+    _arrived(db, [  # sent at the rollup cutoffs, received up to a week back
+        (_report(at=minute_cutoff - timedelta(seconds=31)), now - timedelta(days=7, seconds=1)),  # minute 11:59,
+        # ends at 12:00 <= cutoff: goes; received more than 7 days ago: goes
+        (_report(at=minute_cutoff - timedelta(seconds=29)), now - timedelta(days=7)),  # minute 12:00 holds the cutoff
+        (_report(at=hour_cutoff - timedelta(minutes=1)), now - timedelta(days=6)),  # hour 11:00 ends at 12:00: goes
+        (_report(at=hour_cutoff), now),  # hour 12:00 holds the cutoff: stays
     ])  # fmt: skip
-    path = tmp_path / "fleet.db"
-    with sqlite3.connect(path) as conn:  # arrival times a week back, as if received then
-        ids = [row[0] for row in conn.execute("select message_id from telemetry order by sent_at")]
-        for message_id, age in zip(
-            ids, (timedelta(days=7, seconds=1), timedelta(days=7), timedelta(days=6), timedelta(0)), strict=True
-        ):
-            conn.execute(
-                "update telemetry set received_at = ? where message_id = ?", [(now - age).isoformat(), message_id]
-            )
     minutes_before = {r["bucket_start"] for r in db.telemetry_rollups("gw-1", "minute", limit=100)}
     hours_before = {r["bucket_start"] for r in db.telemetry_rollups("gw-1", "hour", limit=100)}
 
     deleted = db.prune_telemetry(now=now, raw_days=7, minute_days=30, hour_days=365, chunk=1)
 
     assert deleted == {"telemetry": 1, "telemetry_minute": 3, "telemetry_hour": 1}
-    assert _count(path, "telemetry") == 3  # the row received exactly 7 days ago is not older than 7 days
+    assert _raw(db) == 3  # the row received exactly 7 days ago is not older than 7 days
     minutes = {r["bucket_start"] for r in db.telemetry_rollups("gw-1", "minute", limit=100)}
     hours = {r["bucket_start"] for r in db.telemetry_rollups("gw-1", "hour", limit=100)}
     assert minutes_before - minutes == {
@@ -190,7 +205,7 @@ def test_prune_deletes_exactly_what_is_past_retention(tmp_path: Path, db: SQLite
     assert db.prune_telemetry(now=now) == {"telemetry": 0, "telemetry_minute": 0, "telemetry_hour": 0}
 
 
-def test_the_pruner_prunes_at_start_and_stops_on_request(tmp_path: Path, db: SQLiteStore) -> None:
+def test_the_pruner_prunes_at_start_and_stops_on_request(db: FleetStore) -> None:
     db.add_telemetry(_report(at=datetime.now(UTC) - timedelta(days=40)))
     pruner = TelemetryPruner(db, TelemetryRetentionConfig(minute_days=30, prune_interval_s=3600))
 
@@ -200,7 +215,7 @@ def test_the_pruner_prunes_at_start_and_stops_on_request(tmp_path: Path, db: SQL
 
     assert pruner._thread is not None and not pruner._thread.is_alive()
     assert len(db.telemetry_rollups("gw-1", "hour")) == 1  # within the year
-    assert _count(tmp_path / "fleet.db", "telemetry") == 1  # received just now
+    assert _raw(db) == 1  # received just now
 
 
 def test_retention_config_has_defaults_and_forbids_unknown_keys() -> None:
@@ -272,7 +287,7 @@ def test_a_version_3_database_gets_the_rollup_tables_on_open(tmp_path: Path) -> 
     SQLiteStore(path)  # opening again at the current version changes nothing
 
 
-def test_p99_disk_and_error_kinds_are_kept_per_bucket(db: SQLiteStore) -> None:
+def test_p99_disk_and_error_kinds_are_kept_per_bucket(db: FleetStore) -> None:
     db.add_telemetry_batch([
         _report(at=T0 + timedelta(seconds=5), error_count=3, errors_by_kind={"invalid_argument": 2, "runtime": 1},
                 latency_ms_p99=7.0, disk_free_bytes=5_000, disk_used_percent=80.0),
@@ -306,7 +321,7 @@ def test_p99_disk_and_error_kinds_are_kept_per_bucket(db: SQLiteStore) -> None:
     assert quiet["errors_by_kind"] == {} and quiet["latency_ms_p99_max"] is None
 
 
-def test_a_bucket_keeps_only_the_most_frequent_error_kinds(db: SQLiteStore) -> None:
+def test_a_bucket_keeps_only_the_most_frequent_error_kinds(db: FleetStore) -> None:
     from edgefleet.coordinator.telemetry.rollups import MAX_BUCKET_ERROR_KINDS
 
     kinds = [f"kind_{i:02d}" for i in range(MAX_BUCKET_ERROR_KINDS + 8)]
@@ -320,7 +335,7 @@ def test_a_bucket_keeps_only_the_most_frequent_error_kinds(db: SQLiteStore) -> N
     assert list(minute["errors_by_kind"]) == kinds[:MAX_BUCKET_ERROR_KINDS]  # the most frequent first
 
 
-def test_fleet_rollups_add_error_kinds_over_devices(db: SQLiteStore) -> None:
+def test_fleet_rollups_add_error_kinds_over_devices(db: FleetStore) -> None:
     db.add_telemetry_batch([
         _report("pi-1", error_count=2, errors_by_kind={"invalid_argument": 2}, disk_free_bytes=10, latency_ms_p99=3.0),
         _report("pi-2", error_count=3, errors_by_kind={"invalid_argument": 1, "runtime": 2}, disk_free_bytes=7),
@@ -371,9 +386,7 @@ def test_a_version_5_database_gets_the_new_columns_and_keeps_its_rows(tmp_path: 
     SQLiteStore(path)  # opening again at the current version changes nothing
 
 
-def test_a_nearly_full_data_disk_is_an_alert_from_the_run_of_reports_over_the_limit(
-    tmp_path: Path, db: SQLiteStore
-) -> None:
+def test_a_nearly_full_data_disk_is_an_alert_from_the_run_of_reports_over_the_limit(db: FleetStore) -> None:
     from edgefleet.coordinator.health.alerts import AlertThresholds, compute_alerts
 
     now = datetime.now(UTC)
@@ -382,19 +395,17 @@ def test_a_nearly_full_data_disk_is_an_alert_from_the_run_of_reports_over_the_li
             ReportedState(device_id=device_id, device_class="x86-gateway", agent_version="t", status="ready",
                           started_at=now)
         )  # fmt: skip
-    for used in (95.0, 50.0, 92.0, 93.5):  # gw-1 fell below the limit once; the alert dates from after that
-        db.add_telemetry(_report("gw-1", at=now, disk_used_percent=used, disk_free_bytes=3 << 30))
+    received = [now - timedelta(seconds=10 - i) for i in range(4)]  # arrival times a second apart, in order
+    # gw-1 fell below the limit once; the alert dates from after that
+    _arrived(db, [(_report("gw-1", at=now, disk_used_percent=used, disk_free_bytes=3 << 30), at)
+                  for used, at in zip((95.0, 50.0, 92.0, 93.5), received, strict=True)])  # fmt: skip
     db.add_telemetry(_report("gw-2", at=now, disk_used_percent=89.0))
     db.add_telemetry(_report("gw-3", at=now))  # an older agent: no disk figures, no alert
-    with sqlite3.connect(tmp_path / "fleet.db") as conn:  # arrival times a second apart, in order
-        ids = [r[0] for r in conn.execute("select message_id from telemetry where device_id = 'gw-1' order by rowid")]
-        received = [(now - timedelta(seconds=10 - i)).isoformat() for i in range(len(ids))]
-        conn.executemany("update telemetry set received_at = ? where message_id = ?", zip(received, ids, strict=True))
 
     [alert] = [a for a in compute_alerts(db) if a.kind == "disk_full"]
     strict = [(a.device_id, a.kind) for a in compute_alerts(db, AlertThresholds(max_disk_used_percent=80))]
 
-    assert (alert.device_id, alert.severity, alert.since) == ("gw-1", "warning", received[2])
+    assert (alert.device_id, alert.severity, alert.since) == ("gw-1", "warning", received[2].isoformat())
     assert "93.5% used" in alert.detail and "3072 MiB free" in alert.detail
     assert ("gw-2", "disk_full") in strict and ("gw-3", "disk_full") not in strict
 
@@ -423,7 +434,7 @@ def test_the_devices_cpu_and_memory_peaks_are_kept_and_a_version_8_store_gets_th
     assert {row["device_cpu_percent"] for row in db.telemetry("gw-1")} == {None, 92.5, 35.0}
 
 
-def test_latest_figures_come_from_the_newest_recent_window_that_has_each(db: SQLiteStore) -> None:
+def test_latest_figures_come_from_the_newest_recent_window_that_has_each(db: FleetStore) -> None:
     for device_id in ("gw-1", "gw-2", "gw-3"):
         db.record_reported(ReportedState(device_id=device_id, device_class="x86-gateway", agent_version="t",
                                          status="idle", started_at="2026-01-01T00:00:00Z"))  # fmt: skip
@@ -442,7 +453,7 @@ def test_latest_figures_come_from_the_newest_recent_window_that_has_each(db: SQL
     assert latest["gw-2"]["latency_ms_p95"] is None and latest["gw-2"]["drift_alert"] is False
 
 
-def test_minute_hour_and_fleet_percentiles_come_from_the_added_up_histograms(db: SQLiteStore) -> None:
+def test_minute_hour_and_fleet_percentiles_come_from_the_added_up_histograms(db: FleetStore) -> None:
     rng = np.random.default_rng(11)
     samples: dict[str, list[float]] = {"gw-1": [], "gw-2": []}
     reports = []

@@ -20,7 +20,13 @@ __all__ = ["Alert", "AlertKind", "AlertThresholds", "compute_alerts"]
 
 Severity = Literal["critical", "warning"]
 AlertKind = Literal[
-    "offline", "drift", "error_rate", "latency_regression", "disk_full", "activation_failed", "class_mismatch",
+    "offline",
+    "drift",
+    "error_rate",
+    "latency_regression",
+    "disk_full",
+    "activation_failed",
+    "class_mismatch",
     "rollout_halted",
 ]
 # What a device's last error says of a bundle it was given: it refused it, went back from it, or cannot serve it.

@@ -12,6 +12,7 @@ from collections.abc import Callable
 import sqlite_utils
 from sqlite_utils.db import Table
 
+from edgefleet.coordinator.errors import StoreError
 from edgefleet.coordinator.store.sqlite_rollups import backfill_rollups
 from edgefleet.coordinator.telemetry.rollups import (
     RESOLUTIONS,
@@ -25,7 +26,7 @@ from edgefleet.coordinator.telemetry.rollups import (
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "StoreTooNew", "add_columns", "migrate"]
 
 
-class StoreTooNew(RuntimeError):
+class StoreTooNew(StoreError):
     """The file was written by a newer coordinator: its schema has migrations this code does not know."""
 
 

@@ -26,6 +26,7 @@ from edgefleet.coordinator.store.sqlite_registry import SQLiteCampaigns, SQLiteS
 from edgefleet.coordinator.store.sqlite_rollouts import SQLiteRollouts
 from edgefleet.coordinator.store.sqlite_rollups import fleet_rollup_sql, write_rollups
 from edgefleet.coordinator.store.sqlite_security import SQLiteEnrollment, SQLiteTokens
+from edgefleet.coordinator.store.views import LATEST_FIGURES, command_view, device_view
 from edgefleet.coordinator.telemetry.rollups import (
     RESOLUTIONS,
     Resolution,
@@ -37,13 +38,7 @@ from edgefleet.coordinator.telemetry.rollups import (
 from edgefleet.coordinator.telemetry.rows import TELEMETRY_COLUMNS, PreparedReport, prepare_arrived
 from edgefleet.protocol.messages import Availability, Command, CommandResult, ReportedState, Telemetry
 
-__all__ = ["LATEST_FIGURES", "SQLiteStore"]
-
-# What the fleet overview shows of each device's recent telemetry.
-LATEST_FIGURES = (
-    "latency_ms_p95", "drift_score", "confidence_drift_score", "device_cpu_percent", "memory_used_percent",
-    "soc_temp_c", "disk_used_percent", "outbox_pending",
-)  # fmt: skip
+__all__ = ["SQLiteStore"]
 
 
 def _now() -> str:
@@ -133,12 +128,8 @@ class SQLiteStore(FleetStore):
         with self.locked() as db:
             rows = list(Table(db, "devices").rows_where(" and ".join(clauses) or None, args, order_by="device_id"))
             desired = {r["device_id"]: r for r in Table(db, "desired").rows}
-        for row in rows:
-            row["reported"] = json.loads(row["reported"]) if row.get("reported") else None
-            row["tags"] = json.loads(row["tags"]) if row.get("tags") else []
-            row["group"] = row.pop("group_name", None)
-            row["desired"] = desired.get(row["device_id"])
-        return [row for row in rows if tag is None or tag in row["tags"]]
+        views = [device_view(row, desired.get(row["device_id"])) for row in rows]
+        return [view for view in views if tag is None or tag in view["tags"]]
 
     def label_device(self, device_id: str, *, tags: list[str] | None, group: str | None) -> dict[str, Any]:
         with self.locked() as db:
@@ -213,10 +204,7 @@ class SQLiteStore(FleetStore):
             rows = list(
                 Table(db, "commands").rows_where("device_id = ?", [device_id], order_by="sent_at desc", limit=limit)
             )
-        for row in rows:
-            row["args"] = json.loads(row["args"]) if row.get("args") else {}
-            row["ok"] = None if row["ok"] is None else bool(row["ok"])
-        return rows
+        return [command_view(row) for row in rows]
 
     # -- telemetry -----------------------------------------------------------------------
     def add_telemetry_batch(self, messages: list[Telemetry]) -> int:

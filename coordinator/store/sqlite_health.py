@@ -7,16 +7,12 @@ from typing import TYPE_CHECKING, Any
 from sqlite_utils.db import Table
 
 from edgefleet.coordinator.store.base import HealthReads
+from edgefleet.coordinator.store.views import check_health_columns
 
 if TYPE_CHECKING:
     from edgefleet.coordinator.store.sqlite import SQLiteStore
 
 __all__ = ["SQLiteHealthReads"]
-
-_COLUMN = frozenset(
-    {"received_at", "bundle_digest", "latency_ms_p95", "drift_alert", "disk_used_percent", "inference_count",
-     "error_count"}
-)  # fmt: skip
 
 
 class SQLiteHealthReads(HealthReads):
@@ -54,9 +50,7 @@ class SQLiteHealthReads(HealthReads):
         since: str | None = None,
         only_true: str | None = None,
     ) -> list[dict[str, Any]]:
-        unknown = {*columns, *(c for c in (not_null, only_true) if c)} - _COLUMN
-        if unknown:
-            raise ValueError(f"not a health column: {sorted(unknown)}")
+        check_health_columns(*columns, not_null, only_true)
         where, args = ["device_id = ?"], [device_id]
         if not_null:
             where.append(f"{not_null} is not null")

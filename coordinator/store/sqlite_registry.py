@@ -8,13 +8,13 @@ from typing import TYPE_CHECKING, Any
 from sqlite_utils.db import Table
 
 from edgefleet.coordinator.store.base import CampaignRepository, StageRepository
+from edgefleet.coordinator.store.views import dump_campaign as _dump
+from edgefleet.coordinator.store.views import load_campaign as _load
 
 if TYPE_CHECKING:
     from edgefleet.coordinator.store.sqlite import SQLiteStore
 
 __all__ = ["SQLiteCampaigns", "SQLiteStages"]
-
-_CAMPAIGN_JSON = ("spec", "target", "devices", "privacy", "evaluation")
 
 
 class SQLiteStages(StageRepository):
@@ -93,11 +93,3 @@ class SQLiteCampaigns(CampaignRepository):
         with self.store.locked() as db:
             rows = list(Table(db, "campaign_rounds").rows_where("campaign_id = ?", [campaign_id], order_by="round"))
         return [json.loads(r["record"]) for r in rows]
-
-
-def _dump(row: dict[str, Any]) -> dict[str, Any]:
-    return {k: json.dumps(v) if k in _CAMPAIGN_JSON and v is not None else v for k, v in row.items()}
-
-
-def _load(row: dict[str, Any]) -> dict[str, Any]:
-    return {k: json.loads(v) if k in _CAMPAIGN_JSON and v is not None else v for k, v in row.items()}

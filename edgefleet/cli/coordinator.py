@@ -18,7 +18,6 @@ from edgefleet.common.output import Format, FormatOption, configure_logging, fai
 app = typer.Typer(help="The fleet's control plane.", no_args_is_help=True)
 
 
-
 @app.command()
 def serve(config: Path = typer.Option(..., "--config", "-c", help="Coordinator config file (TOML).")) -> None:
     """Run the coordinator: REST API, registry and MQTT link, until SIGTERM or SIGINT.

@@ -12,6 +12,7 @@ from edgefleet.common.errors import ConfigError, EdgefleetError
 from edgefleet.common.exit_codes import ExitCode
 from edgefleet.common.output import fail
 from edgefleet.compression.errors import CompressionError
+from edgefleet.coordinator.errors import StoreUnavailable
 from edgefleet.protocol.errors import BundleError
 
 __all__ = ["EXIT_CODES", "exit_code", "fail_with"]
@@ -21,6 +22,7 @@ EXIT_CODES: dict[type[BaseException], ExitCode] = {
     BundleError: ExitCode.BUNDLE_INVALID,  # signatures, hashes, unsafe archives included
     CompressionError: ExitCode.USAGE,  # the model, data or metric given to `edgefleet compress`
     FileNotFoundError: ExitCode.NOT_FOUND,
+    StoreUnavailable: ExitCode.UNREACHABLE,  # the PostgreSQL server of `[store] url`
 }
 
 
