@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,14 +12,17 @@ import paho.mqtt.publish as publish
 import pytest
 from fastapi.testclient import TestClient
 
+from edgefleet.common.exit_codes import ExitCode
 from edgefleet.common.mqtt import BrokerConfig
 from edgefleet.coordinator.api.app import create_app
 from edgefleet.coordinator.config import CoordinatorConfig
 from edgefleet.coordinator.service import Coordinator
+from edgefleet.coordinator.store.migrations import StoreTooNew
 from edgefleet.coordinator.store.sqlite import SQLiteStore
 from edgefleet.local.broker import LocalBroker
-from edgefleet.local.fleet import wait_until
+from edgefleet.local.fleet import wait_until, write_toml
 from edgefleet.protocol.messages import ReportedState
+from edgefleet.protocol.signing import generate_keypair
 from edgefleet.protocol.topics import Channel, topic
 from tests.conftest import DigitsModels, Keys, build
 
@@ -113,5 +118,14 @@ def test_migrations_upgrade_an_old_database_in_place(tmp_path: Path) -> None:
     newer = sqlite3.connect(path)
     newer.execute("pragma user_version = 99")
     newer.commit()
-    with pytest.raises(RuntimeError, match="newer than this coordinator"):
+    with pytest.raises(StoreTooNew, match="newer than this coordinator"):
         SQLiteStore(path)
+    # and `coordinator serve` says so, exits 3 (the config names a store it cannot use), no traceback
+    (tmp_path / "k.pub").write_bytes(generate_keypair()[1])
+    config = write_toml(
+        tmp_path / "coordinator.toml", {"data_dir": str(tmp_path), "trusted_keys": [str(tmp_path / "k.pub")]}
+    )
+    result = subprocess.run([sys.executable, "-m", "edgefleet", "coordinator", "serve", "--config", str(config)],
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert result.returncode == ExitCode.CONFIG_INVALID, result.stderr
+    assert "schema 99 is newer than this coordinator" in result.stderr and "Traceback" not in result.stderr
