@@ -222,7 +222,16 @@ class CoordinatorConfig(BaseModel):
     trusted_keys: list[Path] = Field(min_length=1, description="PEM public keys whose bundles are accepted.")
     broker: BrokerConfig = Field(default_factory=BrokerConfig)
     api: ApiServerConfig = Field(default_factory=ApiServerConfig)
-    client_id: str = Field(default="edgefleet-coordinator", description="MQTT client id.")
+    client_id: str = Field(
+        default="edgefleet-coordinator", description="MQTT client id (each replica of one store needs its own)."
+    )
+    replica_group: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+        description="Coordinators of one PostgreSQL store that share the work: each device report and chunk "
+        "request goes to one of them (MQTT shared subscriptions, $share/<group>/...; Mosquitto 2 has them). "
+        "The same value on every replica; leave it out for one coordinator.",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     broker_auth: BrokerAuthConfig | None = Field(
         default=None,
@@ -244,6 +253,12 @@ class CoordinatorConfig(BaseModel):
         description="When device state and telemetry become alerts, in the API, the dashboard and /metrics; "
         "the alerts endpoint's query parameters override them per request.",
     )
+
+    @model_validator(mode="after")
+    def _replicas_share_a_database(self) -> CoordinatorConfig:
+        if self.replica_group is not None and self.store.url is None:
+            raise ValueError("replica_group needs [store] url: replicas share one PostgreSQL store, not a SQLite file")
+        return self
 
     @model_validator(mode="after")
     def _coordinator_has_broker_credentials(self) -> CoordinatorConfig:

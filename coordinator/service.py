@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from edgefleet.coordinator.config import CampaignsConfig, CoordinatorConfig
 from edgefleet.coordinator.errors import Conflict, NotFound
+from edgefleet.coordinator.leadership import AdvisoryLockLeader, Leadership, SoleLeader
 from edgefleet.coordinator.mqtt.link import CoordinatorLink
 from edgefleet.coordinator.registry.artifacts import Registry
 from edgefleet.coordinator.registry.models import ModelRegistry
@@ -33,14 +34,21 @@ class Coordinator:
             config.store.url or config.data_dir / "fleet.db", connect_timeout_s=config.store.connect_timeout_s
         )
         self.registry = Registry(config.data_dir, self.db, load_trusted_keys(config.trusted_keys))
-        self.link = CoordinatorLink(config.broker, self.db, self.registry, client_id=config.client_id)
-        self.link.on_connected = self.republish_desired
+        self.link = CoordinatorLink(
+            config.broker, self.db, self.registry, client_id=config.client_id, share_group=config.replica_group
+        )
+        # Replicas on one PostgreSQL store elect one of them to run the fleet-wide jobs.
+        self.leadership: Leadership = AdvisoryLockLeader(config.store.url) if config.store.url else SoleLeader()
+        self.link.on_connected = self._republish_if_leading
         self.models = ModelRegistry(self.db)
-        self.rollouts = RolloutEngine(self.db, self.deploy, resolve_version=self.models.resolve)
-        self.pruner = TelemetryPruner(self.db, config.retention)
+        self.rollouts = RolloutEngine(
+            self.db, self.deploy, resolve_version=self.models.resolve, is_leader=self.leadership.is_leader
+        )
+        self.pruner = TelemetryPruner(self.db, config.retention, is_leader=self.leadership.is_leader)
         self.campaigns = self._campaigns(config)
 
     def start(self) -> None:
+        self.leadership.start()
         self.link.start()
         self.rollouts.start()
         self.pruner.start()
@@ -51,6 +59,7 @@ class Coordinator:
         self.pruner.stop()
         self.rollouts.stop()
         self.link.stop()
+        self.leadership.stop()
 
     def _campaigns(self, config: CoordinatorConfig) -> CampaignManager | None:
         """Campaigns need the federated extra; without it the API says so instead of failing to start."""
@@ -81,6 +90,11 @@ class Coordinator:
         if len(matches) > 1:
             raise Conflict(f"{prefix} is the start of {len(matches)} bundle digests; give more of it")
         return matches[0] if matches else None
+
+    def _republish_if_leading(self) -> None:
+        # One replica republishes; the desired states are retained, so the others' connections need nothing.
+        if self.leadership.is_leader():
+            self.republish_desired()
 
     def republish_desired(self) -> None:
         """After (re)connecting, publish every desired state again, in case the broker lost retained ones."""

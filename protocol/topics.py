@@ -23,6 +23,7 @@ __all__ = [
     "device_acl_patterns",
     "device_subscriptions",
     "parse_topic",
+    "shared_subscription",
     "topic",
     "validate_device_id",
 ]
@@ -104,6 +105,16 @@ def device_subscriptions(device_id: str) -> list[str]:
 def channel_subscription(channel: Channel) -> str:
     """The topic filter of ``channel`` for every device."""
     return f"{PREFIX}/devices/+/{channel.value}"
+
+
+def shared_subscription(topic_filter: str, group: str | None) -> str:
+    """``topic_filter`` as an MQTT shared subscription of ``group`` (``$share/<group>/<filter>``: the broker
+    hands each message to one member of the group), or as it is without a group."""
+    if group is None:
+        return topic_filter
+    if not group or any(c in group for c in "/+#$"):
+        raise ValueError(f"not a shared subscription group name: {group!r}")
+    return f"$share/{group}/{topic_filter}"
 
 
 def coordinator_subscriptions() -> list[str]:

@@ -112,7 +112,9 @@ def create_app(coordinator: Coordinator, *, token: str | None) -> FastAPI:
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:
         # Connected means both MQTT connections are subscribed: only then does nothing devices send go missing.
-        return {"ok": True, "broker_connected": coordinator.link.subscribed.is_set()}
+        # ``leader``: whether this replica runs the rollout engine and retention (always, on SQLite).
+        connected = coordinator.link.subscribed.is_set()
+        return {"ok": True, "broker_connected": connected, **coordinator.leadership.describe()}
 
     fleet_metrics = fleet_registry(coordinator)
 

@@ -41,6 +41,7 @@ from edgefleet.protocol.topics import (
     channel_subscription,
     coordinator_subscriptions,
     parse_topic,
+    shared_subscription,
     topic,
 )
 
@@ -54,8 +55,14 @@ CHUNK_BYTES = Counter("edgefleet_coordinator_chunk_bytes_served", "Artifact byte
 
 
 class CoordinatorLink:
-    def __init__(self, broker: BrokerConfig, db: FleetStore, registry: Registry, *, client_id: str) -> None:
+    def __init__(
+        self, broker: BrokerConfig, db: FleetStore, registry: Registry, *, client_id: str,
+        share_group: str | None = None,
+    ) -> None:  # fmt: skip
         self.broker = broker
+        # Replicas of one store: telemetry and chunk requests go to one of them (shared subscriptions), the
+        # rest (small, idempotent writes) to each.
+        self.share_group = share_group
         self.db = db
         self.registry = registry
         self.connected = threading.Event()
@@ -67,8 +74,9 @@ class CoordinatorLink:
         self.rejected = 0
         self.ingest = TelemetryIngest(db)
         self.ingest_link = IngestLink(
-            broker, self.ingest, client_id=client_id, on_rejected=self._count_rejected, on_subscribed=self._maybe_online
-        )
+            broker, self.ingest, client_id=client_id, on_rejected=self._count_rejected,
+            on_subscribed=self._maybe_online, share_group=share_group,
+        )  # fmt: skip
         self.on_connected: Callable[[], None] = lambda: None
         self.client = make_client(broker, client_id, clean_session=True)
         # Chunks are answered on the network thread; allow a burst of them in flight.
@@ -120,8 +128,14 @@ class CoordinatorLink:
         if reason.is_failure:
             log.error("broker %s refused the coordinator: %s", self.broker.url, reason)
             return
-        telemetry = channel_subscription(Channel.TELEMETRY)  # the ingest link's
-        subscriptions = [(t, 1) for t in coordinator_subscriptions() if t != telemetry]
+        telemetry, chunks = channel_subscription(Channel.TELEMETRY), channel_subscription(Channel.CHUNK_REQUESTS)
+        subscriptions = [
+            (shared_subscription(t, self.share_group) if t == chunks else t, 1)
+            for t in coordinator_subscriptions()
+            if t != telemetry  # the ingest link's
+        ]
+        if self.share_group is not None:  # a replica that dies says "offline" (its will): the others answer
+            subscriptions.append((COORDINATOR_STATUS, 1))
         _, self._subscribe_mid = client.subscribe(subscriptions)
         self.connected.set()
         log.info("coordinator connected to %s", self.broker.url)
@@ -143,6 +157,17 @@ class CoordinatorLink:
             self.subscribed.set()
         self.client.publish(COORDINATOR_STATUS, CoordinatorStatus(state="online").to_bytes(), qos=1, retain=True)
 
+    def _answer_status(self, payload: bytes) -> None:
+        """Another replica went offline (its last will, or it stopped): while this one is up, the fleet's
+        coordinator is online, so say so again (devices hold their outbox while the status is offline)."""
+        try:
+            status = parse(CoordinatorStatus, payload, topic=COORDINATOR_STATUS)
+        except ProtocolError:
+            return
+        if status.state == "offline" and self.subscribed.is_set():
+            log.info("another coordinator replica went offline; this one announces the coordinator online")
+            self.client.publish(COORDINATOR_STATUS, CoordinatorStatus(state="online").to_bytes(), qos=1, retain=True)
+
     def _on_disconnect(self, _c: mqtt.Client, _ud: Any, _flags: Any, reason: Any, _props: Any) -> None:
         self.connected.clear()
         self._control_subscribed.clear()
@@ -151,6 +176,9 @@ class CoordinatorLink:
 
     def _on_message(self, _c: mqtt.Client, _ud: Any, msg: mqtt.MQTTMessage) -> None:
         dest = None
+        if msg.topic == COORDINATOR_STATUS:
+            self._answer_status(bytes(msg.payload))
+            return
         try:
             dest = parse_topic(msg.topic)
             if not msg.payload:  # a cleared retained message

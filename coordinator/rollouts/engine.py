@@ -56,8 +56,10 @@ class RolloutEngine:
         *,
         resolve_version: Callable[[str, str], str] = lambda _model, version: version,
         tick_s: float = 1.0,
+        is_leader: Callable[[], bool] = lambda: True,
     ) -> None:
         self.db = db
+        self._is_leader = is_leader  # only the leading coordinator of several advances rollouts
         self._deploy = deploy
         self._resolve = resolve_version
         self.tick_s = tick_s
@@ -76,6 +78,8 @@ class RolloutEngine:
 
     def _run(self) -> None:
         while not self._stop.wait(self.tick_s):
+            if not self._is_leader():
+                continue
             try:
                 self.tick()
             except Exception:  # one bad rollout must not stop the others for good
@@ -135,7 +139,8 @@ class RolloutEngine:
             f"; {len(absent)} skipped, not online: {', '.join(d['device_id'] for d in absent[:10])}" if absent else ""
         )
         self._event("created", rollout_id, None, f"{len(eligible)} devices in {len(counts)} waves {counts}{skipped}")
-        self.tick()
+        if self._is_leader():  # else the leader's next tick assigns the first wave
+            self.tick()
         return self.get(rollout_id)
 
     def get(self, rollout_id: str) -> dict[str, Any]:

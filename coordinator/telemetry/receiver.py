@@ -50,7 +50,7 @@ from edgefleet.coordinator.telemetry import gmqtt_acks
 from edgefleet.coordinator.telemetry.rows import REPORT_LAYOUT, TELEMETRY_COLUMNS, PreparedReport, prepare_arrived
 from edgefleet.protocol.errors import ProtocolError
 from edgefleet.protocol.messages import Telemetry, parse, sent_by
-from edgefleet.protocol.topics import Channel, DeviceTopic, channel_subscription, parse_topic
+from edgefleet.protocol.topics import Channel, DeviceTopic, channel_subscription, parse_topic, shared_subscription
 
 __all__ = ["INGEST_SUFFIX", "BrokerSettings", "Receiver", "ingest_username", "main"]
 
@@ -78,6 +78,7 @@ class BrokerSettings:
     password: str | None = None
     tls: bool = False
     ca_file: str | None = None
+    share_group: str | None = None  # replicas of one store: each report goes to one of them
 
 
 class Receiver:
@@ -161,7 +162,7 @@ class Receiver:
 
     def _on_connect(self, client: Client, _flags: Any, _rc: Any, _props: Any) -> None:
         # Subscribed anew on every connect: a broker that restarted without persistence forgot the session.
-        client.subscribe(channel_subscription(Channel.TELEMETRY), qos=1)
+        client.subscribe(shared_subscription(channel_subscription(Channel.TELEMETRY), self.broker.share_group), qos=1)
         log.info("telemetry connection up to %s as %s", self.broker.url, self.client_id)
 
     def _on_subscribe(self, _client: Client, _mid: int, qos: Any, _props: Any) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -18,9 +19,12 @@ log = logging.getLogger(__name__)
 class TelemetryPruner:
     """Deletes telemetry past retention at start and then every ``interval_s``, until stopped."""
 
-    def __init__(self, db: FleetStore, retention: TelemetryRetentionConfig) -> None:
+    def __init__(
+        self, db: FleetStore, retention: TelemetryRetentionConfig, *, is_leader: Callable[[], bool] = lambda: True
+    ) -> None:
         self.db = db
         self.retention = retention
+        self._is_leader = is_leader  # of several coordinators on one store, only the leading one prunes
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -44,6 +48,9 @@ class TelemetryPruner:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            if not self._is_leader():
+                self._stop.wait(min(self.retention.prune_interval_s, 5.0))
+                continue
             try:
                 self.prune_once()
             except Exception:  # a failed prune is retried at the next interval; ingest goes on

@@ -41,8 +41,10 @@ class IngestLink:
         client_id: str,
         on_rejected: Callable[[DeviceTopic | None], None],
         on_subscribed: Callable[[], None] = lambda: None,
+        share_group: str | None = None,
     ) -> None:
         self.broker = broker
+        self.share_group = share_group
         self.ingest = ingest
         self.client_id = client_id + INGEST_SUFFIX
         self.on_rejected = on_rejected
@@ -114,7 +116,7 @@ class IngestLink:
         with self._lock:
             self._proc, self._conn = proc, conn
             stopping = self._stopping.is_set()  # a stop that came while this one started saw no receiver
-        conn.send(("start", _settings(self.broker), self.client_id, REPORT_LAYOUT))
+        conn.send(("start", _settings(self.broker, self.share_group), self.client_id, REPORT_LAYOUT))
         if stopping:
             conn.send(("stop",))
         return conn
@@ -165,10 +167,10 @@ class IngestLink:
             return proc.wait()
 
 
-def _settings(broker: BrokerConfig) -> BrokerSettings:
+def _settings(broker: BrokerConfig, share_group: str | None) -> BrokerSettings:
     """The receiver's share of the broker config; the password file is read anew at every start."""
     return BrokerSettings(
         url=broker.url, host=broker.host, port=broker.port, keepalive_s=broker.keepalive_s,
         username=broker.username, password=broker.resolved_password(), tls=broker.tls,
-        ca_file=str(broker.ca_file) if broker.ca_file else None,
+        ca_file=str(broker.ca_file) if broker.ca_file else None, share_group=share_group,
     )  # fmt: skip
