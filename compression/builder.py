@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -15,11 +16,20 @@ import numpy as np
 import onnxruntime as ort
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edgefleet.protocol.bundle import FileEntry, Manifest, TestVector, pack_bundle, sha256_file, sign_manifest
+from edgefleet.protocol.bundle import (
+    MAX_DECLARED_BATCH,
+    Batching,
+    FileEntry,
+    Manifest,
+    TestVector,
+    pack_bundle,
+    sha256_file,
+    sign_manifest,
+)
 from edgefleet.protocol.model_card import ConfidenceStats, InputStats, Lineage, PreprocessingStep, PrivacyReport, Recipe
 from edgefleet.protocol.tensors import TensorData, TensorSpec, onnx_type_to_dtype
 
-__all__ = ["build_bundle", "describe_onnx", "sample_inputs"]
+__all__ = ["build_bundle", "describe_onnx", "sample_inputs", "verify_batching"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +55,56 @@ def sample_inputs(specs: list[TensorSpec], rng: np.random.Generator, batch: int 
         else:
             feeds[spec.name] = rng.integers(0, 10, shape).astype(dtype)
     return feeds
+
+
+def verify_batching(
+    run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None,
+    inputs: list[TensorSpec],
+    outputs: list[TensorSpec],
+    feeds_list: list[dict[str, np.ndarray]],
+    *,
+    rtol: float,
+    atol: float,
+) -> Batching:
+    """Whether the model batches along its first axis: each row run alone must give what the same rows give
+    run together, within the bundle's tolerance. A dynamic first dimension is not enough: it may be time
+    (a time-major recurrent model), and concatenating two callers' rows would mix their state. ``run``
+    runs the model (outputs by name); None: it cannot be run here."""
+    if run is None:
+        return Batching(max_batch_size=0, reason="not verified: the model cannot be run here to check batches")
+    fixed = [s.name for s in (*inputs, *outputs) if s.shape[:1] != [None]]
+    if fixed:
+        return Batching(max_batch_size=0, reason=f"the first dimension is not dynamic on {', '.join(fixed)}")
+    feeds = next((f for f in feeds_list if _rows(f) >= 2), None)
+    if feeds is None:  # single-row test inputs: two of them, one after the other
+        try:
+            feeds = {name: np.concatenate([f[name] for f in feeds_list[:2]]) for name in feeds_list[0]}
+        except (ValueError, IndexError) as exc:
+            return Batching(max_batch_size=0, reason=f"not verified: no two rows to batch ({exc})")
+    rows = _rows(feeds)
+    if rows < 2:
+        return Batching(max_batch_size=0, reason="not verified: the inputs disagree on their first dimension")
+    try:
+        together = run(feeds)
+        alone = [run({k: v[i : i + 1] for k, v in feeds.items()}) for i in range(rows)]
+    except Exception as exc:  # the model refuses a batch of this size, or a row on its own
+        return Batching(max_batch_size=0, reason=f"a batch of {rows} rows does not run: {str(exc)[:300]}")
+    for name in [o.name for o in outputs]:
+        batched, singles = np.asarray(together[name]), [np.asarray(a[name]) for a in alone]
+        if batched.shape[:1] != (rows,):
+            return Batching(max_batch_size=0, reason=f"output {name!r} has {batched.shape[:1]} rows for {rows} inputs")
+        if not np.allclose(batched, np.concatenate(singles), rtol=rtol, atol=atol):
+            return Batching(max_batch_size=0, reason=f"output {name!r} of rows run together and run alone differ "
+                            "(the first axis is not a batch axis)")  # fmt: skip
+    return Batching(
+        max_batch_size=MAX_DECLARED_BATCH,
+        reason=f"verified: {rows} rows run together equal each row run alone (rtol {rtol}, atol {atol})",
+    )
+
+
+def _rows(feeds: dict[str, np.ndarray]) -> int:
+    sizes = {a.shape[0] if a.ndim else -1 for a in feeds.values()}
+    return next(iter(sizes)) if len(sizes) == 1 else -1
 
 
 def build_bundle(
@@ -74,12 +134,14 @@ def build_bundle(
     lineage: Lineage | None = None,
     privacy: PrivacyReport | None = None,
     mirrors: list[str] | None = None,
+    batching: Batching | None = None,
 ) -> tuple[Path, str]:
     """Write a signed bundle archive to ``out``; return (path, bundle digest).
 
     Test vectors are ``test_inputs`` (or two random batches) with the outputs ONNX Runtime gives now.
     A model ONNX Runtime cannot run here (``model_format="tflite"``) comes with its ``io_specs`` and
-    the ``test_outputs`` its own runtime computed for ``test_inputs``. The remaining keywords fill the
+    the ``test_outputs`` its own runtime computed for ``test_inputs``. ``batching`` is what the manifest
+    declares; by default it is verified here (``verify_batching``). The remaining keywords fill the
     manifest's model card (see ``protocol.model_card``).
     """
     if model_format == "onnx" and io_specs is None:
@@ -108,6 +170,11 @@ def build_bundle(
                 outputs={o.name: TensorData.from_array(np.asarray(r)) for o, r in zip(outputs, results, strict=True)},
             )
         )
+    if batching is None:
+        names = [o.name for o in outputs]
+        run = (lambda feeds: dict(zip(names, session.run(names, feeds), strict=True))) if session else None
+        batching = verify_batching(run, inputs, outputs, feeds_list, rtol=rtol, atol=atol)
+    log.info("%s %s: batching %s (%s)", name, version, batching.max_batch_size or "off", batching.reason)
     model_name = "model.onnx" if model_format == "onnx" else f"model.{model_format}"
     manifest = Manifest(
         name=name,
@@ -120,6 +187,7 @@ def build_bundle(
         outputs=outputs,
         files=[FileEntry(name=model_name, sha256=sha256_file(model_path), size=model_path.stat().st_size)],
         test_vectors=vectors,
+        batching=batching,
         rtol=rtol,
         atol=atol,
         parent=parent,

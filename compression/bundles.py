@@ -15,11 +15,12 @@ from pathlib import Path
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edgefleet.compression.builder import build_bundle
+from edgefleet.compression.builder import build_bundle, verify_batching
 from edgefleet.compression.candidates.base import Candidate
 from edgefleet.compression.evaluate import feed_names, fixed_batch, open_runtime_for
 from edgefleet.compression.metrics import Metric
 from edgefleet.compression.source import ReferenceModel
+from edgefleet.protocol.bundle import Batching
 from edgefleet.protocol.model_card import ConfidenceStats, InputStats, Lineage, PreprocessingStep, Recipe
 
 __all__ = ["TOLERANCES", "BundleSpec", "candidate_metrics", "write_bundle"]
@@ -71,8 +72,9 @@ def candidate_metrics(candidate: Candidate, metric: Metric, reference_metric: fl
 
 def write_bundle(
     candidate: Candidate, device_class: str, out: Path, spec: BundleSpec, reference_metric: float
-) -> tuple[Path, str]:
-    """Compute test vectors with the candidate on its runtime, then build and sign its bundle."""
+) -> tuple[Path, str, Batching]:
+    """Compute test vectors with the candidate on its runtime, verify whether it batches, then build and sign
+    its bundle; return its path, digest and declared batching."""
     assert candidate.path is not None and candidate.model_format in ("onnx", "tflite")
     runtime, _ = open_runtime_for(candidate, threads=1)
     mapping = feed_names(runtime, spec.reference.input_names)  # converters may rename inputs
@@ -99,7 +101,11 @@ def write_bundle(
     metadata.update(
         {"candidate": candidate.name, "measured_on": candidate.measured.runtime if candidate.measured else ""}
     )
-    return build_bundle(
+    # Verified on the candidate's own runtime, with the rows the test vectors come from.
+    batching = verify_batching(
+        lambda feeds: runtime.run(feeds, outputs), runtime.inputs, runtime.outputs, test_inputs, rtol=rtol, atol=atol
+    )
+    path, digest = build_bundle(
         candidate.path,
         out,
         name=spec.name,
@@ -122,4 +128,6 @@ def write_bundle(
         recipe=Recipe(technique=candidate.technique, params=dict(candidate.params), tool=candidate.tool),
         metrics=candidate_metrics(candidate, spec.metric, reference_metric),
         lineage=Lineage(parent_version=spec.parent_version, parent_digest=spec.reference.digest),
+        batching=batching,
     )
+    return path, digest, batching

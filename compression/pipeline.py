@@ -186,10 +186,11 @@ def compress(
             if s.chosen is None:
                 continue
             chosen = next(c for c in candidates if c.name == s.chosen)
-            path, digest = write_bundle(
+            path, digest, batching = write_bundle(
                 chosen, s.device_class, out_dir / "bundles" / f"{s.device_class}.bundle", spec, ref_measure.metric
             )
             s.bundle, s.digest = str(path), digest
+            s.batching = f"up to {batching.max_batch_size}" if batching.max_batch_size else f"off: {batching.reason}"
     report = CompressionReport(
         name=name,
         version=version,

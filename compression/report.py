@@ -85,6 +85,7 @@ class CompressionReport:
                     "reason": s.reason,
                     "bundle": s.bundle,
                     "digest": s.digest,
+                    "batching": s.batching,
                     "rejected": s.rejected,
                 }
                 for s in self.selections
@@ -161,11 +162,14 @@ class CompressionReport:
             "",
             "## Per device class",
             "",
-            "| class | hardware | chosen | why | bundle |",
-            "|---|---|---|---|---|",
+            "| class | hardware | chosen | why | bundle | batching |",
+            "|---|---|---|---|---|---|",
         ]
         for s in self.selections:
-            lines.append(f"| {s.device_class} | {s.hardware} | {s.chosen or '-'} | {s.reason} | {s.bundle or '-'} |")
+            lines.append(
+                f"| {s.device_class} | {s.hardware} | {s.chosen or '-'} | {s.reason} | {s.bundle or '-'} "
+                f"| {(s.batching or '-').replace('|', '/')} |"
+            )
         if self.notes:
             lines += ["", "## Notes", ""] + [f"- {note}" for note in self.notes]
         memory = {c.measured.memory_method for c in self.candidates if c.measured}
@@ -181,10 +185,12 @@ class CompressionReport:
             style = None if c.measured else "dim"
             table.add_row(*(escape(cell) for cell in self._cells(c)), style=style)
         console.print(table)
-        classes = Table("class", "hardware", "chosen", "why", "bundle", title="selection per device class")
+        classes = Table("class", "hardware", "chosen", "why", "bundle", "batching", title="selection per device class")
         for s in self.selections:
             chosen = escape(s.chosen) if s.chosen else "[red]none[/red]"
-            classes.add_row(s.device_class, s.hardware, chosen, escape(s.reason), escape(s.bundle or "-"))
+            classes.add_row(
+                s.device_class, s.hardware, chosen, escape(s.reason), escape(s.bundle or "-"), escape(s.batching or "-")
+            )
         console.print(classes)
         for note in self.notes:
             console.print(f"note: {escape(note)}")

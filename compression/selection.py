@@ -37,6 +37,7 @@ class ClassSelection:
     rejected: dict[str, str] = field(default_factory=dict)  # candidate name -> why not
     bundle: str | None = None
     digest: str | None = None
+    batching: str | None = None  # what the bundle declares: "up to N" rows, or "off: why"
 
 
 def class_hardware(device_class: DeviceClass) -> str:

@@ -29,7 +29,9 @@ from edgefleet.protocol.tensors import TensorData, TensorSpec
 __all__ = [
     "MANIFEST_NAME",
     "MAX_BUNDLE_BYTES",
+    "MAX_DECLARED_BATCH",
     "MAX_MANIFEST_BYTES",
+    "Batching",
     "FileEntry",
     "Manifest",
     "SignedManifest",
@@ -72,6 +74,21 @@ class TestVector(BaseModel):
     outputs: dict[str, TensorData]
 
 
+MAX_DECLARED_BATCH = 64  # what a verified model declares; a device class's [batching] may only lower it
+
+
+class Batching(BaseModel):
+    """Whether the model's requests may be concatenated along their first axis and run as one batch (like
+    Triton's ``max_batch_size``): verified when the bundle is built, never guessed from shapes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_batch_size: int = Field(
+        ge=0, le=4096, description="Rows one batch may hold; 0: the model does not batch (each request alone)."
+    )
+    reason: str = Field(default="", max_length=500, description="What was verified, or why the model does not batch.")
+
+
 class Manifest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -88,6 +105,9 @@ class Manifest(BaseModel):
     outputs: list[TensorSpec] = Field(min_length=1)
     files: list[FileEntry] = Field(min_length=1, max_length=MAX_FILES)
     test_vectors: list[TestVector] = Field(default_factory=list, max_length=32)
+    batching: Batching | None = Field(
+        default=None, description="Declared batching; None (a bundle from before it was declared): no batching."
+    )
     rtol: float = Field(default=1e-4, ge=0)
     atol: float = Field(default=1e-5, ge=0)
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))

@@ -184,6 +184,8 @@ def test_bundles_verify_and_pass_their_self_test_in_the_agent(
         assert manifest.metrics["reference.accuracy"] == pytest.approx(reference.measured.metric)  # type: ignore[union-attr]
         assert "reference_vs_candidate.top1_agreement" in manifest.metrics
         assert manifest.test_vectors[0].inputs["input"].shape == [1, 64]
+        assert manifest.batching is not None and manifest.batching.max_batch_size > 1, manifest.batching
+        assert selection.batching == f"up to {manifest.batching.max_batch_size}"
 
 
 def test_report_is_written_as_json_and_markdown(mlp_run: CompressionReport) -> None:
@@ -192,6 +194,8 @@ def test_report_is_written_as_json_and_markdown(mlp_run: CompressionReport) -> N
     assert [s["device_class"] for s in saved["selections"]] == shipped_device_classes()
     markdown = (mlp_run.out_dir / "report.md").read_text()
     assert "| candidate | precision |" in markdown and "## Per device class" in markdown
+    assert all(s["batching"].startswith("up to ") for s in saved["selections"]), saved["selections"]
+    assert "| batching |" in markdown
 
 
 def test_a_tflite_candidate_is_measured_and_bundled_with_litert(tmp_path: Path, keypair: KeyPair) -> None:
@@ -205,7 +209,7 @@ def test_a_tflite_candidate_is_measured_and_bundled_with_litert(tmp_path: Path, 
     spec_x = TensorSpec(name="x", dtype="float32", shape=[None, 4])
     reference = ReferenceModel(model, None, [spec_x], [], "0" * 64, "test asset")
     spec = BundleSpec("affine", "1.0.0", keypair.private_key(), reference, get_metric("cosine"), rows.inputs, {})
-    archive, digest = write_bundle(candidate, "rpi4", tmp_path / "affine.bundle", spec, 1.0)
+    archive, digest, _ = write_bundle(candidate, "rpi4", tmp_path / "affine.bundle", spec, 1.0)
     signed = extract_bundle(archive, tmp_path / "x")
     manifest = verify_manifest(signed, load_trusted_keys([keypair.public]))
     assert manifest.model_format == "tflite" and manifest.model_file == "model.tflite"

@@ -141,7 +141,7 @@ def test_the_export_env_converts_a_cnn_that_litert_runs_like_pytorch(tmp_path: P
     reference = ReferenceModel(tmp_path / "unused.onnx", None, [input_spec], [], report.reference["digest"], "test")
     key = load_private_key(tmp_path / "k.key")
     spec = BundleSpec("digits", "1.0.0", key, reference, get_metric("accuracy"), {"input": data.x_test[:5]}, {})
-    archive, digest = write_bundle(fp32, "rpi4", tmp_path / "digits.bundle", spec, 1.0)
+    archive, digest, _ = write_bundle(fp32, "rpi4", tmp_path / "digits.bundle", spec, 1.0)
     manifest = verify_manifest(extract_bundle(archive, tmp_path / "x"), load_trusted_keys([tmp_path / "k.pub"]))
     loaded = load_model(digest, manifest, tmp_path / "x" / manifest.model_file, chain=["litert"])
     for i in range(len(expected)):

@@ -1,7 +1,10 @@
 """Dynamic micro-batching: concurrent single requests run as one batch through the model.
 
-A request waits for company only while other callers are in flight, and at most ``max_delay``;
-a lone caller runs the model in its own thread and pays neither a batching delay nor a hand-off.
+Only a model whose bundle declares batching (``Manifest.batching``, verified when the bundle was built)
+is batched, and at most to the smaller of its declared size and the device class's ``max_batch_size``:
+a dynamic first dimension alone may be time, not batch. A request waits for company only while other
+callers are in flight, and at most ``max_delay``; a lone caller runs the model in its own thread and
+pays neither a batching delay nor a hand-off.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ class _Request:
     model: LoadedModel
     inputs: dict[str, np.ndarray]
     output_names: list[str] | None
+    limit: int  # rows a batch of this model may hold here
     future: Future[Outputs] = field(default_factory=Future)
 
     def key(self) -> tuple[object, ...]:
@@ -45,6 +49,7 @@ class _Request:
 class BatchStats:
     batches: int = 0
     requests: int = 0
+    max_rows: int = 0  # the most rows one batch held
 
     @property
     def mean_batch(self) -> float:
@@ -67,7 +72,8 @@ class MicroBatcher:
         self, model: LoadedModel, inputs: dict[str, np.ndarray], output_names: list[str] | None = None
     ) -> Outputs:
         """Run through a shared batch when the model and the inputs allow it; raise what predict raises."""
-        if self.max_batch_size <= 1 or not _batchable(model, inputs):
+        limit = self.limit(model)
+        if limit <= 1 or not _batchable(model, inputs):
             return model.predict(inputs, output_names)
         with self._lock:
             self._in_flight += 1
@@ -79,7 +85,7 @@ class MicroBatcher:
         try:
             if alone:  # nobody to batch with: run in the caller's thread, without a hand-off
                 return model.predict(inputs, output_names)
-            request = _Request(model, inputs, output_names)
+            request = _Request(model, inputs, output_names, limit)
             self._queue.put(request)
             return request.future.result()
         finally:
@@ -87,6 +93,11 @@ class MicroBatcher:
                 self._in_flight -= 1
                 if alone:
                     self._inline -= 1
+
+    def limit(self, model: LoadedModel) -> int:
+        """Rows one batch of ``model`` may hold: what its bundle declares, lowered by this device class's."""
+        declared = model.manifest.batching
+        return min(self.max_batch_size, declared.max_batch_size) if declared is not None else 1
 
     def close(self) -> None:
         self._queue.put(None)
@@ -100,7 +111,7 @@ class MicroBatcher:
             batch = [first]
             rows = first.rows
             deadline = time.monotonic() + self.max_delay_s
-            while rows < self.max_batch_size:
+            while rows < first.limit:
                 try:
                     item = self._queue.get_nowait()
                 except queue.Empty:
@@ -116,6 +127,9 @@ class MicroBatcher:
                 if item is None:
                     self._queue.put(None)  # let the loop end after this batch
                     break
+                if item.model is not first.model or rows + item.rows > first.limit:
+                    self._run([item])  # another model, or too many rows: on its own, not held back
+                    continue
                 batch.append(item)
                 rows += item.rows
             self._run(batch)
@@ -128,6 +142,7 @@ class MicroBatcher:
             with self._lock:
                 self.stats.batches += 1
                 self.stats.requests += len(group)
+                self.stats.max_rows = max(self.stats.max_rows, sum(r.rows for r in group))
             if len(group) == 1:
                 _settle(group[0])
                 continue
@@ -158,7 +173,7 @@ def _settle(request: _Request) -> None:
 
 
 def _batchable(model: LoadedModel, inputs: dict[str, np.ndarray]) -> bool:
-    """Every input and output has a dynamic first dimension, and all inputs agree on it."""
+    """The request's inputs agree on their first dimension, and the manifest's shapes have it dynamic."""
     if not inputs or any(s.shape[:1] != [None] for s in model.inputs + model.outputs):
         return False
     sizes = {a.shape[0] if a.ndim else -1 for a in inputs.values()}

@@ -167,7 +167,7 @@ class IngestLink:
             return proc.wait()
 
 
-def _settings(broker: BrokerConfig, share_group: str | None) -> BrokerSettings:
+def _settings(broker: BrokerConfig, share_group: str | None = None) -> BrokerSettings:
     """The receiver's share of the broker config; the password file is read anew at every start."""
     return BrokerSettings(
         url=broker.url, host=broker.host, port=broker.port, keepalive_s=broker.keepalive_s,

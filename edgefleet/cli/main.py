@@ -10,6 +10,7 @@ from edgefleet.cli.campaign import app as campaign_app
 from edgefleet.cli.compress import compress_command
 from edgefleet.cli.coordinator import app as coordinator_app
 from edgefleet.cli.rollout import app as rollout_app
+from edgefleet.cli.simulate import simulate_command
 from edgefleet.common.exit_codes import HELP
 
 app = typer.Typer(
@@ -39,6 +40,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(rollout_app, name="rollout")
 app.add_typer(campaign_app, name="campaign")
 app.command("compress")(compress_command)
+app.command("simulate")(simulate_command)
 
 
 @app.command()
