@@ -16,6 +16,7 @@ from edgefleet.protocol import histogram
 from edgefleet.protocol.errors import InvalidMessage, describe_errors
 
 __all__ = [
+    "CLIENT_ERROR_KINDS",
     "MAX_CHUNK_BYTES",
     "MAX_CONTROL_BYTES",
     "MAX_ERROR_KINDS",
@@ -57,6 +58,9 @@ MAX_CORES = 4096
 MAX_PSI = 1_000.0  # PSI of fully disjoint distributions over the agent's bins stays far below this
 MAX_PUBLIC_KEY_CHARS = 1024  # a P-521 public key in PEM is ~270 characters
 ErrorKind = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+# Failed requests that are the caller's doing (a tensor the model refuses, too many requests at once): listed in
+# errors_by_kind, left out of error_count, so that they never count against a bundle in rollout gates and alerts.
+CLIENT_ERROR_KINDS = frozenset({"invalid_argument", "resource_exhausted"})
 
 
 def _now() -> datetime:
@@ -198,7 +202,9 @@ class Telemetry(Message):
     runtime: str | None = None
     runtime_skipped: list[str] = Field(default_factory=list)
     inference_count: int = Field(ge=0, le=MAX_WINDOW_COUNT)
-    error_count: int = Field(ge=0, le=MAX_WINDOW_COUNT)
+    error_count: int = Field(
+        ge=0, le=MAX_WINDOW_COUNT, description="Requests that failed on the device's side (client errors left out)."
+    )
     latency_ms_mean: float | None = Field(default=None, ge=0, le=MAX_LATENCY_MS)
     latency_ms_p50: float | None = Field(default=None, ge=0, le=MAX_LATENCY_MS)
     latency_ms_p95: float | None = Field(default=None, ge=0, le=MAX_LATENCY_MS)
@@ -214,7 +220,8 @@ class Telemetry(Message):
     errors_by_kind: dict[ErrorKind, Annotated[int, Field(ge=0)]] = Field(
         default_factory=dict,
         max_length=MAX_ERROR_KINDS,
-        description="Failed requests per kind (e.g. invalid_argument, unavailable, runtime); adds up to error_count.",
+        description="Failed requests per kind (e.g. invalid_argument, unavailable, runtime); the kinds that are not "
+        "client errors (CLIENT_ERROR_KINDS) add up to error_count.",
     )
 
     @field_validator(
@@ -232,8 +239,10 @@ class Telemetry(Message):
         # integers): a histogram of more requests than were served, or more errors by kind than errors, is no report.
         if sum(self.latency_histogram.values()) > self.inference_count:
             raise ValueError("latency_histogram counts more requests than inference_count")
-        if sum(self.errors_by_kind.values()) > self.error_count:
+        if sum(n for k, n in self.errors_by_kind.items() if k not in CLIENT_ERROR_KINDS) > self.error_count:
             raise ValueError("errors_by_kind counts more failures than error_count")
+        if any(n > MAX_WINDOW_COUNT for n in self.errors_by_kind.values()):
+            raise ValueError(f"errors_by_kind counts more than {MAX_WINDOW_COUNT} failures of one kind")
         return self
 
     disk_free_bytes: int | None = Field(

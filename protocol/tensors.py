@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import math
 from typing import Annotated
 
 import numpy as np
@@ -13,6 +14,7 @@ from edgefleet.protocol.grpc_gen import inference_pb2
 
 __all__ = [
     "DTYPES",
+    "MAX_ELEMENTS",
     "TensorData",
     "TensorSpec",
     "array_from_bytes",
@@ -22,6 +24,8 @@ __all__ = [
     "tensor_from_proto",
     "tensor_to_proto",
 ]
+
+MAX_ELEMENTS = 2**62  # elements of one tensor: any more overflow the 64-bit sizes runtimes compute with
 
 # numpy dtype names that the wire contract accepts; all little-endian.
 DTYPES = (
@@ -127,7 +131,10 @@ def array_from_bytes(raw: bytes, dtype: str, shape: list[int]) -> np.ndarray:
     np_dtype = np.dtype(dtype).newbyteorder("<")
     if any(d < 0 for d in shape):
         raise ProtocolError(f"negative dimension in shape {shape}")
-    expected = int(np.prod(shape, dtype=np.int64)) * np_dtype.itemsize
+    elements = math.prod(shape)  # Python integers: numpy's int64 product wraps around (2**62 x 4 is 0)
+    if elements > MAX_ELEMENTS:
+        raise ProtocolError(f"shape {shape} has {elements} elements; at most {MAX_ELEMENTS} can be held")
+    expected = elements * np_dtype.itemsize
     if len(raw) != expected:
         raise ProtocolError(f"tensor of dtype {dtype} and shape {shape} needs {expected} bytes, got {len(raw)}")
     return np.frombuffer(raw, dtype=np_dtype).reshape(shape).astype(np.dtype(dtype), copy=False)

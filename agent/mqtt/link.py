@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import paho.mqtt.client as mqtt
 
 from edgefleet.agent.mqtt.commands import CommandVerifier
-from edgefleet.common.mqtt import BrokerConfig, make_client
+from edgefleet.common.mqtt import BrokerConfig, ConnectTrouble, make_client
 from edgefleet.protocol.errors import ProtocolError
 from edgefleet.protocol.messages import (
     Availability,
@@ -111,6 +111,8 @@ class AgentLink:
             retain=True,
         )
         self.client.on_connect = self._on_connect
+        self.trouble = ConnectTrouble(broker, log)
+        self.client.on_connect_fail = lambda _c, _ud: self.trouble.failed()
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
 
@@ -146,8 +148,9 @@ class AgentLink:
     # -- paho callbacks (network thread) -------------------------------------------------
     def _on_connect(self, client: mqtt.Client, _ud: Any, _flags: Any, reason: Any, _props: Any) -> None:
         if reason.is_failure:
-            log.error("broker %s refused the connection: %s", self.broker.url, reason)
+            self.trouble.failed(refused=str(reason))
             return
+        self.trouble.connected()
         log.info("connected to %s as %s", self.broker.url, self.device_id)
         self.gate.reconnected()
         self.connected.set()

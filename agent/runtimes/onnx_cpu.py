@@ -7,7 +7,9 @@ from typing import ClassVar
 
 import numpy as np
 import onnxruntime as ort
+from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 
+from edgefleet.agent.errors import InputError
 from edgefleet.agent.runtimes.base import Runtime, RuntimeOptions, register_runtime
 from edgefleet.protocol.tensors import TensorSpec, onnx_type_to_dtype
 
@@ -48,8 +50,17 @@ class OnnxRuntimeBase(Runtime):
         return self._outputs
 
     def run(self, feeds: dict[str, np.ndarray], output_names: list[str]) -> dict[str, np.ndarray]:
-        results = self.session.run(output_names, feeds)
+        try:
+            results = self.session.run(output_names, feeds)
+        except InvalidArgument as exc:  # the input fits the signature, not the model (an index out of range)
+            raise InputError(f"the model refused the input: {_status_message(exc)}") from None
         return {name: np.asarray(value) for name, value in zip(output_names, results, strict=True)}
+
+
+def _status_message(exc: Exception) -> str:
+    """ONNX Runtime's own reason, without its "[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : ..." prefix."""
+    text = str(exc)
+    return text.split("Status Message: ", 1)[-1] if "Status Message: " in text else text.rsplit(" : ", 1)[-1]
 
 
 @register_runtime("onnxruntime-cpu", formats=frozenset({"onnx"}))

@@ -109,14 +109,15 @@ class LoadedModel:
                 if got[name].shape != want.shape or not np.allclose(
                     got[name], want, rtol=self.manifest.rtol, atol=self.manifest.atol
                 ):
-                    err = (
-                        float(np.max(np.abs(got[name].astype(np.float64) - want)))
-                        if got[name].shape == want.shape
-                        else None
-                    )
+                    if got[name].shape != want.shape:
+                        raise ActivationError(
+                            f"test vector {i}, output {name!r}: shape {list(got[name].shape)} "
+                            f"({got[name].dtype}), the manifest's is {list(want.shape)} ({want.dtype})"
+                        )
+                    err = float(np.max(np.abs(got[name].astype(np.float64) - want), initial=0.0))
                     raise ActivationError(
-                        f"test vector {i}, output {name!r}: result differs from the manifest "
-                        f"(max abs error {err}, rtol {self.manifest.rtol}, atol {self.manifest.atol})"
+                        f"test vector {i}, output {name!r} of shape {list(want.shape)}: result differs from the "
+                        f"manifest (max abs error {err}, rtol {self.manifest.rtol}, atol {self.manifest.atol})"
                     )
 
 

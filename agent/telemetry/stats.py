@@ -13,7 +13,7 @@ import numpy as np
 import psutil
 
 from edgefleet.protocol import histogram
-from edgefleet.protocol.messages import MAX_ERROR_KINDS, Telemetry
+from edgefleet.protocol.messages import CLIENT_ERROR_KINDS, MAX_ERROR_KINDS, Telemetry
 
 __all__ = ["OTHER_ERROR_KIND", "InferenceStats", "disk_usage", "soc_temperature_c"]
 
@@ -122,7 +122,7 @@ class InferenceStats:
             runtime=runtime,
             runtime_skipped=skipped or [],
             inference_count=count,
-            error_count=errors.total(),
+            error_count=sum(n for kind, n in errors.items() if kind not in CLIENT_ERROR_KINDS),
             errors_by_kind=dict(errors),
             latency_ms_mean=None if lat is None else float(lat.mean()),
             latency_ms_p50=p50,

@@ -14,7 +14,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from prometheus_client import Counter
 
-from edgefleet.common.mqtt import BrokerConfig, make_client
+from edgefleet.common.mqtt import BrokerConfig, ConnectTrouble, make_client
 from edgefleet.coordinator.errors import NotFound
 from edgefleet.coordinator.registry.artifacts import Registry
 from edgefleet.coordinator.store import FleetStore
@@ -84,6 +84,8 @@ class CoordinatorLink:
         # Devices send their outbox only while this says "online" (see protocol.topics.COORDINATOR_STATUS).
         self.client.will_set(COORDINATOR_STATUS, CoordinatorStatus(state="offline").to_bytes(), qos=1, retain=True)
         self.client.on_connect = self._on_connect
+        self.trouble = ConnectTrouble(broker, log)
+        self.client.on_connect_fail = lambda _c, _ud: self.trouble.failed()
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
         self.client.on_subscribe = self._on_subscribe
@@ -126,8 +128,9 @@ class CoordinatorLink:
     # -- paho callbacks (network thread) -------------------------------------------------
     def _on_connect(self, client: mqtt.Client, _ud: Any, _flags: Any, reason: Any, _props: Any) -> None:
         if reason.is_failure:
-            log.error("broker %s refused the coordinator: %s", self.broker.url, reason)
+            self.trouble.failed(refused=str(reason))
             return
+        self.trouble.connected()
         telemetry, chunks = channel_subscription(Channel.TELEMETRY), channel_subscription(Channel.CHUNK_REQUESTS)
         subscriptions = [
             (shared_subscription(t, self.share_group) if t == chunks else t, 1)

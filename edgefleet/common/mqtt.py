@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+import math
 import random
 import socket
 import ssl
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -15,7 +18,7 @@ from pydantic import Field, field_validator
 
 from edgefleet.common.settings import StrictModel
 
-__all__ = ["BrokerConfig", "make_client"]
+__all__ = ["BrokerConfig", "ConnectTrouble", "diagnose", "make_client"]
 
 
 class BrokerConfig(StrictModel):
@@ -78,3 +81,52 @@ def make_client(broker: BrokerConfig, client_id: str, *, clean_session: bool) ->
     # fleet's reconnects out after a broker restart instead of having them arrive in lockstep.
     client.reconnect_delay_set(min_delay=random.uniform(1.0, 3.0), max_delay=60)  # type: ignore[arg-type]
     return client
+
+
+def diagnose(broker: BrokerConfig, *, timeout_s: float = 3.0) -> str:
+    """Why the broker cannot be reached, in words: the name does not resolve, the port refuses or does not
+    answer, or the TLS handshake fails. paho's retry loop swallows its own exception, so this tries again."""
+    where = f"{broker.host}:{broker.port}"
+    try:
+        addresses = socket.getaddrinfo(broker.host, broker.port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        return f"cannot resolve {broker.host!r}: {exc.strerror or exc}"
+    try:
+        sock = socket.create_connection((str(addresses[0][4][0]), broker.port), timeout=timeout_s)
+    except OSError as exc:
+        return f"cannot connect to {where}: {exc.strerror or exc}"
+    with sock:
+        if not broker.tls:
+            return f"{where} accepts TCP connections, but the MQTT connection did not come up"
+        context = ssl.create_default_context(cafile=str(broker.ca_file) if broker.ca_file else None)
+        try:
+            with context.wrap_socket(sock, server_hostname=broker.host):
+                return f"{where}: the TLS handshake succeeds, but the MQTT connection did not come up"
+        except (ssl.SSLError, OSError) as exc:
+            return f"TLS handshake with {where} failed: {exc}"
+
+
+class ConnectTrouble:
+    """Logs why a client cannot reach its broker: at the first failure, then at most every ``every_s`` with
+    how many attempts failed meanwhile, and once when it connects again; quiet otherwise."""
+
+    def __init__(self, broker: BrokerConfig, log: logging.Logger, *, every_s: float = 60.0) -> None:
+        self.broker, self.log, self.every_s = broker, log, every_s
+        self.failures = 0
+        self._last_logged = -math.inf
+
+    def failed(self, refused: str | None = None) -> None:
+        """One failed attempt; ``refused``: the broker's own answer (a CONNACK reason), else it is diagnosed."""
+        self.failures += 1
+        now = time.monotonic()
+        if now - self._last_logged < self.every_s:
+            return
+        self._last_logged = now
+        reason = f"the broker refused the connection: {refused}" if refused else diagnose(self.broker)
+        attempts = "" if self.failures == 1 else f" ({self.failures} failed attempts so far)"
+        self.log.error("cannot connect to broker %s: %s%s; retrying", self.broker.url, reason, attempts)
+
+    def connected(self) -> None:
+        if self.failures:
+            self.log.info("connected to broker %s after %d failed attempts", self.broker.url, self.failures)
+        self.failures, self._last_logged = 0, -math.inf
