@@ -6,8 +6,11 @@ Only the standard library speaks HTTP, so a core install can enroll.
 
 from __future__ import annotations
 
+import grp
 import json
 import os
+import pwd
+import re
 import ssl
 import urllib.error
 import urllib.request
@@ -23,11 +26,19 @@ from edgefleet.protocol.enrollment import ENROLL_PATH, EnrollRequest, EnrollResp
 from edgefleet.protocol.signing import key_id, load_public_key
 
 __all__ = [
+    "PACKAGED_SOCKET",
+    "SERVICE_USER",
     "EnrollmentError",
+    "ServiceUser",
     "enrolled_files",
+    "is_placeholder_config",
+    "replaceable_files",
     "request_enrollment",
     "write_agent_config",
 ]
+
+SERVICE_USER = "edgefleet"  # the packaged unit's User= and Group=
+PACKAGED_SOCKET = Path("/run/edgefleet/agent.sock")  # in the unit's RuntimeDirectory=
 
 class EnrollmentError(AgentError):
     """Enrollment failed; ``status`` is the coordinator's HTTP status, None when it was not reached."""
@@ -81,6 +92,45 @@ def enrolled_files(out: Path) -> list[Path]:
     return [out, out.parent / "broker.pass"]
 
 
+def is_placeholder_config(path: Path) -> bool:
+    """Whether ``path`` is the example config the package ships (its device id still ``"<device-id>"``):
+    no device's identity, so enrollment may write over it."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return False
+    return re.search(r'^\s*device_id\s*=\s*"<[^"]*>"', text, re.MULTILINE) is not None
+
+
+def replaceable_files(out: Path) -> list[Path]:
+    """Of ``enrolled_files(out)``, those that exist and hold an identity (enrollment would replace them)."""
+    if is_placeholder_config(out):
+        return []
+    return [p for p in enrolled_files(out) if p.exists()]
+
+
+class ServiceUser:
+    """The user (and its group) the agent runs as; the files it must read are made readable to its group."""
+
+    def __init__(self, name: str) -> None:
+        try:
+            entry = pwd.getpwnam(name)
+        except KeyError:
+            raise EnrollmentError(f"no user {name!r} on this system (the agent's service user)") from None
+        self.name, self.uid, self.gid = name, entry.pw_uid, entry.pw_gid
+        self.group = grp.getgrgid(self.gid).gr_name
+
+    @classmethod
+    def packaged(cls) -> ServiceUser | None:
+        """The package's service user, when it exists and this runs as root (the packaged install)."""
+        if os.geteuid() != 0:
+            return None
+        try:
+            return cls(SERVICE_USER)
+        except EnrollmentError:
+            return None
+
+
 def _write(path: Path, text: str, mode: int) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     with os.fdopen(fd, "w") as fh:
@@ -99,18 +149,30 @@ def _pem_files(folder: Path, kind: str, pems: list[str]) -> list[str]:
 
 
 def write_agent_config(
-    response: EnrollResponse, *, out: Path, data_dir: Path, broker_url: str | None = None
+    response: EnrollResponse,
+    *,
+    out: Path,
+    data_dir: Path,
+    broker_url: str | None = None,
+    service_user: ServiceUser | None = None,
+    socket: Path | None = None,
 ) -> AgentConfig:
-    """Write the broker password (0600), the keys as PEM files beside ``out``, then ``out`` itself.
+    """Write the broker password, the keys as PEM files beside ``out``, then ``out`` itself.
 
-    Paths in the config are relative to its folder except ``data_dir``. The config is validated
-    exactly as ``edgefleet agent validate-config`` does before it is written; ConfigError if not.
+    The password file is 0600 for the user writing it; with ``service_user`` (the agent runs as another
+    user, as the packaged unit does) it is 0640 in that user's group, and ``data_dir`` belongs to that user
+    (0700). ``socket`` is the local API's socket (``[api] socket``). Paths in the config are relative to its
+    folder except ``data_dir`` and ``socket``. The config is validated exactly as ``edgefleet agent
+    validate-config`` does before it is written; ConfigError if not.
     """
     folder = out.resolve().parent
     folder.mkdir(parents=True, exist_ok=True)
     broker: dict[str, Any] = {"url": broker_url or response.broker.url, "username": response.broker.username}
     if response.broker.password is not None:
-        _write(folder / "broker.pass", response.broker.password + "\n", 0o600)
+        secret = folder / "broker.pass"
+        _write(secret, response.broker.password + "\n", 0o640 if service_user else 0o600)
+        if service_user is not None:
+            os.chown(secret, -1, service_user.gid)
         broker["password_file"] = "broker.pass"
     if response.broker.ca_pem:
         _write(folder / "broker-ca.pem", response.broker.ca_pem, 0o644)
@@ -126,9 +188,14 @@ def write_agent_config(
     if "command_keys" in AgentConfig.model_fields:
         raw["command_keys"] = command_keys
     raw["broker"] = broker
+    if socket is not None:
+        raw["api"] = {"socket": str(socket)}
     config = parse_config(raw, source=str(out), base=folder)
     load_device_class(config.device_class)
     data_dir.mkdir(parents=True, exist_ok=True)
+    if service_user is not None:
+        os.chown(data_dir, service_user.uid, service_user.gid)
+        data_dir.chmod(0o700)
     _write(out, _toml(raw), 0o644)
     return config
 

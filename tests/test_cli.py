@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from edgefleet.cli.main import app
 from edgefleet.common.exit_codes import ExitCode
+from edgefleet.protocol.signing import generate_keypair
 from tests.conftest import DigitsModels
 
 runner = CliRunner()
@@ -62,7 +63,14 @@ def test_validate_config_prints_each_problem_and_exits_3(tmp_path: Path) -> None
     assert result.exit_code == ExitCode.CONFIG_INVALID and "unknown device class 'rpi9'" in result.output
     path.write_text('device_id = "pi-1"\ndevice_class = "rpi4"\ndata_dir = "d"\ntrusted_keys = ["k.pub"]\n')
     result = runner.invoke(app, ["agent", "validate-config", str(path)])
-    assert result.exit_code == 0 and "device class rpi4" in result.output
+    assert result.exit_code == ExitCode.CONFIG_INVALID
+    assert f"trusted key {tmp_path / 'k.pub'}: no such file" in result.output
+    (tmp_path / "k.pub").write_text("not a key")
+    result = runner.invoke(app, ["agent", "validate-config", str(path)])
+    assert result.exit_code == ExitCode.CONFIG_INVALID and f"trusted key {tmp_path / 'k.pub'}:" in result.output
+    (tmp_path / "k.pub").write_bytes(generate_keypair()[1])
+    result = runner.invoke(app, ["agent", "validate-config", str(path)])
+    assert result.exit_code == 0 and "device class rpi4" in result.output, result.output
 
 
 def test_the_console_script_runs_as_a_module() -> None:

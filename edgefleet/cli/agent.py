@@ -32,11 +32,24 @@ def run(config: Path = typer.Option(..., "--config", "-c", help="Agent config fi
 
 
 @app.command("validate-config")
-def validate_config(path: Path = typer.Argument(..., help="Agent config file (TOML).")) -> None:
-    """Check a config file; print each problem with its key path, value and reason.
+def validate_config(
+    path: Path = typer.Argument(..., help="Agent config file (TOML)."),
+    as_user: str | None = typer.Option(
+        None, "--as-user", help="Check the files as the user the agent runs as (the packaged unit's: edgefleet)."
+    ),
+) -> None:
+    """Check a config file and what the agent needs at start: each file it names exists and is readable by the
+    user it runs as, the keys parse, the data dir and the socket's folder are writable. Prints each problem
+    with its key path, value and reason; exits 3 on any.
 
-    Example: edgefleet agent validate-config agent.toml
+    Example: edgefleet agent validate-config /etc/edgefleet/agent.toml --as-user edgefleet
     """
+    from edgefleet.agent.preflight import Account, startup_problems
+
+    try:
+        account = Account.named(as_user) if as_user else Account.current()
+    except KeyError:
+        fail(f"no user {as_user!r} on this system", ExitCode.USAGE)
     try:
         config = load_config(path)
         device_class = load_device_class(config.device_class, config.device_class_dir or CONFIG_DIR)
@@ -44,7 +57,12 @@ def validate_config(path: Path = typer.Argument(..., help="Agent config file (TO
         for problem in exc.problems:
             typer.echo(f"{exc.path}: {problem}", err=True)
         raise typer.Exit(int(ExitCode.CONFIG_INVALID)) from None
-    typer.echo(f"{path}: ok (device class {device_class.name}: {device_class.description})")
+    problems = startup_problems(config, account)
+    for problem in problems:
+        typer.echo(f"{path}: {problem}", err=True)
+    if problems:
+        raise typer.Exit(int(ExitCode.CONFIG_INVALID))
+    typer.echo(f"{path}: ok for {account.name} (device class {device_class.name}: {device_class.description})")
 
 
 @app.command()
@@ -61,18 +79,44 @@ def enroll(
         None, "--coordinator-ca", exists=True, dir_okay=False, help="CA bundle for an https coordinator."
     ),
     force: bool = typer.Option(False, "--force", help="Replace an existing config and password file."),
+    service_user: str | None = typer.Option(
+        None, "--service-user",
+        help="User the agent runs as: the password file becomes readable to its group, the data dir its own. "
+        "Default, as root: edgefleet when that user exists (the packaged unit's).",
+    ),
+    socket: Path | None = typer.Option(
+        None, "--socket",
+        help="The local API's socket ([api] socket). Default with a service user: /run/edgefleet/agent.sock "
+        "(the unit's RuntimeDirectory).",
+    ),
     fmt: Format = FormatOption,
 ) -> None:
     """Exchange an enrollment token for a device identity and write a complete agent config.
 
+    The package's example config (device_id still "<device-id>") is replaced without --force. Run as root
+    on a packaged device, the files are made for the unit's user edgefleet.
+
     Example: edgefleet agent enroll --coordinator http://fleet:8080 --token efe_...
     --data-dir /var/lib/edgefleet --out /etc/edgefleet/agent.toml
     """
-    from edgefleet.agent.enrollment import EnrollmentError, enrolled_files, request_enrollment, write_agent_config
+    from edgefleet.agent.enrollment import (
+        PACKAGED_SOCKET,
+        EnrollmentError,
+        ServiceUser,
+        replaceable_files,
+        request_enrollment,
+        write_agent_config,
+    )
 
-    existing = [p for p in enrolled_files(out) if p.exists()]
+    existing = replaceable_files(out)
     if existing and not force:  # checked before the token is spent
         fail(f"{', '.join(map(str, existing))} exist(s); pass --force to replace", ExitCode.USAGE)
+    try:
+        user = ServiceUser(service_user) if service_user else ServiceUser.packaged()
+    except EnrollmentError as exc:
+        fail(exc.reason, ExitCode.USAGE)
+    if socket is None and user is not None:
+        socket = PACKAGED_SOCKET
     try:
         response = request_enrollment(coordinator, token, device_id=device_id, ca_file=coordinator_ca)
     except EnrollmentError as exc:
@@ -80,7 +124,9 @@ def enroll(
             fail(exc.reason, ExitCode.UNREACHABLE)
         fail(f"enrollment refused ({exc.status}): {exc.reason}", ExitCode.ERROR)
     try:
-        config = write_agent_config(response, out=out, data_dir=data_dir, broker_url=broker_url)
+        config = write_agent_config(
+            response, out=out, data_dir=data_dir, broker_url=broker_url, service_user=user, socket=socket
+        )
     except (ConfigError, ProtocolError, OSError) as exc:
         # The token is spent by now; the device id tells the operator which identity to revoke.
         fail(
@@ -98,6 +144,8 @@ def enroll(
             "broker": config.broker.url,
             "broker_auth": "managed" if response.broker.managed else "unmanaged",
             "command_keys": len(response.command_keys),
+            "service_user": user.name if user else None,
+            "socket": str(config.socket_path),
         },
         fmt,
     )
