@@ -263,6 +263,7 @@ class Agent:
             chain=self.device_class.runtime.chain,
             options=self.runtime_options,
             drift_window=self.config.drift.window,
+            locate=lambda entry: self.store.blob_path(entry.sha256),
         )
 
     def _activate(self, model: LoadedModel, revision: int | None) -> None:

@@ -167,8 +167,10 @@ def main() -> None:
                 held_s = time.monotonic() - hold_from
                 raw_rate = (raw.count - raw_at_hold) / held_s
                 stored_rate = (_stored(fleet) - stored_at_hold) / held_s
-                wait_until(lambda: _stored(fleet) >= raw.count * 0.999, timeout=60, interval=1, what="backlog drained")
+                with contextlib.suppress(TimeoutError):  # what did not drain is reported, not raised
+                    wait_until(lambda: _stored(fleet) >= raw.count * 0.999, timeout=60, interval=1, what="drained")
                 stored_total, raw_total = _stored(fleet), raw.count
+                refused = {name: _metric(fleet, name) for name in ("dropped", "duplicates")}
             finally:
                 sim.terminate()
                 out, _ = sim.communicate(timeout=60)
@@ -183,7 +185,8 @@ def main() -> None:
     print(f"rollout {args.waves} -> {done['status']} in {converge:.1f} s; waves: {', '.join(verdicts)}")
     print(
         f"telemetry held {held_s:.0f} s: coordinator stored {stored_rate:.1f}/s, raw subscriber got {raw_rate:.1f}/s "
-        f"(ratio {stored_rate / max(raw_rate, 1e-9):.2f}); in all stored {stored_total} of {raw_total} delivered"
+        f"(ratio {stored_rate / max(raw_rate, 1e-9):.2f}); in all stored {stored_total} of {raw_total} delivered "
+        f"(dropped {refused['dropped']}, duplicates {refused['duplicates']})"
     )
     print(
         f"coordinator: {cores:.2f} cores on average, peak RSS {rss / 2**20:.0f} MiB; broker peak RSS "
@@ -194,11 +197,16 @@ def main() -> None:
 
 
 def _stored(fleet: LocalFleet) -> int:
-    text = fleet.http.get("/metrics").text
-    for line in text.splitlines():
-        if line.startswith("edgefleet_telemetry_reports_stored "):
-            return int(float(line.split()[1]))
-    return 0
+    return _metric(fleet, "reports_stored")
+
+
+def _metric(fleet: LocalFleet, name: str) -> int:
+    """The sum of edgefleet_telemetry_NAME over its labels, from the coordinator's /metrics."""
+    total = 0.0
+    for line in fleet.http.get("/metrics").text.splitlines():
+        if line.startswith(f"edgefleet_telemetry_{name} ") or line.startswith(f"edgefleet_telemetry_{name}{{"):
+            total += float(line.rsplit(" ", 1)[1])
+    return int(total)
 
 
 if __name__ == "__main__":

@@ -17,15 +17,20 @@ import onnxruntime as ort
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edgefleet.protocol.bundle import (
+    INLINE_VECTOR_BYTES,
     MAX_DECLARED_BATCH,
+    MAX_MANIFEST_BYTES,
     Batching,
     FileEntry,
     Manifest,
+    StoredTestVector,
     TestVector,
     pack_bundle,
     sha256_file,
     sign_manifest,
+    store_test_vector,
 )
+from edgefleet.protocol.errors import BundleError
 from edgefleet.protocol.model_card import ConfidenceStats, InputStats, Lineage, PreprocessingStep, PrivacyReport, Recipe
 from edgefleet.protocol.tensors import TensorData, TensorSpec, onnx_type_to_dtype
 
@@ -107,6 +112,23 @@ def _rows(feeds: dict[str, np.ndarray]) -> int:
     return next(iter(sizes)) if len(sizes) == 1 else -1
 
 
+def _test_vectors(
+    feeds_list: list[dict[str, np.ndarray]], results_list: list[dict[str, np.ndarray]], staging: Path
+) -> tuple[list[TestVector], list[StoredTestVector]]:
+    """Small vectors inline in the manifest; one over INLINE_VECTOR_BYTES as a file written to ``staging``, so
+    that the signed manifest stays small whatever the size of the model's inputs (a 640x640 detector)."""
+    inline: list[TestVector] = []
+    stored: list[StoredTestVector] = []
+    for feeds, results in zip(feeds_list, results_list, strict=True):
+        if sum(np.asarray(a).nbytes for a in [*feeds.values(), *results.values()]) <= INLINE_VECTOR_BYTES:
+            inputs = {k: TensorData.from_array(np.asarray(v)) for k, v in feeds.items()}
+            inline.append(TestVector(inputs=inputs, outputs={k: TensorData.from_array(v) for k, v in results.items()}))
+        else:
+            name = f"test-vector-{len(stored)}.bin"
+            stored.append(store_test_vector(feeds, results, staging / name, name))
+    return inline, stored
+
+
 def build_bundle(
     model_path: Path,
     out: Path,
@@ -156,56 +178,59 @@ def build_bundle(
     feeds_list = test_inputs if test_inputs is not None else [sample_inputs(inputs, rng) for _ in range(2)]
     if test_outputs is not None and len(test_outputs) != len(feeds_list):
         raise ValueError(f"{len(test_outputs)} test outputs for {len(feeds_list)} test inputs")
-    vectors = []
+    results_list = []
     for i, feeds in enumerate(feeds_list):
         if test_outputs is not None:
-            results = [test_outputs[i][o.name] for o in outputs]
+            results_list.append({o.name: np.asarray(test_outputs[i][o.name]) for o in outputs})
         elif session is not None:
-            results = session.run([o.name for o in outputs], feeds)
+            names = [o.name for o in outputs]
+            results_list.append(dict(zip(names, map(np.asarray, session.run(names, feeds)), strict=True)))
         else:
             raise ValueError(f"a {model_format} model needs test_outputs")
-        vectors.append(
-            TestVector(
-                inputs={k: TensorData.from_array(v) for k, v in feeds.items()},
-                outputs={o.name: TensorData.from_array(np.asarray(r)) for o, r in zip(outputs, results, strict=True)},
-            )
-        )
     if batching is None:
         names = [o.name for o in outputs]
         run = (lambda feeds: dict(zip(names, session.run(names, feeds), strict=True))) if session else None
         batching = verify_batching(run, inputs, outputs, feeds_list, rtol=rtol, atol=atol)
     log.info("%s %s: batching %s (%s)", name, version, batching.max_batch_size or "off", batching.reason)
     model_name = "model.onnx" if model_format == "onnx" else f"model.{model_format}"
-    manifest = Manifest(
-        name=name,
-        version=version,
-        device_class=device_class,
-        model_format=model_format,
-        precision=precision,
-        model_file=model_name,
-        inputs=inputs,
-        outputs=outputs,
-        files=[FileEntry(name=model_name, sha256=sha256_file(model_path), size=model_path.stat().st_size)],
-        test_vectors=vectors,
-        batching=batching,
-        rtol=rtol,
-        atol=atol,
-        parent=parent,
-        metadata=metadata or {},
-        labels=labels,
-        preprocessing=preprocessing or [],
-        reference_stats=reference_stats or {},
-        reference_confidence=reference_confidence,
-        recipe=recipe,
-        metrics=metrics or {},
-        lineage=lineage,
-        privacy=privacy,
-        mirrors=mirrors or [],
-    )
-    signed = sign_manifest(manifest, private_key)
-    with tempfile.TemporaryDirectory() as tmp:
-        staged = Path(tmp) / model_name
-        shutil.copyfile(model_path, staged)
-        pack_bundle(signed, {model_name: staged}, out)
-    log.info("built bundle %s %s for %s: %s", name, version, device_class, signed.digest[:12])
+    with tempfile.TemporaryDirectory(prefix="edgefleet-bundle-") as tmp:
+        staging = Path(tmp)
+        vectors, stored = _test_vectors(feeds_list, results_list, staging)
+        shutil.copyfile(model_path, staging / model_name)  # hashed and packed from one unchanging copy
+        files = {model_name: staging / model_name} | {v.file: staging / v.file for v in stored}
+        manifest = Manifest(
+            name=name,
+            version=version,
+            device_class=device_class,
+            model_format=model_format,
+            precision=precision,
+            model_file=model_name,
+            inputs=inputs,
+            outputs=outputs,
+            files=[FileEntry(name=n, sha256=sha256_file(p), size=p.stat().st_size) for n, p in files.items()],
+            test_vectors=vectors,
+            stored_test_vectors=stored,
+            batching=batching,
+            rtol=rtol,
+            atol=atol,
+            parent=parent,
+            metadata=metadata or {},
+            labels=labels,
+            preprocessing=preprocessing or [],
+            reference_stats=reference_stats or {},
+            reference_confidence=reference_confidence,
+            recipe=recipe,
+            metrics=metrics or {},
+            lineage=lineage,
+            privacy=privacy,
+            mirrors=mirrors or [],
+        )
+        signed = sign_manifest(manifest, private_key)
+        if len(signed.manifest.encode()) > MAX_MANIFEST_BYTES:
+            raise BundleError(
+                f"the manifest would be {len(signed.manifest.encode())} bytes, over {MAX_MANIFEST_BYTES}: "
+                "its reference statistics or labels are too large"
+            )
+        pack_bundle(signed, files, out)
+        log.info("built bundle %s %s for %s: %s", name, version, device_class, signed.digest[:12])
     return out, signed.digest

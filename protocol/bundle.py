@@ -10,23 +10,26 @@ import base64
 import hashlib
 import io
 import json
+import math
 import posixpath
 import tarfile
 import zlib
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
+import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from edgefleet.protocol.errors import BundleError, UnsafeArchive, describe_errors
+from edgefleet.protocol.errors import BundleError, ProtocolError, UnsafeArchive, describe_errors
 from edgefleet.protocol.model_card import ConfidenceStats, InputStats, Lineage, PreprocessingStep, PrivacyReport, Recipe
 from edgefleet.protocol.signing import TrustedKeys, key_id, sign_bytes, verify_bytes
-from edgefleet.protocol.tensors import TensorData, TensorSpec
+from edgefleet.protocol.tensors import DTYPES, TensorData, TensorSpec, array_from_bytes
 
 __all__ = [
+    "INLINE_VECTOR_BYTES",
     "MANIFEST_NAME",
     "MAX_BUNDLE_BYTES",
     "MAX_DECLARED_BATCH",
@@ -35,11 +38,14 @@ __all__ = [
     "FileEntry",
     "Manifest",
     "SignedManifest",
+    "StoredTestVector",
+    "TensorSlice",
     "TestVector",
     "extract_bundle",
     "pack_bundle",
     "sha256_file",
     "sign_manifest",
+    "store_test_vector",
     "verify_files",
     "verify_manifest",
 ]
@@ -65,13 +71,82 @@ class FileEntry(BaseModel):
 
 
 class TestVector(BaseModel):
-    """Inputs and the outputs the bundle's builder computed for them."""
+    """Inputs and the outputs the bundle's builder computed for them, inline (small ones)."""
 
     __test__ = False  # not a pytest class
     model_config = ConfigDict(extra="forbid")
 
     inputs: dict[str, TensorData]
     outputs: dict[str, TensorData]
+
+
+INLINE_VECTOR_BYTES = 64 * 1024  # a test vector with more tensor bytes is a file of the bundle, not manifest text
+
+
+class TensorSlice(BaseModel):
+    """One tensor of a stored test vector: its bytes (little-endian, C order) at ``offset`` of the file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    dtype: str
+    shape: list[Annotated[int, Field(ge=0)]] = Field(max_length=32)
+    offset: int = Field(ge=0, le=MAX_BUNDLE_BYTES)
+
+    @field_validator("dtype")
+    @classmethod
+    def _known_dtype(cls, dtype: str) -> str:
+        if dtype not in DTYPES:
+            raise ValueError(f"unsupported dtype {dtype!r}")
+        return dtype
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * np.dtype(self.dtype).itemsize
+
+
+class StoredTestVector(BaseModel):
+    """A test vector too large for the manifest: its tensors one after the other in ``file``, an entry of
+    the bundle's files (hashed like the model, so covered by the signature)."""
+
+    __test__ = False  # not a pytest class
+    model_config = ConfigDict(extra="forbid")
+
+    file: str = Field(description="Name of the entry in `files` that holds the tensors' bytes.")
+    inputs: dict[str, TensorSlice]
+    outputs: dict[str, TensorSlice]
+
+    def arrays(self, raw: bytes) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """(inputs, outputs) from the file's bytes; BundleError if a tensor does not lie inside them."""
+
+        def read(tensors: dict[str, TensorSlice]) -> dict[str, np.ndarray]:
+            arrays = {}
+            for name, t in tensors.items():
+                if t.offset + t.nbytes > len(raw):
+                    raise BundleError(f"test vector file {self.file!r}: tensor {name!r} runs past its end")
+                try:
+                    arrays[name] = array_from_bytes(raw[t.offset : t.offset + t.nbytes], t.dtype, t.shape)
+                except ProtocolError as exc:
+                    raise BundleError(f"test vector file {self.file!r}, tensor {name!r}: {exc.reason}") from None
+            return arrays
+
+        return read(self.inputs), read(self.outputs)
+
+
+def store_test_vector(
+    inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray], path: Path, name: str
+) -> StoredTestVector:
+    """Write the tensors of one test vector to ``path`` (to become bundle file ``name``); say where each lies."""
+    offset = 0
+    slices: dict[str, dict[str, TensorSlice]] = {"inputs": {}, "outputs": {}}
+    with open(path, "wb") as fh:
+        for part, tensors in (("inputs", inputs), ("outputs", outputs)):
+            for tensor_name, value in tensors.items():
+                array = np.asarray(value, order="C")
+                data = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+                slices[part][tensor_name] = TensorSlice(dtype=array.dtype.name, shape=list(array.shape), offset=offset)
+                fh.write(data)
+                offset += len(data)
+    return StoredTestVector(file=name, inputs=slices["inputs"], outputs=slices["outputs"])
 
 
 MAX_DECLARED_BATCH = 64  # what a verified model declares; a device class's [batching] may only lower it
@@ -105,6 +180,11 @@ class Manifest(BaseModel):
     outputs: list[TensorSpec] = Field(min_length=1)
     files: list[FileEntry] = Field(min_length=1, max_length=MAX_FILES)
     test_vectors: list[TestVector] = Field(default_factory=list, max_length=32)
+    stored_test_vectors: list[StoredTestVector] = Field(
+        default_factory=list,
+        max_length=32,
+        description="Test vectors too large to be inline (over INLINE_VECTOR_BYTES), each in a file of the bundle.",
+    )
     batching: Batching | None = Field(
         default=None, description="Declared batching; None (a bundle from before it was declared): no batching."
     )
@@ -150,10 +230,31 @@ class Manifest(BaseModel):
         output_names = {s.name for s in self.outputs}
         if self.reference_confidence is not None and self.reference_confidence.output not in output_names:
             raise ValueError(f"reference_confidence names output {self.reference_confidence.output!r}, not the model's")
-        for i, vector in enumerate(self.test_vectors):
+        every: list[TestVector | StoredTestVector] = [*self.test_vectors, *self.stored_test_vectors]
+        for i, vector in enumerate(every):
             if set(vector.inputs) != input_names or not set(vector.outputs) <= output_names:
                 raise ValueError(f"test vector {i} does not name the model's inputs and outputs")
+        for vector in self.stored_test_vectors:
+            if vector.file not in names or vector.file == self.model_file:
+                raise ValueError(f"stored test vector file {vector.file!r} is not among the files (or is the model)")
+            entry = next(f for f in self.files if f.name == vector.file)
+            end = max((t.offset + t.nbytes for t in [*vector.inputs.values(), *vector.outputs.values()]), default=0)
+            if end > entry.size:
+                raise ValueError(f"stored test vector file {vector.file!r}: tensors end at byte {end}, past its size")
         return self
+
+    def all_test_vectors(
+        self, locate: Callable[[FileEntry], Path]
+    ) -> list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
+        """Every test vector as (inputs, outputs) arrays: the inline ones, then those stored as files, read
+        from where ``locate`` says each file lies (already hash-checked by the caller)."""
+        vectors = [
+            ({k: t.to_array() for k, t in v.inputs.items()}, {k: t.to_array() for k, t in v.outputs.items()})
+            for v in self.test_vectors
+        ]
+        for stored in self.stored_test_vectors:
+            vectors.append(stored.arrays(locate(self.file(stored.file)).read_bytes()))
+        return vectors
 
     def file(self, name: str) -> FileEntry:
         return next(f for f in self.files if f.name == name)

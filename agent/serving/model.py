@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -11,8 +12,8 @@ import numpy as np
 from edgefleet.agent.errors import ActivationError, InputError
 from edgefleet.agent.runtimes import Runtime, RuntimeOptions, open_runtime
 from edgefleet.agent.telemetry.drift import ConfidenceMonitor, DriftMonitor
-from edgefleet.protocol.bundle import Manifest
-from edgefleet.protocol.errors import ProtocolError
+from edgefleet.protocol.bundle import FileEntry, Manifest
+from edgefleet.protocol.errors import BundleError, ProtocolError
 from edgefleet.protocol.messages import BundleRef
 from edgefleet.protocol.tensors import TensorSpec, check_against_spec
 
@@ -29,6 +30,7 @@ class LoadedModel:
     skipped_runtimes: list[str] = field(default_factory=list)
     activated_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     drift_window: int = 500
+    locate: Callable[[FileEntry], Path] | None = None  # where the bundle's other files lie (stored test vectors)
 
     def __post_init__(self) -> None:
         # Precomputed once: predict runs its checks on every request, so they must cost little.
@@ -98,14 +100,18 @@ class LoadedModel:
 
     def self_test(self) -> None:
         """Warm up, then run the manifest's test vectors; raise ActivationError on any mismatch."""
-        for i, vector in enumerate(self.manifest.test_vectors):
-            feeds = {name: tensor.to_array() for name, tensor in vector.inputs.items()}
+        if self.manifest.stored_test_vectors and self.locate is None:
+            raise ActivationError("the bundle's stored test vectors cannot be found (no file locator)")
+        try:
+            vectors = self.manifest.all_test_vectors(self.locate or (lambda entry: Path(entry.name)))
+        except (BundleError, OSError) as exc:
+            raise ActivationError(f"test vectors unreadable: {getattr(exc, 'reason', exc)}") from None
+        for i, (feeds, expected) in enumerate(vectors):
             try:
-                got = self._run(feeds, list(vector.outputs))  # test vectors are no traffic: no drift
+                got = self._run(feeds, list(expected))  # test vectors are no traffic: no drift
             except InputError as exc:
                 raise ActivationError(f"test vector {i}: {exc.reason}") from None
-            for name, tensor in vector.outputs.items():
-                want = tensor.to_array()
+            for name, want in expected.items():
                 if got[name].shape != want.shape or not np.allclose(
                     got[name], want, rtol=self.manifest.rtol, atol=self.manifest.atol
                 ):
@@ -129,8 +135,12 @@ def load_model(
     chain: list[str] | None = None,
     options: RuntimeOptions | None = None,
     drift_window: int = 500,
+    locate: Callable[[FileEntry], Path] | None = None,
 ) -> LoadedModel:
-    """Load on the first runtime of ``chain`` that can, check the I/O signature, run the self-test."""
+    """Load on the first runtime of ``chain`` that can, check the I/O signature, run the self-test.
+
+    ``locate`` says where each of the bundle's other files lies (its stored test vectors); by default
+    beside ``model_path`` under its own name, as an extracted bundle has them."""
     opts = replace(
         options or RuntimeOptions(),
         precision=manifest.precision,
@@ -146,7 +156,8 @@ def load_model(
             f"{[s.name for s in manifest.inputs]}"
         )
     model = LoadedModel(
-        digest=digest, manifest=manifest, runtime=runtime, skipped_runtimes=skipped, drift_window=drift_window
-    )
+        digest=digest, manifest=manifest, runtime=runtime, skipped_runtimes=skipped, drift_window=drift_window,
+        locate=locate or (lambda entry: model_path.parent / entry.name),
+    )  # fmt: skip
     model.self_test()
     return model

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +21,7 @@ from edgefleet.federated.models import build_model
 from edgefleet.federated.server.rounds import CampaignOutcome
 from edgefleet.federated.spec import CampaignSpec
 from edgefleet.federated.weights import arrays_to_model, load_onnx_weights, model_to_arrays
-from edgefleet.protocol.bundle import Manifest
+from edgefleet.protocol.bundle import FileEntry, Manifest
 from edgefleet.protocol.model_card import Lineage, PrivacyReport, Recipe
 
 __all__ = ["BaseVersion", "divergence", "initial_arrays", "load_base", "privacy_report", "register_result"]
@@ -36,6 +36,7 @@ class BaseVersion:
     manifest: Manifest
     model_path: Path
     device_classes: list[str]
+    locate: Callable[[FileEntry], Path]  # where each of the bundle's files lies in the registry
 
 
 def load_base(spec: CampaignSpec, models: ModelRegistry, registry: Registry) -> BaseVersion:
@@ -49,7 +50,10 @@ def load_base(spec: CampaignSpec, models: ModelRegistry, registry: Registry) -> 
         if manifest.model_format == "onnx" and manifest.precision == "fp32":
             sha = next(f.sha256 for f in manifest.files if f.name == manifest.model_file)
             classes = sorted({r["device_class"] for r in rows})
-            return BaseVersion(version, row["digest"], manifest, registry.artifact_path("file", sha), classes)
+            return BaseVersion(
+                version, row["digest"], manifest, registry.artifact_path("file", sha), classes,
+                lambda entry: registry.artifact_path("file", entry.sha256),
+            )  # fmt: skip
     raise Conflict(f"{spec.model} {version} has no FP32 ONNX bundle to train from (federated training needs one)")
 
 
@@ -151,7 +155,7 @@ def register_result(
     final = next((r.evaluation for r in reversed(outcome.rounds) if r.status == "ok" and r.evaluation), {})
     metrics = {f"federated_{k}": float(v) for k, v in final.items()}
     metrics |= {f"base_{k}": float(v) for k, v in outcome.initial_evaluation.items()}
-    test_inputs = [{k: v.to_array() for k, v in tv.inputs.items()} for tv in base.manifest.test_vectors] or None
+    test_inputs = [feeds for feeds, _ in base.manifest.all_test_vectors(base.locate)] or None
     digests = []
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path = export_onnx(

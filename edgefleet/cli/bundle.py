@@ -110,8 +110,9 @@ def bundle_inspect(
             manifest = Manifest.model_validate_json(signed.manifest)
         except (BundleError, ValueError) as exc:
             fail(f"{bundle}: {exc}", ExitCode.BUNDLE_INVALID)
-    data = manifest.model_dump(mode="json", exclude={"test_vectors"})
+    data = manifest.model_dump(mode="json", exclude={"test_vectors", "stored_test_vectors"})
     data["digest"] = signed.digest
     data["key_id"] = signed.key_id
-    data["test_vectors"] = len(manifest.test_vectors)
+    data["test_vectors"] = len(manifest.test_vectors) + len(manifest.stored_test_vectors)
+    data["stored_test_vectors"] = [v.file for v in manifest.stored_test_vectors]
     print_data(data, fmt)
