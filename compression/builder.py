@@ -34,7 +34,7 @@ from edgefleet.protocol.errors import BundleError
 from edgefleet.protocol.model_card import ConfidenceStats, InputStats, Lineage, PreprocessingStep, PrivacyReport, Recipe
 from edgefleet.protocol.tensors import TensorData, TensorSpec, onnx_type_to_dtype
 
-__all__ = ["build_bundle", "describe_onnx", "sample_inputs", "verify_batching"]
+__all__ = ["build_bundle", "describe_onnx", "detect_model_format", "open_for_build", "sample_inputs", "verify_batching"]
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +129,51 @@ def _test_vectors(
     return inline, stored
 
 
+Runner = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]  # feeds -> every output, by name
+
+
+def detect_model_format(path: Path) -> Literal["onnx", "tflite"]:
+    """TFLite by its suffix or its flatbuffer identifier ("TFL3" at byte 4), else ONNX."""
+    if path.suffix.lower() == ".tflite":
+        return "tflite"
+    if path.suffix.lower() == ".onnx":
+        return "onnx"
+    with open(path, "rb") as fh:
+        return "tflite" if fh.read(8)[4:8] == b"TFL3" else "onnx"
+
+
+def open_for_build(model_path: Path, model_format: str) -> tuple[list[TensorSpec], list[TensorSpec], Runner]:
+    """The model's inputs, outputs and a way to run it here: ONNX Runtime for ONNX, LiteRT for TFLite (the
+    runtime the agent uses). BundleError, with the runtime's reason (a custom op it lacks, by name), if it
+    cannot load the model."""
+    if model_format == "onnx":
+        try:
+            session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime's pybind errors share no useful base class
+            raise BundleError(f"{model_path}: ONNX Runtime cannot load it: {_first_line(exc)}") from None
+        inputs, outputs = describe_onnx(session)
+        names = [o.name for o in outputs]
+        return inputs, outputs, lambda feeds: dict(zip(names, session.run(names, feeds), strict=True))
+    if model_format == "tflite":
+        from edgefleet.agent.runtimes import RuntimeOptions, backend, import_errors
+
+        cls = backend("litert")
+        if cls is None:
+            raise BundleError(f"{model_path}: LiteRT is not available here ({import_errors.get('litert', '')})")
+        try:
+            runtime = cls(model_path, RuntimeOptions(intra_op_threads=1, inter_op_threads=1))
+        except Exception as exc:  # LiteRT raises ValueError or RuntimeError, e.g. for an unresolved custom op
+            raise BundleError(f"{model_path}: LiteRT cannot load it: {_first_line(exc)}") from None
+        names = [o.name for o in runtime.outputs]
+        return runtime.inputs, runtime.outputs, lambda feeds: runtime.run(feeds, names)
+    raise BundleError(f"{model_path}: unknown model format {model_format!r} (onnx or tflite)")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:500]
+
+
 def build_bundle(
     model_path: Path,
     out: Path,
@@ -160,20 +205,18 @@ def build_bundle(
 ) -> tuple[Path, str]:
     """Write a signed bundle archive to ``out``; return (path, bundle digest).
 
-    Test vectors are ``test_inputs`` (or two random batches) with the outputs ONNX Runtime gives now.
-    A model ONNX Runtime cannot run here (``model_format="tflite"``) comes with its ``io_specs`` and
-    the ``test_outputs`` its own runtime computed for ``test_inputs``. ``batching`` is what the manifest
+    Test vectors are ``test_inputs`` (or two random batches) with the outputs the model's own runtime gives
+    now (ONNX Runtime, or LiteRT for ``model_format="tflite"``); a caller that ran the model elsewhere gives
+    its ``io_specs`` and the ``test_outputs`` it computed for ``test_inputs``. A model that cannot be loaded
+    or that fails on its test inputs is a BundleError with the runtime's reason. ``batching`` is what the manifest
     declares; by default it is verified here (``verify_batching``). The remaining keywords fill the
     manifest's model card (see ``protocol.model_card``).
     """
-    if model_format == "onnx" and io_specs is None:
-        session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
-        inputs, outputs = describe_onnx(session)
-    elif io_specs is not None:
-        session = None
+    run: Runner | None = None
+    if io_specs is not None:
         inputs, outputs = io_specs
     else:
-        raise ValueError(f"a {model_format} model needs io_specs and test_outputs")
+        inputs, outputs, run = open_for_build(model_path, model_format)
     rng = np.random.default_rng(seed)
     feeds_list = test_inputs if test_inputs is not None else [sample_inputs(inputs, rng) for _ in range(2)]
     if test_outputs is not None and len(test_outputs) != len(feeds_list):
@@ -182,14 +225,18 @@ def build_bundle(
     for i, feeds in enumerate(feeds_list):
         if test_outputs is not None:
             results_list.append({o.name: np.asarray(test_outputs[i][o.name]) for o in outputs})
-        elif session is not None:
-            names = [o.name for o in outputs]
-            results_list.append(dict(zip(names, map(np.asarray, session.run(names, feeds)), strict=True)))
+        elif run is not None:
+            try:
+                results_list.append({k: np.asarray(v) for k, v in run(feeds).items()})
+            except Exception as exc:  # the runtime's own error, whatever its class: the model refused them
+                made = "given" if test_inputs is not None else "generated (every dynamic dimension 2, integers 0..9)"
+                raise BundleError(
+                    f"the model fails on test input {i} ({made}): {_first_line(exc)}"
+                    + ("" if test_inputs is not None else "; give real inputs (bundle create --test-inputs FILE.npz)")
+                ) from None
         else:
             raise ValueError(f"a {model_format} model needs test_outputs")
     if batching is None:
-        names = [o.name for o in outputs]
-        run = (lambda feeds: dict(zip(names, session.run(names, feeds), strict=True))) if session else None
         batching = verify_batching(run, inputs, outputs, feeds_list, rtol=rtol, atol=atol)
     log.info("%s %s: batching %s (%s)", name, version, batching.max_batch_size or "off", batching.reason)
     model_name = "model.onnx" if model_format == "onnx" else f"model.{model_format}"

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import tempfile
+import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 import typer
 
@@ -13,6 +15,9 @@ from edgefleet.common.output import Format, FormatOption, fail, print_data
 from edgefleet.protocol.bundle import extract_bundle, verify_files, verify_manifest
 from edgefleet.protocol.errors import BundleError
 from edgefleet.protocol.signing import key_id, load_private_key, load_public_key, load_trusted_keys, write_keypair
+
+if TYPE_CHECKING:
+    import numpy as np
 
 bundle_app = typer.Typer(help="Build, verify and inspect signed model bundles.", no_args_is_help=True)
 keys_app = typer.Typer(help="Signing keys for bundles.", no_args_is_help=True)
@@ -37,25 +42,45 @@ def keys_generate(
 
 @bundle_app.command("create")
 def bundle_create(
-    model: Path = typer.Argument(..., exists=True, dir_okay=False, help="The ONNX model."),
+    model: Path = typer.Argument(..., help="The model: ONNX (.onnx) or TFLite (.tflite)."),
     name: str = typer.Option(..., help="Model name, e.g. digits."),
     version: str = typer.Option(..., help="Model version, e.g. 1.0.0."),
     device_class: str = typer.Option(..., "--device-class", help="Device class the bundle is for."),
-    key: Path = typer.Option(..., "--key", exists=True, help="Private signing key (PEM)."),
+    key: Path = typer.Option(..., "--key", help="Private signing key (PEM)."),
     out: Path = typer.Option(..., "--out", "-o", help="Bundle archive to write."),
     parent: str | None = typer.Option(None, help="Digest of the bundle this one derives from."),
     mirror: list[str] = typer.Option(
         [], "--mirror", help="HTTP(S) URL template with {sha256} where devices can also download the files."
     ),
+    test_inputs: list[Path] = typer.Option(
+        [], "--test-inputs",
+        help="A .npz of real inputs (one array per input name; rows along the first axis): one test vector "
+        "each, repeatable. Without it, inputs are generated (every dynamic dimension 2, integers 0..9).",
+    ),
+    model_format: str | None = typer.Option(
+        None, "--model-format", help="onnx or tflite; default from the file (suffix, or TFLite's identifier)."
+    ),
+    rtol: float = typer.Option(1e-4, "--rtol", min=0, help="Relative tolerance of the device's self-test."),
+    atol: float = typer.Option(1e-5, "--atol", min=0, help="Absolute tolerance of the device's self-test."),
     fmt: Format = FormatOption,
 ) -> None:
-    """Describe an ONNX model, compute test vectors with ONNX Runtime, sign and pack it.
+    """Describe a model, compute its test vectors with its own runtime (ONNX Runtime or LiteRT), sign and
+    pack it.
 
     Example: edgefleet bundle create model.onnx --name digits --version 1.0.0 --device-class rpi4
-    --key keys/signing.key -o digits.bundle
+    --key keys/signing.key -o digits.bundle --test-inputs rows.npz
     """
-    from edgefleet.compression.builder import build_bundle
+    from edgefleet.compression.builder import build_bundle, detect_model_format
 
+    for path in (model, key, *test_inputs):
+        if not path.is_file():
+            fail(f"{path}: no such file", ExitCode.NOT_FOUND)
+    if model_format not in (None, "onnx", "tflite"):
+        fail(f"--model-format {model_format!r}: use onnx or tflite", ExitCode.USAGE)
+    chosen: Literal["onnx", "tflite"] = (
+        detect_model_format(model) if model_format is None else "tflite" if model_format == "tflite" else "onnx"
+    )
+    feeds = [_load_inputs(path) for path in test_inputs] or None
     try:
         private_key = load_private_key(key)
         path, digest = build_bundle(
@@ -67,10 +92,25 @@ def bundle_create(
             private_key=private_key,
             parent=parent,
             mirrors=mirror,
+            model_format=chosen,
+            test_inputs=feeds,
+            rtol=rtol,
+            atol=atol,
         )
     except (BundleError, ValueError) as exc:
         fail(str(exc), ExitCode.BUNDLE_INVALID)
     print_data({"bundle": str(path), "digest": digest, "name": name, "version": version}, fmt)
+
+
+def _load_inputs(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of a .npz (no pickled objects), by input name; exit 2 with the reason if it is not one."""
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {name: np.asarray(archive[name]) for name in archive.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        fail(f"{path}: not a .npz of input arrays ({exc})", ExitCode.USAGE)
 
 
 @bundle_app.command("verify")
