@@ -30,9 +30,9 @@ from edgefleet.protocol.bundle import (
     sign_manifest,
     store_test_vector,
 )
-from edgefleet.protocol.errors import BundleError
+from edgefleet.protocol.errors import BundleError, ProtocolError
 from edgefleet.protocol.model_card import ConfidenceStats, InputStats, Lineage, PreprocessingStep, PrivacyReport, Recipe
-from edgefleet.protocol.tensors import TensorData, TensorSpec, onnx_type_to_dtype
+from edgefleet.protocol.tensors import DTYPES, TensorData, TensorSpec, onnx_type_to_dtype
 
 __all__ = ["build_bundle", "describe_onnx", "detect_model_format", "open_for_build", "sample_inputs", "verify_batching"]
 
@@ -40,9 +40,19 @@ log = logging.getLogger(__name__)
 
 
 def describe_onnx(session: ort.InferenceSession) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """The model's inputs and outputs; BundleError naming the first one whose type the wire contract does not
+    carry (strings, bfloat16): such a model is refused when its bundle is built, never at activation."""
+
     def spec(arg: ort.NodeArg) -> TensorSpec:
         shape = [d if isinstance(d, int) and d >= 0 else None for d in (arg.shape or [])]
-        return TensorSpec(name=arg.name, dtype=onnx_type_to_dtype(arg.type), shape=shape)
+        try:
+            dtype = onnx_type_to_dtype(arg.type)
+        except ProtocolError:
+            raise BundleError(
+                f"{arg.name!r} is a {arg.type}: edgefleet carries only the numeric types {', '.join(DTYPES)} "
+                "(no strings or bfloat16); give the model an input or output of one of these"
+            ) from None
+        return TensorSpec(name=arg.name, dtype=dtype, shape=shape)
 
     return [spec(a) for a in session.get_inputs()], [spec(a) for a in session.get_outputs()]
 

@@ -100,3 +100,20 @@ def test_a_model_needing_an_operator_the_runtime_lacks_is_refused_with_its_name(
     assert "Frobnicate" in refused.output and "ONNX Runtime cannot load it" in refused.output
     assert "Traceback" not in refused.output
     assert missing.exit_code == ExitCode.NOT_FOUND and "nothing.onnx: no such file" in missing.output
+
+
+@pytest.mark.parametrize(
+    ("onnx_type", "wire"), [(TensorProto.STRING, "tensor(string)"), (TensorProto.BFLOAT16, "tensor(bfloat16)")]
+)
+def test_strings_and_bfloat16_are_refused_when_the_bundle_is_built(
+    tmp_path: Path, keys: Keys, onnx_type: int, wire: str
+) -> None:
+    node = helper.make_node("Identity", ["x"], ["y"])
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", onnx_type, [None])],
+                              [helper.make_tensor_value_info("y", onnx_type, [None])])  # fmt: skip
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "m.onnx")
+
+    refused = _create(tmp_path / "m.onnx", tmp_path / "m.bundle", keys)
+
+    assert refused.exit_code == ExitCode.BUNDLE_INVALID, refused.output
+    assert f"'x' is a {wire}" in refused.output.replace("\n", " ") and not (tmp_path / "m.bundle").exists()
