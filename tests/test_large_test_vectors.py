@@ -84,7 +84,7 @@ def test_a_stored_test_vector_is_checked_by_hash_and_by_the_self_test(
     raw[-1] ^= 0x40  # one bit of the last expected logit
     vector.write_bytes(bytes(raw))
 
-    with pytest.raises(BundleError, match="test-vector-1.bin.*tampered"):
+    with pytest.raises(BundleError, match=r"test-vector-1\.bin.*tampered"):
         verify_files(manifest, lambda name, _sha: tmp_path / "x" / name)
     with pytest.raises(ActivationError, match="test vector 1, output 'logits'"):
         load_model(digest, manifest, tmp_path / "x" / manifest.model_file)
