@@ -112,6 +112,10 @@ class AgentConfig(StrictModel):
     telemetry_interval_s: float | None = Field(
         default=None, gt=0, description="Seconds between telemetry messages; default from the device class."
     )
+    thermal_zones: str = Field(
+        default="/sys/class/thermal/thermal_zone*",
+        description="Glob of the kernel's thermal zones; the hottest is held against the device class's [thermal].",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("device_id")

@@ -31,6 +31,7 @@ from edgefleet.agent.serving.server import InferenceApi, InferenceService
 from edgefleet.agent.serving.update_lock import UpdateLock
 from edgefleet.agent.systemd import notify, watchdog_interval_s
 from edgefleet.agent.telemetry.stats import InferenceStats
+from edgefleet.agent.telemetry.thermal import MARKER_NAME, ThermalGuard
 from edgefleet.protocol.bundle import Manifest, SignedManifest
 from edgefleet.protocol.errors import BundleError
 from edgefleet.protocol.messages import (
@@ -51,6 +52,8 @@ __all__ = ["Agent"]
 
 log = logging.getLogger(__name__)
 
+THERMAL_CHECK_S = 5.0  # how often the SoC temperature is held against the class's [thermal] limits
+
 
 def _device_class(config: AgentConfig) -> DeviceClass:
     if config.device_class_dir:
@@ -70,7 +73,10 @@ class Agent:
         )
         self.trusted: TrustedKeys = load_trusted_keys(config.trusted_keys)
         self.store = ModelStore(config.data_dir / "store")
-        self.stats = InferenceStats()
+        self.stats = InferenceStats(thermal_zones=config.thermal_zones)
+        self.thermal = ThermalGuard(
+            self.device_class.thermal, zones=config.thermal_zones, marker=config.data_dir / MARKER_NAME
+        )
         self.started_at = datetime.now(UTC)
         self.model: LoadedModel | None = None
         self.status = "starting"
@@ -143,6 +149,7 @@ class Agent:
                 recent=RecentRequests(max_entries=feedback.remember_requests, max_age_s=feedback.remember_s),
                 samples=self.samples,
                 update_lock=self.update_lock,
+                shedding=self.thermal.shedding,
             ),
             socket_path=config.socket_path,
             tcp_port=config.api.tcp_port,
@@ -163,7 +170,10 @@ class Agent:
         self.link.start()
         self.sender.start()
         self.federated.start()
-        workers = [("reconcile", self.reconciler.run), ("telemetry", self._telemetry_loop)]
+        self.thermal.check()
+        workers = [
+            ("reconcile", self.reconciler.run), ("telemetry", self._telemetry_loop), ("thermal", self._thermal_loop),
+        ]  # fmt: skip
         if (interval := watchdog_interval_s()) is not None:
             workers.append(("watchdog", lambda: self._watchdog_loop(interval)))
         for name, target in workers:
@@ -351,6 +361,10 @@ class Agent:
             Channel.COMMAND_RESULTS,
             CommandResult(device_id=self.config.device_id, command_id=command.message_id, ok=True, detail=detail),
         )
+
+    def _thermal_loop(self) -> None:
+        while not self._stop.wait(THERMAL_CHECK_S):
+            self.thermal.check()
 
     def _telemetry_loop(self) -> None:
         while not self._stop.wait(self.telemetry_interval_s):

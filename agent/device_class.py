@@ -69,8 +69,12 @@ class OutboxSettings(_Strict):
 
 
 class Thermal(_Strict):
-    throttle_c: float = Field(gt=0, lt=150, description="Above this SoC temperature, optional work pauses.")
-    critical_c: float = Field(gt=0, lt=150, description="Above this, the agent sheds load and reports it.")
+    throttle_c: float = Field(
+        gt=0, lt=150, description="At this SoC temperature optional work pauses: federated training is declined."
+    )
+    critical_c: float = Field(
+        gt=0, lt=150, description="At this, the agent sheds load (requests get UNAVAILABLE); the coordinator alerts."
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> Thermal:

@@ -158,9 +158,9 @@ def main() -> None:
                 done = wait_until(lambda: (r := fleet.get(f"/api/v1/rollouts/{rollout_id}"))["status"] != "running"
                                   and r, timeout=3600, interval=2, what="the rollout")  # fmt: skip
                 converge = time.monotonic() - t0
-                events = fleet.get(f"/api/v1/events?rollout_id={rollout_id}&limit=50")
-                verdicts = [e["kind"] for e in reversed(events) if e["kind"].startswith("wave_") and
-                            e["kind"] != "wave_active"]  # fmt: skip
+                events = fleet.get(f"/api/v1/events?rollout_id={rollout_id}&limit=1000")
+                verdicts = [e["kind"].removeprefix("wave_") for e in reversed(events)
+                            if e["kind"] in ("wave_passed", "wave_not_evaluated")]  # fmt: skip
                 hold_from = time.monotonic()
                 raw_at_hold, stored_at_hold = raw.count, _stored(fleet)
                 time.sleep(args.hold)
@@ -204,7 +204,8 @@ def _metric(fleet: LocalFleet, name: str) -> int:
     """The sum of edgefleet_telemetry_NAME over its labels, from the coordinator's /metrics."""
     total = 0.0
     for line in fleet.http.get("/metrics").text.splitlines():
-        if line.startswith(f"edgefleet_telemetry_{name} ") or line.startswith(f"edgefleet_telemetry_{name}{{"):
+        metric = line.split("{", 1)[0].split(" ", 1)[0]
+        if metric in (f"edgefleet_telemetry_{name}", f"edgefleet_telemetry_{name}_total"):
             total += float(line.rsplit(" ", 1)[1])
     return int(total)
 

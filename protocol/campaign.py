@@ -30,6 +30,7 @@ ARCHITECTURES = "architectures"  # run and node config: import paths this machin
 DEVICE_ID = "device-id"
 SAMPLES_DB = "samples-db"
 STATE_DIR = "state-dir"
+THERMAL_MARKER = "thermal-marker"  # a file that exists while the device is too hot for optional work
 
 # -- record names of a message's RecordDict
 ARRAYS = "arrays"
@@ -55,6 +56,7 @@ class Decline(IntEnum):
     BUDGET_EXHAUSTED = 4001  # the round would take its cumulative epsilon past the campaign's maximum
     NO_DATA = 4002  # no or too few usable labelled samples
     BAD_TASK = 4003  # a message that is not a valid task of this campaign
+    THROTTLED = 4004  # the device is over its class's thermal throttle limit: optional work pauses
 
 
 _DECLINE = re.compile(r"declined with code (\d+): ")

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from edgefleet.agent.config import FederatedConfig
 from edgefleet.agent.learning.node_key import NodeKey, load_or_create_node_key
+from edgefleet.agent.telemetry.thermal import MARKER_NAME
 from edgefleet.protocol import campaign as keys
 from edgefleet.protocol.messages import CampaignAssignment
 
@@ -115,6 +116,7 @@ class FederatedParticipant:
             keys.SAMPLES_DB: str(self.samples_path),
             keys.STATE_DIR: str(self.data_dir / "federated" / "privacy"),
             keys.ARCHITECTURES: ",".join(self.config.architectures),
+            keys.THERMAL_MARKER: str(self.data_dir / MARKER_NAME),  # exists while optional work pauses
         }
         auth_key = None
         if self._wanted.node_auth:

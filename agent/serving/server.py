@@ -52,6 +52,7 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
         recent: RecentRequests | None = None,
         samples: SampleStore | None = None,
         update_lock: UpdateLock | None = None,
+        shedding: Callable[[], str | None] = lambda: None,
     ) -> None:
         self._current = current
         self._stats = stats
@@ -60,6 +61,7 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
         self._recent = recent
         self._samples = samples
         self._lock = update_lock or UpdateLock()
+        self._shedding = shedding  # why requests are refused now (the chip is over its critical limit), or None
 
     # -- inference -----------------------------------------------------------------------
     def _infer(self, request: inference_pb2.PredictRequest) -> inference_pb2.PredictResponse:
@@ -68,6 +70,9 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
         if model is None:
             self._stats.record_error("unavailable")
             raise _Failure(grpc.StatusCode.UNAVAILABLE, "no model is active on this device yet")
+        if (hot := self._shedding()) is not None:
+            self._stats.record_error("overheated")
+            raise _Failure(grpc.StatusCode.UNAVAILABLE, hot)
         try:
             inputs = {name: tensor_from_proto(t) for name, t in request.inputs.items()}
             names = list(request.output_names) or None

@@ -27,7 +27,10 @@ _NOT_THE_CHIP = ("pmic",)
 _PLAUSIBLE_C = (-40.0, 150.0)  # outside: a sensor error or a disconnected zone (e.g. -273 C)
 
 
-def soc_temperature_c(zones: str = "/sys/class/thermal/thermal_zone*") -> float | None:
+THERMAL_ZONES = "/sys/class/thermal/thermal_zone*"
+
+
+def soc_temperature_c(zones: str = THERMAL_ZONES) -> float | None:
     """The hottest thermal zone in degrees Celsius, or None where the kernel exposes none.
 
     Linux thermal zones cover the Pi (``cpu-thermal``), the Jetsons (``CPU-therm``, ``GPU-therm``, ...)
@@ -61,8 +64,9 @@ def disk_usage(path: Path) -> tuple[int, float] | None:
 
 
 class InferenceStats:
-    def __init__(self, max_samples: int = 10_000) -> None:
+    def __init__(self, max_samples: int = 10_000, *, thermal_zones: str = THERMAL_ZONES) -> None:
         self._lock = threading.Lock()
+        self._thermal_zones = thermal_zones
         self._max = max_samples
         self._reset(time.monotonic())
         self.total_inferences = 0
@@ -133,7 +137,7 @@ class InferenceStats:
             disk_used_percent=None if disk is None else disk[1],
             cpu_percent=self._process.cpu_percent(None),
             rss_bytes=self._process.memory_info().rss,
-            soc_temp_c=soc_temperature_c(),
+            soc_temp_c=soc_temperature_c(self._thermal_zones),
             device_cpu_percent=psutil.cpu_percent(None),
             memory_used_percent=psutil.virtual_memory().percent,
         )

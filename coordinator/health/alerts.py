@@ -1,5 +1,5 @@
 """Fleet alerts computed from the store: offline devices, input or output confidence drift, error rate, latency
-regression, full disks.
+regression, full disks, an overheating SoC (against its device class's [thermal] limits).
 
 Alerts are derived on request from devices and telemetry rather than stored, so they can never
 disagree with the data they describe and need no clearing: an alert ends when its cause does.
@@ -7,11 +7,14 @@ disagree with the data they describe and need no clearing: an alert ends when it
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
+from edgefleet.agent.device_class import load_device_class
+from edgefleet.common.errors import ConfigError
 from edgefleet.coordinator.config import AlertThresholds
 from edgefleet.coordinator.health.signals import bundle_windows, latency_ratio
 from edgefleet.coordinator.store import FleetStore
@@ -25,6 +28,7 @@ AlertKind = Literal[
     "error_rate",
     "latency_regression",
     "disk_full",
+    "overheating",
     "activation_failed",
     "class_mismatch",
     "rollout_halted",
@@ -72,6 +76,7 @@ def compute_alerts(
         alerts += _offline(device, latest.get(device_id), limits, now)
         alerts += _drift(db, device_id, latest.get(device_id))
         alerts += _disk_full(db, device_id, latest.get(device_id), limits)
+        alerts += _overheating(device, latest.get(device_id))
         alerts += _error_rate(device_id, recent.get(device_id), limits)
         alerts += _latency_regression(db, device, limits)
         alerts += _activation_failed(device)
@@ -164,6 +169,31 @@ def _disk_full(db: FleetStore, device_id: str, latest: dict[str, Any] | None, li
         f", {free / 2**20:.0f} MiB free" if free is not None else ""
     )
     return [Alert("disk_full", device_id, "warning", since, detail)]
+
+
+@functools.cache
+def _thermal_limits(device_class: str) -> tuple[float, float] | None:
+    """(throttle_c, critical_c) of a shipped device class; None for a class this coordinator does not know."""
+    try:
+        limits = load_device_class(device_class).thermal
+    except ConfigError:
+        return None
+    return limits.throttle_c, limits.critical_c
+
+
+def _overheating(device: dict[str, Any], latest: dict[str, Any] | None) -> list[Alert]:
+    """The newest window's SoC temperature at or over its class's limits: there the agent throttles (warning)
+    or sheds load (critical, its requests answered UNAVAILABLE)."""
+    celsius = latest.get("soc_temp_c") if latest else None
+    limits = _thermal_limits(device.get("device_class") or "") if device.get("device_class") else None
+    if latest is None or celsius is None or limits is None or celsius < limits[0]:
+        return []
+    throttle, critical = limits
+    if celsius >= critical:
+        detail = f"SoC at {celsius:.1f} °C, at or over its class's critical {critical:g} °C: the agent sheds load"
+        return [Alert("overheating", device["device_id"], "critical", latest["received_at"], detail)]
+    detail = f"SoC at {celsius:.1f} °C, at or over its class's throttle {throttle:g} °C: federated training pauses"
+    return [Alert("overheating", device["device_id"], "warning", latest["received_at"], detail)]
 
 
 def _error_rate(device_id: str, recent: dict[str, Any] | None, limits: AlertThresholds) -> list[Alert]:

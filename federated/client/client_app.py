@@ -114,6 +114,9 @@ def handle_train(msg: Message, context: Context) -> Message:
         return task
     campaign_id, spec = task
     server_round = int(cast(int, config.get(keys.SERVER_ROUND, 0)))
+    if (hot := _too_hot(context)) is not None:  # training is optional work: it waits for the chip to cool
+        log.warning("campaign %s round %d: %s", campaign_id, server_round, hot)
+        return _decline(msg, Decline.THROTTLED, f"{device}: {hot}")
     try:
         data = _samples(context, spec)
         if secure and len(data) > MAX_WEIGHT:
@@ -209,6 +212,19 @@ def handle_evaluate(msg: Message, context: Context) -> Message:
         metrics[keys.EVAL_ACCURACY] = accuracy
     content = RecordDict({keys.METRICS: MetricRecord(metrics), keys.CLIENT: ConfigRecord({keys.DEVICE_ID: device})})
     return Message(content, reply_to=msg)
+
+
+def _too_hot(context: Context) -> str | None:
+    """The agent's reason while the device is over its class's thermal throttle limit (its marker file)."""
+    marker = context.node_config.get(keys.THERMAL_MARKER)
+    if not marker:
+        return None
+    try:
+        return Path(str(marker)).read_text().strip() or "the device is over its thermal throttle limit"
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"the thermal marker cannot be read ({exc})"
 
 
 def _decline(msg: Message, code: int, reason: str) -> Message:
