@@ -11,7 +11,7 @@ from edgefleet.agent.config import load_config
 from edgefleet.agent.device_class import detect_device_class, load_device_class, probe_hardware
 from edgefleet.common.errors import ConfigError
 from edgefleet.common.exit_codes import ExitCode
-from edgefleet.common.output import Format, FormatOption, fail, print_data
+from edgefleet.common.output import Format, FormatOption, existing_file, fail, print_data
 from edgefleet.firmware_configs import CONFIG_DIR
 from edgefleet.protocol.errors import ProtocolError
 
@@ -76,7 +76,7 @@ def enroll(
     broker_url: str | None = typer.Option(None, "--broker-url", help="Override the broker URL the coordinator gives."),
     device_id: str | None = typer.Option(None, "--device-id", help="Wished-for id, if the token does not fix one."),
     coordinator_ca: Path | None = typer.Option(
-        None, "--coordinator-ca", exists=True, dir_okay=False, help="CA bundle for an https coordinator."
+        None, "--coordinator-ca", callback=existing_file, dir_okay=False, help="CA bundle for an https coordinator."
     ),
     force: bool = typer.Option(False, "--force", help="Replace an existing config and password file."),
     service_user: str | None = typer.Option(

@@ -11,7 +11,7 @@ import typer
 
 from edgefleet.cli.errors import fail_with
 from edgefleet.common.exit_codes import ExitCode
-from edgefleet.common.output import Format, FormatOption, fail, print_data
+from edgefleet.common.output import Format, FormatOption, existing_file, fail, print_data
 from edgefleet.protocol.bundle import extract_bundle, verify_files, verify_manifest
 from edgefleet.protocol.errors import BundleError
 from edgefleet.protocol.signing import key_id, load_private_key, load_public_key, load_trusted_keys, write_keypair
@@ -115,7 +115,7 @@ def _load_inputs(path: Path) -> dict[str, np.ndarray]:
 
 @bundle_app.command("verify")
 def bundle_verify(
-    bundle: Path = typer.Argument(..., exists=True, dir_okay=False, help="Bundle archive."),
+    bundle: Path = typer.Argument(..., callback=existing_file, dir_okay=False, help="Bundle archive."),
     trusted: list[Path] = typer.Option(..., "--trusted-key", help="Trusted public key (PEM); repeatable."),
     fmt: Format = FormatOption,
 ) -> None:
@@ -135,7 +135,7 @@ def bundle_verify(
 
 @bundle_app.command("inspect")
 def bundle_inspect(
-    bundle: Path = typer.Argument(..., exists=True, dir_okay=False, help="Bundle archive."),
+    bundle: Path = typer.Argument(..., callback=existing_file, dir_okay=False, help="Bundle archive."),
     fmt: Format = FormatOption,
 ) -> None:
     """Print a bundle's manifest without verifying it.

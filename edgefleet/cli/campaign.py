@@ -12,7 +12,7 @@ import typer
 
 from edgefleet.cli.rest import TokenOption, UrlOption, call
 from edgefleet.common.exit_codes import ExitCode
-from edgefleet.common.output import Format, FormatOption, console, fail, print_data
+from edgefleet.common.output import Format, FormatOption, console, existing_file, fail, print_data
 
 app = typer.Typer(help="Federated training campaigns with differential privacy.", no_args_is_help=True)
 
@@ -21,7 +21,7 @@ FINAL = {"completed", "aborted", "failed", "budget_exhausted"}
 
 @app.command()
 def create(
-    spec_file: Path = typer.Argument(..., exists=True, dir_okay=False, help="Campaign spec, TOML or JSON."),
+    spec_file: Path = typer.Argument(..., callback=existing_file, dir_okay=False, help="Campaign spec, TOML or JSON."),
     target: str = typer.Option("all", help="all, class=NAME, tag=TAG, group=NAME or devices=ID,ID,..."),
     start: bool = typer.Option(False, "--start", help="Start it right away."),
     url: str = UrlOption,

@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
-from pydantic import TypeAdapter, ValidationError
 
-from edgefleet.cli.errors import fail_with
-from edgefleet.common.errors import ConfigError
 from edgefleet.common.exit_codes import ExitCode
-from edgefleet.common.output import Format, FormatOption, configure_logging, console, fail
-from edgefleet.protocol.model_card import PreprocessingStep
+from edgefleet.common.output import Format, FormatOption, configure_logging, console, existing_file, fail
+
+if TYPE_CHECKING:
+    from edgefleet.protocol.model_card import PreprocessingStep
 
 __all__ = ["compress_command"]
 
@@ -37,6 +37,10 @@ def _labels(text: str | None) -> list[str] | None:
 
 
 def _preprocessing(path: Path | None) -> list[PreprocessingStep] | None:
+    from pydantic import TypeAdapter, ValidationError
+
+    from edgefleet.protocol.model_card import PreprocessingStep
+
     if path is None:
         return None
     try:
@@ -59,7 +63,11 @@ def compress_command(
     version: str = typer.Option(..., "--version", help="Model version in the bundles, e.g. 1.1.0."),
     out: Path = typer.Option(Path("compressed"), "--out", "-o", help="Output folder: candidates, bundles, reports."),
     key: Path | None = typer.Option(
-        None, "--key", exists=True, dir_okay=False, help="Private signing key (PEM); without it no bundles are built."
+        None,
+        "--key",
+        callback=existing_file,
+        dir_okay=False,
+        help="Private signing key (PEM); without it no bundles are built.",
     ),
     device_class: list[str] | None = typer.Option(
         None, "--device-class", help="Device class to select for; repeatable. Default: every shipped class."
@@ -80,7 +88,7 @@ def compress_command(
     preprocessing: Path | None = typer.Option(
         None,
         "--preprocessing",
-        exists=True,
+        callback=existing_file,
         dir_okay=False,
         help='JSON list of steps, e.g. [{"op": "scale", "params": {"factor": 0.0625}}].',
     ),
@@ -118,6 +126,8 @@ def compress_command(
     Example: edgefleet compress models.digits:make_net --data val.npz --metric accuracy --name digits
     --version 1.1.0 --key keys/signing.key --out compressed --device-class rpi4
     """
+    from edgefleet.cli.errors import fail_with
+    from edgefleet.common.errors import ConfigError
     from edgefleet.compression.candidates.base import BuildOptions
     from edgefleet.compression.errors import CompressionError
     from edgefleet.compression.evaluate import EvalOptions

@@ -10,10 +10,9 @@ from typing import Any
 
 import typer
 
-from edgefleet.cli.errors import fail_with
 from edgefleet.cli.rest import TokenOption, UrlOption, call
 from edgefleet.common.exit_codes import ExitCode
-from edgefleet.common.output import Format, FormatOption, configure_logging, fail, print_data
+from edgefleet.common.output import Format, FormatOption, configure_logging, existing_file, fail, print_data
 
 app = typer.Typer(help="The fleet's control plane.", no_args_is_help=True)
 
@@ -26,6 +25,7 @@ def serve(config: Path = typer.Option(..., "--config", "-c", help="Coordinator c
     """
     import uvicorn
 
+    from edgefleet.cli.errors import fail_with
     from edgefleet.common.errors import EdgefleetError
     from edgefleet.coordinator.api.app import create_app
     from edgefleet.coordinator.config import load_config
@@ -45,6 +45,29 @@ def serve(config: Path = typer.Option(..., "--config", "-c", help="Coordinator c
     # report unpickled at 2000 a batch, 1 us frozen).
     gc.freeze()
     uvicorn.run(app_, host=cfg.api.host, port=cfg.api.port, log_level=cfg.log_level.lower(), access_log=False)
+
+
+@app.command("validate-config")
+def validate_config(
+    path: Path = typer.Argument(..., callback=existing_file, dir_okay=False, help="Coordinator config file (TOML)."),
+    fmt: Format = FormatOption,
+) -> None:
+    """Check a coordinator config file: every key known, every value of its type and range. Prints each problem
+    with its key path and reason (never the value: the file holds tokens and passwords); exits 3 on any.
+
+    Example: edgefleet coordinator validate-config /etc/edgefleet/coordinator.toml
+    """
+    from edgefleet.common.errors import ConfigError
+    from edgefleet.coordinator.config import load_config
+
+    try:
+        load_config(path)
+    except ConfigError as exc:
+        fail(f"{exc.path}: invalid coordinator config", ExitCode.CONFIG_INVALID, problems=exc.problems)
+    if fmt == Format.json:
+        print_data({"config": str(path), "ok": True}, fmt)
+    else:
+        typer.echo(f"{path}: ok")
 
 
 @app.command()
@@ -81,7 +104,7 @@ def bundles(url: str = UrlOption, token: str | None = TokenOption, fmt: Format =
 
 @app.command()
 def upload(
-    bundle: Path = typer.Argument(..., exists=True, dir_okay=False, help="Signed bundle archive."),
+    bundle: Path = typer.Argument(..., callback=existing_file, dir_okay=False, help="Signed bundle archive."),
     url: str = UrlOption,
     token: str | None = TokenOption,
     fmt: Format = FormatOption,

@@ -1,19 +1,93 @@
-"""The `edgefleet` command: sub-commands grouped by area."""
+"""The `edgefleet` command: sub-commands grouped by area, each area's module imported when it runs.
+
+`edgefleet --help` lists the areas from ``AREAS`` alone; a command's module, and what it needs (gRPC,
+numpy, pydantic models, cryptography), is imported only when that command is resolved, so
+`edgefleet rollout list` never loads the agent's modules and `--help` answers at once.
+"""
 
 from __future__ import annotations
 
-import typer
+import importlib
+from typing import Any, NamedTuple
 
-from edgefleet.cli.agent import app as agent_app
-from edgefleet.cli.bundle import bundle_app, keys_app
-from edgefleet.cli.campaign import app as campaign_app
-from edgefleet.cli.compress import compress_command
-from edgefleet.cli.coordinator import app as coordinator_app
-from edgefleet.cli.rollout import app as rollout_app
-from edgefleet.cli.simulate import simulate_command
+import click
+import typer
+from typer.core import TyperGroup
+
 from edgefleet.common.exit_codes import HELP
 
+__all__ = ["AREAS", "app", "load_area", "main"]
+
+
+class Area(NamedTuple):
+    module: str
+    attr: str  # a typer.Typer (a group of commands) or a command function
+    help: str  # what `edgefleet --help` shows for it: the first paragraph of its help (tests check they agree)
+
+
+AREAS: dict[str, Area] = {
+    "agent": Area("edgefleet.cli.agent", "app", "The daemon on each edge device."),
+    "coordinator": Area("edgefleet.cli.coordinator", "app", "The fleet's control plane."),
+    "bundle": Area("edgefleet.cli.bundle", "bundle_app", "Build, verify and inspect signed model bundles."),
+    "keys": Area("edgefleet.cli.bundle", "keys_app", "Signing keys for bundles."),
+    "rollout": Area("edgefleet.cli.rollout", "app", "Staged rollouts with health gates and automatic rollback."),
+    "campaign": Area("edgefleet.cli.campaign", "app", "Federated training campaigns with differential privacy."),
+    "compress": Area(
+        "edgefleet.cli.compress",
+        "compress_command",
+        "Build candidates (ONNX, ORT-optimised, INT8 dynamic/static, FP16, pruned, distilled, TFLite, TensorRT), "
+        "measure each on its runtime, pick the fastest within each device class's constraints, and write a "
+        "signed bundle per class plus report.json and report.md.",
+    ),
+    "simulate": Area(
+        "edgefleet.cli.simulate",
+        "simulate_command",
+        "Run simulated devices that speak the real protocol: availability with last will, reported state, "
+        "desired state followed, telemetry windows; prints what happened.",
+    ),
+}
+
+
+def load_area(name: str) -> click.Command:
+    """The click command of an area of ``AREAS``, its module imported now."""
+    area = AREAS[name]
+    target = getattr(importlib.import_module(area.module), area.attr)
+    if isinstance(target, typer.Typer):
+        command: click.Command = typer.main.get_group(target)  # what add_typer makes: no completion options
+    else:
+        single = typer.Typer(add_completion=False)
+        single.command(name)(target)
+        command = typer.main.get_command(single)
+    command.name = name
+    return command
+
+
+class _Unloaded(click.Command):
+    """An area in `edgefleet --help` (and shell completion) before its module is imported."""
+
+    def __init__(self, name: str, area: Area) -> None:
+        super().__init__(name, help=area.help)
+
+
+class _LazyGroup(TyperGroup):
+    def __init__(self, **attrs: Any) -> None:
+        super().__init__(**attrs)
+        own = dict(self.commands)  # those registered below (demo), after the areas
+        self.commands = {name: _Unloaded(name, area) for name, area in AREAS.items()} | own
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        # Every path to running a sub-command comes through here (shell completion too); --help listings
+        # only read the placeholders' help.
+        name = args[0] if args else None
+        if name is not None and isinstance(self.commands.get(name), _Unloaded):
+            self.commands[name] = load_area(name)
+        return super().resolve_command(ctx, args)
+
+
 app = typer.Typer(
+    cls=_LazyGroup,
     help="edgefleet: signed models on fleets of edge devices.\n\nExit codes: "
     + "; ".join(f"{int(code)} {text}" for code, text in HELP.items()),
     no_args_is_help=True,
@@ -31,16 +105,6 @@ def _root(
 
         typer.echo(f"edgefleet {installed('edgefleet')}")
         raise typer.Exit()
-
-
-app.add_typer(agent_app, name="agent")
-app.add_typer(coordinator_app, name="coordinator")
-app.add_typer(bundle_app, name="bundle")
-app.add_typer(keys_app, name="keys")
-app.add_typer(rollout_app, name="rollout")
-app.add_typer(campaign_app, name="campaign")
-app.command("compress")(compress_command)
-app.command("simulate")(simulate_command)
 
 
 @app.command()

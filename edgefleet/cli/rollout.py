@@ -6,7 +6,6 @@ import time
 from typing import Any
 
 import typer
-from rich.progress import BarColumn, Progress, TextColumn
 
 from edgefleet.cli.rest import TokenOption, UrlOption, call
 from edgefleet.common.exit_codes import ExitCode
@@ -69,17 +68,20 @@ def create(
         fail(f"--target {target!r}: use all, class=NAME, tag=TAG, group=NAME or devices=ID,ID", ExitCode.USAGE)
     rollout = call("POST", url, token, "/api/v1/rollouts", json=body)
     if wait:
-        rollout = _follow(rollout["id"], url, token)
+        rollout = _follow(rollout["id"], url, token, fmt)
     _show(rollout, fmt)
     # --wait promises every targeted device runs the bundle: anything less is not success.
     if rollout["status"] in ("halted", "aborted", "rolled_back") or (wait and rollout["status"] != "completed"):
         raise typer.Exit(int(ExitCode.ERROR))
 
 
-def _follow(rollout_id: str, url: str, token: str | None) -> dict[str, Any]:
-    # Progress goes to stderr: stdout holds only the result, so `--format json` output parses.
+def _follow(rollout_id: str, url: str, token: str | None, fmt: Format) -> dict[str, Any]:
+    from rich.progress import BarColumn, Progress, TextColumn
+
+    # Progress goes to stderr, and not at all under --format json: stdout holds only the result, and
+    # stderr only an error, if one ends the command, so that both parse.
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"))
-    with Progress(*columns, console=err_console) as bar:
+    with Progress(*columns, console=err_console, disable=fmt == Format.json) as bar:
         task = bar.add_task(f"rollout {rollout_id}", total=None)
         while True:
             rollout = call("GET", url, token, f"/api/v1/rollouts/{rollout_id}")
