@@ -21,6 +21,7 @@ from edgefleet.agent.errors import ActivationError
 from edgefleet.agent.learning.participant import FederatedParticipant
 from edgefleet.agent.learning.samples import RecentRequests, SampleStore
 from edgefleet.agent.mqtt.commands import CommandVerifier
+from edgefleet.agent.mqtt.control import FLOOR_FILE, ControlVerifier
 from edgefleet.agent.mqtt.link import AgentLink, Handlers
 from edgefleet.agent.mqtt.outbox import Outbox, OutboxError
 from edgefleet.agent.mqtt.sender import OutboxSender
@@ -91,7 +92,11 @@ class Agent:
         self._state_lock = threading.Lock()
         self._reported_samples: int | None = None  # training_samples in the last reported state
         self._threads: list[threading.Thread] = []
-        self.commands = CommandVerifier(config.device_id, load_trusted_keys(config.command_keys))
+        command_keys = load_trusted_keys(config.command_keys)
+        self.commands = CommandVerifier(
+            config.device_id, command_keys, journal=config.data_dir / "commands-seen.json"
+        )
+        self.control = ControlVerifier(config.device_id, command_keys, config.data_dir / FLOOR_FILE)
         self.link = AgentLink(
             config.device_id,
             config.broker,
@@ -103,6 +108,7 @@ class Agent:
                 on_campaign=lambda assignment: self.federated.assign(assignment),
             ),
             self.commands,
+            self.control,
             coordinator_marker=config.data_dir / "coordinator-announces",
         )
         self.fetcher = ChunkFetcher(
@@ -213,7 +219,7 @@ class Agent:
         for key in restart:
             log.warning("config reload: %s changed; restart the agent to apply it", key)
         self.trusted = load_trusted_keys(config.trusted_keys)
-        self.commands.trusted = load_trusted_keys(config.command_keys)
+        self.commands.trusted = self.control.trusted = load_trusted_keys(config.command_keys)
         self.fetcher.chunk_bytes = config.fetch.chunk_bytes
         self.fetcher.timeout_s = config.fetch.chunk_timeout_s
         self.fetcher.retries = config.fetch.retries

@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from edgefleet.agent.config import AgentConfig, parse_config
 from edgefleet.agent.device_class import load_device_class
 from edgefleet.agent.errors import AgentError
+from edgefleet.agent.mqtt.control import FLOOR_FILE
 from edgefleet.protocol.enrollment import ENROLL_PATH, EnrollRequest, EnrollResponse
 from edgefleet.protocol.signing import key_id, load_public_key
 
@@ -193,6 +194,8 @@ def write_agent_config(
     config = parse_config(raw, source=str(out), base=folder)
     load_device_class(config.device_class)
     data_dir.mkdir(parents=True, exist_ok=True)
+    # A new enrollment may be with another coordinator, whose revisions start again from 1.
+    (data_dir / FLOOR_FILE).unlink(missing_ok=True)
     if service_user is not None:
         os.chown(data_dir, service_user.uid, service_user.gid)
         data_dir.chmod(0o700)

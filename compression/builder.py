@@ -212,6 +212,7 @@ def build_bundle(
     privacy: PrivacyReport | None = None,
     mirrors: list[str] | None = None,
     batching: Batching | None = None,
+    min_version: str | None = None,
 ) -> tuple[Path, str]:
     """Write a signed bundle archive to ``out``; return (path, bundle digest).
 
@@ -270,6 +271,7 @@ def build_bundle(
             batching=batching,
             rtol=rtol,
             atol=atol,
+            min_version=min_version,
             parent=parent,
             metadata=metadata or {},
             labels=labels,

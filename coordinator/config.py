@@ -240,8 +240,15 @@ class CoordinatorConfig(BaseModel):
     enrollment: EnrollmentConfig = Field(default_factory=EnrollmentConfig)
     command_key: Path | None = Field(
         default=None,
-        description="PEM ed25519 private key that signs commands to devices (not the bundle key); "
-        "its public key is handed out at enrollment.",
+        description="PEM ed25519 private key that signs commands, desired states and campaign assignments to "
+        "devices (not the bundle key); its public key is handed out at enrollment.",
+    )
+    control_ttl_s: float = Field(
+        default=7 * 86_400.0,
+        ge=3_600.0,
+        le=90 * 86_400.0,
+        description="How long a signed desired state or campaign assignment stays valid; the leading coordinator "
+        "signs each desired state again after a quarter of it, so a device never holds an expired one.",
     )
     retention: TelemetryRetentionConfig = Field(
         default_factory=TelemetryRetentionConfig,

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import threading
 from typing import TYPE_CHECKING, Any
 
 from edgefleet.coordinator.config import CampaignsConfig, CoordinatorConfig
 from edgefleet.coordinator.errors import Conflict, NotFound
 from edgefleet.coordinator.leadership import AdvisoryLockLeader, Leadership, SoleLeader
 from edgefleet.coordinator.mqtt.link import CoordinatorLink
+from edgefleet.coordinator.mqtt.signer import CommandSigner
 from edgefleet.coordinator.registry.artifacts import Registry
 from edgefleet.coordinator.registry.models import ModelRegistry
 from edgefleet.coordinator.rollouts.engine import RolloutEngine
@@ -34,9 +36,14 @@ class Coordinator:
             config.store.url or config.data_dir / "fleet.db", connect_timeout_s=config.store.connect_timeout_s
         )
         self.registry = Registry(config.data_dir, self.db, load_trusted_keys(config.trusted_keys))
+        self.signer = CommandSigner.from_file(config.command_key) if config.command_key else None
+        if self.signer is None:
+            log.warning("no command_key: desired states and campaign assignments go unsigned")
         self.link = CoordinatorLink(
-            config.broker, self.db, self.registry, client_id=config.client_id, share_group=config.replica_group
-        )
+            config.broker, self.db, self.registry, client_id=config.client_id, share_group=config.replica_group,
+            signer=self.signer, control_ttl_s=config.control_ttl_s,
+        )  # fmt: skip
+        self._resigning = threading.Event()
         # Replicas on one PostgreSQL store elect one of them to run the fleet-wide jobs.
         self.leadership: Leadership = AdvisoryLockLeader(config.store.url) if config.store.url else SoleLeader()
         self.link.on_connected = self._republish_if_leading
@@ -52,8 +59,11 @@ class Coordinator:
         self.link.start()
         self.rollouts.start()
         self.pruner.start()
+        if self.signer is not None:
+            threading.Thread(target=self._resign_loop, name="resign-desired", daemon=True).start()
 
     def stop(self) -> None:
+        self._resigning.set()
         if self.campaigns is not None:
             self.campaigns.stop()
         self.pruner.stop()
@@ -96,23 +106,39 @@ class Coordinator:
         if self.leadership.is_leader():
             self.republish_desired()
 
+    def _resign_loop(self) -> None:
+        """Signed desired states expire: the leader signs them all again after a quarter of their validity."""
+        while not self._resigning.wait(self.config.control_ttl_s / 4):
+            if self.leadership.is_leader() and self.link.connected.is_set():
+                self.republish_desired()
+                log.info("desired states signed again (valid %.0f h)", self.config.control_ttl_s / 3600)
+
     def republish_desired(self) -> None:
         """After (re)connecting, publish every desired state again, in case the broker lost retained ones."""
         for row in self.db.desired_states():
-            self.link.publish_desired(self._desired_message(row["device_id"], row["revision"], row["bundle_digest"]))
+            self.link.publish_desired(
+                self._desired_message(
+                    row["device_id"], row["revision"], row["bundle_digest"], bool(row.get("allow_downgrade"))
+                )
+            )
 
-    def _desired_message(self, device_id: str, revision: int, digest: str | None) -> DesiredState:
+    def _desired_message(
+        self, device_id: str, revision: int, digest: str | None, allow_downgrade: bool = False
+    ) -> DesiredState:
         ref = None
         if digest is not None:
             bundle = self.db.bundle(digest)
             if bundle is None:
                 raise NotFound(f"no bundle {digest}")
             ref = BundleRef(digest=digest, name=bundle["name"], version=bundle["version"])
-        return DesiredState(device_id=device_id, revision=revision, bundle=ref)
+        return DesiredState(device_id=device_id, revision=revision, bundle=ref, allow_downgrade=allow_downgrade)
 
-    def deploy(self, digest: str, device_ids: list[str] | None = None) -> list[dict[str, Any]]:
+    def deploy(
+        self, digest: str, device_ids: list[str] | None = None, *, allow_downgrade: bool = False
+    ) -> list[dict[str, Any]]:
         """Make ``digest`` (or the one bundle whose digest starts with it) the desired bundle of the named
-        devices, or of every device of its class."""
+        devices, or of every device of its class; ``allow_downgrade``: even below the min_version their active
+        bundle declares."""
         bundle = self.db.bundle(digest) if len(digest) == 64 else self._bundle_by_prefix(digest)
         if bundle is None:
             raise NotFound(f"no bundle {digest}")
@@ -134,8 +160,8 @@ class Coordinator:
                 targets.append(device_id)
         results = []
         for device_id in targets:
-            revision = self.db.set_desired(device_id, digest)
-            self.link.publish_desired(self._desired_message(device_id, revision, digest))
+            revision = self.db.set_desired(device_id, digest, allow_downgrade=allow_downgrade)
+            self.link.publish_desired(self._desired_message(device_id, revision, digest, allow_downgrade))
             results.append({"device_id": device_id, "revision": revision, "bundle_digest": digest})
         log.info("deployed %s %s to %d device(s)", bundle["name"], bundle["version"], len(results))
         return results

@@ -21,6 +21,7 @@ from typing import Annotated, Literal
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from packaging.version import InvalidVersion, Version
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edgefleet.protocol.errors import BundleError, ProtocolError, UnsafeArchive, describe_errors
@@ -42,6 +43,7 @@ __all__ = [
     "TensorSlice",
     "TestVector",
     "extract_bundle",
+    "is_downgrade",
     "pack_bundle",
     "sha256_file",
     "sign_manifest",
@@ -190,6 +192,12 @@ class Manifest(BaseModel):
     )
     rtol: float = Field(default=1e-4, ge=0)
     atol: float = Field(default=1e-5, ge=0)
+    min_version: str | None = Field(
+        default=None,
+        max_length=64,
+        description="A device running this bundle takes an older version of the same model than this (PEP 440) "
+        "only when its signed desired state allows the downgrade explicitly, e.g. after a security fix.",
+    )
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
     parent: str | None = Field(default=None, pattern=SHA256, description="Digest of the bundle this derives from.")
     metadata: dict[str, str] = Field(default_factory=dict)
@@ -205,6 +213,16 @@ class Manifest(BaseModel):
     metrics: dict[str, float] = Field(default_factory=dict, description="Measured at build time: metric, latency...")
     lineage: Lineage | None = None
     privacy: PrivacyReport | None = Field(default=None, description="DP guarantee of a federated model.")
+
+    @field_validator("min_version")
+    @classmethod
+    def _comparable(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                Version(value)
+            except InvalidVersion:
+                raise ValueError(f"min_version {value!r} is not a PEP 440 version (e.g. 2.1.0)") from None
+        return value
     mirrors: list[str] = Field(
         default_factory=list,
         max_length=8,
@@ -447,3 +465,12 @@ def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 def _first_error(exc: ValidationError) -> str:
     return describe_errors(exc)[0]
+
+
+def is_downgrade(version: str, min_version: str) -> bool:
+    """Whether ``version`` is below ``min_version``; a version that does not parse (PEP 440) cannot be shown not
+    to be, so it counts as one."""
+    try:
+        return Version(version) < Version(min_version)
+    except InvalidVersion:
+        return True

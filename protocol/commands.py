@@ -19,7 +19,7 @@ from edgefleet.protocol.errors import InvalidMessage, SignatureError
 from edgefleet.protocol.messages import MAX_CONTROL_BYTES, Command
 from edgefleet.protocol.signing import TrustedKeys, key_id
 
-__all__ = ["COMMAND_CONTEXT", "SignedCommand", "sign_command", "verify_signed_command"]
+__all__ = ["COMMAND_CONTEXT", "SignedCommand", "check_envelope_signature", "sign_command", "verify_signed_command"]
 
 COMMAND_CONTEXT = b"edgefleet/v1 command\n"
 
@@ -54,22 +54,31 @@ def verify_signed_command(signed: SignedCommand, trusted: TrustedKeys, *, topic:
 
     Raises SignatureError (unknown key, bad signature) or InvalidMessage (malformed command).
     """
-    key = trusted.get(signed.key_id)
-    if key is None:
-        raise SignatureError(f"command signed by key {signed.key_id}, which is not a trusted command key", topic=topic)
-    try:
-        signature = base64.b64decode(signed.signature, validate=True)
-    except ValueError:
-        raise SignatureError("command signature is not valid base64", topic=topic) from None
-    try:
-        key.verify(signature, COMMAND_CONTEXT + signed.command.encode())
-    except InvalidSignature:
-        raise SignatureError(
-            f"invalid signature by command key {signed.key_id}: command altered or forged", topic=topic
-        ) from None
+    check_envelope_signature(
+        COMMAND_CONTEXT, signed.command, signed.key_id, signed.signature, trusted, what="command", topic=topic
+    )
     try:
         return Command.model_validate_json(signed.command)
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = ".".join(str(p) for p in err.get("loc", ())) or "(root)"
         raise InvalidMessage(f"signed command is invalid: {loc}: {err.get('msg')}", topic=topic) from None
+
+
+def check_envelope_signature(
+    context: bytes, text: str, signer: str, signature_b64: str, trusted: TrustedKeys, *, what: str, topic: str | None
+) -> None:
+    """Raise SignatureError unless ``signature_b64`` is a trusted command key's signature over context + text."""
+    key = trusted.get(signer)
+    if key is None:
+        raise SignatureError(f"{what} signed by key {signer}, which is not a trusted command key", topic=topic)
+    try:
+        signature = base64.b64decode(signature_b64, validate=True)
+    except ValueError:
+        raise SignatureError(f"{what} signature is not valid base64", topic=topic) from None
+    try:
+        key.verify(signature, context + text.encode())
+    except InvalidSignature:
+        raise SignatureError(
+            f"invalid signature by command key {signer}: {what} altered or forged", topic=topic
+        ) from None

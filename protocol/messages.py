@@ -112,11 +112,22 @@ class ErrorInfo(BaseModel):
 
 
 class DesiredState(Message):
-    """What the coordinator wants a device to run. Retained; ``revision`` only grows."""
+    """What the coordinator wants a device to run. Retained; ``revision`` only grows.
+
+    Signed by the coordinator's command key (protocol/control.py) where the coordinator has one; an agent
+    with command keys acts only on a signed one that has not expired.
+    """
 
     device_id: str
-    revision: int = Field(ge=0)
+    revision: int = Field(ge=0, le=2**53)
     bundle: BundleRef | None = None
+    expires_at: datetime | None = Field(
+        default=None, description="After this the device waits for a fresh one (the coordinator re-signs in time)."
+    )
+    allow_downgrade: bool = Field(
+        default=False,
+        description="The bundle may be older than the active bundle's min_version (an operator's explicit rollback).",
+    )
 
 
 class CampaignAssignment(Message):
@@ -137,6 +148,7 @@ class CampaignAssignment(Message):
         description="The SuperLink admits only SuperNodes whose key the coordinator registered: start the "
         "SuperNode with the device's SuperNode key (the one in ReportedState.supernode_public_key). Needs TLS.",
     )
+    expires_at: datetime | None = Field(default=None, description="After this the device ignores it (as DesiredState).")
 
     @model_validator(mode="after")
     def _complete(self) -> CampaignAssignment:

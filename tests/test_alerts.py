@@ -187,7 +187,7 @@ def test_a_failed_activation_and_a_halted_rollout_raise_alerts(db: SQLiteStore) 
         )
     )  # fmt: skip
     db.add_bundle({"digest": V2.digest, "name": "digits", "version": "2.0.0", "device_class": "x86-gateway"})
-    engine = RolloutEngine(db, lambda _digest, _ids: None)
+    engine = RolloutEngine(db, lambda _digest, _ids, **_kw: None)
     rollout = engine.create(RolloutSpec(model="digits", version="2.0.0", soak_s=0))
     engine.tick()  # gw-1 is seen to have refused it: the rollout halts
 

@@ -47,7 +47,7 @@ class Fleet:
             # What the old bundle did before the rollout: the latency baseline.
             self.db.add_telemetry(_window(device_id, OLD, served=100, p95_ms=10.0))
         self.deploys: list[tuple[str, list[str]]] = []
-        self.engine = RolloutEngine(self.db, lambda digest, ids: self.deploys.append((digest, sorted(ids))))
+        self.engine = RolloutEngine(self.db, lambda digest, ids, **_kw: self.deploys.append((digest, sorted(ids))))
 
     def roll_out(self, gates: Gates, new_windows: list[Telemetry]) -> dict[str, Any]:
         """Roll ``NEW`` out in one wave; the devices activate it and send ``new_windows``; then the gates."""

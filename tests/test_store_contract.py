@@ -91,6 +91,14 @@ class StoreContract:
             thread.join()
         assert sorted(revisions) == list(range(1, 81))  # each revision handed out exactly once
 
+    def test_a_desired_state_keeps_whether_it_allows_a_downgrade(self, db: FleetStore) -> None:
+        db.set_desired("d1", DIGEST, allow_downgrade=True)
+        db.set_desired("d2", DIGEST)
+        rows = {row["device_id"]: row for row in db.desired_states()}
+        assert (bool(rows["d1"]["allow_downgrade"]), bool(rows["d2"]["allow_downgrade"])) == (True, False)
+        db.set_desired("d1", DIGEST)  # the next deployment says again what it allows
+        assert not next(r for r in db.desired_states() if r["device_id"] == "d1")["allow_downgrade"]
+
     def test_telemetry_is_stored_once_per_message_id(self, db: FleetStore) -> None:
         message = Telemetry(device_id="d1", window_s=1.0, inference_count=3, error_count=0)
         assert db.add_telemetry(message) is True
@@ -230,7 +238,7 @@ def test_a_store_written_by_the_schema_9_coordinator_migrates_in_place(tmp_path:
     # Execute
     db = SQLiteStore(path)
     # Assert: the schema is current and every row written before is read through the interface
-    assert sqlite3.connect(path).execute("pragma user_version").fetchone()[0] == SCHEMA_VERSION == 11
+    assert sqlite3.connect(path).execute("pragma user_version").fetchone()[0] == SCHEMA_VERSION == 12
     assert {d["device_id"] for d in db.devices()} == {"gw-1", "gw-2"} and db.device("gw-1")["tags"] == ["lab"]  # type: ignore[index]
     assert len(db.bundles()) == 2 and db.stages.stages("digits") == {"1.0.0": "production"}
     assert [t["role"] for t in db.tokens.all()] == ["operator"]

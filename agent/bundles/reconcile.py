@@ -12,7 +12,7 @@ from edgefleet.agent.bundles.store import ModelStore
 from edgefleet.agent.errors import ActivationError, FetchError
 from edgefleet.agent.serving.model import LoadedModel
 from edgefleet.agent.serving.update_lock import UpdateLock
-from edgefleet.protocol.bundle import Manifest, SignedManifest, verify_manifest
+from edgefleet.protocol.bundle import Manifest, SignedManifest, is_downgrade, verify_manifest
 from edgefleet.protocol.errors import BundleError
 from edgefleet.protocol.messages import BundleRef, DesiredState, ErrorInfo, FailureKind
 from edgefleet.protocol.signing import TrustedKeys
@@ -87,6 +87,21 @@ class Reconciler:
         refusal = self.store.state().refused.get(target.digest)
         if refusal is not None and (refusal["revision"] or 0) >= desired.revision:
             return True  # refused for a reason that retrying the same revision cannot change
+        floor = model.manifest.min_version if model is not None else None
+        if (
+            model is not None and floor is not None and not desired.allow_downgrade
+            and target.name == model.manifest.name and is_downgrade(target.version, floor)
+        ):  # fmt: skip
+            reason = (
+                f"{target.name} {target.version} is below {floor}, the minimum version the active bundle "
+                f"({model.manifest.version}) declares; only a deployment that allows the downgrade can go there"
+            )
+            log.error("refused bundle %s: %s", target.digest[:12], reason)
+            self.store.refuse(target.digest, reason, desired.revision)
+            self._set_status(
+                "ready", ErrorInfo(reason=f"refused: {reason}", kind=FailureKind.REFUSED, bundle_digest=target.digest)
+            )
+            return True
         try:
             self._set_status("downloading", None)
             manifest = self._download(target)

@@ -41,6 +41,7 @@ class FederatedParticipant:
         self._assignments: queue.Queue[CampaignAssignment] = queue.Queue()
         self._wanted: CampaignAssignment | None = None
         self._node: SuperNodeProcess | None = None
+        self._starting: SuperNodeProcess | None = None  # set while its start() waits for registration
         self._restarts = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="federated", daemon=True)
@@ -69,7 +70,12 @@ class FederatedParticipant:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop the worker and its SuperNode, also one still starting (registration can take its whole
+        startup_timeout_s: waiting it out would outlast the unit's stop timeout and orphan the child)."""
         self._stop.set()
+        starting = self._starting
+        if starting is not None:
+            starting.stop()  # its start() returns at once; the worker thread then sees the stop
         if self._thread.is_alive():
             self._thread.join(timeout=30)
         self._stop_node()
@@ -136,13 +142,21 @@ class FederatedParticipant:
             self._wanted.superlink, node_config, work, root_certificates=ca, auth_private_key=auth_key,
             startup_timeout_s=self.config.startup_timeout_s,
         )  # fmt: skip
+        self._starting = node
         try:
+            if self._stop.is_set():  # stop() came before _starting was set: it could not reach this node
+                return
             self._node = node.start()
             log.info("campaign %s: SuperNode %s joined %s", campaign_id, node.node_id, self._wanted.superlink)
         except (DeploymentError, OSError, ValueError) as exc:
             node.stop()
+            if self._stop.is_set():
+                log.info("campaign %s: SuperNode stopped while it was starting", campaign_id)
+                return
             self.last_error = f"campaign {campaign_id}: SuperNode did not start: {str(exc).splitlines()[0]}"
             log.error("%s", self.last_error)
+        finally:
+            self._starting = None
 
     def _supervise(self) -> None:
         if self._wanted is None or not self.config.enabled:

@@ -8,10 +8,13 @@ any other rejected message.
 from __future__ import annotations
 
 import json
+import logging
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from edgefleet.protocol.commands import SignedCommand, verify_signed_command
 from edgefleet.protocol.errors import InvalidMessage, SignatureError
@@ -19,6 +22,8 @@ from edgefleet.protocol.messages import Command, parse
 from edgefleet.protocol.signing import TrustedKeys
 
 __all__ = ["CommandVerifier"]
+
+log = logging.getLogger(__name__)
 
 
 def _utc_now() -> datetime:
@@ -30,7 +35,8 @@ class CommandVerifier:
 
     A command older than ``max_age_s`` or more than ``max_skew_s`` in the future is refused, and so
     is a command id seen before (kept for the last ``remember`` commands): a recorded command cannot
-    be replayed later, nor to another device, whose id the signed command names.
+    be replayed later, nor to another device, whose id the signed command names. With a ``journal``
+    file the ids seen within the freshness window survive a restart.
     """
 
     def __init__(
@@ -42,6 +48,7 @@ class CommandVerifier:
         max_skew_s: float = 300.0,
         remember: int = 1024,
         clock: Callable[[], datetime] = _utc_now,
+        journal: Path | None = None,
     ) -> None:
         if max_age_s <= 0 or max_skew_s < 0 or remember < 1:
             raise ValueError("max_age_s must be > 0, max_skew_s >= 0 and remember >= 1")
@@ -51,8 +58,10 @@ class CommandVerifier:
         self.max_skew_s = max_skew_s
         self.remember = remember
         self.clock = clock
-        self._seen: OrderedDict[str, None] = OrderedDict()
+        self.journal = journal
+        self._seen: OrderedDict[str, datetime] = OrderedDict()
         self._lock = threading.Lock()
+        self._load_journal()
 
     def verify(self, payload: bytes | bytearray, *, topic: str | None = None) -> Command:
         """Return the command in ``payload``; raise SignatureError or InvalidMessage with the reason."""
@@ -82,10 +91,42 @@ class CommandVerifier:
         with self._lock:
             if command.message_id in self._seen:
                 raise InvalidMessage(f"command {command.message_id} was already received (replay)", topic=topic)
-            self._seen[command.message_id] = None
+            self._seen[command.message_id] = command.sent_at
             while len(self._seen) > self.remember:
                 self._seen.popitem(last=False)
+            self._save_journal()
         return command
+
+    def _window_start(self) -> datetime:
+        """Commands sent before this are refused by age: their ids need not be remembered."""
+        return self.clock() - timedelta(seconds=self.max_age_s + self.max_skew_s)
+
+    def _load_journal(self) -> None:
+        if self.journal is None:
+            return
+        try:
+            raw = json.loads(self.journal.read_text())
+            entries = [(str(k), datetime.fromisoformat(v)) for k, v in raw.items()]
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, AttributeError, TypeError) as exc:
+            # Commands older than the freshness window are refused anyway; only younger ones could be replayed.
+            log.error("%s unreadable (%s): commands sent in the last %.0fs could be replayed once",
+                      self.journal, exc, self.max_age_s + self.max_skew_s)  # fmt: skip
+            return
+        start = self._window_start()
+        self._seen.update((k, at) for k, at in sorted(entries, key=lambda e: e[1]) if at >= start)
+
+    def _save_journal(self) -> None:
+        if self.journal is None:
+            return
+        start = self._window_start()
+        for message_id in [k for k, at in self._seen.items() if at < start]:
+            del self._seen[message_id]
+        self.journal.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.journal.with_suffix(".tmp")
+        tmp.write_text(json.dumps({k: at.isoformat() for k, at in self._seen.items()}))
+        os.replace(tmp, self.journal)
 
 
 def _unsigned(payload: bytes | bytearray) -> bool:

@@ -10,11 +10,12 @@ import logging
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import paho.mqtt.client as mqtt
 
 from edgefleet.agent.mqtt.commands import CommandVerifier
+from edgefleet.agent.mqtt.control import ControlVerifier
 from edgefleet.common.mqtt import BrokerConfig, ConnectTrouble, make_client
 from edgefleet.protocol.errors import ProtocolError
 from edgefleet.protocol.messages import (
@@ -31,8 +32,6 @@ from edgefleet.protocol.messages import (
 from edgefleet.protocol.topics import COORDINATOR_STATUS, RETAINED, Channel, device_subscriptions, parse_topic, topic
 
 __all__ = ["AgentLink", "Handlers", "SendGate"]
-
-M = TypeVar("M", DesiredState, CampaignAssignment)
 
 log = logging.getLogger(__name__)
 
@@ -94,9 +93,10 @@ class SendGate:
 
 class AgentLink:
     def __init__(self, device_id: str, broker: BrokerConfig, handlers: Handlers, commands: CommandVerifier,
-                 *, coordinator_marker: Path | None = None) -> None:  # fmt: skip
+                 control: ControlVerifier, *, coordinator_marker: Path | None = None) -> None:  # fmt: skip
         self.device_id = device_id
         self.commands = commands
+        self.control = control
         self.broker = broker
         self.handlers = handlers
         self.rejected = 0
@@ -162,14 +162,6 @@ class AgentLink:
         self.connected.clear()
         log.warning("disconnected from broker (%s); reconnecting in the background", reason)
 
-    def _own(self, model: type[M], msg: mqtt.MQTTMessage) -> M:
-        """A valid message of ``model`` that names this device (a retained one may be stale or misrouted)."""
-        message = parse(model, msg.payload, topic=msg.topic)
-        named = getattr(message, "device_id", None)
-        if named != self.device_id:
-            raise ProtocolError(f"{model.__name__} names device {named!r}", topic=msg.topic)
-        return message
-
     def _on_message(self, _c: mqtt.Client, _ud: Any, msg: mqtt.MQTTMessage) -> None:
         try:
             if msg.topic == COORDINATOR_STATUS:
@@ -182,7 +174,7 @@ class AgentLink:
             if dest.channel in (Channel.DESIRED, Channel.CAMPAIGN) and not msg.payload:
                 return  # a cleared retained message
             if dest.channel is Channel.DESIRED:
-                self.handlers.on_desired(self._own(DesiredState, msg))
+                self.handlers.on_desired(self.control.desired(msg.payload, topic=msg.topic))
             elif dest.channel is Channel.CHUNKS:
                 self.handlers.on_chunk(*decode_chunk(msg.payload, topic=msg.topic))
             elif dest.channel is Channel.COMMANDS:
@@ -190,7 +182,7 @@ class AgentLink:
             elif dest.channel is Channel.CAMPAIGN:
                 if self.handlers.on_campaign is None:
                     raise ProtocolError("this agent takes part in no campaigns", topic=msg.topic)
-                self.handlers.on_campaign(self._own(CampaignAssignment, msg))
+                self.handlers.on_campaign(self.control.campaign(msg.payload, topic=msg.topic))
             else:
                 raise ProtocolError(f"unexpected channel {dest.channel.value}", topic=msg.topic)
         except ProtocolError as exc:

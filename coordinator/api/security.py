@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from edgefleet.coordinator.errors import Conflict, NotFound, Rejected
-from edgefleet.coordinator.mqtt.signer import CommandSigner, publish_command
+from edgefleet.coordinator.mqtt.signer import publish_command
 from edgefleet.coordinator.security.broker_auth import BrokerAuth, BrokerAuthError
 from edgefleet.coordinator.security.enrollment import Enrollment
 from edgefleet.coordinator.security.tokens import ApiTokens, Authorizer, Principal, Role
@@ -34,7 +34,7 @@ class Security:
         self.coordinator = coordinator
         self.tokens = ApiTokens(coordinator.db)
         self.auth = Authorizer(self.tokens, bootstrap_token)
-        self.signer = CommandSigner.from_file(config.command_key) if config.command_key else None
+        self.signer = coordinator.signer
         self.broker_auth = None
         if config.broker_auth is not None:
             password = config.broker.resolved_password()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -16,6 +17,7 @@ from prometheus_client import Counter
 
 from edgefleet.common.mqtt import BrokerConfig, ConnectTrouble, make_client
 from edgefleet.coordinator.errors import NotFound
+from edgefleet.coordinator.mqtt.signer import CommandSigner
 from edgefleet.coordinator.registry.artifacts import Registry
 from edgefleet.coordinator.store import FleetStore
 from edgefleet.coordinator.telemetry.supervisor import IngestLink
@@ -57,9 +59,13 @@ CHUNK_BYTES = Counter("edgefleet_coordinator_chunk_bytes_served", "Artifact byte
 class CoordinatorLink:
     def __init__(
         self, broker: BrokerConfig, db: FleetStore, registry: Registry, *, client_id: str,
-        share_group: str | None = None,
+        share_group: str | None = None, signer: CommandSigner | None = None, control_ttl_s: float = 7 * 86_400.0,
     ) -> None:  # fmt: skip
         self.broker = broker
+        # Desired states and campaign assignments are signed with the command key (protocol/control.py) and
+        # expire after control_ttl_s; without a key they go unsigned (agents with command keys refuse them).
+        self.signer = signer
+        self.control_ttl_s = control_ttl_s
         # Replicas of one store: telemetry and chunk requests go to one of them (shared subscriptions), the
         # rest (small, idempotent writes) to each.
         self.share_group = share_group
@@ -113,17 +119,24 @@ class CoordinatorLink:
 
     def publish_desired(self, desired: DesiredState) -> None:
         """Retained QoS 1: a device that is offline now converges when it next connects."""
-        info = self.client.publish(topic(desired.device_id, Channel.DESIRED), desired.to_bytes(), qos=1, retain=True)
+        payload = self._control_payload(desired)
+        info = self.client.publish(topic(desired.device_id, Channel.DESIRED), payload, qos=1, retain=True)
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             # paho queues QoS 1 messages while disconnected; other codes mean it did not take it.
             log.warning("desired state for %s not queued: %s", desired.device_id, mqtt.error_string(info.rc))
 
     def publish_campaign(self, assignment: CampaignAssignment) -> None:
         """Retained QoS 1, like the desired state: which campaign's SuperNode the device runs."""
-        payload = assignment.to_bytes()
+        payload = self._control_payload(assignment)
         info = self.client.publish(topic(assignment.device_id, Channel.CAMPAIGN), payload, qos=1, retain=True)
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             log.warning("campaign assignment for %s not queued: %s", assignment.device_id, mqtt.error_string(info.rc))
+
+    def _control_payload(self, message: DesiredState | CampaignAssignment) -> bytes:
+        """The message sent now and valid for control_ttl_s, signed where there is a command key."""
+        now = datetime.now(UTC)
+        stamped = message.model_copy(update={"sent_at": now, "expires_at": now + timedelta(seconds=self.control_ttl_s)})
+        return stamped.to_bytes() if self.signer is None else self.signer.control(stamped).to_bytes()
 
     # -- paho callbacks (network thread) -------------------------------------------------
     def _on_connect(self, client: mqtt.Client, _ud: Any, _flags: Any, reason: Any, _props: Any) -> None:

@@ -13,8 +13,9 @@ from pydantic import ValidationError
 
 from edgefleet.coordinator.errors import CoordinatorError, Rejected
 from edgefleet.protocol.commands import SignedCommand, sign_command
+from edgefleet.protocol.control import SignedControl, sign_control
 from edgefleet.protocol.errors import SignatureError
-from edgefleet.protocol.messages import MAX_CONTROL_BYTES, Command
+from edgefleet.protocol.messages import MAX_CONTROL_BYTES, CampaignAssignment, Command, DesiredState
 from edgefleet.protocol.signing import key_id, load_private_key
 from edgefleet.protocol.topics import Channel, topic
 
@@ -63,6 +64,11 @@ class CommandSigner:
         if len(signed.to_bytes()) > MAX_CONTROL_BYTES:
             raise Rejected(f"signed command exceeds {MAX_CONTROL_BYTES} bytes; send smaller args")
         return command, signed
+
+
+    def control(self, message: DesiredState | CampaignAssignment) -> SignedControl:
+        """A desired state or campaign assignment signed for the device it names."""
+        return sign_control(message, self._key)
 
 
 def publish_command(client: mqtt.Client, command: Command, signed: SignedCommand) -> None:

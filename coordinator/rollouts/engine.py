@@ -52,7 +52,7 @@ class RolloutEngine:
     def __init__(
         self,
         db: FleetStore,
-        deploy: Callable[[str, list[str]], Any],
+        deploy: Callable[..., Any],  # (digest, device_ids, *, allow_downgrade=False), as Coordinator.deploy
         *,
         resolve_version: Callable[[str, str], str] = lambda _model, version: version,
         tick_s: float = 1.0,
@@ -315,7 +315,9 @@ class RolloutEngine:
             if member["state"] in ("assigned", "active", "failed", "skipped") and assigned and member["from_digest"]:
                 by_digest.setdefault(member["from_digest"], []).append(member["device_id"])
         for digest, ids in by_digest.items():
-            self._deploy(digest, ids)
+            # Back to what the device ran before, even below a min_version the new bundle declares: the
+            # rollback is the coordinator's explicit, signed decision.
+            self._deploy(digest, ids, allow_downgrade=True)
             for device_id in ids:
                 self._set_state(rollout_id, device_id, "rolled_back", reason)
         self._update(rollout_id, status=status, reason=reason)

@@ -234,12 +234,13 @@ class FleetStore(ABC):
 
     # -- desired state -------------------------------------------------------------------
     @abstractmethod
-    def set_desired(self, device_id: str, bundle_digest: str | None) -> int:
-        """Store the new desired bundle; return its revision (strictly increasing per device)."""
+    def set_desired(self, device_id: str, bundle_digest: str | None, *, allow_downgrade: bool = False) -> int:
+        """Store the new desired bundle; return its revision (strictly increasing per device). ``allow_downgrade``:
+        the device may go below its active bundle's min_version (kept with the row: republished alike)."""
 
     @abstractmethod
     def desired_states(self) -> list[Row]:
-        """Every device's desired row: device_id, revision, bundle_digest, updated_at."""
+        """Every device's desired row: device_id, revision, bundle_digest, allow_downgrade (0/1), updated_at."""
 
     # -- commands ------------------------------------------------------------------------
     @abstractmethod

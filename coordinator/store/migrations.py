@@ -233,8 +233,14 @@ def schema_11(db: sqlite_utils.Database) -> None:
     add_columns(db, "devices", {"problem": str, "problem_at": str})
 
 
+def schema_12(db: sqlite_utils.Database) -> None:
+    """Whether a desired state lets the device go below its active bundle's min_version (an explicit rollback)."""
+    add_columns(db, "desired", {"allow_downgrade": int})
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     schema_1, schema_2, schema_3, schema_4, schema_5, schema_6, schema_7, schema_8, schema_9, schema_10, schema_11,
+    schema_12,
 ]  # fmt: skip
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -220,15 +220,16 @@ class PostgresStore(FleetStore):
             update(conn, "devices", {"device_id": device_id}, {"problem": problem, "problem_at": _now()})
 
     # -- desired state -------------------------------------------------------------------
-    def set_desired(self, device_id: str, bundle_digest: str | None) -> int:
+    def set_desired(self, device_id: str, bundle_digest: str | None, *, allow_downgrade: bool = False) -> int:
         """Store the new desired bundle; return its revision (strictly increasing per device, whichever
         process of several sets it)."""
         with self.transaction() as conn:
             row = conn.execute(
-                "insert into desired (device_id, revision, bundle_digest, updated_at) values (%s, 1, %s, %s)"
-                " on conflict (device_id) do update set revision = desired.revision + 1,"
-                " bundle_digest = excluded.bundle_digest, updated_at = excluded.updated_at returning revision",
-                [device_id, bundle_digest, _now()],
+                "insert into desired (device_id, revision, bundle_digest, allow_downgrade, updated_at)"
+                " values (%s, 1, %s, %s, %s) on conflict (device_id) do update set revision = desired.revision + 1,"
+                " bundle_digest = excluded.bundle_digest, allow_downgrade = excluded.allow_downgrade,"
+                " updated_at = excluded.updated_at returning revision",
+                [device_id, bundle_digest, int(allow_downgrade), _now()],
             ).fetchone()
         assert row is not None
         return int(row["revision"])

@@ -157,7 +157,7 @@ class SQLiteStore(FleetStore):
         return next((d for d in self.devices() if d["device_id"] == device_id), None)
 
     # -- desired state -------------------------------------------------------------------
-    def set_desired(self, device_id: str, bundle_digest: str | None) -> int:
+    def set_desired(self, device_id: str, bundle_digest: str | None, *, allow_downgrade: bool = False) -> int:
         """Store the new desired bundle; return its revision (strictly increasing per device)."""
         with self.locked() as db:
             rows = list(Table(db, "desired").rows_where("device_id = ?", [device_id]))
@@ -167,6 +167,7 @@ class SQLiteStore(FleetStore):
                     "device_id": device_id,
                     "revision": revision,
                     "bundle_digest": bundle_digest,
+                    "allow_downgrade": int(allow_downgrade),
                     "updated_at": _now(),
                 },
                 pk="device_id",

@@ -1,4 +1,4 @@
-"""`edgefleet agent ...`: run the daemon, validate its config, ask a running agent what it serves."""
+"""`edgefleet agent ...`: run the daemon, validate its config, ask a running agent what it serves, diagnose one."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import grpc
 import typer
 
-from edgefleet.agent.config import load_config
+from edgefleet.agent.config import AgentConfig, load_config
 from edgefleet.agent.device_class import detect_device_class, load_device_class, probe_hardware
 from edgefleet.common.errors import ConfigError
 from edgefleet.common.exit_codes import ExitCode
@@ -164,17 +164,36 @@ def detect_class(fmt: Format = FormatOption) -> None:
         raise typer.Exit(int(ExitCode.NOT_FOUND))
 
 
+PACKAGED_CONFIG = Path("/etc/edgefleet/agent.toml")
+
+
+def _load_or_fail(config: Path) -> AgentConfig:
+    try:
+        return load_config(config)
+    except ConfigError as exc:
+        fail(f"{exc.path}: invalid config", ExitCode.CONFIG_INVALID, problems=exc.problems)
+
+
 @app.command()
 def status(
-    target: str = typer.Option(..., "--target", help="unix:///path/agent.sock or 127.0.0.1:PORT"),
+    target: str | None = typer.Option(
+        None, "--target", help="unix:///path/agent.sock or 127.0.0.1:PORT. Default: the socket of --config, "
+        "else the packaged /run/edgefleet/agent.sock.",
+    ),
+    config: Path | None = typer.Option(
+        None, "--config", "-c", callback=existing_file, dir_okay=False, help="Agent config whose [api] socket to ask."
+    ),
     fmt: Format = FormatOption,
 ) -> None:
     """Show the model a running agent serves (its local ModelInfo).
 
-    Example: edgefleet agent status --target unix:///var/lib/edgefleet/agent.sock --format json
+    Example: edgefleet agent status --config /etc/edgefleet/agent.toml --format json
     """
+    from edgefleet.agent.enrollment import PACKAGED_SOCKET
     from edgefleet.agent.serving.client import InferenceClient
 
+    if target is None:
+        target = f"unix://{_load_or_fail(config).socket_path if config else PACKAGED_SOCKET}"
     with InferenceClient(target) as client:
         try:
             info = client.model_info()
@@ -192,3 +211,36 @@ def status(
         },
         fmt,
     )
+
+
+@app.command()
+def doctor(
+    config: Path = typer.Option(
+        PACKAGED_CONFIG, "--config", "-c", callback=existing_file, dir_okay=False, help="Agent config file (TOML)."
+    ),
+    fmt: Format = FormatOption,
+) -> None:
+    """Diagnose the agent: each check ok or a problem with why.
+
+    Checks its local API, the broker (a real login with its credentials and TLS), the coordinator's presence,
+    the desired state and whether it is active, the active bundle's signature and hashes, the runtime chain
+    (why each runtime is skipped), the outbox, the clock against the coordinator's. Changes none of the agent's
+    files. Exit 0 when all are ok; else 6 when the broker or the coordinator is not reached (a refused login
+    included), else 4 when the active bundle fails verification, else 1; 3 for an invalid config.
+
+    Example: edgefleet agent doctor --config /etc/edgefleet/agent.toml --format json
+    """
+    from edgefleet.agent.doctor import Trouble, run_checks
+
+    checks = run_checks(_load_or_fail(config))
+    codes = {Trouble.UNREACHABLE: ExitCode.UNREACHABLE, Trouble.BUNDLE: ExitCode.BUNDLE_INVALID,
+             Trouble.STATE: ExitCode.ERROR}  # by precedence  # fmt: skip
+    rows = [check.as_dict() for check in checks]
+    if fmt == Format.json:
+        print_data({"config": str(config), "ok": all(c.ok for c in checks), "checks": rows}, fmt)
+    else:
+        print_data(rows, fmt, columns=["check", "status", "detail"])
+    found = {c.trouble or Trouble.STATE for c in checks if not c.ok}
+    for trouble, code in codes.items():
+        if trouble in found:
+            raise typer.Exit(int(code))

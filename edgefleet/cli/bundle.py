@@ -61,6 +61,11 @@ def bundle_create(
         None, "--model-format", help="onnx or tflite; default from the file (suffix, or TFLite's identifier)."
     ),
     rtol: float = typer.Option(1e-4, "--rtol", min=0, help="Relative tolerance of the device's self-test."),
+    min_version: str | None = typer.Option(
+        None, "--min-version", callback=lambda v: _pep440(v),
+        help="Devices running this bundle take an older version of the model than this only when a deployment "
+        "allows the downgrade explicitly (e.g. after a security fix).",
+    ),
     atol: float = typer.Option(1e-5, "--atol", min=0, help="Absolute tolerance of the device's self-test."),
     fmt: Format = FormatOption,
 ) -> None:
@@ -96,10 +101,22 @@ def bundle_create(
             test_inputs=feeds,
             rtol=rtol,
             atol=atol,
+            min_version=min_version,
         )
     except (BundleError, ValueError) as exc:
         fail(str(exc), ExitCode.BUNDLE_INVALID)
     print_data({"bundle": str(path), "digest": digest, "name": name, "version": version}, fmt)
+
+
+def _pep440(value: str | None) -> str | None:
+    from packaging.version import InvalidVersion, Version
+
+    if value is not None:
+        try:
+            Version(value)
+        except InvalidVersion:
+            raise typer.BadParameter(f"{value!r} is not a PEP 440 version (e.g. 2.1.0)") from None
+    return value
 
 
 def _load_inputs(path: Path) -> dict[str, np.ndarray]:

@@ -18,6 +18,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -154,6 +155,10 @@ class _ChildProcess:
     / `flwr-clientapp` per run or message. These watch their parent and exit on their own within
     seconds; stop() signals the whole process group so that none outlives a test even when the
     parent had to be killed.
+
+    stop() may be called from another thread while start() still waits for the child to come up (a
+    service told to stop while a SuperNode registers): the wait ends at once with DeploymentError, and
+    a start() that has not spawned yet spawns nothing.
     """
 
     component = "flower"
@@ -164,6 +169,9 @@ class _ChildProcess:
         self.log_path = self.workdir / f"{self.component}.log"
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_file: IO[bytes] | None = None
+        self._stopping = threading.Event()
+        self._spawn_lock = threading.Lock()  # a stop() from another thread sees the child or none will come
+        self._stop_lock = threading.Lock()  # two stop()s (the starter's and the stopper's) run one after the other
 
     @property
     def pid(self) -> int | None:
@@ -183,17 +191,20 @@ class _ChildProcess:
         # FABs, per-run state and the CLI config land in the workdir, not in ~/.flwr.
         env["FLWR_HOME"] = str(self.workdir / "flwr-home")
         env["PYTHONUNBUFFERED"] = "1"
-        self._log_file = self.log_path.open("ab")
-        logger.info("starting %s: %s (log %s)", self.component, " ".join(argv), self.log_path)
-        self._proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log_file,
-            stderr=subprocess.STDOUT,
-            cwd=self.workdir,
-            env=env,
-            start_new_session=True,
-        )
+        with self._spawn_lock:
+            if self._stopping.is_set():
+                raise DeploymentError(self.component, "stopped before it started")
+            self._log_file = self.log_path.open("ab")
+            logger.info("starting %s: %s (log %s)", self.component, " ".join(argv), self.log_path)
+            self._proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=self._log_file,
+                stderr=subprocess.STDOUT,
+                cwd=self.workdir,
+                env=env,
+                start_new_session=True,
+            )
 
     def _fail_if_exited(self, doing: str) -> None:
         if self._proc is not None and self._proc.poll() is not None:
@@ -204,18 +215,29 @@ class _ChildProcess:
     def _wait_until(self, ready: Callable[[], bool], doing: str, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         while not ready():
+            if self._stopping.is_set():
+                raise DeploymentError(self.component, f"stopped while not yet {doing}", self.log_tail())
             self._fail_if_exited(doing)
             if time.monotonic() > deadline:
                 tail = self.log_tail()
                 self.stop()
                 raise DeploymentError(self.component, f"not {doing} after {timeout_s:.0f} s", tail)
-            time.sleep(_POLL_S)
+            self._stopping.wait(_POLL_S)
 
     def stop(self) -> None:
-        """SIGTERM, then SIGKILL after `stop_timeout_s`; then clear out the child's process group."""
-        proc = self._proc
+        """SIGTERM, then SIGKILL after `stop_timeout_s`; then clear out the child's process group.
+
+        Safe from any thread, also while start() waits; the object cannot be started again afterwards.
+        """
+        self._stopping.set()
+        with self._spawn_lock:  # a spawn under way has finished: its child is in _proc, or no child will come
+            proc = self._proc
         if proc is None:
             return
+        with self._stop_lock:
+            self._stop_child(proc)
+
+    def _stop_child(self, proc: subprocess.Popen[bytes]) -> None:
         if proc.poll() is None:
             logger.info("stopping %s (pid %d)", self.component, proc.pid)
             proc.send_signal(signal.SIGTERM)

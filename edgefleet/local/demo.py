@@ -55,6 +55,8 @@ def run_demo(agents: int = 3, keep: bool = False, broker: str = "auto") -> int:
 
         keys = workdir / "keys"
         write_keypair(keys)
+        # The command key signs commands, desired states and campaign assignments; agents trust its public half.
+        write_keypair(keys, private_name="command.key", public_name="command.pub")
 
         data = load_digits_data()
         model, accuracy = train_digits_mlp(data)
@@ -79,9 +81,9 @@ def run_demo(agents: int = 3, keep: bool = False, broker: str = "auto") -> int:
             f"trained MLP on digits (held-out accuracy {accuracy:.3f}), exported ONNX, signed bundle {digest[:12]}",
         )
 
-        fleet = LocalFleet(workdir, local_broker.url, [keys / "signing.pub"])
+        fleet = LocalFleet(workdir, local_broker.url, [keys / "signing.pub"], command_key=keys / "command.key")
         url = fleet.start_coordinator()
-        _step(started, f"coordinator: REST API on {url}")
+        _step(started, f"coordinator: REST API on {url}; desired state signed with the command key")
         device_ids = [f"gateway-{i + 1:02d}" for i in range(agents)]
         for device_id in device_ids:
             fleet.add_agent(device_id, DEVICE_CLASS)

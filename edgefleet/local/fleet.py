@@ -81,11 +81,15 @@ class LocalFleet:
         trusted_keys: list[Path],
         *,
         token: str = "demo-token-0123456789",
+        command_key: Path | None = None,
     ) -> None:
+        """``command_key``: the coordinator signs commands, desired states and campaign assignments with this
+        private key, and every agent gets its public key (``command_key`` with the suffix .pub) in command_keys."""
         self.workdir = workdir
         self.broker_url = broker_url
         self.trusted_keys = trusted_keys
         self.token = token
+        self.command_key = command_key
         self.api_port = 0
         self.coordinator: subprocess.Popen[bytes] | None = None
         self.agents: dict[str, AgentProcess] = {}
@@ -118,6 +122,7 @@ class LocalFleet:
                 "broker": {"url": self.broker_url},
                 "api": {"host": "127.0.0.1", "port": self.api_port, "token": self.token},
             }
+            | ({"command_key": str(self.command_key)} if self.command_key else {})
             | settings,
         )
         self.coordinator = self._spawn(["coordinator", "serve", "--config", str(config)], "coordinator.log")
@@ -137,6 +142,8 @@ class LocalFleet:
             "broker": {"url": self.broker_url},
             "fetch": {"chunk_timeout_s": 3.0, "retry_backoff_s": 1.0},
         }
+        if self.command_key is not None:
+            tables["command_keys"] = [str(self.command_key.with_suffix(".pub"))]
         tables.update(settings)
         agent = AgentProcess(device_id, write_toml(folder / "agent.toml", tables), folder / "data")
         self.agents[device_id] = agent
