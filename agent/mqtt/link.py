@@ -16,6 +16,7 @@ import paho.mqtt.client as mqtt
 
 from edgefleet.agent.mqtt.commands import CommandVerifier
 from edgefleet.agent.mqtt.control import ControlVerifier
+from edgefleet.common.log_limit import PerSenderLog
 from edgefleet.common.mqtt import BrokerConfig, ConnectTrouble, make_client
 from edgefleet.protocol.errors import ProtocolError
 from edgefleet.protocol.messages import (
@@ -100,6 +101,7 @@ class AgentLink:
         self.broker = broker
         self.handlers = handlers
         self.rejected = 0
+        self._rejections = PerSenderLog(log, max_senders=64)
         self.connected = threading.Event()
         self.gate = SendGate(self.connected, coordinator_marker)
         # A persistent session: the broker keeps our subscriptions and QoS 1 messages while we are away.
@@ -187,7 +189,8 @@ class AgentLink:
                 raise ProtocolError(f"unexpected channel {dest.channel.value}", topic=msg.topic)
         except ProtocolError as exc:
             self.rejected += 1
-            log.warning("rejected message on %s: %s", msg.topic, exc.reason)
+            # Bounded per topic: whoever floods a device's topics cannot fill its journal.
+            self._rejections.warning(msg.topic, "rejected message on %s: %s", msg.topic, exc.reason)
         except Exception:  # a handler bug must not kill paho's network thread
             self.rejected += 1
             log.exception("handler failed for message on %s", msg.topic)

@@ -15,6 +15,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from prometheus_client import Counter
 
+from edgefleet.common.log_limit import PerSenderLog
 from edgefleet.common.mqtt import BrokerConfig, ConnectTrouble, make_client
 from edgefleet.coordinator.errors import NotFound
 from edgefleet.coordinator.mqtt.signer import CommandSigner
@@ -52,6 +53,10 @@ __all__ = ["CoordinatorLink"]
 log = logging.getLogger(__name__)
 
 REJECTED = Counter("edgefleet_coordinator_rejected_messages", "Invalid messages dropped", ["channel"])
+SUPPRESSED = Counter(
+    "edgefleet_coordinator_rejection_warnings_suppressed",
+    "Warnings about rejected messages held back (per-device limit)",
+)
 CHUNKS = Counter("edgefleet_coordinator_chunks_served", "Chunks sent to devices", ["kind"])
 CHUNK_BYTES = Counter("edgefleet_coordinator_chunk_bytes_served", "Artifact bytes sent to devices", ["kind"])
 
@@ -78,6 +83,8 @@ class CoordinatorLink:
         self._control_subscribed = threading.Event()
         self._online_lock = threading.Lock()
         self.rejected = 0
+        # One device's garbage is warned about a few times a minute, not once a message.
+        self._rejections = PerSenderLog(log, on_held=SUPPRESSED.inc)
         self.ingest = TelemetryIngest(db)
         self.ingest_link = IngestLink(
             broker, self.ingest, client_id=client_id, on_rejected=self._count_rejected,
@@ -220,7 +227,9 @@ class CoordinatorLink:
                 raise ProtocolError(f"coordinator does not consume {dest.channel.value}", topic=msg.topic)
         except ProtocolError as exc:
             self._count_rejected(dest)
-            log.warning("rejected message on %s: %s", msg.topic, exc.reason)
+            self._rejections.warning(
+                dest.device_id if dest else None, "rejected message on %s: %s", msg.topic, exc.reason
+            )
         except Exception:  # never let one bad message stop the network thread
             self._count_rejected(dest)
             log.exception("failed to handle message on %s", msg.topic)

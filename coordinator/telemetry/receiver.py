@@ -46,6 +46,7 @@ from typing import Any
 from gmqtt import Client
 from gmqtt.mqtt.constants import UNLIMITED_RECONNECTS, MQTTv311
 
+from edgefleet.common.log_limit import PerSenderLog
 from edgefleet.coordinator.telemetry import gmqtt_acks
 from edgefleet.coordinator.telemetry.rows import REPORT_LAYOUT, TELEMETRY_COLUMNS, PreparedReport, prepare_arrived
 from edgefleet.protocol.errors import ProtocolError
@@ -93,6 +94,7 @@ class Receiver:
         self._received: tuple[str, float] | None = None  # when the reports of this read arrived
         self._stop = asyncio.Event()
         self._orphaned = False  # the coordinator is gone: nothing more can be handed over
+        self._rejections = PerSenderLog(log)  # a few warnings a minute per device, however much it sends
 
     async def run(self) -> None:
         """Receive until the coordinator says stop (or goes away); then disconnect and send what is left."""
@@ -193,7 +195,7 @@ class Receiver:
                 self._flush()
         except ProtocolError as exc:
             self.send(("rejected", dest))
-            log.warning("rejected message on %s: %s", name, exc.reason)
+            self._rejections.warning(dest.device_id if dest else None, "rejected message on %s: %s", name, exc.reason)
         except Exception:  # never let one bad message stop the connection
             self.send(("rejected", dest))
             log.exception("failed to handle message on %s", name)
