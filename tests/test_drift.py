@@ -453,6 +453,7 @@ def test_labelled_samples_reach_the_reported_state_within_one_telemetry_window(t
     """Feedback sends no state of its own; a campaign selects devices by training_samples."""
     from edgefleet.agent.config import AgentConfig
     from edgefleet.agent.daemon import Agent
+    from edgefleet.federated.client.data import load_samples
     from edgefleet.protocol.messages import ReportedState, parse
     from edgefleet.protocol.topics import Channel
 
@@ -469,7 +470,33 @@ def test_labelled_samples_reach_the_reported_state_within_one_telemetry_window(t
         assert agent.report_if_samples_changed()
         queued = agent.outbox.pending(100)
         reported = [parse(ReportedState, m.payload) for m in queued if m.channel is Channel.REPORTED]
-        assert reported[-1].training_samples == agent.samples.count() >= 1
+        # One unit everywhere: the 8 rows of the batch, as the campaign's client will train on them
+        assert reported[-1].training_samples == agent.samples.count() == 8
+        assert len(load_samples(tmp_path / "data" / "samples.db", input_name="pixels", label_name="label")) == 8
         assert not agent.report_if_samples_changed()
     finally:
         agent.stop()
+
+
+def test_a_sample_store_from_before_rows_were_counted_counts_its_rows(tmp_path: Path) -> None:
+    import sqlite3
+
+    from edgefleet.agent.learning.samples import SampleStore, pack_arrays
+
+    path = tmp_path / "samples.sqlite"
+    old = sqlite3.connect(path)
+    old.execute("create table samples (id text primary key, request_id text, bundle_digest text,"
+                " created_at real, inputs blob, labels blob, size integer)")  # fmt: skip
+    for n, rows in enumerate((8, 1)):
+        x, y = np.zeros((rows, 4), np.float32), np.zeros(rows, np.int64)
+        old.execute("insert into samples values (?, ?, ?, ?, ?, ?, ?)",
+                    (f"s{n}", f"r{n}", "d" * 64, 0.0, pack_arrays({"x": x}), pack_arrays({"label": y}), 1))  # fmt: skip
+    scalar = (pack_arrays({"x": np.zeros(4, np.float32)}), pack_arrays({"label": np.asarray(3)}))
+    old.execute("insert into samples values ('s2', 'r2', ?, 0.0, ?, ?, 1)", ("d" * 64, *scalar))
+    old.commit()
+    old.close()
+    store = SampleStore(path, max_age_s=1e12)
+    try:
+        assert store.count() == 10  # 8 + 1 + a scalar label's one row
+    finally:
+        store.close()

@@ -20,7 +20,7 @@ import numpy as np
 
 from edgefleet.common.npy import read_npy
 
-__all__ = ["RecentRequests", "SampleStore", "pack_arrays", "unpack_arrays"]
+__all__ = ["RecentRequests", "SampleStore", "label_rows", "pack_arrays", "unpack_arrays"]
 
 
 def pack_arrays(arrays: dict[str, np.ndarray]) -> bytes:
@@ -83,6 +83,13 @@ class RecentRequests:
             self._bytes -= item.size
 
 
+def label_rows(labels: dict[str, np.ndarray]) -> int:
+    """How many training rows one Feedback's labels are, as a campaign's client reads them
+    (federated/client/data.py): a scalar or 1-D label is that many rows, a 2-D one its first axis."""
+    counts = [int(a.size) if a.ndim <= 1 else int(a.shape[0]) for a in map(np.asarray, labels.values())]
+    return max(counts, default=0)
+
+
 class SampleStore:
     def __init__(self, path: Path, *, max_bytes: int = 256 << 20, max_age_s: float = 30 * 86400) -> None:
         self.max_bytes, self.max_age_s = max_bytes, max_age_s
@@ -94,6 +101,14 @@ class SampleStore:
             " created_at real, inputs blob, labels blob, size integer)"
         )
         self._db.execute("create index if not exists samples_created on samples(created_at)")
+        columns = {row[1] for row in self._db.execute("pragma table_info(samples)")}
+        if "rows" not in columns:  # a store from before samples were counted in rows: count them once
+            with self._lock:
+                self._db.execute("alter table samples add column rows integer")
+                for sample_id, labels in self._db.execute("select id, labels from samples").fetchall():
+                    self._db.execute(
+                        "update samples set rows = ? where id = ?", (label_rows(unpack_arrays(labels)), sample_id)
+                    )
 
     def add(
         self, request_id: str, bundle_digest: str, inputs: dict[str, np.ndarray], labels: dict[str, np.ndarray]
@@ -102,9 +117,10 @@ class SampleStore:
         packed_inputs, packed_labels = pack_arrays(inputs), pack_arrays(labels)
         with self._lock:
             self._db.execute(
-                "insert into samples values (?, ?, ?, ?, ?, ?, ?)",
+                "insert into samples (id, request_id, bundle_digest, created_at, inputs, labels, size, rows)"
+                " values (?, ?, ?, ?, ?, ?, ?, ?)",
                 (sample_id, request_id, bundle_digest, time.time(), packed_inputs, packed_labels,
-                 len(packed_inputs) + len(packed_labels)),
+                 len(packed_inputs) + len(packed_labels), label_rows(labels)),
             )  # fmt: skip
             self._prune()
         return sample_id
@@ -120,8 +136,9 @@ class SampleStore:
             total -= row[1]
 
     def count(self) -> int:
+        """Labelled rows stored (a Feedback on a batch of 8 is 8): the unit of a campaign's min_samples."""
         with self._lock:
-            return int(self._db.execute("select count(*) from samples").fetchone()[0])
+            return int(self._db.execute("select coalesce(sum(rows), 0) from samples").fetchone()[0])
 
     def samples(self, limit: int = 1000) -> list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
         with self._lock:
