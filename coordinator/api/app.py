@@ -6,23 +6,26 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import Depends, FastAPI, Query, Request, Response
+from fastapi import Depends, FastAPI, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, ConfigDict, Field
 
 from edgefleet.common.errors import ConfigError, EdgefleetError
+from edgefleet.coordinator.api.answers import Bundle, BundleDetail, Uploaded
 from edgefleet.coordinator.api.artifacts import artifact_router
 from edgefleet.coordinator.api.campaigns import campaign_router
 from edgefleet.coordinator.api.dashboard import dashboard_files, dashboard_router
+from edgefleet.coordinator.api.devices import device_router
+from edgefleet.coordinator.api.docs import add_docs
 from edgefleet.coordinator.api.registry import registry_router
 from edgefleet.coordinator.api.rollouts import rollout_router
 from edgefleet.coordinator.api.security import Security, security_router
 from edgefleet.coordinator.errors import Conflict, NotFound, Rejected
 from edgefleet.coordinator.health.metrics import fleet_registry
 from edgefleet.coordinator.mqtt.signer import CommandNotSent
+from edgefleet.coordinator.registry.refs import BundleRefs
 from edgefleet.coordinator.security.broker_auth import BrokerAuthError
 from edgefleet.coordinator.security.enrollment import EnrollmentRefused
 from edgefleet.coordinator.security.tokens import Forbidden, Unauthorized
@@ -32,29 +35,6 @@ from edgefleet.protocol.errors import ProtocolError
 __all__ = ["create_app"]
 
 MAX_UPLOAD_BYTES = 512 * 1024 * 1024
-
-
-class DesiredRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    bundle_digest: str = Field(
-        pattern=r"^[0-9a-f]{8,64}$",
-        description="The bundle's sha256, or a unique prefix of it (8 hex digits at least), as tables print it.",
-    )
-
-
-class DeploymentRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    bundle_digest: str = Field(
-        pattern=r"^[0-9a-f]{8,64}$",
-        description="The bundle's sha256, or a unique prefix of it (8 hex digits at least), as tables print it.",
-    )
-    device_ids: list[str] | None = Field(default=None, description="Omit to target every device of the bundle's class.")
-
-
-class LabelsRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    tags: list[str] | None = Field(default=None, max_length=64)
-    group: str | None = Field(default=None, max_length=128, description="Empty string removes the group.")
 
 
 # Errors -> HTTP statuses, by class: the most specific class of an error listed here wins.
@@ -90,8 +70,11 @@ def create_app(coordinator: Coordinator, *, token: str | None) -> FastAPI:
         finally:
             coordinator.stop()
 
-    app = FastAPI(title="edgefleet coordinator", version="0.1.0", lifespan=lifespan)
+    # /docs and /redoc are added with their assets served from here (add_docs): FastAPI's pages load a CDN.
+    app = FastAPI(title="edgefleet coordinator", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.security = security
+    add_docs(app)
+    refs = BundleRefs(coordinator.db, coordinator.models)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -126,7 +109,7 @@ def create_app(coordinator: Coordinator, *, token: str | None) -> FastAPI:
     # Reading needs a read-only token, anything else operator; admin routes say so themselves.
     api = Depends(security.auth.by_method)
 
-    @app.post("/api/v1/bundles", status_code=201, dependencies=[api])
+    @app.post("/api/v1/bundles", status_code=201, dependencies=[api], response_model=Uploaded)
     async def upload_bundle(request: Request) -> dict[str, Any]:
         """Upload a signed bundle archive as the raw request body."""
         body = bytearray()
@@ -143,60 +126,19 @@ def create_app(coordinator: Coordinator, *, token: str | None) -> FastAPI:
             "device_class": manifest.device_class,
         }
 
-    @app.get("/api/v1/bundles", dependencies=[api])
+    @app.get("/api/v1/bundles", dependencies=[api], response_model=list[Bundle])
     def list_bundles() -> list[dict[str, Any]]:
         return [{k: v for k, v in b.items() if k != "manifest"} for b in coordinator.db.bundles()]
 
-    @app.get("/api/v1/bundles/{digest}", dependencies=[api])
-    def get_bundle(digest: str) -> dict[str, Any]:
-        bundle = coordinator.db.bundle(digest)
-        if bundle is None:
-            raise NotFound(f"no bundle {digest}")
-        return bundle
+    @app.get("/api/v1/bundles/{ref}", dependencies=[api], response_model=BundleDetail)
+    def get_bundle(
+        ref: str = Path(description="The bundle's digest, a unique prefix of it, or MODEL:VERSION."),
+        device_class: str | None = Query(None, description="With MODEL:VERSION: the bundle of this device class."),
+    ) -> dict[str, Any]:
+        """One bundle with its manifest; MODEL:VERSION with bundles for several classes needs ``device_class``."""
+        return refs.one(ref, device_class=device_class)
 
-    @app.get("/api/v1/devices", dependencies=[api])
-    def list_devices(
-        device_class: str | None = None,
-        tag: str | None = None,
-        group: str | None = None,
-        availability: str | None = None,
-    ) -> list[dict[str, Any]]:
-        """Devices with their reported and desired state, filtered by class, tag, group or availability."""
-        return coordinator.db.devices(device_class, tag=tag, group=group, availability=availability)
-
-    @app.put("/api/v1/devices/{device_id}/labels", dependencies=[api])
-    def label_device(device_id: str, body: LabelsRequest) -> dict[str, Any]:
-        """Set a device's tags (replacing them) and/or group."""
-        try:
-            return coordinator.db.label_device(device_id, tags=body.tags, group=body.group)
-        except KeyError:
-            raise NotFound(f"no device {device_id!r}") from None
-
-    @app.get("/api/v1/devices/{device_id}", dependencies=[api])
-    def get_device(device_id: str) -> dict[str, Any]:
-        device = coordinator.db.device(device_id)
-        if device is None:
-            raise NotFound(f"no device {device_id!r}")
-        return device
-
-    @app.put("/api/v1/devices/{device_id}/desired", dependencies=[api])
-    def set_desired(device_id: str, body: DesiredRequest) -> dict[str, Any]:
-        return coordinator.deploy(body.bundle_digest, [device_id])[0]
-
-    @app.post("/api/v1/deployments", dependencies=[api])
-    def deploy(body: DeploymentRequest) -> list[dict[str, Any]]:
-        return coordinator.deploy(body.bundle_digest, body.device_ids)
-
-    @app.get("/api/v1/devices/{device_id}/telemetry", dependencies=[api])
-    def telemetry(device_id: str, limit: int = Query(100, ge=1, le=1000)) -> list[dict[str, Any]]:
-        return coordinator.db.telemetry(device_id, limit=min(limit, 1000))
-
-    @app.get("/api/v1/telemetry/latest", dependencies=[api], tags=["telemetry"])
-    def latest_telemetry() -> list[dict[str, Any]]:
-        """Every device's most recent figures in one read: when its latest window arrived, its drift alert,
-        and the latest p95 latency, drift scores, device CPU and memory, temperature, disk and outbox."""
-        return coordinator.db.latest_telemetry()
-
+    app.include_router(device_router(coordinator, refs), dependencies=[api])
     app.include_router(rollout_router(coordinator.rollouts), dependencies=[api])
     public = coordinator.config.api.public_artifacts  # bytes by hash, verified by signature on the device
     app.include_router(artifact_router(coordinator.registry), dependencies=[] if public else [api])

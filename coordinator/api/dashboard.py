@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.staticfiles import StaticFiles
 
+from edgefleet.coordinator.api.answers import Alert, Rollup
 from edgefleet.coordinator.health.alerts import AlertThresholds, compute_alerts
 from edgefleet.coordinator.store import FleetStore
 from edgefleet.coordinator.telemetry.rollups import Resolution
@@ -28,7 +29,7 @@ def dashboard_router(db: FleetStore, alert_thresholds: AlertThresholds | None = 
     router = APIRouter(prefix="/api/v1", tags=["alerts"])
     configured = alert_thresholds or AlertThresholds()
 
-    @router.get("/alerts")
+    @router.get("/alerts", response_model=list[Alert])
     def alerts(request: Request, _given: AlertThresholds = Depends()) -> list[dict[str, Any]]:
         """Alerts that hold now: offline devices, drift, error rate, p95 latency regression vs the previous bundle,
         a nearly full data disk.
@@ -41,7 +42,7 @@ def dashboard_router(db: FleetStore, alert_thresholds: AlertThresholds | None = 
         thresholds = AlertThresholds.model_validate(configured.model_dump() | given)
         return [alert.to_dict() for alert in compute_alerts(db, thresholds)]
 
-    @router.get("/devices/{device_id}/telemetry/rollups", tags=["telemetry"])
+    @router.get("/devices/{device_id}/telemetry/rollups", tags=["telemetry"], response_model=list[Rollup])
     def device_rollups(
         device_id: str, resolution: Resolution = _RESOLUTION, since: datetime | None = _SINCE, limit: int = _LIMIT
     ) -> list[dict[str, Any]]:
@@ -54,7 +55,7 @@ def dashboard_router(db: FleetStore, alert_thresholds: AlertThresholds | None = 
         """
         return db.telemetry_rollups(device_id, resolution, since=since, limit=limit)
 
-    @router.get("/telemetry/rollups", tags=["telemetry"])
+    @router.get("/telemetry/rollups", tags=["telemetry"], response_model=list[Rollup])
     def fleet_rollups(
         resolution: Resolution = _RESOLUTION,
         since: datetime | None = _SINCE,

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Body, Query
+from fastapi import APIRouter, Query
 
+from edgefleet.coordinator.api.answers import Rollout, RolloutDetail, RolloutEvent
 from edgefleet.coordinator.rollouts.engine import RolloutEngine
-from edgefleet.coordinator.rollouts.spec import validate_spec
+from edgefleet.coordinator.rollouts.spec import RolloutSpec
 
 __all__ = ["rollout_router"]
 
@@ -15,40 +16,37 @@ __all__ = ["rollout_router"]
 def rollout_router(engine: RolloutEngine) -> APIRouter:
     router = APIRouter(prefix="/api/v1", tags=["rollouts"])
 
-    @router.post("/rollouts", status_code=201)
-    def create_rollout(body: dict[str, Any] = Body(...)) -> dict[str, Any]:
-        """Start a staged rollout of MODEL:VERSION to the devices the target selects.
+    @router.post("/rollouts", status_code=201, response_model=RolloutDetail)
+    def create_rollout(body: RolloutSpec) -> dict[str, Any]:
+        """Start a staged rollout of MODEL:VERSION (VERSION may be production or staging) to the devices the
+        target selects; `gates` say what each wave must pass (max_drift_alert_fraction null: drift is not gated)."""
+        return engine.create(body)
 
-        The body is a RolloutSpec (coordinator/rollouts/spec.py); its `gates` hold max_failure_fraction,
-        max_error_rate, max_p95_latency_ratio, min_inferences and max_drift_alert_fraction (null: off).
-        """
-        return engine.create(validate_spec(body))
-
-    @router.get("/rollouts")
+    @router.get("/rollouts", response_model=list[Rollout])
     def list_rollouts() -> list[dict[str, Any]]:
         return engine.overview()
 
-    @router.get("/rollouts/{rollout_id}")
+    @router.get("/rollouts/{rollout_id}", response_model=RolloutDetail)
     def get_rollout(rollout_id: str) -> dict[str, Any]:
         return engine.get(rollout_id)
 
-    @router.post("/rollouts/{rollout_id}/pause")
+    @router.post("/rollouts/{rollout_id}/pause", response_model=RolloutDetail)
     def pause(rollout_id: str) -> dict[str, Any]:
         return engine.pause(rollout_id)
 
-    @router.post("/rollouts/{rollout_id}/resume")
+    @router.post("/rollouts/{rollout_id}/resume", response_model=RolloutDetail)
     def resume(rollout_id: str) -> dict[str, Any]:
         return engine.resume(rollout_id)
 
-    @router.post("/rollouts/{rollout_id}/abort")
+    @router.post("/rollouts/{rollout_id}/abort", response_model=RolloutDetail)
     def abort(rollout_id: str) -> dict[str, Any]:
         return engine.abort(rollout_id)
 
-    @router.post("/rollouts/{rollout_id}/rollback")
+    @router.post("/rollouts/{rollout_id}/rollback", response_model=RolloutDetail)
     def rollback(rollout_id: str) -> dict[str, Any]:
         return engine.rollback(rollout_id)
 
-    @router.get("/events")
+    @router.get("/events", response_model=list[RolloutEvent])
     def events(rollout_id: str | None = None, limit: int = Query(200, ge=1, le=1000)) -> list[dict[str, Any]]:
         return engine.events(rollout_id, limit=min(limit, 1000))
 

@@ -10,7 +10,8 @@ from typing import Any
 
 import typer
 
-from edgefleet.cli.rest import TokenOption, UrlOption, call
+from edgefleet.cli.bundle_refs import REF_HELP
+from edgefleet.cli.rest import TokenOption, UrlOption, call, segment
 from edgefleet.common.exit_codes import ExitCode
 from edgefleet.common.output import Format, FormatOption, configure_logging, existing_file, fail, print_data
 
@@ -103,6 +104,29 @@ def bundles(url: str = UrlOption, token: str | None = TokenOption, fmt: Format =
 
 
 @app.command()
+def bundle(
+    ref: str = typer.Argument(..., help=REF_HELP, metavar="BUNDLE"),
+    device_class: str | None = typer.Option(
+        None, "--device-class", help="With MODEL:VERSION: the version's bundle for this class."
+    ),
+    url: str = UrlOption,
+    token: str | None = TokenOption,
+    fmt: Format = FormatOption,
+) -> None:
+    """Show one registered bundle: digest, name, version, class, size, signer, and its manifest.
+
+    Example: edgefleet coordinator bundle digits:production --device-class rpi4
+    """
+    query = f"?device_class={segment(device_class)}" if device_class else ""
+    found = call("GET", url, token, f"/api/v1/bundles/{segment(ref)}{query}")
+    if fmt == Format.json:
+        found["manifest"] = json.loads(found["manifest"])  # the signed text, as the JSON object it is
+        print_data(found, fmt)
+    else:
+        print_data({k: v for k, v in found.items() if k != "manifest"}, fmt)
+
+
+@app.command()
 def upload(
     bundle: Path = typer.Argument(..., callback=existing_file, dir_okay=False, help="Signed bundle archive."),
     url: str = UrlOption,
@@ -119,18 +143,25 @@ def upload(
 
 @app.command()
 def deploy(
-    digest: str = typer.Argument(..., help="Bundle digest, or a unique prefix of it (the 16 characters tables print)."),
+    bundle: str = typer.Argument(..., help=REF_HELP, metavar="BUNDLE"),
     device: list[str] = typer.Option(None, "--device", help="Device id; repeatable. Default: all of the class."),
+    allow_downgrade: bool = typer.Option(
+        False, "--allow-downgrade", help="Even below the min_version the devices' active bundle declares."
+    ),
     url: str = UrlOption,
     token: str | None = TokenOption,
     fmt: Format = FormatOption,
 ) -> None:
-    """Make a bundle the desired one for some devices, or every device of its class.
+    """Make a bundle the desired one for some devices, or every device of its class; MODEL:VERSION gives each
+    device the version's bundle for its class.
 
-    Example: edgefleet coordinator deploy 3f2a... --device pi-01
+    Example: edgefleet coordinator deploy digits:1.2.0 --device pi-01
+
+    Example: edgefleet coordinator deploy 3f2a9c1d0b7e4a5b
     """
-    body = {"bundle_digest": digest, "device_ids": device or None}
-    print_data(call("POST", url, token, "/api/v1/deployments", json=body), fmt)
+    body = {"bundle": bundle, "device_ids": device or None, "allow_downgrade": allow_downgrade}
+    rows = call("POST", url, token, "/api/v1/deployments", json=body)
+    print_data(rows, fmt, columns=None if fmt == Format.json else ["device_id", "bundle_digest", "revision"])
 
 
 # -- enrollment, revocation, commands (admin and operator) -------------------------------

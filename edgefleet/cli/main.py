@@ -32,6 +32,27 @@ AREAS: dict[str, Area] = {
     "keys": Area("edgefleet.cli.bundle", "keys_app", "Signing keys for bundles."),
     "rollout": Area("edgefleet.cli.rollout", "app", "Staged rollouts with health gates and automatic rollback."),
     "campaign": Area("edgefleet.cli.campaign", "app", "Federated training campaigns with differential privacy."),
+    "registry": Area(
+        "edgefleet.cli.registry",
+        "app",
+        "The model registry: versions, their stages (staging, production, archived), promotion and rollback.",
+    ),
+    "labels": Area(
+        "edgefleet.cli.labels",
+        "app",
+        "Devices' tags and groups, which rollouts and campaigns target with tag= and group=.",
+    ),
+    "alerts": Area(
+        "edgefleet.cli.alerts",
+        "app",
+        "Alerts that hold now: offline devices, drift, error rate, latency regression, full disks, overheating, "
+        "failed activations, halted rollouts.",
+    ),
+    "telemetry": Area(
+        "edgefleet.cli.telemetry",
+        "app",
+        "Telemetry rollups per minute or hour, of one device or the whole fleet, and each device's latest figures.",
+    ),
     "compress": Area(
         "edgefleet.cli.compress",
         "compress_command",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json as _json  # `json` is call()'s keyword, as in httpx
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Any, NoReturn
 
@@ -17,7 +18,7 @@ import typer
 from edgefleet.common.exit_codes import ExitCode
 from edgefleet.common.output import fail
 
-__all__ = ["EXIT_FOR_STATUS", "TokenOption", "UrlOption", "call"]
+__all__ = ["EXIT_FOR_STATUS", "TokenOption", "UrlOption", "call", "segment"]
 
 UrlOption = typer.Option("http://127.0.0.1:8080", "--url", envvar="EDGEFLEET_URL", help="Coordinator REST API.")
 TokenOption = typer.Option(None, "--token", envvar="EDGEFLEET_TOKEN", help="API bearer token.")
@@ -27,6 +28,9 @@ EXIT_FOR_STATUS = {
     401: ExitCode.UNAUTHORIZED,  # no token, or one the coordinator does not know (revoked, expired)
     403: ExitCode.UNAUTHORIZED,  # a token whose role is not enough
     404: ExitCode.NOT_FOUND,
+    # A request that cannot be done as asked in the fleet's state: a digest prefix that starts several digests,
+    # MODEL:VERSION without a bundle for a device's class, a rollout none of whose devices is online.
+    409: ExitCode.USAGE,
     502: ExitCode.UNREACHABLE,  # the coordinator could not reach the broker (reloading its auth)
     503: ExitCode.UNREACHABLE,  # ... or could not send a command over it
 }
@@ -68,6 +72,11 @@ def call(
         code = ExitCode(invalid) if status == 422 else EXIT_FOR_STATUS.get(status, ExitCode.ERROR)
         fail(f"{status}: {_detail(decoded)}", code)
     return decoded
+
+
+def segment(text: str) -> str:
+    """``text`` as one segment of a URL path: a device id, a bundle reference such as digits:1.0.0+fl.3."""
+    return urllib.parse.quote(text, safe="")
 
 
 def _decode(body: bytes, url: str, status: int) -> Any:

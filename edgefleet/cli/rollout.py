@@ -7,7 +7,8 @@ from typing import Any
 
 import typer
 
-from edgefleet.cli.rest import TokenOption, UrlOption, call
+from edgefleet.cli.bundle_refs import REF_HELP, model_version
+from edgefleet.cli.rest import TokenOption, UrlOption, call, segment
 from edgefleet.common.exit_codes import ExitCode
 from edgefleet.common.output import Format, FormatOption, console, err_console, fail, print_data
 
@@ -18,7 +19,9 @@ FINAL = {"completed", "completed_with_skips", "halted", "aborted", "rolled_back"
 
 @app.command()
 def create(
-    model: str = typer.Argument(..., help="MODEL:VERSION from the registry (VERSION may be production or staging)."),
+    model: str = typer.Argument(
+        ..., help=REF_HELP + " A digest rolls out its version to the devices of its class.", metavar="BUNDLE"
+    ),
     target: str = typer.Option("all", help="all, class=NAME, tag=TAG, group=NAME or devices=ID,ID,..."),
     waves: str = typer.Option("10%,50%,100%", help="Cumulative waves: percentages or device counts."),
     soak: float = typer.Option(60.0, help="Seconds to watch each wave before its gates are checked."),
@@ -41,13 +44,15 @@ def create(
     Example: edgefleet rollout create digits:2.0.0 --target class=rpi4 --waves 1%,10%,50%,100% --soak 300 --wait
 
     Example: edgefleet rollout create digits:3.0.0 --max-drift-alert-fraction 0.1
+
+    Example: edgefleet rollout create 3f2a9c1d0b7e4a5b --waves 1,100%
     """
-    name, sep, version = model.partition(":")
-    if not sep or not name or not version:
-        fail(f"{model!r}: expected MODEL:VERSION", ExitCode.USAGE)
+    named = model_version(model, url, token)
+    if not named.model or not named.version:
+        fail(f"{model!r}: expected MODEL:VERSION, a digest or a unique prefix of one", ExitCode.USAGE)
     body: dict[str, Any] = {
-        "model": name,
-        "version": version,
+        "model": named.model,
+        "version": named.version,
         "waves": [w.strip() for w in waves.split(",") if w.strip()],
         "soak_s": soak,
         "wave_timeout_s": wave_timeout,
@@ -66,6 +71,10 @@ def create(
         body[kind] = value
     elif target != "all":
         fail(f"--target {target!r}: use all, class=NAME, tag=TAG, group=NAME or devices=ID,ID", ExitCode.USAGE)
+    if named.bundle is not None:  # a digest names one bundle, of one class: only that class's devices get it
+        bundle_class = str(named.bundle["device_class"])
+        if body.setdefault("device_class", bundle_class) != bundle_class:
+            fail(f"{model} is a bundle for {bundle_class}, not for --target {target}", ExitCode.USAGE)
     rollout = call("POST", url, token, "/api/v1/rollouts", json=body)
     if wait:
         rollout = _follow(rollout["id"], url, token, fmt)
@@ -84,7 +93,7 @@ def _follow(rollout_id: str, url: str, token: str | None, fmt: Format) -> dict[s
     with Progress(*columns, console=err_console, disable=fmt == Format.json) as bar:
         task = bar.add_task(f"rollout {rollout_id}", total=None)
         while True:
-            rollout = call("GET", url, token, f"/api/v1/rollouts/{rollout_id}")
+            rollout = call("GET", url, token, f"/api/v1/rollouts/{segment(rollout_id)}")
             states = rollout["devices"]
             total = sum(states.values())
             bar.update(
@@ -115,7 +124,7 @@ def status(rollout_id: str, url: str = UrlOption, token: str | None = TokenOptio
 
     Example: edgefleet rollout status 3f2a9c1d0b7e --format json
     """
-    rollout = call("GET", url, token, f"/api/v1/rollouts/{rollout_id}")
+    rollout = call("GET", url, token, f"/api/v1/rollouts/{segment(rollout_id)}")
     _show(rollout, fmt)
     if fmt != Format.json:
         print_data(rollout["device_states"], fmt, columns=["device_id", "wave", "state", "detail"])
@@ -137,7 +146,7 @@ def _action(verb: str) -> None:
     def command(
         rollout_id: str, url: str = UrlOption, token: str | None = TokenOption, fmt: Format = FormatOption
     ) -> None:
-        _show(call("POST", url, token, f"/api/v1/rollouts/{rollout_id}/{verb}"), fmt)
+        _show(call("POST", url, token, f"/api/v1/rollouts/{segment(rollout_id)}/{verb}"), fmt)
 
     command.__doc__ = f"{verb.capitalize()} a rollout.\n\n    Example: edgefleet rollout {verb} 3f2a9c1d0b7e\n    "
     app.command(verb)(command)
