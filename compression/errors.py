@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from edgefleet.common.errors import EdgefleetError
 
-__all__ = ["CompressionError", "DataError", "ExportError", "MetricError", "ModelSourceError"]
+__all__ = ["CompressionError", "DataError", "ExportError", "MetricError", "ModelRunError", "ModelSourceError"]
 
 
 class CompressionError(EdgefleetError):
@@ -25,3 +25,7 @@ class DataError(CompressionError):
 
 class MetricError(CompressionError):
     """An unknown task metric, or one the data cannot support (e.g. accuracy without labels)."""
+
+
+class ModelRunError(DataError):
+    """The reference model loads but fails when run on the validation data (e.g. token ids past its vocabulary)."""

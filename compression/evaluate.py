@@ -1,6 +1,7 @@
 """Measure every built candidate on the runtime it will run on (the agent's ONNX Runtime CPU or LiteRT
-backend): task metric and drop vs the reference, median latency at batch 1 and batch N, size on disk,
-compressed transfer size, and peak memory.
+backend): task metric and drop vs the reference on every scored output (``compression.outputs``; the
+worst gates), median latency at batch 1 and batch N, size on disk, compressed transfer size, and peak
+memory.
 
 Memory is measured in a subprocess by default (``compression.memprobe``: a fresh interpreter loads
 and runs the model, peak RSS minus RSS after imports); ``in-process`` is a cheaper best effort (RSS
@@ -11,13 +12,12 @@ from __future__ import annotations
 
 import json
 import logging
-import statistics
 import subprocess
 import sys
-import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,9 +27,20 @@ import psutil
 from edgefleet.agent.runtimes import Runtime, RuntimeOptions, backend, import_errors
 from edgefleet.compression.candidates.base import Candidate, Measurement
 from edgefleet.compression.data import EvalData
-from edgefleet.compression.metrics import Metric, cosine_rows
+from edgefleet.compression.errors import CompressionError, ModelRunError
+from edgefleet.compression.metrics import Metric
+from edgefleet.compression.outputs import OutputPlan, OutputScore, plan_outputs, score_outputs, worst
+from edgefleet.compression.timing import Latency, interleaved_latency
 
-__all__ = ["EvalOptions", "evaluate_candidates", "feed_names", "fixed_batch", "open_runtime_for", "run_rows"]
+__all__ = [
+    "EvalOptions",
+    "evaluate_candidates",
+    "feed_names",
+    "fixed_batch",
+    "open_runtime_for",
+    "run_outputs",
+    "run_rows",
+]
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +52,10 @@ MemoryMethod = Literal["subprocess", "in-process", "off"]
 class EvalOptions:
     threads: int = 1  # intra-op threads while timing: one is steadier here and closest to a small board's core
     batch_n: int = 32
-    latency_runs: int = 50
+    latency_runs: int = 50  # per batch size and candidate, spread over the rounds
     latency_budget_s: float = 1.0  # per batch size and candidate
     memory: MemoryMethod = "subprocess"
+    latency_rounds: int = 10  # interleaved rounds (compression.timing); at most latency_runs
 
 
 def open_runtime_for(candidate: Candidate, threads: int) -> tuple[Runtime, str]:
@@ -73,28 +85,36 @@ def fixed_batch(runtime: Runtime) -> int | None:
     return first.pop() if len(first) == 1 and None not in first else None
 
 
-def run_rows(runtime: Runtime, inputs: dict[str, np.ndarray], batch: int, output: str) -> np.ndarray:
-    """One output of ``runtime`` over all rows, in batches of ``batch`` (of its fixed batch, if it has one)."""
+def run_outputs(
+    runtime: Runtime, inputs: dict[str, np.ndarray], batch: int, outputs: list[str]
+) -> dict[str, np.ndarray]:
+    """Outputs of ``runtime`` over all rows, in batches of ``batch`` (of its fixed batch, if it has one)."""
     mapping = feed_names(runtime, list(inputs))
     batch = fixed_batch(runtime) or batch
     rows = len(next(iter(inputs.values())))
-    parts = []
+    parts: dict[str, list[np.ndarray]] = {o: [] for o in outputs}
     for start in range(0, rows, batch):
         feeds = {mapping[n]: np.ascontiguousarray(a[start : start + batch]) for n, a in inputs.items()}
-        parts.append(np.asarray(runtime.run(feeds, [output])[output]))
-    return np.concatenate(parts)
+        got = runtime.run(feeds, outputs)
+        for o in outputs:
+            parts[o].append(np.asarray(got[o]))
+    return {o: np.concatenate(p) for o, p in parts.items()}
 
 
-def _latency_ms(runtime: Runtime, feeds: dict[str, np.ndarray], outputs: list[str], options: EvalOptions) -> float:
-    for _ in range(2):
-        runtime.run(feeds, outputs)
-    times: list[float] = []
-    deadline = time.perf_counter() + options.latency_budget_s
-    while len(times) < options.latency_runs and (len(times) < 5 or time.perf_counter() < deadline):
-        start = time.perf_counter()
-        runtime.run(feeds, outputs)
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
+def run_rows(runtime: Runtime, inputs: dict[str, np.ndarray], batch: int, output: str) -> np.ndarray:
+    """One output of ``runtime`` over all rows (see ``run_outputs``)."""
+    return run_outputs(runtime, inputs, batch, [output])[output]
+
+
+def output_names(runtime: Runtime, reference: list[str], wanted: list[str]) -> dict[str, str]:
+    """Reference output name -> the candidate's, for each of ``wanted`` (by name, else by position when
+    a converter renamed them all)."""
+    own = [s.name for s in runtime.outputs]
+    if all(w in own for w in wanted):
+        return {w: w for w in wanted}
+    if len(own) != len(reference):
+        raise RuntimeError(f"the candidate has outputs {own}; the reference {reference}")
+    return {w: own[reference.index(w)] for w in wanted}
 
 
 def _transfer_mb(path: Path) -> float:
@@ -134,102 +154,157 @@ def _memory_subprocess(candidate: Candidate, batches: dict[str, dict[str, np.nda
     return float(json.loads(done.stdout.strip().splitlines()[-1])["delta_mb"])
 
 
-def _measure(
+@dataclass
+class _Scored:
+    """A candidate whose outputs are scored, its runtime still open for the interleaved timing."""
+
+    candidate: Candidate
+    runtime: Runtime | None  # closed (None) before the memory probes
+    key: str
+    batches: dict[str, dict[str, np.ndarray]]  # b1 / bn feeds, by the candidate's own input names
+    batch_n: int
+    scores: dict[str, OutputScore]
+    notes: list[str]
+    rss_growth: int
+
+
+def _score(
     candidate: Candidate,
     data: EvalData,
     metric: Metric,
-    reference: tuple[np.ndarray, float] | None,
-    output: str,
+    plan: OutputPlan | None,
+    requested: list[str] | None,
     options: EvalOptions,
-) -> tuple[Measurement, np.ndarray]:
+) -> tuple[_Scored, OutputPlan]:
+    """Open and score one candidate; the first (``plan`` None) is the reference, whose outputs decide the plan."""
     assert candidate.path is not None
     rss_before = psutil.Process().memory_info().rss
     runtime, key = open_runtime_for(candidate, options.threads)
     mapping = feed_names(runtime, list(data.inputs))
-    own_outputs = [s.name for s in runtime.outputs]
-    out_name = output if output in own_outputs else own_outputs[0]
-    outputs = run_rows(runtime, data.inputs, options.batch_n, out_name)
-    ref_outputs, ref_metric = reference if reference is not None else (outputs, float("nan"))
-    score = metric.score(outputs, data.labels, ref_outputs)
-    if reference is None:
-        ref_metric = score
+    notes = []
+    if plan is None:
+        values = run_outputs(runtime, data.inputs, options.batch_n, [s.name for s in runtime.outputs])
+        plan = plan_outputs(values, data.inputs, metric, data.labels, requested)
+        scores = score_outputs(plan, values, data.labels, {})
+        plan.reference_scores = scores
+    else:
+        own = output_names(runtime, plan.outputs, plan.scored)
+        got = run_outputs(runtime, data.inputs, options.batch_n, list(own.values()))
+        reference_scores = {n: s.score for n, s in plan.reference_scores.items()}
+        scores = score_outputs(plan, {ref: got[name] for ref, name in own.items()}, data.labels, reference_scores)
+        notes += [f"output {ref!r} is {name!r} in this candidate" for ref, name in own.items() if ref != name]
     fixed = fixed_batch(runtime)
     n = fixed if fixed is not None else min(options.batch_n, data.rows)
     batches = {
         "b1": {mapping[k]: np.ascontiguousarray(a[:1]) for k, a in data.inputs.items()},
         "bn": {mapping[k]: np.ascontiguousarray(a[:n]) for k, a in data.inputs.items()},
     }
-    latency_b1 = _latency_ms(runtime, batches["b1"], [out_name], options)
-    latency_bn = _latency_ms(runtime, batches["bn"], [out_name], options)
-    rss_after = psutil.Process().memory_info().rss
-    del runtime
-    notes = []
+    every = [s.name for s in runtime.outputs]  # timed as the device runs it: all outputs
+    for feeds in batches.values():
+        runtime.run(feeds, every)  # a batch the timing would fail on fails here, with the others' scores
     if "gpu" in candidate.targets and "cpu" not in candidate.targets:
         notes.append("latency measured on the CPU here; the class runs it on a GPU")
     if fixed is not None:
         notes.append(f"fixed batch of {fixed}: batch-N latency is at batch {fixed}")
-    if out_name != output:
-        notes.append(f"output {output!r} is {out_name!r} in this candidate")
+    growth = psutil.Process().memory_info().rss - rss_before
+    return _Scored(candidate, runtime, key, batches, n, scores, notes, growth), plan
+
+
+def _time(scored: list[_Scored], options: EvalOptions) -> dict[str, dict[str, Latency]]:
+    """Batch size ("b1", "bn") -> candidate name -> latency, every candidate timed in the same rounds."""
+    rounds = max(1, min(options.latency_rounds, options.latency_runs))
+    per_round = max(1, -(-options.latency_runs // rounds))
+    result = {}
+    for batch in ("b1", "bn"):
+        runners = {}
+        for s in scored:
+            assert s.runtime is not None
+            every = [o.name for o in s.runtime.outputs]
+            runners[s.candidate.name] = partial(s.runtime.run, s.batches[batch], every)
+        result[batch] = interleaved_latency(
+            runners, rounds=rounds, runs_per_round=per_round, budget_s=options.latency_budget_s
+        )
+    return result
+
+
+def _measurement(s: _Scored, b1: Latency, bn: Latency, options: EvalOptions) -> Measurement:
+    candidate, notes = s.candidate, list(s.notes)
+    assert candidate.path is not None
     peak: float | None = None
     method = options.memory
     if method == "subprocess":
         try:
-            peak = _memory_subprocess(candidate, batches, options.threads)
+            peak = _memory_subprocess(candidate, s.batches, options.threads)
         except (RuntimeError, subprocess.TimeoutExpired, ValueError) as exc:
             notes.append(f"memory probe failed ({exc}); in-process figure instead")
             method = "in-process"
     if method == "in-process":
-        peak = max(rss_after - rss_before, 0) / MiB
-    size = candidate.path.stat().st_size / MiB
-    agreement = None
-    if metric.name == "accuracy":
-        agreement = float(
-            np.mean(outputs.reshape(len(outputs), -1).argmax(1) == ref_outputs.reshape(len(ref_outputs), -1).argmax(1))
-        )
-    measured = Measurement(
-        runtime=key,
-        metric=score,
-        drop=metric.drop(ref_metric, score),
-        latency_ms_b1=latency_b1,
-        latency_ms_bn=latency_bn,
-        batch_n=n,
-        size_mb=size,
+        peak = max(s.rss_growth, 0) / MiB
+    gating, gate = worst(s.scores)
+    agreements = [o.top1_agreement for o in s.scores.values() if o.top1_agreement is not None]
+    return Measurement(
+        runtime=s.key,
+        metric=gate.score,
+        drop=gate.drop,
+        latency_ms_b1=b1.median_ms,
+        latency_ms_bn=bn.median_ms,
+        batch_n=s.batch_n,
+        size_mb=candidate.path.stat().st_size / MiB,
         transfer_mb=_transfer_mb(candidate.path),
-        cosine_to_reference=float(np.mean(cosine_rows(outputs, ref_outputs))),
-        top1_agreement=agreement,
+        cosine_to_reference=min(o.cosine_to_reference for o in s.scores.values()),
+        top1_agreement=min(agreements) if agreements else None,
         peak_rss_mb=peak,
         memory_method=method if method != "off" else "off",
         notes=notes,
+        outputs=s.scores,
+        gating_output=gating,
+        latency_b1=b1,
+        latency_bn=bn,
     )
-    return measured, outputs
 
 
 def evaluate_candidates(
     candidates: list[Candidate],
     data: EvalData,
     metric: Metric,
-    output: str,
+    outputs: str | list[str] | None,
     options: EvalOptions,
     on_step: Callable[[Candidate], None] | None = None,
-) -> np.ndarray:
-    """Measure each built candidate in place; return the reference's outputs (the first candidate's).
+) -> OutputPlan:
+    """Measure each built candidate in place; return what was scored, with the reference's values.
 
-    The first candidate must be the FP32 reference; its failure is raised, any other is recorded.
+    ``outputs``: the outputs to score (None: every one). Every candidate is scored first, then all
+    are timed together in interleaved rounds (``compression.timing``), then their memory is probed.
+    The first candidate must be the FP32 reference; its failure is raised (``ModelRunError``), any
+    other is recorded on the candidate.
     """
-    reference: tuple[np.ndarray, float] | None = None
+    requested = [outputs] if isinstance(outputs, str) else outputs
+    plan: OutputPlan | None = None
+    scored: list[_Scored] = []
     for i, candidate in enumerate(candidates):
         if candidate.status == "built" and candidate.model_format in ("onnx", "tflite"):
             try:
-                candidate.measured, outputs = _measure(candidate, data, metric, reference, output, options)
-                if reference is None:
-                    reference = (outputs, candidate.measured.metric)
+                entry, plan = _score(candidate, data, metric, plan, requested, options)
+                scored.append(entry)
+            except CompressionError:
+                raise  # the outputs asked for, or the labels, do not fit the model
             except Exception as exc:
                 if i == 0:
-                    raise
+                    text = str(exc).strip()
+                    raise ModelRunError(
+                        f"the reference model fails on the validation data: {type(exc).__name__}: "
+                        f"{text.splitlines()[0][:400] if text else ''}"
+                    ) from exc
                 candidate.eval_error = f"{type(exc).__name__}: {str(exc).strip()[:300]}"
                 log.warning("candidate %s could not be evaluated: %s", candidate.name, candidate.eval_error)
         if on_step is not None:
             on_step(candidate)
-    if reference is None:
+    if plan is None:
         raise RuntimeError("the reference candidate was not evaluated")
-    return reference[0]
+    latency = _time(scored, options)
+    for entry in scored:
+        entry.runtime = None  # free the sessions before the memory probes
+    for entry in scored:
+        name = entry.candidate.name
+        entry.candidate.measured = _measurement(entry, latency["b1"][name], latency["bn"][name], options)
+    return plan

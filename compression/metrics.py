@@ -1,7 +1,8 @@
 """Task metrics: top-1 accuracy, mean squared error, and cosine similarity to the reference outputs.
 
-A metric scores a candidate's first output against the labels (or, for ``cosine``, against the
-reference model's outputs on the same rows). Its *drop* is how much worse the candidate is than the
+A metric scores one output of a candidate against the labels (or, for ``cosine``, against the
+reference model's values of the same output on the same rows); ``compression.outputs`` decides which
+outputs are scored, each on its own. Its *drop* is how much worse the candidate is than the
 reference, in the metric's own units, so it compares directly with a device class's
 ``max_metric_drop``: for accuracy 0.01 is one point; for MSE it is an absolute increase.
 """
@@ -58,8 +59,9 @@ class Metric:
         """How much worse ``candidate`` is than ``reference`` (negative when it is better)."""
         return reference - candidate if self.higher_is_better else candidate - reference
 
-    def check_labels(self, labels: np.ndarray | None, rows: int, outputs_shape: tuple[int, ...]) -> None:
-        """Raise MetricError when the labels cannot support this metric."""
+    def check_labels(self, labels: np.ndarray | None, rows: int) -> None:
+        """Raise MetricError when the labels cannot support this metric (which outputs they fit:
+        ``compression.outputs``)."""
         if not self.needs_labels:
             return
         if labels is None:
@@ -68,18 +70,14 @@ class Metric:
             raise MetricError(f"metric {self.name}: {len(labels)} labels for {rows} validation rows")
         if self.name == "accuracy" and labels.dtype.kind not in "iub":
             raise MetricError(f"metric accuracy needs integer class labels, got dtype {labels.dtype}")
-        if self.name == "mse" and int(np.prod(labels.shape)) != int(np.prod(outputs_shape)):
-            raise MetricError(
-                f"metric mse: labels of shape {list(labels.shape)} do not match outputs of shape {list(outputs_shape)}"
-            )
 
 
 METRICS: dict[str, Metric] = {
     m.name: m
     for m in (
-        Metric("accuracy", True, True, "top-1 accuracy of the first output against integer labels", _accuracy),
-        Metric("mse", False, True, "mean squared error of the first output against target values", _mse),
-        Metric("cosine", True, False, "mean cosine similarity of the first output to the reference's", _cosine),
+        Metric("accuracy", True, True, "top-1 accuracy of each output against integer labels", _accuracy),
+        Metric("mse", False, True, "mean squared error of each output against target values", _mse),
+        Metric("cosine", True, False, "mean cosine similarity of each output to the reference's", _cosine),
     )
 }
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +13,15 @@ from rich.table import Table
 
 from edgefleet.compression.candidates.base import Candidate
 from edgefleet.compression.selection import ClassSelection
+from edgefleet.compression.timing import Latency
 
 __all__ = ["CompressionReport"]
+
+
+def _latency(median: float, interval: Latency | None) -> str:
+    if interval is None:
+        return f"{median:.3f}"
+    return f"{median:.3f} [{interval.low_ms:.3f}-{interval.high_ms:.3f}]"
 
 
 @dataclass
@@ -27,6 +34,7 @@ class CompressionReport:
     selections: list[ClassSelection]
     out_dir: Path
     notes: list[str] = field(default_factory=list)
+    stopped: dict[str, str] | None = None  # stage, error, reason: why the run did not finish
 
     @property
     def unmet(self) -> list[ClassSelection]:
@@ -52,6 +60,8 @@ class CompressionReport:
                     "tool": c.tool,
                     "path": str(c.path) if c.path else None,
                     "build_s": round(c.build_s, 3),
+                    "sha256": c.sha256,
+                    "same_files": c.same_files,
                     "measured": None
                     if m is None
                     else {
@@ -68,12 +78,18 @@ class CompressionReport:
                         "peak_rss_mb": m.peak_rss_mb,
                         "memory_method": m.memory_method,
                         "notes": m.notes,
+                        "gating_output": m.gating_output,
+                        "latency_b1": None if m.latency_b1 is None else asdict(m.latency_b1),
+                        "latency_bn": None if m.latency_bn is None else asdict(m.latency_bn),
+                        "outputs": {name: asdict(score) for name, score in m.outputs.items()},
                     },
                 }
             )
         return {
             "name": self.name,
             "version": self.version,
+            "outcome": "complete" if self.stopped is None else "stopped",
+            "stopped": self.stopped,
             "metric": self.metric,
             "reference": self.reference,
             "candidates": rows,
@@ -118,17 +134,24 @@ class CompressionReport:
                 f"{status}: {c.reason or c.eval_error}",
             ]
         peak = "-" if m.peak_rss_mb is None else f"{m.peak_rss_mb:.1f}"
+        notes = list(m.notes)
+        if len(m.outputs) > 1:
+            notes.insert(
+                0, ", ".join(f"{o} {s.score:.4f}" for o, s in m.outputs.items()) + f" (gate: {m.gating_output})"
+            )
+        if c.same_files:
+            notes.append(f"same file as {', '.join(c.same_files)}")
         return [
             c.name,
             c.precision,
             c.model_format,
             f"{m.metric:.4f}",
             f"{m.drop:+.4f}",
-            f"{m.latency_ms_b1:.3f}",
-            f"{m.latency_ms_bn:.3f}",
+            _latency(m.latency_ms_b1, m.latency_b1),
+            _latency(m.latency_ms_bn, m.latency_bn),
             f"{m.size_mb:.3f}",
             peak,
-            "; ".join(m.notes) or "ok",
+            "; ".join(notes) or "ok",
         ]
 
     def _headers(self) -> list[str]:
@@ -148,12 +171,26 @@ class CompressionReport:
 
     def markdown(self) -> str:
         ref = self.reference
-        lines = [
-            f"# Compression report: {self.name} {self.version}",
-            "",
-            f"Reference: {ref['origin']} (sha256 {ref['digest'][:16]}...), metric **{self.metric}** "
-            f"= {ref.get('metric', float('nan')):.4f} on {ref.get('rows', '?')} validation rows.",
-            "",
+        lines = [f"# Compression report: {self.name} {self.version}", ""]
+        if self.stopped is not None:
+            lines += [
+                f"**Stopped** while {self.stopped['stage']}: {self.stopped['error']}: {self.stopped['reason']}",
+                "",
+                "What was measured before it stopped is below.",
+                "",
+            ]
+        if ref:
+            value = ref.get("metric")
+            shown = f"{value:.4f}" if isinstance(value, float) else "not measured"
+            lines += [
+                f"Reference: {ref['origin']} (sha256 {ref['digest'][:16]}..., {ref.get('precision', 'fp32')}), "
+                f"metric **{self.metric}** = {shown} on {ref.get('rows', '?')} validation rows.",
+                "",
+            ]
+            if ref.get("scored_outputs"):
+                scored = ", ".join(f"{o} ({ref['output_metrics'][o]})" for o in ref["scored_outputs"])
+                lines += [f"Scored outputs: {scored}; the worst one gates.", ""]
+        lines += [
             "| " + " | ".join(self._headers()) + " |",
             "|" + "---|" * len(self._headers()),
         ]
@@ -175,7 +212,10 @@ class CompressionReport:
         memory = {c.measured.memory_method for c in self.candidates if c.measured}
         lines += [
             "",
-            f"Peak memory: {', '.join(sorted(memory)) or 'not measured'}; latency is the median of runs here.",
+            f"Peak memory: {', '.join(sorted(memory)) or 'not measured'}. Latency (ms): the median of "
+            "interleaved rounds here, every candidate timed in each round, with the confidence interval "
+            "of the median in brackets; one candidate is faster than another only when the intervals "
+            "do not overlap.",
         ]
         return "\n".join(lines) + "\n"
 

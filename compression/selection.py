@@ -8,8 +8,10 @@ Rules, in order:
    (FP32, INT8, ORT-optimised). TensorRT engines are never shipped (the agent builds its own).
 2. It must meet ``max_metric_drop``, ``max_size_mb`` and, where set, ``max_latency_ms`` (median
    batch-1 latency measured here; not checked for GPU classes, whose latency is not measured here).
-3. Among those, the fastest wins. Latencies within ``tie`` (5%) of the fastest are a tie, broken by
-   the class's ``preferred_precision`` (a preference, not a requirement), then the smaller file.
+3. Among those, the fastest wins: a candidate is slower than the fastest only when their batch-1
+   latency intervals (interleaved rounds, ``compression.timing``) do not overlap; all that are not
+   slower tie (without intervals: latencies within ``tie``, 5%, of the fastest), broken by the class's
+   ``preferred_precision`` (a preference, not a requirement), then the smaller file.
    For GPU classes, with no GPU latency to rank by, preferred precision then size decide.
 
 When nothing qualifies, the result says which constraint stopped the closest candidate:
@@ -73,6 +75,38 @@ def _limit_text(constraint: str, device_class: DeviceClass) -> str:
     return f"{constraint} {getattr(device_class.selection, constraint):g}"
 
 
+def _fastest(passing: list[Candidate], tie: float) -> tuple[list[Candidate], str]:
+    """The candidates no other is measurably faster than the fastest of, and the wording of why."""
+
+    def latency(c: Candidate) -> float:
+        assert c.measured is not None
+        return c.measured.latency_ms_b1
+
+    best = min(passing, key=latency)
+    intervals = [c.measured.latency_b1 for c in passing if c.measured is not None]
+    interval = best.measured.latency_b1 if best.measured is not None else None
+    if interval is not None and all(i is not None for i in intervals):
+        tied = [
+            c
+            for c in passing
+            if c.measured is not None
+            and c.measured.latency_b1 is not None
+            and not c.measured.latency_b1.low_ms > interval.high_ms
+        ]
+        basis = (
+            f"fastest within constraints ({interval.median_ms:.3g} ms at batch 1, "
+            f"{interval.coverage:.0%} interval {interval.low_ms:.3g}-{interval.high_ms:.3g}"
+        )
+        if len(tied) > 1:
+            basis += f"; {len(tied)} not separated from it, then preferred precision, then smallest"
+        return tied, basis + ")"
+    fastest = latency(best)
+    tied = [c for c in passing if latency(c) <= fastest * (1 + tie)]
+    basis = f"fastest within constraints ({fastest:.3g} ms at batch 1"
+    basis += f"; {len(tied)} within {tie:.0%}, then preferred precision, then smallest)" if len(tied) > 1 else ")"
+    return tied, basis
+
+
 def select_candidate(candidates: list[Candidate], device_class: DeviceClass, *, tie: float = 0.05) -> ClassSelection:
     hardware = class_hardware(device_class)
     name = device_class.name
@@ -119,10 +153,7 @@ def select_candidate(candidates: list[Candidate], device_class: DeviceClass, *, 
         tied = passing
         basis = "GPU class (latency not measured here): preferred precision, then smallest"
     else:
-        fastest = min(measured(c)[0] for c in passing)
-        tied = [c for c in passing if measured(c)[0] <= fastest * (1 + tie)]
-        basis = f"fastest within constraints ({fastest:.3g} ms at batch 1"
-        basis += f"; {len(tied)} within {tie:.0%}, then preferred precision, then smallest)" if len(tied) > 1 else ")"
+        tied, basis = _fastest(passing, tie)
     chosen = min(tied, key=lambda c: (c.precision != preferred, measured(c)[1], measured(c)[0]))
     for c in passing:
         if c is not chosen:

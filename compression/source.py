@@ -7,7 +7,7 @@ import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import onnxruntime as ort
@@ -15,6 +15,7 @@ import onnxruntime as ort
 from edgefleet.compression.builder import describe_onnx
 from edgefleet.compression.data import resolve_import
 from edgefleet.compression.errors import ExportError, ModelSourceError
+from edgefleet.compression.quantized import quantization_of
 from edgefleet.protocol.bundle import sha256_file
 from edgefleet.protocol.tensors import TensorSpec
 
@@ -36,6 +37,11 @@ class ReferenceModel:
     origin: str
     dynamic_axes: dict[str, dict[int, str]] | None = None
     export_max_error: float | None = None  # PyTorch vs ONNX Runtime on the example rows
+    quantized: str | None = None  # what makes a given ONNX file already quantized (compression.quantized)
+
+    @property
+    def precision(self) -> Literal["fp32", "int8"]:
+        return "int8" if self.quantized is not None else "fp32"
 
     @property
     def input_names(self) -> list[str]:
@@ -99,7 +105,8 @@ def load_reference(
         except Exception as exc:
             raise ModelSourceError(f"{path}: ONNX Runtime cannot load it ({exc})") from None
         inputs, outputs = describe_onnx(session)
-        return ReferenceModel(out, None, inputs, outputs, sha256_file(out), f"onnx file {path}")
+        quantized = quantization_of(out)
+        return ReferenceModel(out, None, inputs, outputs, sha256_file(out), f"onnx file {path}", quantized=quantized)
     module = model if not isinstance(model, str | Path) else load_torch_module(model)
     origin = f"pytorch {model}" if isinstance(model, str | Path) else f"pytorch {type(model).__name__}"
     return _export(module, out, example, output_names, dynamic_axes, opset, origin)

@@ -16,7 +16,9 @@ from typing import Literal
 
 from edgefleet.compression.data import EvalData
 from edgefleet.compression.metrics import Metric
+from edgefleet.compression.outputs import OutputScore
 from edgefleet.compression.source import ReferenceModel
+from edgefleet.compression.timing import Latency
 
 __all__ = [
     "TECHNIQUES",
@@ -26,12 +28,16 @@ __all__ = [
     "Measurement",
     "Param",
     "Technique",
+    "already_quantized",
+    "not_built",
     "technique",
     "tool_version",
 ]
 
 Param = str | int | float | bool | list[float] | list[int] | list[str]
-Status = Literal["planned", "built", "failed", "not built"]
+# "duplicate": byte-identical to an earlier candidate (measured once, there); "rejected": screened out
+# after building (larger than its source) and not measured.
+Status = Literal["planned", "built", "failed", "not built", "duplicate", "rejected"]
 Hardware = Literal["cpu", "gpu"]
 
 EXTENSIONS = {"onnx": ".onnx", "tflite": ".tflite", "engine": ".engine"}
@@ -39,7 +45,11 @@ EXTENSIONS = {"onnx": ".onnx", "tflite": ".tflite", "engine": ".engine"}
 
 @dataclass
 class Measurement:
-    """What evaluation found, on the runtime the candidate will run on."""
+    """What evaluation found, on the runtime the candidate will run on.
+
+    ``metric`` and ``drop`` are the gating output's (the worst of ``outputs``, each scored on its own);
+    ``cosine_to_reference`` and ``top1_agreement`` the lowest over the scored outputs.
+    """
 
     runtime: str
     metric: float
@@ -54,6 +64,10 @@ class Measurement:
     peak_rss_mb: float | None = None
     memory_method: str = "off"
     notes: list[str] = field(default_factory=list)
+    outputs: dict[str, OutputScore] = field(default_factory=dict)
+    gating_output: str | None = None
+    latency_b1: Latency | None = None  # median and interval of the interleaved rounds (compression.timing)
+    latency_bn: Latency | None = None
 
 
 @dataclass
@@ -72,6 +86,8 @@ class Candidate:
     build_s: float = 0.0
     measured: Measurement | None = None
     eval_error: str | None = None
+    sha256: str | None = None  # of the built file
+    same_files: list[str] = field(default_factory=list)  # later candidates whose recipes gave this very file
 
     @property
     def filename(self) -> str:
@@ -88,6 +104,14 @@ def not_built(name: str, technique: str, precision: str, model_format: str, reas
     candidate.status = "not built"
     candidate.reason = reason
     return candidate
+
+
+def already_quantized(ctx: BuildContext, names: list[str], technique: str, precision: str) -> list[Candidate] | None:
+    """``not built`` entries when the reference is already quantized (quantizing twice is no recipe), else None."""
+    if ctx.reference.quantized is None:
+        return None
+    reason = f"the input model is already quantized ({ctx.reference.quantized})"
+    return [not_built(name, technique, precision, "onnx", reason) for name in names]
 
 
 @dataclass
@@ -108,6 +132,7 @@ class BuildOptions:
     batch_size: int = 64
     seed: int = 0
     opset: int = 17
+    allow_larger: bool = False  # keep a candidate whose file is larger than its source's
     tflite_python: str | None = None  # Python of a separate environment with litert-torch (make_tflite_env.sh)
     tflite_timeout_s: float = 600.0  # for the whole TFLite export in that environment
 
@@ -124,6 +149,13 @@ class BuildContext:
     def scratch(self) -> Path:
         """Intermediate files (quantizer inputs and the like), beside the candidates."""
         path = self.workdir / "work"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    @property
+    def temp(self) -> Path:
+        """Where tools that write to their current directory run (as child processes); removed after the run."""
+        path = self.workdir / "work" / "tmp"
         path.mkdir(parents=True, exist_ok=True)
         return path
 

@@ -9,13 +9,17 @@ from pathlib import Path
 
 import onnx
 
-from edgefleet.compression.candidates.base import BuildContext, Candidate, technique, tool_version
+from edgefleet.compression.candidates.base import BuildContext, Candidate, already_quantized, technique, tool_version
 
 __all__ = ["fp16"]
 
 
 @technique("fp16")
 def fp16(ctx: BuildContext) -> list[Candidate]:
+    skipped = already_quantized(ctx, ["fp16"], "fp16", "fp16")
+    if skipped is not None:
+        return skipped
+
     def make(out: Path) -> None:
         from onnxruntime.transformers.float16 import convert_float_to_float16
 

@@ -9,21 +9,29 @@ import onnxruntime as ort
 
 from edgefleet.compression.candidates.base import BuildContext, Candidate, technique, tool_version
 
-__all__ = ["fp32", "ort_optimized", "write_optimized"]
+__all__ = ["fp32", "ort_optimized", "reference_name", "write_optimized"]
+
+
+def reference_name(ctx: BuildContext) -> str:
+    return "fp32" if ctx.reference.precision == "fp32" else "int8-input"
 
 
 @technique("fp32")
 def fp32(ctx: BuildContext) -> list[Candidate]:
-    """The FP32 ONNX export: the reference every other candidate is measured against."""
+    """The FP32 ONNX export: the reference every other candidate is measured against.
+
+    An ONNX file that is already quantized is the reference as given, labelled INT8 ("int8-input").
+    """
 
     def make(out: Path) -> None:
         shutil.copyfile(ctx.reference.onnx_path, out)
 
+    precision = ctx.reference.precision
     return [
         Candidate(
-            "fp32",
-            "fp32",
-            "fp32",
+            reference_name(ctx),
+            "fp32" if precision == "fp32" else "as-given",
+            precision,
             "onnx",
             frozenset({"cpu", "gpu"}),
             params={"opset": ctx.options.opset, "origin": ctx.reference.origin},
@@ -57,9 +65,9 @@ def ort_optimized(ctx: BuildContext) -> list[Candidate]:
 
     return [
         Candidate(
-            "fp32-ort-opt",
-            "fp32",
-            "fp32",
+            reference_name(ctx) + "-ort-opt",
+            "fp32" if ctx.reference.precision == "fp32" else "ort-opt",
+            ctx.reference.precision,
             "onnx",
             frozenset({"cpu"}),
             params={"graph_optimization_level": "extended", "execution_provider": "CPUExecutionProvider"},

@@ -7,6 +7,7 @@ A thin layer over ``compression.pipeline.compress``; register it with
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,6 +20,8 @@ if TYPE_CHECKING:
     from edgefleet.protocol.model_card import PreprocessingStep
 
 __all__ = ["compress_command"]
+
+log = logging.getLogger(__name__)
 
 # A class no candidate suits is a failed run unless --allow-unmet: the bundles that could be built are
 # still written. It exits with ERROR until the CLI has a dedicated code for it.
@@ -47,6 +50,12 @@ def _preprocessing(path: Path | None) -> list[PreprocessingStep] | None:
         return TypeAdapter(list[PreprocessingStep]).validate_json(path.read_text())
     except (OSError, ValidationError) as exc:
         fail(f"{path}: not a list of preprocessing steps ({exc})", ExitCode.USAGE)
+
+
+def _stopped(out: Path) -> str:
+    """The prefix of an error message: where the report of the stopped run is."""
+    report = out / "report.json"
+    return f"stopped; report in {report}: " if report.is_file() else ""
 
 
 def compress_command(
@@ -116,12 +125,23 @@ def compress_command(
     allow_unmet: bool = typer.Option(
         False, "--allow-unmet", help="Exit 0 even when a class has no suitable candidate."
     ),
+    output: list[str] | None = typer.Option(
+        None,
+        "--output",
+        help="Output to score; repeatable. Default: every output but one that copies an input; the worst gates.",
+    ),
+    allow_larger: bool = typer.Option(
+        False, "--allow-larger", help="Keep a candidate whose file is larger than the reference's."
+    ),
     log_level: str = typer.Option("WARNING", "--log-level", help="Logging level."),
     fmt: Format = FormatOption,
 ) -> None:
     """Build candidates (ONNX, ORT-optimised, INT8 dynamic/static, FP16, pruned, distilled, TFLite,
     TensorRT), measure each on its runtime, pick the fastest within each device class's constraints,
     and write a signed bundle per class plus report.json and report.md.
+
+    report.json and report.md are written even when the run stops (a model that fails on the data,
+    a bundle that cannot be built), with what was measured and why; exit codes as for every command.
 
     Example: edgefleet compress models.digits:make_net --data val.npz --metric accuracy --name digits
     --version 1.1.0 --key keys/signing.key --out compressed --device-class rpi4
@@ -132,6 +152,7 @@ def compress_command(
     from edgefleet.compression.errors import CompressionError
     from edgefleet.compression.evaluate import EvalOptions
     from edgefleet.compression.pipeline import Example, compress
+    from edgefleet.protocol.errors import BundleError
     from edgefleet.protocol.signing import load_private_key
 
     configure_logging(log_level)
@@ -159,17 +180,22 @@ def compress_command(
                 finetune_epochs=finetune_epochs,
                 distill_epochs=distill_epochs,
                 tflite_python=tflite_python,
+                allow_larger=allow_larger,
             ),
             evaluation=EvalOptions(threads=threads, memory=memory),  # type: ignore[arg-type]
             example=example,
+            score_outputs=output or None,
             labels=_labels(labels),
             preprocessing=_preprocessing(preprocessing),
             parent_version=parent_version,
             parent_bundle=parent_bundle,
             progress=fmt == Format.table,
         )
-    except (CompressionError, ConfigError) as exc:
-        fail_with(exc)
+    except (CompressionError, ConfigError, BundleError) as exc:
+        fail_with(exc, prefix=_stopped(out))
+    except Exception as exc:  # the boundary: any other failure is exit 1 with its reason, never a traceback
+        log.debug("compress failed", exc_info=True)
+        fail_with(exc, prefix=_stopped(out) + f"{type(exc).__name__}: ")
     if fmt == Format.json:
         typer.echo(json.dumps(report.to_dict(), indent=2, default=str))
     else:
