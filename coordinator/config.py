@@ -40,6 +40,13 @@ class ApiServerConfig(BaseModel):
         "where models are confidential and give devices a read-only token instead.",
     )
 
+    metrics_access: Literal["token", "token_or_loopback", "public"] = Field(
+        default="token_or_loopback",
+        description="Who may read GET /metrics: token (a read-only token or higher), token_or_loopback (also any "
+        "client on 127.0.0.1/::1, e.g. a Prometheus on this host; behind a reverse proxy on this host every "
+        "client looks local: choose token there) or public. The figures name devices, versions and alerts.",
+    )
+
     def resolved_token(self) -> str | None:
         return self.token_file.read_text().strip() if self.token_file else self.token
 

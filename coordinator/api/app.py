@@ -28,7 +28,7 @@ from edgefleet.coordinator.mqtt.signer import CommandNotSent
 from edgefleet.coordinator.registry.refs import BundleRefs
 from edgefleet.coordinator.security.broker_auth import BrokerAuthError
 from edgefleet.coordinator.security.enrollment import EnrollmentRefused
-from edgefleet.coordinator.security.tokens import Forbidden, Unauthorized
+from edgefleet.coordinator.security.tokens import Forbidden, Role, Unauthorized
 from edgefleet.coordinator.service import Coordinator
 from edgefleet.protocol.errors import ProtocolError
 
@@ -101,9 +101,15 @@ def create_app(coordinator: Coordinator, *, token: str | None) -> FastAPI:
 
     fleet_metrics = fleet_registry(coordinator)
 
+    metrics_access = coordinator.config.api.metrics_access
+
     @app.get("/metrics")
-    def metrics() -> Response:
-        """The process's counters (prometheus-client's registry) and this coordinator's fleet figures."""
+    def metrics(request: Request) -> Response:
+        """The process's counters (prometheus-client's registry) and this coordinator's fleet figures; who may
+        read them is [api] metrics_access (default: a read-only token, or a client on loopback)."""
+        local = request.client is not None and request.client.host in ("127.0.0.1", "::1")
+        if metrics_access == "token" or (metrics_access == "token_or_loopback" and not local):
+            security.auth.require(Role.READ_ONLY)(request)
         return Response(generate_latest() + generate_latest(fleet_metrics), media_type=CONTENT_TYPE_LATEST)
 
     # Reading needs a read-only token, anything else operator; admin routes say so themselves.
