@@ -31,7 +31,16 @@ from edgefleet.protocol.bundle import (
     store_test_vector,
 )
 from edgefleet.protocol.errors import BundleError, ProtocolError
-from edgefleet.protocol.model_card import ConfidenceStats, InputStats, Lineage, PreprocessingStep, PrivacyReport, Recipe
+from edgefleet.protocol.model_card import (
+    Asset,
+    ConfidenceStats,
+    InputStats,
+    Lineage,
+    OutputRole,
+    PreprocessingStep,
+    PrivacyReport,
+    Recipe,
+)
 from edgefleet.protocol.tensors import DTYPES, TensorData, TensorSpec, onnx_type_to_dtype
 
 __all__ = ["build_bundle", "describe_onnx", "detect_model_format", "open_for_build", "sample_inputs", "verify_batching"]
@@ -213,6 +222,9 @@ def build_bundle(
     mirrors: list[str] | None = None,
     batching: Batching | None = None,
     min_version: str | None = None,
+    assets: list[tuple[Path, Asset]] | None = None,
+    output_roles: dict[str, OutputRole] | None = None,
+    description: str | None = None,
 ) -> tuple[Path, str]:
     """Write a signed bundle archive to ``out``; return (path, bundle digest).
 
@@ -221,7 +233,8 @@ def build_bundle(
     its ``io_specs`` and the ``test_outputs`` it computed for ``test_inputs``. A model that cannot be loaded
     or that fails on its test inputs is a BundleError with the runtime's reason. ``batching`` is what the manifest
     declares; by default it is verified here (``verify_batching``). The remaining keywords fill the
-    manifest's model card (see ``protocol.model_card``).
+    manifest's model card (see ``protocol.model_card``); ``assets`` are files packed beside the model
+    (each under its Asset's name), hashed like it and served to apps by the agent.
     """
     run: Runner | None = None
     if io_specs is not None:
@@ -256,6 +269,14 @@ def build_bundle(
         vectors, stored = _test_vectors(feeds_list, results_list, staging)
         shutil.copyfile(model_path, staging / model_name)  # hashed and packed from one unchanging copy
         files = {model_name: staging / model_name} | {v.file: staging / v.file for v in stored}
+        for source, asset in assets or []:
+            if asset.name in files:
+                raise BundleError(f"asset {asset.name!r}: the bundle already has a file of that name")
+            if not source.is_file():
+                raise BundleError(f"asset {asset.name!r}: {source} is not a file")
+            files[asset.name] = staging / asset.name
+            files[asset.name].parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, files[asset.name])
         manifest = Manifest(
             name=name,
             version=version,
@@ -283,6 +304,9 @@ def build_bundle(
             lineage=lineage,
             privacy=privacy,
             mirrors=mirrors or [],
+            description=description,
+            output_roles=output_roles or {},
+            assets=[asset for _, asset in assets or []],
         )
         signed = sign_manifest(manifest, private_key)
         if len(signed.manifest.encode()) > MAX_MANIFEST_BYTES:

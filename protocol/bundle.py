@@ -25,7 +25,18 @@ from packaging.version import InvalidVersion, Version
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edgefleet.protocol.errors import BundleError, ProtocolError, UnsafeArchive, describe_errors
-from edgefleet.protocol.model_card import ConfidenceStats, InputStats, Lineage, PreprocessingStep, PrivacyReport, Recipe
+from edgefleet.protocol.model_card import (
+    Asset,
+    AssetInfo,
+    ConfidenceStats,
+    InputStats,
+    Lineage,
+    ModelCard,
+    OutputRole,
+    PreprocessingStep,
+    PrivacyReport,
+    Recipe,
+)
 from edgefleet.protocol.signing import TrustedKeys, key_id, sign_bytes, verify_bytes
 from edgefleet.protocol.tensors import DTYPES, TensorData, TensorSpec, array_from_bytes
 
@@ -213,6 +224,13 @@ class Manifest(BaseModel):
     metrics: dict[str, float] = Field(default_factory=dict, description="Measured at build time: metric, latency...")
     lineage: Lineage | None = None
     privacy: PrivacyReport | None = Field(default=None, description="DP guarantee of a federated model.")
+    description: str | None = Field(default=None, max_length=4000, description="What the model does, for apps.")
+    output_roles: dict[str, OutputRole] = Field(
+        default_factory=dict, description="Per output name: what it holds (logits, embedding, ...)."
+    )
+    assets: list[Asset] = Field(
+        default_factory=list, max_length=32, description="Files of the bundle an app needs beside the model."
+    )
 
     @field_validator("min_version")
     @classmethod
@@ -252,6 +270,15 @@ class Manifest(BaseModel):
         for i, vector in enumerate(every):
             if set(vector.inputs) != input_names or not set(vector.outputs) <= output_names:
                 raise ValueError(f"test vector {i} does not name the model's inputs and outputs")
+        for name in self.output_roles:
+            if name not in output_names:
+                raise ValueError(f"output_roles names {name!r}, not one of the model's outputs")
+        asset_names = [a.name for a in self.assets]
+        if len(set(asset_names)) != len(asset_names):
+            raise ValueError("duplicate asset names")
+        for asset in self.assets:
+            if asset.name not in names or asset.name == self.model_file:
+                raise ValueError(f"asset {asset.name!r} is not among the files (or is the model)")
         for vector in self.stored_test_vectors:
             if vector.file not in names or vector.file == self.model_file:
                 raise ValueError(f"stored test vector file {vector.file!r} is not among the files (or is the model)")
@@ -276,6 +303,20 @@ class Manifest(BaseModel):
 
     def file(self, name: str) -> FileEntry:
         return next(f for f in self.files if f.name == name)
+
+    def card(self) -> ModelCard:
+        """What an app needs to feed the model: the model card served by the agent's ModelInfo."""
+        return ModelCard(
+            description=self.description,
+            labels=self.labels,
+            preprocessing=self.preprocessing,
+            output_roles=self.output_roles,
+            assets=[
+                AssetInfo(**a.model_dump(), size=self.file(a.name).size, sha256=self.file(a.name).sha256)
+                for a in self.assets
+            ],
+            metadata=self.metadata,
+        )
 
     def canonical_bytes(self) -> bytes:
         return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":")).encode()

@@ -9,7 +9,21 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-__all__ = ["ConfidenceKind", "ConfidenceStats", "InputStats", "Lineage", "PreprocessingStep", "PrivacyReport", "Recipe"]
+__all__ = [
+    "Asset",
+    "AssetInfo",
+    "AssetRole",
+    "ConfidenceKind",
+    "ConfidenceStats",
+    "Disclosure",
+    "InputStats",
+    "Lineage",
+    "ModelCard",
+    "OutputRole",
+    "PreprocessingStep",
+    "PrivacyReport",
+    "Recipe",
+]
 
 Param = str | int | float | bool | list[float] | list[int] | list[str]
 ConfidenceKind = Literal["softmax", "probability", "sigmoid"]
@@ -110,6 +124,16 @@ class Lineage(BaseModel):
     campaign: str | None = Field(default=None, description="Federated campaign that produced it.")
 
 
+class Disclosure(BaseModel):
+    """One thing that reaches the server beside the protected update, and whether the guarantee covers it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, description="The wire key (e.g. epsilon) or what it is (e.g. participation).")
+    covered: bool = Field(description="Whether the report's epsilon/delta guarantee covers it.")
+    why: str = Field(min_length=1, description="What it reveals, or why the guarantee covers it.")
+
+
 class PrivacyReport(BaseModel):
     """The differential privacy guarantee of a model trained by a federated campaign."""
 
@@ -136,3 +160,41 @@ class PrivacyReport(BaseModel):
         description="Distributed: the largest epsilon of one device's own updates, with only its share of the noise "
         "(what holds if secure aggregation is broken).",
     )
+    disclosed: list[Disclosure] = Field(
+        default_factory=list,
+        description="What the server learns beside the protected update (or the mean secure aggregation "
+        "reveals), each with whether the guarantee covers it. Empty in reports written before it was listed.",
+    )
+
+
+AssetRole = Literal["tokenizer", "vocabulary", "labels", "config", "preprocessing", "other"]
+OutputRole = Literal["logits", "probabilities", "embedding", "boxes", "scores", "class_ids", "mask", "state", "other"]
+
+
+class Asset(BaseModel):
+    """A file of the bundle an app needs beside the model (a tokenizer, a label list, a config), hashed and
+    verified like the model file and served by the agent's GetAsset."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200, description="The file's name among the bundle's files.")
+    role: AssetRole = Field(description="What an app uses it for.")
+    media_type: str = Field(default="application/octet-stream", max_length=100, pattern=r"^[\w.+-]+/[\w.+-]+$")
+
+
+class AssetInfo(Asset):
+    size: int = Field(ge=0)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class ModelCard(BaseModel):
+    """What an app on the device needs to feed a model it has never seen: served by ModelInfo (as JSON)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    description: str | None = None
+    labels: list[str] | None = Field(default=None, description="Class names, in output index order.")
+    preprocessing: list[PreprocessingStep] = Field(default_factory=list)
+    output_roles: dict[str, OutputRole] = Field(default_factory=dict, description="Per output name: what it holds.")
+    assets: list[AssetInfo] = Field(default_factory=list)
+    metadata: dict[str, str] = Field(default_factory=dict)

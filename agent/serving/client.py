@@ -8,6 +8,7 @@ import grpc
 import numpy as np
 
 from edgefleet.protocol.grpc_gen import inference_pb2, inference_pb2_grpc
+from edgefleet.protocol.model_card import ModelCard
 from edgefleet.protocol.tensors import tensor_from_proto, tensor_to_proto
 
 __all__ = ["InferenceClient", "Prediction"]
@@ -44,6 +45,23 @@ class InferenceClient:
 
     def model_info(self, *, timeout: float = 5.0) -> inference_pb2.ModelInfoResponse:
         return self.stub.ModelInfo(inference_pb2.ModelInfoRequest(), timeout=timeout)
+
+    def model_card(self, *, timeout: float = 5.0) -> tuple[str, ModelCard]:
+        """The active bundle's digest and model card (labels, preprocessing, output roles, assets)."""
+        info = self.model_info(timeout=timeout)
+        if not info.loaded:
+            raise LookupError("no model is active on this agent")
+        return info.bundle_digest, ModelCard.model_validate_json(info.model_card or "{}")
+
+    def asset(self, name: str, *, bundle_digest: str = "", timeout: float = 30.0) -> bytes:
+        """The bytes of one of the active bundle's assets (of ``bundle_digest``, if given: it must still be
+        active), checked against the size the agent announced; the card's sha256 is there to check it again."""
+        chunks = list(self.stub.GetAsset(inference_pb2.AssetRequest(name=name, bundle_digest=bundle_digest),
+                                         timeout=timeout))  # fmt: skip
+        data = b"".join(c.data for c in chunks)
+        if chunks and len(data) != chunks[0].total_size:
+            raise OSError(f"asset {name!r}: got {len(data)} of {chunks[0].total_size} bytes")
+        return data
 
     def close(self) -> None:
         self.channel.close()

@@ -1,4 +1,4 @@
-"""The local gRPC inference API: Predict, ModelInfo and standard gRPC health checking."""
+"""The local gRPC inference API: Predict, ModelInfo (with the model card), GetAsset and gRPC health checking."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = "edgefleet.inference.v1.Inference"
 MAX_BATCH_REQUESTS = 1024
+ASSET_CHUNK_BYTES = 1 << 20  # well under gRPC's 4 MiB message limit
 
 
 def _info(spec: TensorSpec) -> inference_pb2.TensorInfo:
@@ -150,7 +151,35 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
             inputs=[_info(s) for s in model.inputs],
             outputs=[_info(s) for s in model.outputs],
             activated_at=model.activated_at.isoformat(),
+            model_card=model.manifest.card().model_dump_json(),
         )
+
+    def GetAsset(
+        self, request: inference_pb2.AssetRequest, context: grpc.ServicerContext
+    ) -> Iterator[inference_pb2.AssetChunk]:
+        """A file of the active bundle its card lists as an asset, in chunks of ASSET_CHUNK_BYTES."""
+        model = self._current()
+        if model is None:
+            _abort(context, grpc.StatusCode.UNAVAILABLE, "no model is active")
+        if request.bundle_digest and request.bundle_digest != model.digest:
+            _abort(
+                context, grpc.StatusCode.FAILED_PRECONDITION,
+                f"bundle {request.bundle_digest[:12]} is no longer active ({model.digest[:12]} is); read ModelInfo",
+            )  # fmt: skip
+        asset = next((a for a in model.manifest.assets if a.name == request.name), None)
+        if asset is None:
+            names = ", ".join(a.name for a in model.manifest.assets) or "none"
+            _abort(
+                context, grpc.StatusCode.NOT_FOUND, f"no asset {request.name!r} in this bundle (its assets: {names})"
+            )
+        if model.locate is None:
+            _abort(context, grpc.StatusCode.UNAVAILABLE, "this agent cannot reach the bundle's files")
+        entry = model.manifest.file(asset.name)
+        with open(model.locate(entry), "rb") as fh:  # verified by hash when the bundle was activated
+            data = fh.read(ASSET_CHUNK_BYTES)
+            yield inference_pb2.AssetChunk(data=data, total_size=entry.size)
+            while data := fh.read(ASSET_CHUNK_BYTES):
+                yield inference_pb2.AssetChunk(data=data)
 
     # -- feedback ------------------------------------------------------------------------
     def Feedback(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import typer
 
@@ -14,6 +14,7 @@ from edgefleet.common.exit_codes import ExitCode
 from edgefleet.common.output import Format, FormatOption, existing_file, fail, print_data
 from edgefleet.protocol.bundle import extract_bundle, verify_files, verify_manifest
 from edgefleet.protocol.errors import BundleError
+from edgefleet.protocol.model_card import Asset, AssetRole, OutputRole, PreprocessingStep
 from edgefleet.protocol.signing import key_id, load_private_key, load_public_key, load_trusted_keys, write_keypair
 
 if TYPE_CHECKING:
@@ -53,7 +54,8 @@ def bundle_create(
         [], "--mirror", help="HTTP(S) URL template with {sha256} where devices can also download the files."
     ),
     test_inputs: list[Path] = typer.Option(
-        [], "--test-inputs",
+        [],
+        "--test-inputs",
         help="A .npz of real inputs (one array per input name; rows along the first axis): one test vector "
         "each, repeatable. Without it, inputs are generated (every dynamic dimension 2, integers 0..9).",
     ),
@@ -62,24 +64,48 @@ def bundle_create(
     ),
     rtol: float = typer.Option(1e-4, "--rtol", min=0, help="Relative tolerance of the device's self-test."),
     min_version: str | None = typer.Option(
-        None, "--min-version", callback=lambda v: _pep440(v),
+        None,
+        "--min-version",
+        callback=lambda v: _pep440(v),
         help="Devices running this bundle take an older version of the model than this only when a deployment "
         "allows the downgrade explicitly (e.g. after a security fix).",
     ),
     atol: float = typer.Option(1e-5, "--atol", min=0, help="Absolute tolerance of the device's self-test."),
+    asset: list[str] = typer.Option(
+        [],
+        "--asset",
+        metavar="ROLE=PATH",
+        help="A file apps need beside the model, packed and hashed with it and served by the agent's GetAsset; "
+        "ROLE is tokenizer, vocabulary, labels, config, preprocessing or other. Repeatable.",
+    ),
+    labels: Path | None = typer.Option(None, "--labels", help="Class names, one a line, in output index order."),
+    output_role: list[str] = typer.Option(
+        [],
+        "--output-role",
+        metavar="OUTPUT=ROLE",
+        help="What an output holds: logits, probabilities, embedding, boxes, scores, class_ids, mask, state, other.",
+    ),
+    preprocessing: Path | None = typer.Option(
+        None,
+        "--preprocessing",
+        help='JSON list of the steps an app applies, e.g. [{"op": "tokenize", "params": {"asset": "vocab.txt"}}].',
+    ),
+    description: str | None = typer.Option(None, "--description", help="What the model does, for app authors."),
     fmt: Format = FormatOption,
 ) -> None:
     """Describe a model, compute its test vectors with its own runtime (ONNX Runtime or LiteRT), sign and
-    pack it.
+    pack it, with the model card an app on the device reads (ModelInfo) and the assets it needs.
 
     Example: edgefleet bundle create model.onnx --name digits --version 1.0.0 --device-class rpi4
     --key keys/signing.key -o digits.bundle --test-inputs rows.npz
     """
     from edgefleet.compression.builder import build_bundle, detect_model_format
 
-    for path in (model, key, *test_inputs):
+    assets = [_asset(spec) for spec in asset]
+    for path in (model, key, *test_inputs, *(p for p, _ in assets), *(f for f in (labels, preprocessing) if f)):
         if not path.is_file():
             fail(f"{path}: no such file", ExitCode.NOT_FOUND)
+    card = _card(labels, output_role, preprocessing)
     if model_format not in (None, "onnx", "tflite"):
         fail(f"--model-format {model_format!r}: use onnx or tflite", ExitCode.USAGE)
     chosen: Literal["onnx", "tflite"] = (
@@ -102,10 +128,53 @@ def bundle_create(
             rtol=rtol,
             atol=atol,
             min_version=min_version,
+            assets=assets,
+            description=description,
+            **card,
         )
     except (BundleError, ValueError) as exc:
         fail(str(exc), ExitCode.BUNDLE_INVALID)
     print_data({"bundle": str(path), "digest": digest, "name": name, "version": version}, fmt)
+
+
+def _asset(spec: str) -> tuple[Path, Asset]:
+    """``ROLE=PATH`` as (path, Asset named after the file, its media type guessed from the suffix)."""
+    import mimetypes
+
+    role, sep, path = spec.partition("=")
+    if not sep or role not in get_args(AssetRole):
+        fail(f"--asset {spec!r}: use ROLE=PATH with ROLE one of {', '.join(get_args(AssetRole))}", ExitCode.USAGE)
+    source = Path(path)
+    media = mimetypes.guess_type(source.name)[0] or "application/octet-stream"
+    return source, Asset(name=source.name, role=role, media_type=media)  # type: ignore[arg-type]
+
+
+def _card(labels: Path | None, output_roles: list[str], preprocessing: Path | None) -> dict[str, Any]:
+    """The model card's keyword arguments for build_bundle; exit 2 naming what does not parse."""
+    import json
+
+    card: dict[str, Any] = {}
+    if labels is not None:
+        card["labels"] = [line.strip() for line in labels.read_text(encoding="utf-8").splitlines() if line.strip()]
+    roles: dict[str, str] = {}
+    for spec in output_roles:
+        output, sep, role = spec.partition("=")
+        if not sep or role not in get_args(OutputRole):
+            fail(f"--output-role {spec!r}: use OUTPUT=ROLE with ROLE one of {', '.join(get_args(OutputRole))}",
+                 ExitCode.USAGE)  # fmt: skip
+        roles[output] = role
+    card["output_roles"] = roles
+    if preprocessing is not None:
+        try:
+            card["preprocessing"] = [
+                PreprocessingStep.model_validate(step) for step in json.loads(preprocessing.read_text())
+            ]
+        except (ValueError, TypeError) as exc:
+            fail(
+                f"--preprocessing {preprocessing}: not a JSON list of steps ({str(exc).splitlines()[0]})",
+                ExitCode.USAGE,
+            )
+    return card
 
 
 def _pep440(value: str | None) -> str | None:

@@ -138,7 +138,7 @@ class ModelInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfoResponse(_message.Message):
-    __slots__ = ("loaded", "runtime_skipped", "model_name", "model_version", "bundle_digest", "device_class", "runtime", "inputs", "outputs", "activated_at")
+    __slots__ = ("loaded", "runtime_skipped", "model_name", "model_version", "bundle_digest", "device_class", "runtime", "inputs", "outputs", "activated_at", "model_card")
     LOADED_FIELD_NUMBER: _ClassVar[int]
     RUNTIME_SKIPPED_FIELD_NUMBER: _ClassVar[int]
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -149,6 +149,7 @@ class ModelInfoResponse(_message.Message):
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     ACTIVATED_AT_FIELD_NUMBER: _ClassVar[int]
+    MODEL_CARD_FIELD_NUMBER: _ClassVar[int]
     loaded: bool
     runtime_skipped: _containers.RepeatedScalarFieldContainer[str]
     model_name: str
@@ -159,4 +160,21 @@ class ModelInfoResponse(_message.Message):
     inputs: _containers.RepeatedCompositeFieldContainer[TensorInfo]
     outputs: _containers.RepeatedCompositeFieldContainer[TensorInfo]
     activated_at: str
-    def __init__(self, loaded: _Optional[bool] = ..., runtime_skipped: _Optional[_Iterable[str]] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., bundle_digest: _Optional[str] = ..., device_class: _Optional[str] = ..., runtime: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., activated_at: _Optional[str] = ...) -> None: ...
+    model_card: str
+    def __init__(self, loaded: _Optional[bool] = ..., runtime_skipped: _Optional[_Iterable[str]] = ..., model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., bundle_digest: _Optional[str] = ..., device_class: _Optional[str] = ..., runtime: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., activated_at: _Optional[str] = ..., model_card: _Optional[str] = ...) -> None: ...
+
+class AssetRequest(_message.Message):
+    __slots__ = ("name", "bundle_digest")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    BUNDLE_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    bundle_digest: str
+    def __init__(self, name: _Optional[str] = ..., bundle_digest: _Optional[str] = ...) -> None: ...
+
+class AssetChunk(_message.Message):
+    __slots__ = ("data", "total_size")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_SIZE_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    total_size: int
+    def __init__(self, data: _Optional[bytes] = ..., total_size: _Optional[int] = ...) -> None: ...

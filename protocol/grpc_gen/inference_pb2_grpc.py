@@ -54,6 +54,11 @@ class InferenceStub:
                 request_serializer=edgefleet_dot_protocol_dot_grpc__gen_dot_inference__pb2.ModelInfoRequest.SerializeToString,
                 response_deserializer=edgefleet_dot_protocol_dot_grpc__gen_dot_inference__pb2.ModelInfoResponse.FromString,
                 _registered_method=True)
+        self.GetAsset = channel.unary_stream(
+                '/edgefleet.inference.v1.Inference/GetAsset',
+                request_serializer=edgefleet_dot_protocol_dot_grpc__gen_dot_inference__pb2.AssetRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_protocol_dot_grpc__gen_dot_inference__pb2.AssetChunk.FromString,
+                _registered_method=True)
         self.Feedback = channel.unary_unary(
                 '/edgefleet.inference.v1.Inference/Feedback',
                 request_serializer=edgefleet_dot_protocol_dot_grpc__gen_dot_inference__pb2.FeedbackRequest.SerializeToString,
@@ -93,6 +98,12 @@ class InferenceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ModelInfo(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetAsset(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -138,6 +149,11 @@ def add_InferenceServicer_to_server(servicer, server):
                     servicer.ModelInfo,
                     request_deserializer=edgefleet_dot_protocol_dot_grpc__gen_dot_inference__pb2.ModelInfoRequest.FromString,
                     response_serializer=edgefleet_dot_protocol_dot_grpc__gen_dot_inference__pb2.ModelInfoResponse.SerializeToString,
+            ),
+            'GetAsset': grpc.unary_stream_rpc_method_handler(
+                    servicer.GetAsset,
+                    request_deserializer=edgefleet_dot_protocol_dot_grpc__gen_dot_inference__pb2.AssetRequest.FromString,
+                    response_serializer=edgefleet_dot_protocol_dot_grpc__gen_dot_inference__pb2.AssetChunk.SerializeToString,
             ),
             'Feedback': grpc.unary_unary_rpc_method_handler(
                     servicer.Feedback,
@@ -263,6 +279,33 @@ class Inference:
             '/edgefleet.inference.v1.Inference/ModelInfo',
             edgefleet_dot_protocol_dot_grpc__gen_dot_inference__pb2.ModelInfoRequest.SerializeToString,
             edgefleet_dot_protocol_dot_grpc__gen_dot_inference__pb2.ModelInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAsset(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/edgefleet.inference.v1.Inference/GetAsset',
+            edgefleet_dot_protocol_dot_grpc__gen_dot_inference__pb2.AssetRequest.SerializeToString,
+            edgefleet_dot_protocol_dot_grpc__gen_dot_inference__pb2.AssetChunk.FromString,
             options,
             channel_credentials,
             insecure,
