@@ -40,8 +40,9 @@ from edgefleet.protocol.model_card import (
     PreprocessingStep,
     PrivacyReport,
     Recipe,
+    SequenceSpec,
 )
-from edgefleet.protocol.tensors import DTYPES, TensorData, TensorSpec, onnx_type_to_dtype
+from edgefleet.protocol.tensors import DTYPES, TensorData, TensorSpec, check_against_spec, onnx_type_to_dtype
 
 __all__ = ["build_bundle", "describe_onnx", "detect_model_format", "open_for_build", "sample_inputs", "verify_batching"]
 
@@ -225,6 +226,7 @@ def build_bundle(
     assets: list[tuple[Path, Asset]] | None = None,
     output_roles: dict[str, OutputRole] | None = None,
     description: str | None = None,
+    sequence: SequenceSpec | None = None,
 ) -> tuple[Path, str]:
     """Write a signed bundle archive to ``out``; return (path, bundle digest).
 
@@ -260,6 +262,8 @@ def build_bundle(
                 ) from None
         else:
             raise ValueError(f"a {model_format} model needs test_outputs")
+    if sequence is not None:
+        _check_states(sequence, inputs, outputs, results_list)
     if batching is None:
         batching = verify_batching(run, inputs, outputs, feeds_list, rtol=rtol, atol=atol)
     log.info("%s %s: batching %s (%s)", name, version, batching.max_batch_size or "off", batching.reason)
@@ -307,6 +311,7 @@ def build_bundle(
             description=description,
             output_roles=output_roles or {},
             assets=[asset for _, asset in assets or []],
+            sequence=sequence,
         )
         signed = sign_manifest(manifest, private_key)
         if len(signed.manifest.encode()) > MAX_MANIFEST_BYTES:
@@ -317,3 +322,22 @@ def build_bundle(
         pack_bundle(signed, files, out)
         log.info("built bundle %s %s for %s: %s", name, version, device_class, signed.digest[:12])
     return out, signed.digest
+
+
+def _check_states(
+    sequence: SequenceSpec, inputs: list[TensorSpec], outputs: list[TensorSpec], results: list[dict[str, np.ndarray]]
+) -> None:
+    """Each declared state output, as the model made it on the test inputs, must fit the input it feeds."""
+    by_name = {s.name: s for s in inputs}
+    output_names = {s.name for s in outputs}
+    for state in sequence.states:
+        if state.input not in by_name or state.output not in output_names:
+            raise BundleError(f"sequence state {state.output} -> {state.input}: the model has no such output/input")
+        for i, result in enumerate(results):
+            try:
+                check_against_spec(result[state.output], by_name[state.input])
+            except ProtocolError as exc:
+                raise BundleError(
+                    f"sequence state {state.output} -> {state.input}: on test input {i} the output cannot feed the "
+                    f"input ({exc.reason})"
+                ) from None

@@ -36,6 +36,7 @@ from edgefleet.protocol.model_card import (
     PreprocessingStep,
     PrivacyReport,
     Recipe,
+    SequenceSpec,
 )
 from edgefleet.protocol.signing import TrustedKeys, key_id, sign_bytes, verify_bytes
 from edgefleet.protocol.tensors import DTYPES, TensorData, TensorSpec, array_from_bytes
@@ -231,6 +232,9 @@ class Manifest(BaseModel):
     assets: list[Asset] = Field(
         default_factory=list, max_length=32, description="Files of the bundle an app needs beside the model."
     )
+    sequence: SequenceSpec | None = Field(
+        default=None, description="Stateful streaming: which outputs feed which inputs between a sequence's requests."
+    )
 
     @field_validator("min_version")
     @classmethod
@@ -241,6 +245,7 @@ class Manifest(BaseModel):
             except InvalidVersion:
                 raise ValueError(f"min_version {value!r} is not a PEP 440 version (e.g. 2.1.0)") from None
         return value
+
     mirrors: list[str] = Field(
         default_factory=list,
         max_length=8,
@@ -273,6 +278,18 @@ class Manifest(BaseModel):
         for name in self.output_roles:
             if name not in output_names:
                 raise ValueError(f"output_roles names {name!r}, not one of the model's outputs")
+        if self.sequence is not None:
+            in_specs = {s.name: s for s in self.inputs}
+            out_specs = {s.name: s for s in self.outputs}
+            for state in self.sequence.states:
+                if state.input not in in_specs or state.output not in out_specs:
+                    raise ValueError(
+                        f"sequence state {state.output!r} -> {state.input!r}: not the model's output/input"
+                    )
+                if in_specs[state.input].dtype != out_specs[state.output].dtype:
+                    raise ValueError(f"sequence state {state.output!r} -> {state.input!r}: dtypes differ")
+            if len({s.input for s in self.sequence.states}) != len(self.sequence.states):
+                raise ValueError("a sequence state input is fed twice")
         asset_names = [a.name for a in self.assets]
         if len(set(asset_names)) != len(asset_names):
             raise ValueError("duplicate asset names")
@@ -315,6 +332,7 @@ class Manifest(BaseModel):
                 AssetInfo(**a.model_dump(), size=self.file(a.name).size, sha256=self.file(a.name).sha256)
                 for a in self.assets
             ],
+            sequence=self.sequence,
             metadata=self.metadata,
         )
 

@@ -58,9 +58,10 @@ MAX_CORES = 4096
 MAX_PSI = 1_000.0  # PSI of fully disjoint distributions over the agent's bins stays far below this
 MAX_PUBLIC_KEY_CHARS = 1024  # a P-521 public key in PEM is ~270 characters
 ErrorKind = Annotated[str, StringConstraints(min_length=1, max_length=64)]
-# Failed requests that are the caller's doing (a tensor the model refuses, too many requests at once): listed in
+# Failed requests that are the caller's doing (a tensor the model refuses, too many requests or sequences at once,
+# a sequence that is not live): listed in
 # errors_by_kind, left out of error_count, so that they never count against a bundle in rollout gates and alerts.
-CLIENT_ERROR_KINDS = frozenset({"invalid_argument", "resource_exhausted"})
+CLIENT_ERROR_KINDS = frozenset({"invalid_argument", "resource_exhausted", "failed_precondition"})
 
 
 def _now() -> datetime:

@@ -23,6 +23,8 @@ __all__ = [
     "PreprocessingStep",
     "PrivacyReport",
     "Recipe",
+    "SequenceSpec",
+    "StateTensor",
 ]
 
 Param = str | int | float | bool | list[float] | list[int] | list[str]
@@ -197,4 +199,28 @@ class ModelCard(BaseModel):
     preprocessing: list[PreprocessingStep] = Field(default_factory=list)
     output_roles: dict[str, OutputRole] = Field(default_factory=dict, description="Per output name: what it holds.")
     assets: list[AssetInfo] = Field(default_factory=list)
+    sequence: SequenceSpec | None = Field(default=None, description="The states the agent keeps per sequence id.")
     metadata: dict[str, str] = Field(default_factory=dict)
+
+
+class StateTensor(BaseModel):
+    """One recurrent state the agent keeps between a sequence's requests: ``output`` of one step feeds
+    ``input`` of the next; the first step gets zeros of the input's shape (dynamic dimensions 1)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    input: str = Field(min_length=1, max_length=128)
+    output: str = Field(min_length=1, max_length=128)
+
+
+class SequenceSpec(BaseModel):
+    """Sequence serving (like Triton's sequence batcher): requests that name a sequence id get their state
+    inputs from the agent, which keeps the state outputs for the sequence's next request."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    states: list[StateTensor] = Field(min_length=1, max_length=16)
+    max_sequences: int = Field(default=64, ge=1, le=4096, description="Live sequences at once, at most.")
+    idle_timeout_s: float = Field(
+        default=60.0, ge=0.1, le=86_400.0, description="A sequence unused this long is dropped with its state."
+    )

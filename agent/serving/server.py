@@ -16,6 +16,7 @@ from edgefleet.agent.errors import InputError
 from edgefleet.agent.learning.samples import RecentRequests, SampleStore
 from edgefleet.agent.serving.batcher import MicroBatcher
 from edgefleet.agent.serving.model import LoadedModel
+from edgefleet.agent.serving.sequences import SequenceError, Sequences
 from edgefleet.agent.serving.update_lock import UpdateLock
 from edgefleet.agent.telemetry.stats import InferenceStats
 from edgefleet.protocol.errors import ProtocolError
@@ -63,6 +64,7 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
         self._samples = samples
         self._lock = update_lock or UpdateLock()
         self._shedding = shedding  # why requests are refused now (the chip is over its critical limit), or None
+        self._sequences = Sequences()
 
     # -- inference -----------------------------------------------------------------------
     def _infer(self, request: inference_pb2.PredictRequest) -> inference_pb2.PredictResponse:
@@ -78,7 +80,12 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
             inputs = {name: tensor_from_proto(t) for name, t in request.inputs.items()}
             names = list(request.output_names) or None
             started = time.perf_counter()
-            if self._batcher is not None:
+            if request.sequence_id:  # state kept here between the sequence's requests; never batched with others
+                outputs = self._sequences.run(
+                    model, request.sequence_id, inputs, names, start=request.sequence_start,
+                    end=request.sequence_end, predict=model.predict,
+                )  # fmt: skip
+            elif self._batcher is not None:
                 outputs = self._batcher.predict(model, inputs, names)
             else:
                 outputs = model.predict(inputs, names)
@@ -86,6 +93,9 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
         except (ProtocolError, InputError) as exc:
             self._stats.record_error("invalid_argument")
             raise _Failure(grpc.StatusCode.INVALID_ARGUMENT, exc.reason) from None
+        except SequenceError as exc:
+            self._stats.record_error(exc.code.lower())
+            raise _Failure(grpc.StatusCode[exc.code], exc.reason) from None
         except Exception as exc:  # a runtime failure on valid input: report it, keep serving
             self._stats.record_error("runtime")
             log.exception("inference failed on bundle %s", model.digest[:12])

@@ -14,7 +14,14 @@ from edgefleet.common.exit_codes import ExitCode
 from edgefleet.common.output import Format, FormatOption, existing_file, fail, print_data
 from edgefleet.protocol.bundle import extract_bundle, verify_files, verify_manifest
 from edgefleet.protocol.errors import BundleError
-from edgefleet.protocol.model_card import Asset, AssetRole, OutputRole, PreprocessingStep
+from edgefleet.protocol.model_card import (
+    Asset,
+    AssetRole,
+    OutputRole,
+    PreprocessingStep,
+    SequenceSpec,
+    StateTensor,
+)
 from edgefleet.protocol.signing import key_id, load_private_key, load_public_key, load_trusted_keys, write_keypair
 
 if TYPE_CHECKING:
@@ -91,6 +98,17 @@ def bundle_create(
         help='JSON list of the steps an app applies, e.g. [{"op": "tokenize", "params": {"asset": "vocab.txt"}}].',
     ),
     description: str | None = typer.Option(None, "--description", help="What the model does, for app authors."),
+    state: list[str] = typer.Option(
+        [],
+        "--state",
+        metavar="INPUT=OUTPUT",
+        help="Sequence serving: the agent feeds INPUT from the OUTPUT of the sequence's previous request (zeros "
+        "at its start); apps name a sequence id instead of passing the state. Repeatable.",
+    ),
+    max_sequences: int = typer.Option(64, "--max-sequences", min=1, max=4096, help="Live sequences at once."),
+    sequence_idle_s: float = typer.Option(
+        60.0, "--sequence-idle-s", min=0.1, help="A sequence unused this long is dropped."
+    ),
     fmt: Format = FormatOption,
 ) -> None:
     """Describe a model, compute its test vectors with its own runtime (ONNX Runtime or LiteRT), sign and
@@ -130,6 +148,7 @@ def bundle_create(
             min_version=min_version,
             assets=assets,
             description=description,
+            sequence=_sequence(state, max_sequences, sequence_idle_s),
             **card,
         )
     except (BundleError, ValueError) as exc:
@@ -147,6 +166,16 @@ def _asset(spec: str) -> tuple[Path, Asset]:
     source = Path(path)
     media = mimetypes.guess_type(source.name)[0] or "application/octet-stream"
     return source, Asset(name=source.name, role=role, media_type=media)  # type: ignore[arg-type]
+
+
+def _sequence(states: list[str], max_sequences: int, idle_s: float) -> SequenceSpec | None:
+    pairs = []
+    for spec in states:
+        input_name, sep, output_name = spec.partition("=")
+        if not sep or not input_name or not output_name:
+            fail(f"--state {spec!r}: use INPUT=OUTPUT (the input fed from that output)", ExitCode.USAGE)
+        pairs.append(StateTensor(input=input_name, output=output_name))
+    return SequenceSpec(states=pairs, max_sequences=max_sequences, idle_timeout_s=idle_s) if pairs else None
 
 
 def _card(labels: Path | None, output_roles: list[str], preprocessing: Path | None) -> dict[str, Any]:

@@ -17,7 +17,7 @@ class Tensor(_message.Message):
     def __init__(self, dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class PredictRequest(_message.Message):
-    __slots__ = ("inputs", "output_names", "request_id")
+    __slots__ = ("inputs", "output_names", "request_id", "sequence_id", "sequence_start", "sequence_end")
     class InputsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -28,10 +28,16 @@ class PredictRequest(_message.Message):
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_NAMES_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_ID_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_START_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_END_FIELD_NUMBER: _ClassVar[int]
     inputs: _containers.MessageMap[str, Tensor]
     output_names: _containers.RepeatedScalarFieldContainer[str]
     request_id: str
-    def __init__(self, inputs: _Optional[_Mapping[str, Tensor]] = ..., output_names: _Optional[_Iterable[str]] = ..., request_id: _Optional[str] = ...) -> None: ...
+    sequence_id: str
+    sequence_start: bool
+    sequence_end: bool
+    def __init__(self, inputs: _Optional[_Mapping[str, Tensor]] = ..., output_names: _Optional[_Iterable[str]] = ..., request_id: _Optional[str] = ..., sequence_id: _Optional[str] = ..., sequence_start: _Optional[bool] = ..., sequence_end: _Optional[bool] = ...) -> None: ...
 
 class PredictResponse(_message.Message):
     __slots__ = ("outputs", "request_id", "model_name", "model_version", "bundle_digest", "latency_ms", "error_code", "error_message")
