@@ -11,7 +11,7 @@ from edgefleet.protocol.grpc_gen import inference_pb2, inference_pb2_grpc
 from edgefleet.protocol.model_card import ModelCard
 from edgefleet.protocol.tensors import tensor_from_proto, tensor_to_proto
 
-__all__ = ["InferenceClient", "Prediction"]
+__all__ = ["InferenceClient", "Prediction", "SharedInput"]
 
 
 class Prediction:
@@ -21,6 +21,45 @@ class Prediction:
         self.model_version = response.model_version
         self.bundle_digest = response.bundle_digest
         self.latency_ms = response.latency_ms
+
+
+class SharedInput:
+    """A POSIX shared-memory segment for one input, reused request after request: ``write`` an array into
+    it, pass ``tensor()`` in ``predict(..., shared=...)``; ``close`` removes the segment. The agent reads it
+    in place (agent/serving/shared_memory.py), so a large image does not travel through the socket."""
+
+    def __init__(self, nbytes: int, *, mode: int = 0o600) -> None:
+        """``mode``: the segment's permissions; an agent running as another user (the packaged service user)
+        needs to read it: 0o640 with a group both share, say."""
+        import os
+        from multiprocessing import shared_memory
+
+        self._shm = shared_memory.SharedMemory(name=f"edgefleet-{uuid.uuid4().hex}", create=True, size=max(1, nbytes))
+        self.name = self._shm.name
+        os.chmod(f"/dev/shm/{self.name}", mode)
+        self._dtype, self._shape = "float32", [0]
+
+    def write(self, array: np.ndarray) -> None:
+        array = np.asarray(array, order="C")
+        if array.nbytes > self._shm.size:
+            raise ValueError(f"{array.nbytes} bytes do not fit the segment's {self._shm.size}")
+        buf = self._shm.buf
+        assert buf is not None  # open until close()
+        np.ndarray(array.shape, dtype=array.dtype.newbyteorder("<"), buffer=buf)[...] = array  # one copy, in place
+        self._dtype, self._shape = array.dtype.name, list(array.shape)
+
+    def tensor(self) -> inference_pb2.Tensor:
+        return inference_pb2.Tensor(dtype=self._dtype, shape=self._shape, shm_name=self.name, shm_offset=0)
+
+    def close(self) -> None:
+        self._shm.close()
+        self._shm.unlink()
+
+    def __enter__(self) -> SharedInput:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class InferenceClient:
@@ -36,11 +75,13 @@ class InferenceClient:
         )
         self.stub = inference_pb2_grpc.InferenceStub(self.channel)
 
-    def predict(self, inputs: dict[str, np.ndarray], *, timeout: float = 10.0) -> Prediction:
-        request = inference_pb2.PredictRequest(
-            inputs={name: tensor_to_proto(value) for name, value in inputs.items()},
-            request_id=uuid.uuid4().hex,
-        )
+    def predict(
+        self, inputs: dict[str, np.ndarray], *, shared: dict[str, SharedInput] | None = None, timeout: float = 10.0
+    ) -> Prediction:
+        """``shared``: inputs already written to shared memory (SharedInput.write), sent by name."""
+        tensors = {name: tensor_to_proto(value) for name, value in inputs.items()}
+        tensors.update((name, segment.tensor()) for name, segment in (shared or {}).items())
+        request = inference_pb2.PredictRequest(inputs=tensors, request_id=uuid.uuid4().hex)
         return Prediction(self.stub.Predict(request, timeout=timeout))
 
     def model_info(self, *, timeout: float = 5.0) -> inference_pb2.ModelInfoResponse:

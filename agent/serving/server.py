@@ -17,6 +17,7 @@ from edgefleet.agent.learning.samples import RecentRequests, SampleStore
 from edgefleet.agent.serving.batcher import MicroBatcher
 from edgefleet.agent.serving.model import LoadedModel
 from edgefleet.agent.serving.sequences import SequenceError, Sequences
+from edgefleet.agent.serving.shared_memory import input_from_proto
 from edgefleet.agent.serving.update_lock import UpdateLock
 from edgefleet.agent.telemetry.stats import InferenceStats
 from edgefleet.protocol.errors import ProtocolError
@@ -77,7 +78,9 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
             self._stats.record_error("overheated")
             raise _Failure(grpc.StatusCode.UNAVAILABLE, hot)
         try:
-            inputs = {name: tensor_from_proto(t) for name, t in request.inputs.items()}
+            converted = {name: input_from_proto(t) for name, t in request.inputs.items()}
+            inputs = {name: array for name, (array, _) in converted.items()}
+            shared = any(is_shared for _, is_shared in converted.values())
             names = list(request.output_names) or None
             started = time.perf_counter()
             if request.sequence_id:  # state kept here between the sequence's requests; never batched with others
@@ -104,7 +107,9 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
         if model.drift is not None:
             model.drift.observe(inputs)
         if request.request_id and self._recent is not None:
-            self._recent.remember(request.request_id, inputs, model.digest)
+            # Kept for a later Feedback: not a view of the app's shared memory, which it may overwrite next.
+            kept = {name: array.copy() for name, array in inputs.items()} if shared else inputs
+            self._recent.remember(request.request_id, kept, model.digest)
         return inference_pb2.PredictResponse(
             outputs={name: tensor_to_proto(value) for name, value in outputs.items()},
             request_id=request.request_id,
