@@ -1,19 +1,25 @@
 """Secure aggregation of a round's updates with Flower's SecAgg+ protocol: the server learns only the
-sample-weighted sum of the clients' updates, never one client's.
+weighted sum of the clients' updates (and the sum of their weights), never one client's.
 
 Flower ships SecAgg+ as ``SecAggPlusWorkflow`` (server, four message stages over the Grid) and
 ``secaggplus_mod`` (client), written for its legacy Strategy interface. ``secure_round`` runs one
 round of that workflow over our Grid with a small legacy strategy that only hands out the round's
 instructions and keeps what comes back; the campaign loop stays in ``federated.rounds``.
 
-What travels: each client sends ``n * (w_client - w_global)`` (its update weighted by its sample
-count ``n``), quantized, and masked with pairwise masks (X25519 key agreement) and a private mask
-whose seeds are Shamir-shared among its neighbours, so dropped clients can be unmasked without
-revealing anyone's update. The server adds the global weights back to the weighted mean of the
-updates. The per-client metrics (sample count, epsilon; the loss only without DP) stay visible.
+What travels: each client sends ``w * (w_client - w_global) / max_weight``, quantized, and masked with
+pairwise masks (X25519 key agreement) and a private mask whose seeds are Shamir-shared among its
+neighbours, so dropped clients can be unmasked without revealing anyone's update. The weight ``w``
+is the client's sample count (at most ``MAX_WEIGHT``) without DP; under DP every client weighs 1 and
+``max_weight`` is 1, so no sample count is sent and the server's mean is unweighted (``weight_of``,
+``weight_cap``).
+The server adds the global weights back to the mean of the updates. The FitRes beside the masked
+vector is in the clear: its ``num_examples`` (the weight) and metrics (see federated.disclosure).
 
-Quantization: values are clipped to +-``CLIPPING_RANGE`` after scaling by ``n / MAX_WEIGHT`` and
-mapped onto 2**22 levels; a client uses at most ``MAX_WEIGHT`` samples per round (client_app).
+Quantization: Flower's mod scales an update by ``w / max_weight``, clips every value to
++-``CLIPPING_RANGE`` and maps it onto ``QUANTIZATION_RANGE`` levels by stochastic rounding; the sum is
+taken modulo 2**32, which never wraps for at most 1000 clients (1000 * 2**22 < 2**32). A value is
+therefore sent exactly up to one quantization step unless it lies beyond ``update_bound``; the client
+counts those (``values_beyond_range``) and reports the count, so clipping is never silent.
 """
 
 from __future__ import annotations
@@ -42,18 +48,50 @@ from edgefleet.federated.weights import array_to_numpy
 from edgefleet.protocol.campaign import ARRAY_NAMES
 
 __all__ = [
+    "CLIPPING_RANGE",
     "MAX_WEIGHT",
+    "QUANTIZATION_RANGE",
     "SecureRound",
     "array_names",
     "is_secure_message",
     "secure_round",
+    "update_bound",
     "update_parameters",
+    "values_beyond_range",
+    "weight_cap",
+    "weight_of",
 ]
 
-MAX_WEIGHT = 10_000  # samples one client may weigh in with per round
-CLIPPING_RANGE = 8.0  # |n * update / MAX_WEIGHT| per value; an update is at most 8 * MAX_WEIGHT / n
+MAX_WEIGHT = 10_000  # samples one client may weigh in with per round (without DP)
+CLIPPING_RANGE = 8.0  # |w * update / max_weight| per value: an update value is at most 8 * max_weight / w
+QUANTIZATION_RANGE = 2**22  # levels over [-CLIPPING_RANGE, CLIPPING_RANGE]: a step of 16 / 2**22 (3.8e-6)
 
 
+def weight_cap(dp: bool) -> float:
+    """The largest weight one client's update may carry: its sample count without DP, 1 under DP."""
+    return 1.0 if dp else float(MAX_WEIGHT)
+
+
+def weight_of(num_examples: int, *, dp: bool) -> int:
+    """The weight a client gives its update (its FitRes.num_examples, in the clear): under DP always 1,
+    since the count reveals exactly the add/remove-one-sample change the guarantee is about."""
+    return 1 if dp else min(num_examples, MAX_WEIGHT)
+
+
+def _scale(weight: int, max_weight: float) -> float:
+    # Flower's mod quantizes the weight ratio to QUANTIZATION_RANGE levels before scaling by it.
+    return round(weight / max_weight * QUANTIZATION_RANGE) / QUANTIZATION_RANGE
+
+
+def update_bound(weight: int, max_weight: float) -> float:
+    """The largest |value| of an update that SecAgg+ sends unclipped (to within one quantization step)."""
+    return CLIPPING_RANGE / _scale(weight, max_weight)
+
+
+def values_beyond_range(update: Parameters, weight: int, max_weight: float) -> int:
+    """How many values of ``update`` Flower's mod will clip to +-CLIPPING_RANGE after scaling."""
+    scale = _scale(weight, max_weight)
+    return sum(int(np.count_nonzero(np.abs(u * scale) > CLIPPING_RANGE)) for u in parameters_to_ndarrays(update))
 
 
 def is_secure_message(content: RecordDict) -> bool:
@@ -64,7 +102,7 @@ def is_secure_message(content: RecordDict) -> bool:
 @dataclass
 class SecureRound:
     """What one securely aggregated round gave: the new global weights (None if it failed), each
-    answering client's FitRes (metrics and sample count, no weights) and the failures' reasons."""
+    answering client's FitRes (metrics and weight, no update) and the failures' reasons."""
 
     arrays: ArrayRecord | None
     results: list[tuple[int, FitRes]] = field(default_factory=list)
@@ -146,10 +184,11 @@ def secure_round(
     server_round: int,
     min_clients: int,
     timeout_s: float,
+    dp: bool = False,
 ) -> SecureRound:
-    """One round of SecAgg+ over ``node_ids``: the sample-weighted mean of their updates added to
-    ``arrays``. The round fails (arrays None) if fewer than ``min_clients`` masked updates arrive or
-    too few key shares come back to unmask them.
+    """One round of SecAgg+ over ``node_ids``: the mean of their updates (sample-weighted without DP,
+    unweighted under ``dp``) added to ``arrays``. The round fails (arrays None) if fewer than
+    ``min_clients`` masked updates arrive or too few key shares come back to unmask them.
 
     Every node holds a share of every other's secrets (one neighbourhood), and any
     ``min_clients`` of them can unmask (at least 2): a dropout tolerance equal to the campaign's.
@@ -170,8 +209,9 @@ def secure_round(
         # Unmasking needs this many nodes' key shares, and the workflow stops before unmasking when
         # fewer masked updates arrived: the server never learns a sum of fewer than min_clients.
         reconstruction_threshold=max(2, min(min_clients, len(node_ids))),
-        max_weight=float(MAX_WEIGHT),
+        max_weight=weight_cap(dp),
         clipping_range=CLIPPING_RANGE,
+        quantization_range=QUANTIZATION_RANGE,
         timeout=timeout_s,
     )
     recorder = _FailureRecorder(grid)

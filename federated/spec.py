@@ -111,8 +111,9 @@ class CampaignSpec(BaseModel):
     privacy: PrivacySpec | None = Field(default=None, description="Differential privacy; none means no guarantee.")
     secure_aggregation: bool = Field(
         default=False,
-        description="Sum the updates with Flower's SecAgg+ (masked, quantized): the server learns only the "
-        "sample-weighted mean of each round's updates, unmasked only if at least min_clients sent theirs.",
+        description="Sum the updates with Flower's SecAgg+ (masked, quantized): the server learns each round's "
+        "mean of the updates (sample-weighted without DP, each count then sent in the clear; unweighted under DP), "
+        "never one update, unmasked only if at least min_clients sent theirs.",
     )
     device_evaluation: bool = Field(
         default=False,

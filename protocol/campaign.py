@@ -39,13 +39,14 @@ METRICS = "metrics"
 CLIENT = "client"  # the replying device's ConfigRecord ({DEVICE_ID: ...})
 
 # -- metrics of a reply
-NUM_EXAMPLES = "num-examples"  # the weight of an update in sample-weighted aggregation
-UNIT_WEIGHT = "unit-weight"  # 1.0 from each device: the weight of central DP's unweighted mean
+NUM_EXAMPLES = "num-examples"  # the weight of an update in sample-weighted aggregation; not sent under DP
+UNIT_WEIGHT = "unit-weight"  # 1.0 from each device: the weight of the unweighted mean every DP mode uses
 TRAIN_LOSS = "train-loss"  # not sent under DP
 EPSILON = "epsilon"
 NOISE_MULTIPLIER = "noise-multiplier"
 LOCAL_EPSILON = "local-epsilon"
-STEPS = "steps"
+STEPS = "steps"  # local optimizer steps; not sent under DP (their number follows from the sample count)
+CLIPPED_VALUES = "clipped-values"  # SecAgg+: values of the update beyond the quantization range, clipped
 EVAL_LOSS = "eval-loss"
 EVAL_ACCURACY = "eval-accuracy"
 

@@ -142,6 +142,9 @@ def test_campaign_trains_on_eligible_devices_and_registers_a_staged_version(
     digest = staged["bundles"][0]["digest"]
     manifest = Manifest.model_validate_json(http.get(f"/api/v1/bundles/{digest}").json()["manifest"])
     assert manifest.privacy is not None and manifest.privacy.epsilon == pytest.approx(privacy["epsilon"])
+    # What travels beside the protected update is listed with whether the guarantee covers it
+    disclosed = {d.name: d.covered for d in manifest.privacy.disclosed}
+    assert disclosed and disclosed.get("training_samples") is False, disclosed
     assert manifest.lineage is not None and manifest.lineage.parent_version == "1.0"
     assert manifest.metrics["federated_accuracy"] == pytest.approx(result["evaluation"]["accuracy"])
     # And it is a working model: the registry's bytes run in ONNX Runtime with the reported accuracy.

@@ -17,6 +17,7 @@ from flwr.app import ArrayRecord
 from edgefleet.coordinator.errors import Conflict, NotFound
 from edgefleet.coordinator.registry.artifacts import Registry
 from edgefleet.coordinator.registry.models import ModelRegistry
+from edgefleet.federated.disclosure import disclosures
 from edgefleet.federated.models import build_model
 from edgefleet.federated.server.rounds import CampaignOutcome
 from edgefleet.federated.spec import CampaignSpec
@@ -96,7 +97,11 @@ def privacy_report(spec: CampaignSpec, outcome: CampaignOutcome) -> PrivacyRepor
     privacy = spec.privacy
     if privacy is None:
         return PrivacyReport(
-            mode="none", rounds=len(ok_rounds), clients=clients, secure_aggregation=spec.secure_aggregation
+            mode="none",
+            rounds=len(ok_rounds),
+            clients=clients,
+            secure_aggregation=spec.secure_aggregation,
+            disclosed=disclosures(spec),
         )
     if privacy.mode in ("local", "distributed"):
         sigmas = [p["noise_multiplier"] for r in ok_rounds for p in r.participants if "noise_multiplier" in p]
@@ -114,6 +119,7 @@ def privacy_report(spec: CampaignSpec, outcome: CampaignOutcome) -> PrivacyRepor
             unit="sample",
             secure_aggregation=spec.secure_aggregation,
             local_epsilon=max(own) if own else None,
+            disclosed=disclosures(spec),
         )
     return PrivacyReport(
         mode="central",
@@ -125,6 +131,7 @@ def privacy_report(spec: CampaignSpec, outcome: CampaignOutcome) -> PrivacyRepor
         rounds=len(ok_rounds),
         clients=clients,
         unit="client",
+        disclosed=disclosures(spec),
     )
 
 

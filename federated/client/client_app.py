@@ -30,7 +30,11 @@ from edgefleet.federated.secure_aggregation import (
     MAX_WEIGHT,
     array_names,
     is_secure_message,
+    update_bound,
     update_parameters,
+    values_beyond_range,
+    weight_cap,
+    weight_of,
 )
 from edgefleet.federated.spec import CampaignSpec
 from edgefleet.federated.weights import arrays_to_model, model_to_arrays
@@ -113,13 +117,14 @@ def handle_train(msg: Message, context: Context) -> Message:
     if isinstance(task, Message):
         return task
     campaign_id, spec = task
+    dp = spec.privacy is not None
     server_round = int(cast(int, config.get(keys.SERVER_ROUND, 0)))
     if (hot := _too_hot(context)) is not None:  # training is optional work: it waits for the chip to cool
         log.warning("campaign %s round %d: %s", campaign_id, server_round, hot)
         return _decline(msg, Decline.THROTTLED, f"{device}: {hot}")
     try:
         data = _samples(context, spec)
-        if secure and len(data) > MAX_WEIGHT:
+        if secure and not dp and len(data) > MAX_WEIGHT:  # under DP every update weighs 1
             log.info("secure aggregation: training on the newest %d of %d samples", MAX_WEIGHT, len(data))
             data = LocalData(data.x[-MAX_WEIGHT:], data.y[-MAX_WEIGHT:])
         model = arrays_to_model(
@@ -150,18 +155,18 @@ def handle_train(msg: Message, context: Context) -> Message:
         result = train(model, data, cfg, ledger=ledger, server_round=server_round)
     except BudgetExhausted as exc:
         log.warning("campaign %s round %d: %s", campaign_id, server_round, exc.reason)
-        return _decline(msg, Decline.BUDGET_EXHAUSTED, f"{device}: {exc.reason}")
+        return _decline(msg, Decline.BUDGET_EXHAUSTED, f"{device}: {_sent_reason(exc, spec)}")
     except FederatedError as exc:
         log.warning("campaign %s round %d: %s", campaign_id, server_round, exc.reason)
         code = Decline.NO_DATA if isinstance(exc, LocalDataError) else Decline.BAD_TASK
-        return _decline(msg, code, f"{device}: {exc.reason}")
-    metrics: dict[str, int | float | list[int] | list[float]] = {
-        keys.NUM_EXAMPLES: result.num_examples,
-        keys.UNIT_WEIGHT: 1.0,
-        keys.STEPS: result.steps,
-    }
-    if spec.privacy is None:
-        # The loss on the private samples is not covered by any DP guarantee: sent only without DP.
+        return _decline(msg, code, f"{device}: {_sent_reason(exc, spec)}")
+    metrics: dict[str, int | float | list[int] | list[float]] = {keys.UNIT_WEIGHT: 1.0}
+    if not dp:
+        # The sample count, the steps (their number follows from it) and the loss on the private samples
+        # are covered by no DP guarantee: Opacus's epsilon is for adding or removing one sample, and the
+        # count reveals exactly that change. Sent only without DP, where they weight the mean.
+        metrics[keys.NUM_EXAMPLES] = result.num_examples
+        metrics[keys.STEPS] = result.steps
         metrics[keys.TRAIN_LOSS] = result.loss
     if result.epsilon is not None:
         metrics[keys.EPSILON] = result.epsilon
@@ -171,9 +176,15 @@ def handle_train(msg: Message, context: Context) -> Message:
     new_arrays = model_to_arrays(model)
     if secure:
         update = update_parameters(names, arrays, new_arrays)
-        legacy: dict[str, bool | bytes | float | int | str] = {keys.DEVICE_ID: device}
+        weight = weight_of(result.num_examples, dp=dp)
+        clipped = values_beyond_range(update, weight, weight_cap(dp))
+        if clipped:
+            log.warning("campaign %s round %d: %d values of the update are beyond secure aggregation's range "
+                        "+-%g and are clipped", campaign_id, server_round, clipped,
+                        update_bound(weight, weight_cap(dp)))  # fmt: skip
+        legacy: dict[str, bool | bytes | float | int | str] = {keys.DEVICE_ID: device, keys.CLIPPED_VALUES: clipped}
         legacy.update((k, v) for k, v in metrics.items() if isinstance(v, int | float))
-        fitres = FitRes(Status(Code.OK, ""), update, result.num_examples, legacy)
+        fitres = FitRes(Status(Code.OK, ""), update, weight, legacy)
         return Message(fitres_to_recorddict(fitres, keep_input=True), reply_to=msg)
     content = RecordDict(
         {
@@ -225,6 +236,20 @@ def _too_hot(context: Context) -> str | None:
         return None
     except OSError as exc:
         return f"the thermal marker cannot be read ({exc})"
+
+
+def _sent_reason(exc: FederatedError, spec: CampaignSpec) -> str:
+    """What a decline tells the server. Without DP the device's own reason; under DP a fixed text per
+    kind, since "7 samples, the campaign needs at least 10" or the epsilon a round would reach (it
+    follows from the sample rate) describe the private samples. The full reason stays in the device's log."""
+    if spec.privacy is None:
+        return exc.reason
+    if isinstance(exc, BudgetExhausted):
+        cap = spec.privacy.max_epsilon
+        return f"privacy budget: another round would pass the campaign's max epsilon {cap:g}; declining to train"
+    if isinstance(exc, LocalDataError):
+        return "fewer labelled samples than the campaign needs, or none it can use (the device's log says which)"
+    return exc.reason
 
 
 def _decline(msg: Message, code: int, reason: str) -> Message:

@@ -40,7 +40,8 @@ class RoundRecord:
     started_at: float
     duration_s: float = 0.0
     sampled: int = 0
-    participants: list[dict[str, Any]] = field(default_factory=list)  # device, examples, loss, epsilon
+    # device, and without DP examples and loss; under DP epsilon, noise_multiplier (no count: see disclosure.py)
+    participants: list[dict[str, Any]] = field(default_factory=list)
     declined: list[dict[str, Any]] = field(default_factory=list)  # device/node, code, reason
     missing: int = 0  # sampled nodes that did not answer in time
     train_metrics: dict[str, float] = field(default_factory=dict)
@@ -211,11 +212,10 @@ def _one_round(
         ok.append(reply)
         metrics = dict(reply.content[keys.METRICS])
         client = reply.content.config_records.get(keys.CLIENT)
-        entry: dict[str, Any] = {
-            "device": str(client[keys.DEVICE_ID]) if client else str(reply.metadata.src_node_id),
-            "examples": int(cast(int, metrics.get(keys.NUM_EXAMPLES, 0))),
-        }
-        if keys.TRAIN_LOSS in metrics:  # not sent under DP
+        entry: dict[str, Any] = {"device": str(client[keys.DEVICE_ID]) if client else str(reply.metadata.src_node_id)}
+        if spec.privacy is None:  # under DP no count is sent, nor kept if a device sent one
+            entry["examples"] = int(cast(int, metrics.get(keys.NUM_EXAMPLES, 0)))
+        if keys.TRAIN_LOSS in metrics and spec.privacy is None:
             entry["loss"] = float(cast(float, metrics[keys.TRAIN_LOSS]))
         if keys.EPSILON in metrics:
             entry["epsilon"] = float(cast(float, metrics[keys.EPSILON]))
@@ -240,7 +240,7 @@ def _secure_one_round(
     grid: Grid, spec: CampaignSpec, arrays: ArrayRecord, server_round: int, campaign_id: str, record: RoundRecord
 ) -> ArrayRecord | None:
     """A round through SecAgg+: the same sampling, deadline and minimum, but the server only ever
-    holds the weighted mean of the updates."""
+    holds the mean of the updates (sample-weighted without DP, unweighted under DP)."""
     connected = _wait_for_nodes(grid, spec.min_clients, spec.node_wait_s)
     if len(connected) < spec.min_clients:
         record.reason = f"{len(connected)} clients connected, the round needs {spec.min_clients}"
@@ -252,19 +252,26 @@ def _secure_one_round(
         config[keys.PROXIMAL_MU] = spec.proximal_mu
     record.sampled = len(nodes)
     outcome = secure_round(grid, arrays, nodes, config, server_round=server_round,
-                           min_clients=spec.min_clients, timeout_s=spec.round_timeout_s)  # fmt: skip
+                           min_clients=spec.min_clients, timeout_s=spec.round_timeout_s,
+                           dp=spec.privacy is not None)  # fmt: skip
     for node, reason in outcome.failures:
         record.declined.append({"node": node, "code": decline_code(reason), "reason": reason})
     total = 0
     loss = 0.0
+    clipped = 0
     for node, res in outcome.results:
         m = res.metrics
-        entry: dict[str, Any] = {"device": str(m.get(keys.DEVICE_ID, node)), "examples": res.num_examples}
+        entry: dict[str, Any] = {"device": str(m.get(keys.DEVICE_ID, node))}
+        if spec.privacy is None:  # under DP every FitRes says 1: no count is sent
+            entry["examples"] = res.num_examples
         for key, name in ((keys.TRAIN_LOSS, "loss"), (keys.EPSILON, "epsilon"),
                           (keys.NOISE_MULTIPLIER, "noise_multiplier"),
                           (keys.LOCAL_EPSILON, "local_epsilon")):  # fmt: skip
-            if key in m:
+            if key in m and (spec.privacy is None or key != keys.TRAIN_LOSS):
                 entry[name] = float(cast(float, m[key]))
+        if keys.CLIPPED_VALUES in m:
+            entry["clipped"] = int(cast(int, m[keys.CLIPPED_VALUES]))
+            clipped += entry["clipped"]
         record.participants.append(entry)
         if "loss" in entry:
             total += res.num_examples
@@ -278,6 +285,12 @@ def _secure_one_round(
         )
         return None
     record.train_metrics = {keys.TRAIN_LOSS: loss / total} if total else {}
+    # Values beyond the quantization range were clipped by the devices' SecAgg+ mod: the aggregate is not
+    # the mean of the updates there. Counted in the record, never silent.
+    record.train_metrics[keys.CLIPPED_VALUES] = float(clipped)
+    if clipped:
+        log.warning("round %d: %d update values were beyond secure aggregation's range and were clipped; "
+                    "the aggregate differs from the mean of the updates there", server_round, clipped)  # fmt: skip
     return outcome.arrays
 
 

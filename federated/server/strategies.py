@@ -1,5 +1,6 @@
 """The campaign's Flower strategy: FedAvg, FedProx, FedAdam, FedMedian or Krum, optionally wrapped for
-central DP with Flower's server-side clipping wrapper.
+central DP with Flower's server-side clipping wrapper. Without DP updates are weighted by their sample
+counts; under any DP mode every update weighs the same (devices send no count).
 
 Central DP is accounted by the campaign loop with Opacus's RDP accountant (Flower's own accountant
 needs the optional ``dp-accounting`` package): each released aggregate is one Gaussian mechanism
@@ -27,7 +28,6 @@ from edgefleet.protocol import campaign as keys
 __all__ = ["build_strategy"]
 
 
-
 def build_strategy(spec: CampaignSpec) -> Strategy:
     """The strategy for ``spec``.
 
@@ -40,7 +40,9 @@ def build_strategy(spec: CampaignSpec) -> Strategy:
         "min_evaluate_nodes": 0,
         "min_available_nodes": spec.min_clients,
         "fraction_evaluate": 0.0,  # evaluation runs on the server's held-out data, not on devices
-        "weighted_by_key": keys.UNIT_WEIGHT if central else keys.NUM_EXAMPLES,
+        # Under any DP mode the mean is unweighted: a device's sample count would reveal exactly the
+        # add/remove-one-sample change the guarantee is about, so devices do not send it.
+        "weighted_by_key": keys.UNIT_WEIGHT if spec.privacy is not None else keys.NUM_EXAMPLES,
     }
     strategy: Strategy
     if spec.strategy == "fedavg":
