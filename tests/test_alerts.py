@@ -141,7 +141,9 @@ def test_alerts_endpoint_needs_a_token_and_takes_thresholds(tmp_path: Path) -> N
     response = http.get("/api/v1/alerts", headers={"Authorization": "Bearer alerts-token-0123456789"})
     assert response.status_code == 200
     [alert] = response.json()
-    assert alert.keys() == {"kind", "device_id", "severity", "since", "detail", "rollout_id"}
+    assert alert.keys() == {"kind", "device_id", "severity", "since", "detail", "rollout_id", "acknowledged",
+                            "silenced_until"}
+    assert (alert["acknowledged"], alert["silenced_until"]) == (None, None)
     assert (alert["kind"], alert["device_id"], alert["severity"]) == ("offline", "gw-1", "critical")
     bad = http.get("/api/v1/alerts?max_error_rate=2", headers={"Authorization": "Bearer alerts-token-0123456789"})
     assert bad.status_code == 422

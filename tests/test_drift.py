@@ -364,7 +364,7 @@ def test_the_migration_adds_confidence_drift_to_raw_telemetry_of_an_old_store(tm
     db = SQLiteStore(path)
 
     with db.locked() as conn:
-        assert conn.execute("pragma user_version").fetchone()[0] == SQLiteStore.SCHEMA_VERSION == 12
+        assert conn.execute("pragma user_version").fetchone()[0] == SQLiteStore.SCHEMA_VERSION == 13
     [row] = db.telemetry("gw-1")
     assert "confidence_drift_score" in row and row["confidence_drift_score"] is None
     new = Telemetry(device_id="gw-1", window_s=1.0, inference_count=0, error_count=0, confidence_drift_score=0.3)

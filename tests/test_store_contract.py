@@ -206,6 +206,44 @@ class StoreContract:
         with pytest.raises(ValueError):
             db.health.recent_windows("d1", ["rowid; drop table telemetry"], limit=1)
 
+    def test_an_acknowledgment_is_kept_by_key_and_dropped_only_as_it_was_read(self, db: FleetStore) -> None:
+        def ack(kind: str, device: str, at: str, rollout: str = "") -> dict[str, object]:
+            return {"kind": kind, "device_id": device, "rollout_id": rollout, "since": "s", "acked_by": "ops",
+                    "acked_at": at, "note": None}  # fmt: skip
+
+        assert db.alert_state.acknowledge(ack("offline", "d1", "t1"))["acked_by"] == "ops"
+        db.alert_state.acknowledge(ack("rollout_halted", "", "t1", rollout="r1"))
+        db.alert_state.acknowledge(ack("offline", "d1", "t2") | {"note": "on it"})  # replaces the first
+        rows = db.alert_state.acknowledgments()
+        assert [(r["kind"], r["device_id"], r["rollout_id"], r["note"]) for r in rows] == [
+            ("offline", "d1", "", "on it"), ("rollout_halted", "", "r1", None),
+        ]  # fmt: skip
+        assert db.alert_state.drop_acknowledgments([ack("offline", "d1", "t1")]) == 0  # made again since: kept
+        assert db.alert_state.drop_acknowledgments([rows[0], rows[1]]) == 2
+        assert db.alert_state.acknowledgments() == []
+
+    def test_a_silence_holds_until_its_time_and_is_lifted_by_key(self, db: FleetStore) -> None:
+        def silence(kind: str, device: str, until: str) -> dict[str, object]:
+            return {"kind": kind, "device_id": device, "until": until, "silenced_by": "ops", "silenced_at": "t0",
+                    "note": None}  # fmt: skip
+
+        start = "2026-01-01T00"
+        db.alert_state.silence(silence("drift", "*", "2026-01-01T02:00:00.000000+00:00"), now=start)
+        db.alert_state.silence(silence("offline", "d1", "2026-01-01T01:00:00.000000+00:00"), now=start)
+        again = db.alert_state.silence(silence("offline", "d1", "2026-01-01T03:00:00.000000+00:00"), now=start)
+        assert again["until"] == "2026-01-01T03:00:00.000000+00:00"
+        assert [(r["kind"], r["device_id"]) for r in db.alert_state.silences(now="2026-01-01T01:30:00")] == [
+            ("drift", "*"), ("offline", "d1"),
+        ]  # fmt: skip
+        assert [r["kind"] for r in db.alert_state.silences(now="2026-01-01T02:30:00")] == ["offline"]
+        assert db.alert_state.unsilence("offline", "d1") is True and db.alert_state.unsilence("offline", "d1") is False
+        assert db.alert_state.silences(now="2026-01-01T00:00:00") == [
+            silence("drift", "*", "2026-01-01T02:00:00.000000+00:00")
+        ]
+        # an expired silence is gone once another is set
+        db.alert_state.silence(silence("disk_full", "d2", "2026-01-02T00:00:00.000000+00:00"), now="2026-01-01T05")
+        assert [r["kind"] for r in db.alert_state.silences(now="")] == ["disk_full"]
+
 
 class TestFileStore(StoreContract):
     def open(self, tmp_path: Path) -> FleetStore:
@@ -238,7 +276,7 @@ def test_a_store_written_by_the_schema_9_coordinator_migrates_in_place(tmp_path:
     # Execute
     db = SQLiteStore(path)
     # Assert: the schema is current and every row written before is read through the interface
-    assert sqlite3.connect(path).execute("pragma user_version").fetchone()[0] == SCHEMA_VERSION == 12
+    assert sqlite3.connect(path).execute("pragma user_version").fetchone()[0] == SCHEMA_VERSION == 13
     assert {d["device_id"] for d in db.devices()} == {"gw-1", "gw-2"} and db.device("gw-1")["tags"] == ["lab"]  # type: ignore[index]
     assert len(db.bundles()) == 2 and db.stages.stages("digits") == {"1.0.0": "production"}
     assert [t["role"] for t in db.tokens.all()] == ["operator"]

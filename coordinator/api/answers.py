@@ -15,6 +15,7 @@ from edgefleet.coordinator.registry.models import Stage
 from edgefleet.coordinator.rollouts.spec import DeviceState, Status
 
 __all__ = [
+    "Acknowledgment",
     "Alert",
     "Bundle",
     "BundleDetail",
@@ -144,6 +145,12 @@ class StageMove(_Answer):
     at: str | None = None
 
 
+class Acknowledgment(_Answer):
+    by: str = Field(description="The name of the token that acknowledged the alert.")
+    at: str = Field(description="When (ISO 8601, UTC).")
+    note: str | None = None
+
+
 class Alert(_Answer):
     kind: str
     device_id: str = Field(description='"" for a fleet-level alert (a halted rollout).')
@@ -151,6 +158,13 @@ class Alert(_Answer):
     since: str | None = None
     detail: str
     rollout_id: str | None = None
+    acknowledged: Acknowledgment | None = Field(
+        default=None, description="Who acknowledged the alert, when, with what note; null until someone does, and "
+        "again once it has cleared and come back."
+    )  # fmt: skip
+    silenced_until: str | None = Field(
+        default=None, description="The end of the silence that hides it (listed only with include_silenced=true)."
+    )
 
 
 class Rollup(_Answer):

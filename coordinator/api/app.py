@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from edgefleet.common.errors import ConfigError, EdgefleetError
+from edgefleet.coordinator.api.alerts import alert_router
 from edgefleet.coordinator.api.answers import Bundle, BundleDetail, Uploaded
 from edgefleet.coordinator.api.artifacts import artifact_router
 from edgefleet.coordinator.api.campaigns import campaign_router
@@ -150,7 +151,8 @@ def create_app(coordinator: Coordinator, *, token: str | None) -> FastAPI:
     app.include_router(artifact_router(coordinator.registry), dependencies=[] if public else [api])
     app.include_router(registry_router(coordinator.models), dependencies=[api])
     app.include_router(security_router(security))
-    app.include_router(dashboard_router(coordinator.db, coordinator.config.alerts), dependencies=[api])
+    app.include_router(dashboard_router(coordinator.db), dependencies=[api])
+    app.include_router(alert_router(coordinator.db, security.auth, coordinator.config.alerts))
     app.include_router(campaign_router(coordinator), dependencies=[api])
     app.mount("/dashboard", dashboard_files(), name="dashboard")
     return app

@@ -1,4 +1,5 @@
-"""REST routes the web dashboard reads (fleet alerts, telemetry rollups), and its static files at /dashboard/."""
+"""REST routes the web dashboard reads (telemetry rollups; alerts are api/alerts.py's), and its static files at
+/dashboard/."""
 
 from __future__ import annotations
 
@@ -6,11 +7,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query
 from fastapi.staticfiles import StaticFiles
 
-from edgefleet.coordinator.api.answers import Alert, Rollup
-from edgefleet.coordinator.health.alerts import AlertThresholds, compute_alerts
+from edgefleet.coordinator.api.answers import Rollup
 from edgefleet.coordinator.store import FleetStore
 from edgefleet.coordinator.telemetry.rollups import Resolution
 
@@ -24,23 +24,8 @@ _SINCE = Query(None, description="ISO 8601 time; buckets from the one holding it
 _LIMIT = Query(120, ge=1, le=MAX_ROLLUP_BUCKETS, description="Most buckets returned, newest first.")
 
 
-def dashboard_router(db: FleetStore, alert_thresholds: AlertThresholds | None = None) -> APIRouter:
-    """``alert_thresholds``: the coordinator's configured ones (its ``[alerts]`` table)."""
-    router = APIRouter(prefix="/api/v1", tags=["alerts"])
-    configured = alert_thresholds or AlertThresholds()
-
-    @router.get("/alerts", response_model=list[Alert])
-    def alerts(request: Request, _given: AlertThresholds = Depends()) -> list[dict[str, Any]]:
-        """Alerts that hold now: offline devices, drift, error rate, p95 latency regression vs the previous bundle,
-        a nearly full data disk.
-
-        The thresholds are the coordinator's configured ones (its ``[alerts]`` table); each can be overridden
-        per request, e.g. ``?offline_after_s=60&max_error_rate=0.01``.
-        """
-        # The dependency validated the parameters given; those not given keep the configured value.
-        given = {name: value for name, value in request.query_params.items() if name in AlertThresholds.model_fields}
-        thresholds = AlertThresholds.model_validate(configured.model_dump() | given)
-        return [alert.to_dict() for alert in compute_alerts(db, thresholds)]
+def dashboard_router(db: FleetStore) -> APIRouter:
+    router = APIRouter(prefix="/api/v1")
 
     @router.get("/devices/{device_id}/telemetry/rollups", tags=["telemetry"], response_model=list[Rollup])
     def device_rollups(

@@ -18,16 +18,35 @@ function readFragment() {
   return route;
 }
 
-async function api(path) {
+async function api(path, method = "GET", body = undefined) {
   const token = sessionStorage.getItem("edgefleet-token");
-  const response = await fetch(API + path, { headers: token ? { Authorization: "Bearer " + token } : {} });
+  const headers = token ? { Authorization: "Bearer " + token } : {};
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  const response = await fetch(API + path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
   if (!response.ok) {
     let detail = response.statusText;
     try { detail = (await response.json()).detail || detail; } catch (_) { /* not JSON */ }
+    if (typeof detail !== "string") detail = JSON.stringify(detail);
     const hint = response.status === 401 ? " (open the page as /dashboard/#token=YOUR_TOKEN)" : "";
-    throw new Error(`${path}: HTTP ${response.status} ${detail}${hint}`);
+    throw new Error(`${method} ${path}: HTTP ${response.status} ${detail}${hint}`);
   }
   return response.json();
+}
+
+// A button that changes something through the API (the token's role decides: read-only gets 403), then redraws.
+function actionButton(label, name, run) {
+  const button = h("button", { type: "button", class: "action", "data-action": name }, label);
+  button.addEventListener("click", async () => {
+    button.disabled = true;
+    try {
+      if ((await run()) !== false) await render();
+    } catch (err) {
+      document.getElementById("main").prepend(h("div", { class: "banner", id: "error" }, String(err.message || err)));
+    } finally {
+      button.disabled = false;
+    }
+  });
+  return button;
 }
 
 // -- DOM helpers (textContent only: device data never becomes markup) ---------------------------
@@ -181,12 +200,27 @@ async function device(id) {
   ];
 }
 
+function alertActions(a) {
+  const ack = actionButton("Acknowledge", "ack", async () => {
+    const note = window.prompt(`Acknowledge ${a.kind} ${a.device_id || a.rollout_id || ""}: note (optional)`, "");
+    if (note === null) return false;  // cancelled
+    await api("/alerts/acknowledgments", "POST", { kind: a.kind, device_id: a.device_id, rollout_id: a.rollout_id, note: note || null });
+  });
+  const silence = actionButton("Silence 1 h", "silence", () =>
+    api("/alerts/silences", "POST", { kind: a.kind, device_id: a.device_id || null, duration_s: 3600 }));
+  return [a.acknowledged ? null : ack, silence];
+}
+
 function alertTable(alerts) {
   if (!alerts.length) return h("p", { class: "muted" }, "No alerts.");
-  return table(["Severity", "Kind", "Device", "Since", "Detail"], alerts.map((a) => h("tr", { "data-alert": a.kind },
+  return table(["Severity", "Kind", "Device", "Since", "Detail", "Acknowledged", ""], alerts.map((a) => h("tr", { "data-alert": a.kind },
     h("td", {}, pill(a.severity)), h("td", {}, a.kind.replace("_", " ")),
-    h("td", {}, h("a", { href: `#/device/${encodeURIComponent(a.device_id)}` }, a.device_id)),
-    h("td", {}, when(a.since)), h("td", {}, a.detail))));
+    h("td", {}, a.device_id ? h("a", { href: `#/device/${encodeURIComponent(a.device_id)}` }, a.device_id) : (a.rollout_id || "fleet")),
+    h("td", {}, when(a.since)), h("td", {}, a.detail),
+    h("td", { class: "acknowledged" }, a.acknowledged
+      ? [a.acknowledged.by, " · ", when(a.acknowledged.at), a.acknowledged.note ? h("div", { class: "muted" }, a.acknowledged.note) : null]
+      : "–"),
+    h("td", { class: "actions" }, alertActions(a)))));
 }
 
 async function alertsView() {

@@ -2,7 +2,8 @@
 regression, full disks, an overheating SoC (against its device class's [thermal] limits).
 
 Alerts are derived on request from devices and telemetry rather than stored, so they can never
-disagree with the data they describe and need no clearing: an alert ends when its cause does.
+disagree with the data they describe and need no clearing: an alert ends when its cause does. What
+operators say of them (acknowledgments, silences) is stored and laid over them in alert_actions.py.
 """
 
 from __future__ import annotations
@@ -47,6 +48,11 @@ class Alert:
     detail: str
     rollout_id: str | None = None
 
+    @property
+    def key(self) -> tuple[str, str, str]:
+        """What names this alert among those that hold: kind, device ("" for none), rollout ("" for none)."""
+        return self.kind, self.device_id, self.rollout_id or ""
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -76,7 +82,7 @@ def compute_alerts(
         alerts += _offline(device, latest.get(device_id), limits, now)
         alerts += _drift(db, device_id, latest.get(device_id))
         alerts += _disk_full(db, device_id, latest.get(device_id), limits)
-        alerts += _overheating(device, latest.get(device_id))
+        alerts += _overheating(db, device, latest.get(device_id))
         alerts += _error_rate(device_id, recent.get(device_id), limits)
         alerts += _latency_regression(db, device, limits)
         alerts += _activation_failed(device)
@@ -181,7 +187,7 @@ def _thermal_limits(device_class: str) -> tuple[float, float] | None:
     return limits.throttle_c, limits.critical_c
 
 
-def _overheating(device: dict[str, Any], latest: dict[str, Any] | None) -> list[Alert]:
+def _overheating(db: FleetStore, device: dict[str, Any], latest: dict[str, Any] | None) -> list[Alert]:
     """The newest window's SoC temperature at or over its class's limits: there the agent throttles (warning)
     or sheds load (critical, its requests answered UNAVAILABLE)."""
     celsius = latest.get("soc_temp_c") if latest else None
@@ -189,11 +195,18 @@ def _overheating(device: dict[str, Any], latest: dict[str, Any] | None) -> list[
     if latest is None or celsius is None or limits is None or celsius < limits[0]:
         return []
     throttle, critical = limits
+    # Since the first report of the unbroken run at or over the throttle limit that ends now (an
+    # acknowledgment holds while the run lasts); a report without a temperature neither breaks nor extends it.
+    since = latest["received_at"]
+    for row in db.health.recent_windows(device["device_id"], ["soc_temp_c"], limit=1000, not_null="soc_temp_c"):
+        if row["soc_temp_c"] < throttle:
+            break
+        since = row["received_at"]
     if celsius >= critical:
         detail = f"SoC at {celsius:.1f} °C, at or over its class's critical {critical:g} °C: the agent sheds load"
-        return [Alert("overheating", device["device_id"], "critical", latest["received_at"], detail)]
+        return [Alert("overheating", device["device_id"], "critical", since, detail)]
     detail = f"SoC at {celsius:.1f} °C, at or over its class's throttle {throttle:g} °C: federated training pauses"
-    return [Alert("overheating", device["device_id"], "warning", latest["received_at"], detail)]
+    return [Alert("overheating", device["device_id"], "warning", since, detail)]
 
 
 def _error_rate(device_id: str, recent: dict[str, Any] | None, limits: AlertThresholds) -> list[Alert]:

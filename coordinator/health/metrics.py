@@ -1,5 +1,6 @@
 """Fleet-level Prometheus figures, read from the fleet DB when ``/metrics`` is scraped: devices by class
-and availability, devices per active bundle, the alerts that hold now by kind, rollouts by status,
+and availability, devices per active bundle, the alerts that hold now by kind (all not silenced, those not
+acknowledged, those silenced), rollouts by status,
 and the telemetry ingest's own counters.
 
 One ``CollectorRegistry`` per coordinator (``fleet_registry``), not prometheus-client's global one, so
@@ -16,7 +17,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from edgefleet.coordinator.health.alerts import AlertKind, compute_alerts
+from edgefleet.coordinator.health.alert_actions import fleet_alerts
+from edgefleet.coordinator.health.alerts import AlertKind
 
 if TYPE_CHECKING:
     from edgefleet.coordinator.service import Coordinator
@@ -61,13 +63,22 @@ class FleetCollector(Collector):
         yield family
 
     def _alerts(self) -> Iterator[Metric]:
-        counts = Counter(alert.kind for alert in compute_alerts(self.coordinator.db, self.coordinator.config.alerts))
-        family = GaugeMetricFamily(
-            "edgefleet_fleet_alerts", "Alerts that hold now (the configured thresholds), by kind", labels=["kind"]
-        )
-        for kind in sorted(get_args(AlertKind)):  # every kind, 0 included: a rule sees 0, not an absent series
-            family.add_metric([kind], counts[kind])
-        yield family
+        # The configured thresholds, as GET /api/v1/alerts without overrides (a scrape also drops the
+        # acknowledgments of alerts that cleared). Silenced alerts count only in their own gauge.
+        views = fleet_alerts(self.coordinator.db, self.coordinator.config.alerts, configured=True)
+        shown = [v for v in views if v.silenced_until is None]
+        for name, help_text, counts in (
+            ("edgefleet_fleet_alerts", "Alerts that hold now (the configured thresholds), by kind; silenced ones "
+             "left out, acknowledged ones counted", Counter(v.alert.kind for v in shown)),
+            ("edgefleet_fleet_alerts_unacknowledged", "Alerts that hold now, not silenced and not acknowledged, by "
+             "kind", Counter(v.alert.kind for v in shown if v.acknowledged is None)),
+            ("edgefleet_fleet_alerts_silenced", "Alerts that hold now but are silenced, by kind",
+             Counter(v.alert.kind for v in views if v.silenced_until is not None)),
+        ):  # fmt: skip
+            family = GaugeMetricFamily(name, help_text, labels=["kind"])
+            for kind in sorted(get_args(AlertKind)):  # every kind, 0 included: a rule sees 0, not an absent series
+                family.add_metric([kind], counts[kind])
+            yield family
 
     def _rollouts(self) -> Iterator[Metric]:
         counts = self.coordinator.db.rollouts.count_by_status()

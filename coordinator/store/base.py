@@ -1,7 +1,8 @@
 """The fleet store's interface: what the coordinator keeps, and the only way any of it reads or writes it.
 
-``FleetStore`` holds the fleet (bundles, devices, desired state, commands) and its telemetry, and five
-repositories for the rest: registry stages, rollouts, campaigns, API tokens and enrollment. Rows go
+``FleetStore`` holds the fleet (bundles, devices, desired state, commands) and its telemetry, and
+repositories for the rest: registry stages, rollouts, campaigns, API tokens, enrollment, and what operators
+said of alerts (acknowledgments and silences). Rows go
 in and out as plain dicts whose keys are the column names (JSON columns already decoded where a
 method says so). The SQLite backend (``SQLiteStore``) is the default; a second backend implements
 these classes and passes the same contract tests (tests/test_store_contract.py).
@@ -19,6 +20,7 @@ from edgefleet.coordinator.telemetry.rows import PreparedReport
 from edgefleet.protocol.messages import Availability, Command, CommandResult, ReportedState, Telemetry
 
 __all__ = [
+    "AlertStateRepository",
     "CampaignRepository",
     "EnrollmentRepository",
     "FleetStore",
@@ -165,6 +167,37 @@ class EnrollmentRepository(ABC):
         """Device id -> broker password hash, for every identity not revoked that has one."""
 
 
+class AlertStateRepository(ABC):
+    """Acknowledgments and silences of alerts. An acknowledgment is keyed by (kind, device_id, rollout_id), a
+    silence by (kind, device_id), "" standing for no value and a silence's device "*" for every device. Times
+    are ISO 8601 text in UTC, written alike (microseconds always), so that they compare as text."""
+
+    @abstractmethod
+    def acknowledge(self, row: Row) -> Row:
+        """Insert or replace the acknowledgment of ``row``'s key; return it as stored."""
+
+    @abstractmethod
+    def acknowledgments(self) -> list[Row]:
+        """Every acknowledgment, by key."""
+
+    @abstractmethod
+    def drop_acknowledgments(self, rows: list[Row]) -> int:
+        """Delete each of ``rows`` that is still as it was read (same key and ``acked_at``: one made again
+        meanwhile stays); return how many went."""
+
+    @abstractmethod
+    def silence(self, row: Row, *, now: str) -> Row:
+        """Insert or replace the silence of ``row``'s key (silences over before ``now`` are deleted); return it."""
+
+    @abstractmethod
+    def silences(self, *, now: str) -> list[Row]:
+        """The silences still in force at ``now`` (``until`` later), by key."""
+
+    @abstractmethod
+    def unsilence(self, kind: str, device_id: str) -> bool:
+        """Delete that silence; False if there was none."""
+
+
 class HealthReads(ABC):
     """Bounded reads of recent telemetry for the fleet's health signals (edgefleet.coordinator.health)."""
 
@@ -195,6 +228,7 @@ class FleetStore(ABC):
     tokens: TokenRepository
     enrollment: EnrollmentRepository
     health: HealthReads
+    alert_state: AlertStateRepository
 
     # -- bundles -------------------------------------------------------------------------
     @abstractmethod

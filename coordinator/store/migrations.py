@@ -238,9 +238,26 @@ def schema_12(db: sqlite_utils.Database) -> None:
     add_columns(db, "desired", {"allow_downgrade": int})
 
 
+def schema_13(db: sqlite_utils.Database) -> None:
+    """Acknowledged and silenced alerts (the alerts themselves are computed on request, never stored). A key
+    column without a value holds "" (a fleet-level alert's device, an alert without a rollout), and a silence of
+    every device "*": PostgreSQL keys take no NULL."""
+    Table(db, "alert_acks").create(
+        {
+            "kind": str, "device_id": str, "rollout_id": str, "since": str, "acked_by": str, "acked_at": str,
+            "note": str,
+        },
+        pk=("kind", "device_id", "rollout_id"), if_not_exists=True,
+    )  # fmt: skip
+    Table(db, "alert_silences").create(
+        {"kind": str, "device_id": str, "until": str, "silenced_by": str, "silenced_at": str, "note": str},
+        pk=("kind", "device_id"), if_not_exists=True,
+    )  # fmt: skip
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     schema_1, schema_2, schema_3, schema_4, schema_5, schema_6, schema_7, schema_8, schema_9, schema_10, schema_11,
-    schema_12,
+    schema_12, schema_13,
 ]  # fmt: skip
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -27,6 +27,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from edgefleet.coordinator.errors import StoreUnavailable
 from edgefleet.coordinator.store.base import FleetStore
+from edgefleet.coordinator.store.postgres_alerts import PostgresAlertState
 from edgefleet.coordinator.store.postgres_repos import (
     PostgresCampaigns,
     PostgresEnrollment,
@@ -123,6 +124,7 @@ class PostgresStore(FleetStore):
         self.tokens = PostgresTokens(self)
         self.enrollment = PostgresEnrollment(self)
         self.health = PostgresHealthReads(self)
+        self.alert_state = PostgresAlertState(self)
 
     @contextmanager
     def transaction(self) -> Iterator[psycopg.Connection[dict[str, Any]]]:

@@ -21,6 +21,7 @@ from sqlite_utils.db import Table
 
 from edgefleet.coordinator.store.base import FleetStore
 from edgefleet.coordinator.store.migrations import SCHEMA_VERSION, migrate
+from edgefleet.coordinator.store.sqlite_alerts import SQLiteAlertState
 from edgefleet.coordinator.store.sqlite_health import SQLiteHealthReads
 from edgefleet.coordinator.store.sqlite_registry import SQLiteCampaigns, SQLiteStages
 from edgefleet.coordinator.store.sqlite_rollouts import SQLiteRollouts
@@ -62,6 +63,7 @@ class SQLiteStore(FleetStore):
         self.tokens = SQLiteTokens(self)
         self.enrollment = SQLiteEnrollment(self)
         self.health = SQLiteHealthReads(self)
+        self.alert_state = SQLiteAlertState(self)
 
     @contextmanager
     def locked(self) -> Iterator[sqlite_utils.Database]:

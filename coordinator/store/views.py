@@ -25,7 +25,7 @@ LATEST_FIGURES = (
 # The telemetry columns the health reads may name (they go into SQL, so only these).
 HEALTH_COLUMNS = frozenset(
     {"received_at", "bundle_digest", "latency_ms_p95", "drift_alert", "disk_used_percent", "inference_count",
-     "error_count"}
+     "error_count", "soc_temp_c"}
 )  # fmt: skip
 
 CAMPAIGN_JSON = ("spec", "target", "devices", "privacy", "evaluation")
