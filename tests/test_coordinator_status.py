@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from edgefleet.agent.mqtt.commands import CommandVerifier
+from edgefleet.agent.mqtt.control import ControlVerifier
 from edgefleet.agent.mqtt.link import AgentLink, Handlers
 from edgefleet.agent.mqtt.outbox import Outbox
 from edgefleet.agent.mqtt.sender import OutboxSender
@@ -41,6 +42,7 @@ def test_a_broker_restart_before_the_coordinator_is_back_loses_no_telemetry(
     noop = lambda *_: None  # noqa: E731
     agent = AgentLink(DEVICE, broker, Handlers(noop, noop, noop, lambda: None),
                       CommandVerifier(DEVICE, load_trusted_keys([keys.public])),
+                      ControlVerifier(DEVICE, {}, tmp_path / "agent" / "control-floor.json"),
                       coordinator_marker=tmp_path / "agent" / "coordinator-announces")  # fmt: skip
     outbox = Outbox(tmp_path / "outbox.db", max_bytes=1 << 20, max_messages=1000)
     sender = OutboxSender(outbox, agent.publish_raw, agent.gate, poll_s=0.2)

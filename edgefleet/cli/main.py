@@ -46,7 +46,7 @@ AREAS: dict[str, Area] = {
         "edgefleet.cli.alerts",
         "app",
         "Alerts that hold now: offline devices, drift, error rate, latency regression, full disks, overheating, "
-        "failed activations, halted rollouts; acknowledge or silence them.",
+        "failed activations, halted rollouts; acknowledge or silence them (an operator token).",
     ),
     "telemetry": Area(
         "edgefleet.cli.telemetry",
