@@ -162,6 +162,10 @@ def test_a_decline_names_a_sample_count_only_without_dp(tmp_path: Path, stores: 
     else:
         assert decline["reason"].startswith("dev-4: fewer labelled samples than the campaign needs")
         assert "7" not in decline["reason"].removeprefix("dev-4")
+    # `campaign status --watch` says who declined the round and why, under the round's line
+    from edgefleet.cli.campaign import _decline_lines
+
+    assert _decline_lines(outcome.rounds[0].as_dict()) == [f"  declined (no_data): {decline['reason']}"]
 
 
 def test_a_budget_decline_under_dp_names_no_epsilon_the_device_reached(tmp_path: Path, stores: list[Path]) -> None:

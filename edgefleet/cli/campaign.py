@@ -13,6 +13,7 @@ import typer
 from edgefleet.cli.rest import TokenOption, UrlOption, call
 from edgefleet.common.exit_codes import ExitCode
 from edgefleet.common.output import Format, FormatOption, console, existing_file, fail, print_data
+from edgefleet.protocol.campaign import Decline
 
 app = typer.Typer(help="Federated training campaigns with differential privacy.", no_args_is_help=True)
 
@@ -91,7 +92,9 @@ def status(
         rounds = campaign.get("history", [])
         if fmt != Format.json:
             for record in rounds[shown:]:
-                console.print(_round_line(record))
+                console.print(_round_line(record), markup=False)
+                for line in _decline_lines(record):
+                    console.print(line, markup=False)
             shown = len(rounds)
         if not watch or campaign["status"] in FINAL:
             break
@@ -130,6 +133,19 @@ def _round_line(record: dict[str, Any]) -> str:
         f"{len(record.get('declined', []))} declined, {record.get('missing', 0)} missing"
         f"{accuracy}{epsilon} ({record.get('duration_s', 0):.1f} s) {record.get('reason', '')}"
     )
+
+
+def _decline_lines(record: dict[str, Any]) -> list[str]:
+    """Who declined a round and why, one line each (the reason names the device)."""
+    lines = []
+    for declined in record.get("declined", []):
+        code = declined.get("code")
+        try:
+            kind = Decline(int(code)).name.lower()
+        except (TypeError, ValueError):
+            kind = f"code {code}"
+        lines.append(f"  declined ({kind}): {declined.get('reason') or declined.get('node', '?')}")
+    return lines
 
 
 def _show(campaign: dict[str, Any], fmt: Format, *, with_history: bool = True) -> None:
