@@ -181,6 +181,33 @@ def test_a_budget_decline_under_dp_names_no_epsilon_the_device_reached(tmp_path:
                        "declining to train" for i in range(4)]  # fmt: skip
 
 
+def test_a_round_all_declined_for_budget_ends_budget_exhausted_even_at_one_failed_round(
+    tmp_path: Path, stores: list[Path]
+) -> None:
+    # Prepare: as above, but the campaign gives up after one failed round
+    spec = CampaignSpec(**BASE | {"max_failed_rounds": 1},
+                        privacy={"mode": "local", "noise_multiplier": 0.3, "max_epsilon": 1.0})  # fmt: skip
+    # Execute
+    outcome, _ = _run(spec, _nodes(stores[:4], tmp_path), "budget-once")
+    # Assert: the budget stop, not "1 rounds in a row failed"
+    assert outcome.status == "budget_exhausted", outcome.reason
+
+
+def test_a_dead_node_does_not_hold_the_budget_stop_back() -> None:
+    from edgefleet.common.flower_compat import unavailable_error_codes
+    from edgefleet.federated.server.rounds import RoundRecord, _all_budget_declines
+
+    gone = min(unavailable_error_codes())
+    record = RoundRecord(1, "failed", 0.0, declined=[
+        {"node": 1, "code": Decline.BUDGET_EXHAUSTED, "reason": "dev-0: privacy budget"},
+        {"node": 2, "code": gone, "reason": "Node Unavailable"},
+    ])  # fmt: skip
+    assert _all_budget_declines(record)
+    record.declined[1]["code"] = Decline.NO_DATA  # a device that decided otherwise: not a budget stop
+    assert not _all_budget_declines(record)
+    assert not _all_budget_declines(RoundRecord(1, "failed", 0.0, declined=[{"node": 2, "code": gone, "reason": ""}]))
+
+
 @pytest.mark.parametrize(
     ("privacy", "secure"),
     [(None, False), (LOCAL_DP, False), ({"mode": "central", "noise_multiplier": 1.0}, False),

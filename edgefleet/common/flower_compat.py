@@ -33,10 +33,22 @@ __all__ = [
     "set_message_id",
     "set_task_identity",
     "superlink_node_id",
+    "unavailable_error_codes",
     "user_config_proto",
 ]
 
 FLOWER_SERIES = "1.40"  # the minor release these internals were read from
+
+
+def unavailable_error_codes() -> frozenset[int]:
+    """The error codes of a reply Flower makes up for a node that never answered (dead, gone, crashed):
+    no device decided anything there."""
+    from flwr.common.constant import ErrorCode
+
+    return frozenset({
+        ErrorCode.MESSAGE_UNAVAILABLE, ErrorCode.REPLY_MESSAGE_UNAVAILABLE, ErrorCode.NODE_UNAVAILABLE,
+        ErrorCode.CLIENT_APP_CRASHED,
+    })  # fmt: skip
 
 
 def set_message_id(message: Message, message_id: str) -> None:

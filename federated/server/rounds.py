@@ -19,6 +19,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, Rec
 from flwr.serverapp.grid import Grid
 from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, Strategy
 
+from edgefleet.common.flower_compat import unavailable_error_codes
 from edgefleet.federated.accounting import central_epsilon
 from edgefleet.federated.secure_aggregation import secure_round
 from edgefleet.federated.spec import CampaignSpec
@@ -134,12 +135,14 @@ def run_rounds(
             if "epsilon" in p:
                 outcome.client_epsilon[p["device"]] = p["epsilon"]
         _finish(record, started, outcome, observer)
+        # The budget first: a round every device declined for its budget ended the campaign's privacy, not
+        # its training (even where max_failed_rounds is 1).
+        if record.status == "failed" and _all_budget_declines(record):
+            outcome.status, outcome.reason = "budget_exhausted", record.reason
+            break
         if failed_in_a_row >= spec.max_failed_rounds:
             outcome.status = "failed"
             outcome.reason = f"{failed_in_a_row} rounds in a row failed; last: {record.reason}"
-            break
-        if record.status == "failed" and _all_budget_declines(record):
-            outcome.status, outcome.reason = "budget_exhausted", record.reason
             break
     outcome.arrays = average
     return outcome
@@ -168,10 +171,14 @@ def _finish(record: RoundRecord, started: float, outcome: CampaignOutcome, obser
 
 
 def _all_budget_declines(record: RoundRecord) -> bool:
+    """No device trained, at least one declined for its budget, and every other reply is Flower's for a node
+    that never answered (a dead node must not hold the budget stop back by a round)."""
+    gone = unavailable_error_codes()
+    codes = [d["code"] for d in record.declined]
     return (
-        bool(record.declined)
-        and not record.participants
-        and all(d["code"] == Decline.BUDGET_EXHAUSTED for d in record.declined)
+        not record.participants
+        and Decline.BUDGET_EXHAUSTED in codes
+        and all(c == Decline.BUDGET_EXHAUSTED or c in gone for c in codes)
     )
 
 
