@@ -122,6 +122,12 @@ def test_an_operator_acknowledges_an_alert_and_a_read_only_token_gets_403(
     # /metrics: still an alert, but no longer an unacknowledged one
     assert _gauge(fleet, "edgefleet_fleet_alerts", "offline") == 1
     assert _gauge(fleet, "edgefleet_fleet_alerts_unacknowledged", "offline") == 0
+    # Taken back: unacknowledged again; a second time there is nothing to take back (exit 5)
+    assert _edgefleet(fleet, "alerts", "unack", "offline", "gw-1", token=tokens["read-only"]).returncode == 7
+    assert _edgefleet(fleet, "alerts", "unack", "offline", "gw-1", token=tokens["operator"]).returncode == 0
+    assert _offline_alerts(fleet)[0]["acknowledged"] is None
+    assert _gauge(fleet, "edgefleet_fleet_alerts_unacknowledged", "offline") == 1
+    assert _edgefleet(fleet, "alerts", "unack", "offline", "gw-1", token=tokens["operator"]).returncode == 5
 
 
 def test_an_acknowledgment_is_dropped_when_the_alert_clears_and_comes_back(

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from edgefleet.coordinator.api.answers import Alert
-from edgefleet.coordinator.health.alert_actions import acknowledge, fleet_alerts, silence, unsilence
+from edgefleet.coordinator.health.alert_actions import acknowledge, fleet_alerts, silence, unacknowledge, unsilence
 from edgefleet.coordinator.health.alerts import AlertKind, AlertThresholds
 from edgefleet.coordinator.security.tokens import Authorizer, Principal, Role
 from edgefleet.coordinator.store import FleetStore
@@ -99,6 +99,16 @@ def alert_router(db: FleetStore, auth: Authorizer, alert_thresholds: AlertThresh
         marked with the token's name, the time and the note, until it clears. Again: a new note and time."""
         key = (body.kind, body.device_id, body.rollout_id or "")
         return acknowledge(db, configured, key, by=who.name, note=body.note).to_dict()
+
+    @router.delete("/acknowledgments/{kind}", dependencies=[operator])
+    def take_back_acknowledgment(
+        kind: AlertKind,
+        device_id: str = Query("", max_length=128, description='The alert\'s device; "" for a fleet-level one.'),
+        rollout_id: str = Query("", max_length=128, description="A halted rollout's alert: its id."),
+    ) -> dict[str, Any]:
+        """Take an acknowledgment back (404 if there is none): the alert counts as unacknowledged again."""
+        unacknowledge(db, (kind, device_id, rollout_id))
+        return {"kind": kind, "device_id": device_id, "rollout_id": rollout_id, "acknowledged": False}
 
     @router.get("/silences", response_model=list[Silence], dependencies=[reader])
     def silences() -> list[dict[str, Any]]:

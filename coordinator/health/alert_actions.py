@@ -116,6 +116,18 @@ def silence(
     return db.alert_state.silence(row, now=stamp(now))
 
 
+def unacknowledge(db: FleetStore, key: tuple[AlertKind, str, str]) -> None:
+    """Take an acknowledgment back (kind, device id or "", rollout id or ""): the alert is unacknowledged again;
+    NotFound if there is none."""
+    rows = [
+        row for row in db.alert_state.acknowledgments() if (row["kind"], row["device_id"], row["rollout_id"]) == key
+    ]
+    if not db.alert_state.drop_acknowledgments(rows):
+        kind, device_id, rollout_id = key
+        what = f"device {device_id}" if device_id else f"rollout {rollout_id}" if rollout_id else "the fleet"
+        raise NotFound(f"no acknowledged {kind} alert for {what}")
+
+
 def unsilence(db: FleetStore, kind: AlertKind, device_id: str | None) -> None:
     """Lift the silence of ``kind`` for ``device_id`` (None: the one of every device); NotFound if none."""
     if not db.alert_state.unsilence(kind, device_id or ALL_DEVICES):

@@ -110,6 +110,25 @@ def silence(
     print_data(call("POST", url, token, "/api/v1/alerts/silences", json=body), fmt)
 
 
+@app.command("unack")
+def unack(
+    kind: str = _KIND,
+    device: str = typer.Argument("", help="The alert's device; leave out for a fleet-level alert."),
+    rollout: str | None = typer.Option(None, "--rollout", help="A halted rollout's alert: the rollout's id."),
+    url: str = UrlOption,
+    token: str | None = TokenOption,
+    fmt: Format = FormatOption,
+) -> None:
+    """Take an acknowledgment back: the alert counts as unacknowledged again. Needs an operator token; 5 if the
+    alert is not acknowledged.
+
+    Example: edgefleet alerts unack offline gw-7
+    """
+    params = "&".join(f"{k}={segment(v)}" for k, v in (("device_id", device), ("rollout_id", rollout)) if v)
+    query = f"?{params}" if params else ""
+    print_data(call("DELETE", url, token, f"/api/v1/alerts/acknowledgments/{segment(kind)}{query}"), fmt)
+
+
 @app.command("unsilence")
 def unsilence(
     kind: str = _KIND,
