@@ -127,7 +127,9 @@ class InProcessGrid(Grid):
         return self._contexts[node_id]
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        """Stop taking messages and return at once: a ClientApp still running (hung, or past its round's
+        timeout) finishes on its own thread, as a SuperNode would after the SuperLink gave up on it."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
     def _deliver(self, node_id: int, message: Message) -> Message:
         try:

@@ -3,6 +3,7 @@ FedProx's term, Flower strategies and dropout tolerance, through the in-process 
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -462,3 +463,28 @@ def test_a_spec_with_unbounded_or_meaningless_values_is_refused(spec: dict[str, 
     with pytest.raises(ValidationError) as refused:
         CampaignSpec.model_validate({"model": "digits"} | spec)
     assert where in str(refused.value)
+
+
+def test_closing_the_in_process_grid_does_not_wait_for_a_hung_client() -> None:
+    from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+
+    from edgefleet.federated.inprocess import InProcessGrid, InProcessNode
+
+    release, entered = threading.Event(), threading.Event()
+
+    def hung(message: Message, _context: object) -> Message:  # a ClientApp stuck in its round
+        entered.set()
+        release.wait(60)
+        return Message(RecordDict(), reply_to=message)
+
+    grid = InProcessGrid([InProcessNode(hung)])
+    try:
+        [node] = list(grid.get_node_ids())
+        task = grid.create_message(RecordDict({"config": ConfigRecord({})}), MessageType.TRAIN, node, "1")
+        assert grid.send_and_receive([task], timeout=0.2) == []  # it did not answer within the round
+        assert entered.wait(10)
+        started = time.monotonic()
+        grid.close()
+        assert time.monotonic() - started < 2.0, "close() waited for the hung client"
+    finally:
+        release.set()
