@@ -12,10 +12,10 @@ from tests.conftest import Keys, build
 
 pytestmark = pytest.mark.slow
 
-RUNS = 50
+RUNS = 20  # bench/chaos_kill.py runs longer storms
 
 
-def test_fifty_kills_during_rollouts_never_leave_the_device_without_a_verified_model(
+def test_twenty_kills_during_rollouts_never_leave_the_device_without_a_verified_model(
     tmp_path: Path, fleet: LocalFleet, keys: Keys
 ) -> None:
     v1, d1 = build(padded_identity_model(tmp_path / "a.onnx", 3, seed=1), tmp_path / "a.bundle", keys, version="1")

@@ -184,8 +184,14 @@ class LocalFleet:
         return code
 
     def stop(self) -> None:
-        for device_id in list(self.agents):
-            self.stop_agent(device_id)
+        # Every agent is told at once and then waited for: each takes a second or two to say "stopped".
+        running = [a for a in self.agents.values() if a.proc is not None and a.proc.poll() is None]
+        for agent in running:
+            agent.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+        for agent in running:
+            _wait_or_kill(agent.proc)  # type: ignore[arg-type]
+        for agent in self.agents.values():
+            agent.proc = None
         _stop(self.coordinator, signal.SIGTERM)
         self.coordinator = None
         if self._http is not None:
@@ -259,8 +265,12 @@ def _stop(proc: subprocess.Popen[bytes] | None, sig: int) -> int | None:
     if proc is None or proc.poll() is not None:
         return None if proc is None else proc.returncode
     proc.send_signal(sig)
+    return _wait_or_kill(proc)
+
+
+def _wait_or_kill(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> int:
     try:
-        return proc.wait(timeout=10)
+        return proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
         return proc.wait()
